@@ -1,0 +1,1 @@
+"""patchlab.calib: measure the world (camera intrinsics, printer-to-camera colour, palette)."""

@@ -1,0 +1,1 @@
+"""patchlab.capture: watch the world (webcam / video / image-sequence loop, per-frame scoring)."""

@@ -1,0 +1,1 @@
+"""patchlab.eval: judge (tSuc, transfer matrices, physical bins, confidence intervals, reports)."""

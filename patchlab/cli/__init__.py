@@ -1,0 +1,68 @@
+"""The ``patchlab`` command line: thin Typer commands over library functions.
+
+Library errors (:class:`patchlab.PatchlabError`) become one line on stderr and exit
+code 1; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import click
+import typer
+import typer.core
+
+from ..errors import PatchlabError
+from ._common import console, err_console
+
+
+class _PatchlabGroup(typer.core.TyperGroup):
+    """Top-level group: turns PatchlabError into ``error: ...`` and exit 1."""
+
+    def invoke(self, ctx: click.Context):
+        _route_warnings()
+        try:
+            return super().invoke(ctx)
+        except PatchlabError as exc:
+            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+
+def _route_warnings() -> None:
+    def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
+        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+    warnings.showwarning = show
+
+
+app = typer.Typer(
+    cls=_PatchlabGroup,
+    name="patchlab",
+    help="Physical-world adversarial patches: optimise, print, calibrate, capture, evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+from . import models as _models  # noqa: E402
+
+app.add_typer(_models.app, name="models")
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+) -> None:
+    import logging
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def main() -> None:
+    app()
+
+
+__all__ = ["app", "main", "console"]

@@ -1,0 +1,94 @@
+"""``patchlab models``: list known architectures, check accuracy of model references."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ..utils import atomic_write_json, resolve_device
+from ._common import DEVICE_HELP, console, progress_bar
+
+app = typer.Typer(help="List and check classifiers (model cards, timm:NAME, torchvision:NAME).",
+                  no_args_is_help=True)
+
+
+@app.command("list")
+def list_cmd(
+    pattern: Annotated[str, typer.Argument(help="Glob on the architecture name, e.g. '*resnet*'.")] = "*",
+    cards: Annotated[Optional[list[Path]], typer.Option("--cards", help="Also list model cards in this folder.")] = None,
+    source: Annotated[str, typer.Option(help="Which factories: all, patchlab, timm, torchvision.")] = "all",
+) -> None:
+    """List model references that `patchlab models check` and `--source` accept."""
+    from ..models import find_cards, list_models, read_card
+
+    table = Table("reference", "kind", "notes")
+    n = 0
+    for folder in cards or []:
+        for p in find_cards(folder):
+            card = read_card(p)
+            if fnmatch.fnmatch(card["arch"], pattern) or fnmatch.fnmatch(p.stem, pattern):
+                acc = card.get("test_accuracy_jpeg")
+                table.add_row(str(p), f"card ({card['framework']}:{card['arch']})",
+                              f"{len(card['labels'])} classes" + (f", acc {acc:.2%}" if acc else ""))
+                n += 1
+    if source in ("all", "patchlab"):
+        for name in list_models(pattern):
+            table.add_row(f"patchlab:{name}", "built-in", "needs --weights or a card")
+            n += 1
+    if source in ("all", "timm"):
+        import timm
+
+        for name in timm.list_models(pattern):
+            table.add_row(f"timm:{name}", "timm", "")
+            n += 1
+    if source in ("all", "torchvision"):
+        import torchvision
+
+        for name in torchvision.models.list_models():
+            if fnmatch.fnmatch(name, pattern):
+                table.add_row(f"torchvision:{name}", "torchvision", "")
+                n += 1
+    console.print(table)
+    console.print(f"{n} model reference(s) match {pattern!r}")
+
+
+@app.command("check")
+def check_cmd(
+    models: Annotated[list[str], typer.Argument(help="Model references: card paths, timm:NAME, torchvision:NAME.")],
+    data: Annotated[Path, typer.Option("--data", help="ImageFolder tree whose class names match the labels.")],
+    limit_per_class: Annotated[Optional[int], typer.Option(help="Use at most N images per class.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    weights: Annotated[Optional[Path], typer.Option(help="Local weights for a single timm:/torchvision:/patchlab: model.")] = None,
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write results as JSON here.")] = None,
+) -> None:
+    """Measure top-1 accuracy of each model on a labelled image folder."""
+    from ..data import limit_items, load_folder, scan_folder
+    from ..errors import ConfigError
+    from ..models import load_model
+    from ..models.check import check_accuracy
+
+    if weights is not None and len(models) != 1:
+        raise ConfigError("--weights applies to a single model; write a card per model instead")
+    dev = resolve_device(device)
+    n_files = len(limit_items(scan_folder(data)[0], limit_per_class))
+    with progress_bar("loading images", n_files) as adv:
+        images = load_folder(data, limit_per_class=limit_per_class, progress=adv)
+    results = []
+    for ref in models:
+        model = load_model(ref, weights=weights, device=dev)
+        with progress_bar(f"{model.name}", len(images)) as adv:
+            results.append(check_accuracy(model, images, batch_size=batch_size, device=dev, progress=adv))
+    table = Table("model", "accuracy", "n", "seconds")
+    for r in results:
+        table.add_row(r.name, f"{r.accuracy:.2%}", str(r.n), f"{r.seconds:.1f}")
+    console.print(table)
+    if json_path is not None:
+        atomic_write_json(json_path, {"data": str(data), "device": str(dev),
+                                      "models": [r.to_dict() for r in results]})
+        console.print(f"wrote {json_path}")

@@ -1,0 +1,1 @@
+"""patchlab.print: turn a patch into paper (exact-size PDFs, cut marks, fiducials, charts)."""
