@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from ..utils import atomic_write_json, resolve_device
-from ._common import DEVICE_HELP, console, progress_bar
+from ._common import DEVICE_HELP, console, err_console, progress_bar
 
 app = typer.Typer(help="List and check classifiers (model cards, timm:NAME, torchvision:NAME).",
                   no_args_is_help=True)
@@ -23,38 +23,35 @@ def list_cmd(
     cards: Annotated[Optional[list[Path]], typer.Option("--cards", help="Also list model cards in this folder.")] = None,
     source: Annotated[str, typer.Option(help="Which factories: all, patchlab, timm, torchvision.")] = "all",
 ) -> None:
-    """List model references that `patchlab models check` and `--source` accept."""
+    """List model references that `patchlab models check` and `--source` accept, one per line."""
     from ..models import find_cards, list_models, read_card
 
-    table = Table("reference", "kind", "notes")
-    n = 0
+    rows: list[tuple[str, str, str]] = []
     for folder in cards or []:
         for p in find_cards(folder):
             card = read_card(p)
             if fnmatch.fnmatch(card["arch"], pattern) or fnmatch.fnmatch(p.stem, pattern):
                 acc = card.get("test_accuracy_jpeg")
-                table.add_row(str(p), f"card ({card['framework']}:{card['arch']})",
-                              f"{len(card['labels'])} classes" + (f", acc {acc:.2%}" if acc else ""))
-                n += 1
+                rows.append((str(p), f"card {card['framework']}:{card['arch']}",
+                             f"{len(card['labels'])} classes" + (f", acc {acc:.2%}" if acc else "")))
     if source in ("all", "patchlab"):
         for name in list_models(pattern):
-            table.add_row(f"patchlab:{name}", "built-in", "needs --weights or a card")
-            n += 1
+            rows.append((f"patchlab:{name}", "built-in", "needs --weights or a card"))
     if source in ("all", "timm"):
         import timm
 
         for name in timm.list_models(pattern):
-            table.add_row(f"timm:{name}", "timm", "")
-            n += 1
+            rows.append((f"timm:{name}", "timm", ""))
     if source in ("all", "torchvision"):
         import torchvision
 
         for name in torchvision.models.list_models():
             if fnmatch.fnmatch(name, pattern):
-                table.add_row(f"torchvision:{name}", "torchvision", "")
-                n += 1
-    console.print(table)
-    console.print(f"{n} model reference(s) match {pattern!r}")
+                rows.append((f"torchvision:{name}", "torchvision", ""))
+    width = max((len(r[0]) for r in rows), default=0)
+    for ref, kind, notes in rows:
+        console.print(f"{ref:<{width}}  {kind}" + (f"  ({notes})" if notes else ""), soft_wrap=True, highlight=False)
+    err_console.print(f"{len(rows)} model reference(s) match {pattern!r}")
 
 
 @app.command("check")

@@ -250,7 +250,7 @@ _FRAMEWORKS: dict[str, Callable[[str, dict[str, Any], bool], nn.Module]] = {
 def _timm_preprocess(net: nn.Module) -> Preprocess:
     import timm.data
 
-    cfg = timm.data.resolve_data_config({}, model=net)
+    cfg = timm.data.resolve_data_config({}, model=net, use_test_size=True)
     interp = cfg.get("interpolation", "bilinear")
     return Preprocess(input_size=tuple(cfg["input_size"]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
                       resize=f"{interp}-antialias")
