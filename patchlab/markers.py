@@ -37,6 +37,22 @@ def marker_image(marker_id: int, side_px: int, dictionary: str = DEFAULT_ARUCO_D
     return cv2.aruco.generateImageMarker(d, int(marker_id), int(side_px), borderBits=border_bits)
 
 
+def charuco_board(spec: dict) -> "cv2.aruco.CharucoBoard":
+    """The OpenCV ChArUco board a layout's ``board`` dict describes, in millimetres.
+
+    ``spec`` keys: ``squares`` ``[cols, rows]``, ``square_mm``, ``marker_mm``,
+    ``dictionary``, optional ``legacy_pattern`` (OpenCV < 4.6 layout for even rows).
+    """
+    try:
+        sx, sy = (int(v) for v in spec["squares"])
+        board = cv2.aruco.CharucoBoard((sx, sy), float(spec["square_mm"]), float(spec["marker_mm"]),
+                                       get_dictionary(str(spec["dictionary"])))
+        board.setLegacyPattern(bool(spec.get("legacy_pattern", False)))
+    except (KeyError, TypeError, ValueError, cv2.error) as exc:
+        raise ConfigError(f"invalid ChArUco board description {spec!r}: {exc}") from exc
+    return board
+
+
 def marker_bits(marker_id: int, dictionary: str = DEFAULT_ARUCO_DICT) -> np.ndarray:
     """The marker's cells including the 1-cell black border, 1 = white: ``(k+2, k+2)``."""
     d = get_dictionary(dictionary)

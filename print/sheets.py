@@ -24,7 +24,7 @@ from reportlab.pdfbase.pdfmetrics import stringWidth
 
 from patchlab.errors import ConfigError
 from patchlab.layout import DEFAULT_ARUCO_DICT, Layout, MarkerSpec, PatchSpec, SwatchSpec
-from patchlab.markers import FRAME_MARKER_RATIO, MARKERS_PER_COPY, frame_geometry, get_dictionary
+from patchlab.markers import FRAME_MARKER_RATIO, MARKERS_PER_COPY, charuco_board, frame_geometry, get_dictionary
 from patchlab.utils import atomic_write_bytes, versions
 
 from .pdf import CUT_MARK_GAP_MM, CUT_MARK_LEN_MM, MMCanvas
@@ -412,18 +412,6 @@ def make_chart_pdf(*, paper: str = "a4", n_swatches: int = 150, seed: int = 0, s
 # --------------------------------------------------------------------------------------
 # ChArUco board
 # --------------------------------------------------------------------------------------
-
-def charuco_board(board: dict[str, Any]) -> "cv2.aruco.CharucoBoard":
-    """The OpenCV ChArUco board a layout's ``board`` dict describes (units: mm)."""
-    try:
-        sx, sy = (int(v) for v in board["squares"])
-        b = cv2.aruco.CharucoBoard((sx, sy), float(board["square_mm"]), float(board["marker_mm"]),
-                                   get_dictionary(str(board["dictionary"])))
-        b.setLegacyPattern(bool(board.get("legacy_pattern", False)))
-    except (KeyError, TypeError, ValueError, cv2.error) as exc:
-        raise ConfigError(f"invalid ChArUco board description {board!r}: {exc}") from exc
-    return b
-
 
 def black_squares(board: "cv2.aruco.CharucoBoard") -> np.ndarray:
     """``(rows, cols)`` bool: which chessboard squares OpenCV draws black (read off its own render)."""
