@@ -129,8 +129,8 @@ def photograph(view: np.ndarray, *, rng: np.random.Generator, vignetting: float 
     Args:
         view: the ideal image.
         rng: randomness for the sensor noise.
-        vignetting: light lost at the image corners (0.3 = corners get 70 %), with a
-            smooth cos^4-like radial falloff.
+        vignetting: light lost at the image corners (0.3 = corners get 70 %): gain
+            ``1 - vignetting * r**3`` with ``r`` = 1 at the corners.
         noise_sigma: Gaussian sensor noise (0-255 units).
         jpeg_quality: JPEG round trip at this quality (None = none).
         blur_sigma: Gaussian defocus blur (px).

@@ -253,7 +253,7 @@ def load_patch_source(src: str | Path) -> PatchSource:
         raise DataError(f"cannot read patch image {png}: {exc}") from exc
     img = np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)
     seed = run.get("seed")
-    return PatchSource(image=img, path=str(png), run_id=run_id,
+    return PatchSource(image=img, path=str(png.resolve()), run_id=run_id,
                        target_class=None if run.get("target_class") is None else str(run["target_class"]),
                        seed=int(seed) if isinstance(seed, (int, float)) else None,
                        sha256=hashlib.sha256(data).hexdigest())

@@ -200,11 +200,10 @@ def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
     return PSNR_IDENTICAL_DB if mse == 0 else min(PSNR_IDENTICAL_DB, 10 * math.log10(255.0 ** 2 / mse))
 
 
-def render_pdf(pdf: str | Path, dpi: float, *, crop_mm: tuple[float, float, float, float] | None = None,
-               page_mm: tuple[float, float] | None = None) -> np.ndarray:
+def render_pdf(pdf: str | Path, dpi: float, *, crop_mm: tuple[float, float, float, float] | None = None) -> np.ndarray:
     """Render page 1 of a PDF with poppler's ``pdftoppm`` as RGB uint8 (optionally a crop).
 
-    ``crop_mm`` is ``(x, y, w, h)`` on the page (needs ``page_mm``); the crop is
+    ``crop_mm`` is ``(x, y, w, h)`` on the page; the crop is
     snapped outward to whole pixels and the returned image starts at pixel
     ``floor(x * px_per_mm)``, so page coordinates stay ``mm * px_per_mm - offset``.
 
