@@ -208,3 +208,23 @@ def test_read_cells_recovers_a_grid():
     big = cv2.resize(img, (70, 50), interpolation=cv2.INTER_NEAREST)
     cells = read_cells(big, np.array([[0, 0], [70, 0], [70, 50], [0, 50]], np.float64), (7, 5))
     assert np.abs(cells - img).max() < 1e-3
+
+
+def test_core_render_sheet_draws_what_the_pdf_prints(printed):
+    """The capture simulator rasterises layouts with patchlab.sheet.render_sheet: same page."""
+    from patchlab.sheet import render_sheet
+
+    pdf, layout, img = printed
+    ppm = 10.0
+    sim = render_sheet(layout, ppm, patches={0: img, 1: img})
+    page = render_pdf(pdf, ppm * 25.4)
+    assert abs(sim.shape[0] - page.shape[0]) <= 1 and abs(sim.shape[1] - page.shape[1]) <= 1  # poppler rounds up
+    page = page[: sim.shape[0], : sim.shape[1]]
+    for p in layout.patches:  # patch cells, read at cell centres, agree exactly
+        box = np.array(p.corners_mm) * ppm
+        assert np.array_equal(np.round(read_cells(sim, box, p.pixels)), np.round(read_cells(page, box, p.pixels)))
+    for m in layout.markers:  # marker cells too
+        x0, y0 = np.floor(np.min(m.corners_mm, 0) * ppm).astype(int) + 1
+        x1, y1 = np.ceil(np.max(m.corners_mm, 0) * ppm).astype(int) - 1
+        agree = np.mean((sim[y0:y1, x0:x1, 0] > 127) == (page[y0:y1, x0:x1, 0] > 127))
+        assert agree > 0.95, (m.id, agree)
