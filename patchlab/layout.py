@@ -29,7 +29,11 @@ Point = tuple[float, float]
 
 @dataclass
 class MarkerSpec:
-    """One ArUco marker: its id, the copy it belongs to and its corners (mm)."""
+    """One ArUco marker: its id, the copy it belongs to and its corners (mm).
+
+    ``copy`` is the patch copy the marker frames (0, 1, ...), or -1 for markers
+    that belong to no patch (a colour chart's, a ChArUco board's).
+    """
 
     id: int
     corners_mm: list[Point]

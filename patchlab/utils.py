@@ -121,13 +121,22 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
 
 
-def versions() -> dict[str, str]:
-    """Versions of the libraries that shape a result, for run records."""
+#: Libraries recorded by :func:`versions` unless told otherwise.
+VERSION_MODULES = ("torch", "torchvision", "timm", "kornia", "ot", "cv2", "numpy", "reportlab")
+
+
+def versions(modules: tuple[str, ...] = VERSION_MODULES) -> dict[str, str]:
+    """Versions of the libraries that shape a result, for run records.
+
+    Args:
+        modules: which libraries to import and record; stages that use few of them
+            (printing, calibration) pass their own, cheaper list.
+    """
     out = {"python": platform.python_version(), "platform": platform.platform()}
     from . import __version__
 
     out["patchlab"] = __version__
-    for mod in ("torch", "torchvision", "timm", "kornia", "ot", "cv2", "numpy", "reportlab"):
+    for mod in modules:
         try:
             m = __import__(mod)
             out[mod] = getattr(m, "__version__", "unknown")

@@ -51,6 +51,11 @@ from . import models as _models  # noqa: E402
 
 app.add_typer(_models.app, name="models")
 
+from . import calib as _calib, print_cmd as _print  # noqa: E402
+
+app.add_typer(_print.app, name="print")
+app.add_typer(_calib.app, name="calib")
+
 
 @app.callback()
 def _root(
