@@ -56,6 +56,19 @@ from . import calib as _calib, print_cmd as _print  # noqa: E402
 app.add_typer(_print.app, name="print")
 app.add_typer(_calib.app, name="calib")
 
+# Each stage's commands live in their own module and attach themselves with
+# ``register(app)`` (top-level commands) or as a sub-app, so stages grow without
+# editing each other's files.
+from . import capture as _capture, evaluate as _evaluate, optimize as _optimize, report as _report  # noqa: E402
+from . import simulate as _simulate, world as _world  # noqa: E402
+
+_optimize.register(app)
+app.add_typer(_evaluate.app, name="eval")
+app.add_typer(_capture.app, name="capture")
+app.add_typer(_simulate.app, name="simulate")
+_report.register(app)
+app.add_typer(_world.app, name="world")
+
 
 @app.callback()
 def _root(
