@@ -1,9 +1,148 @@
-"""``patchlab eval`` commands (digital)."""
+"""``patchlab eval transfer`` and ``patchlab eval matrix``: digital tSuc of patches across models."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
+from rich.table import Table
+
+from ._common import DEVICE_HELP, console, err_console, progress_bar
+
+MODELS_HELP = ("Judged models (cards, timm:NAME, ...): --models A B C, or --models repeated; shell globs of card "
+               "paths work.")
+
+
+def split_runs_and_models(args: list[str], models: list[str] | None, *, want_runs: bool) -> tuple[list[str], list[str]]:
+    """Separate run folders from model references among positional words.
+
+    Click binds only the first word after ``--models`` to it; the others arrive as
+    positional words. A word naming a run folder (it holds ``run.json``) is a run;
+    any other word is a model reference, and only allowed after ``--models``.
+    """
+    from ..errors import ConfigError
+    from ..runs import RUN_JSON
+
+    runs, extra = [], []
+    for a in args:
+        (runs if want_runs and (Path(a) / RUN_JSON).is_file() else extra).append(a)
+    if extra and not models:
+        raise ConfigError(f"{extra[0]!r} is not a run folder (no run.json); judged models go after --models")
+    all_models = list(models or []) + extra
+    if not all_models:
+        raise ConfigError("give the judged models with --models MODEL...")
+    return runs, all_models
+
+
+def _table(title: str, result) -> Table:
+    t = Table("model", "tSuc", "95% CI", "clean acc", "untargeted err", "n", "", title=title)
+    for m in result.models:
+        t.add_row(m.name, f"{m.tsuc:.1%}", f"{m.ci95[0]:.1%}-{m.ci95[1]:.1%}", f"{m.clean_accuracy:.1%}",
+                  f"{m.untargeted_error:.1%}", str(m.n), "source" if m.is_source else "")
+    return t
+
+
+def transfer_cmd(
+    args: Annotated[Optional[list[str]], typer.Argument(help="RUN_DIR (an optimiser run folder).",
+                                                        show_default=False)] = None,
+    models: Annotated[Optional[list[str]], typer.Option("--models", help=MODELS_HELP)] = None,
+    patch: Annotated[Optional[Path], typer.Option(help="Judge an outside patch image instead of a run.")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="With --patch: labelled ImageFolder tree.")] = None,
+    target: Annotated[Optional[str], typer.Option(help="With --patch: the target class.")] = None,
+    patch_frac: Annotated[float, typer.Option(help="With --patch: patch area fraction.")] = 0.1,
+    shape: Annotated[str, typer.Option(help="With --patch: square or circle.")] = "square",
+    limit_per_class: Annotated[Optional[int], typer.Option(help="With --patch: at most N images per class.")] = None,
+    placement: Annotated[Optional[str], typer.Option(help="side, random or center (default: the run's).")] = None,
+    eot: Annotated[str, typer.Option(help="EOT at judging time: none (digital paste), digital, physical or TOML.")] = "none",
+    seed: Annotated[int, typer.Option(help="Seed of the placements (the same for every model).")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the result here.")] = None,
+) -> None:
+    """Per-model tSuc (Wilson 95% CI), clean accuracy and untargeted error of a patch on held-out images.
+
+    With a run folder the result is also written to RUN_DIR/transfer.json.
+    """
+    from ..data import load_folder
+    from ..eot import load_eot
+    from ..errors import ConfigError
+    from ..eval.transfer import TransferResult, evaluate_patch, evaluate_run
+    from ..models import load_model
+    from ..runs import TRANSFER_JSON
+    from ..utils import atomic_write_json, resolve_device
+
+    runs, refs = split_runs_and_models(list(args or []), models, want_runs=patch is None)
+    dev = resolve_device(device)
+    eot_cfg = load_eot(eot)
+    if patch is None:
+        if len(runs) != 1:
+            raise ConfigError("give one RUN_DIR (or --patch PNG --data DIR --target CLASS)")
+    elif runs or data is None or target is None:
+        raise ConfigError("--patch needs --data DIR and --target CLASS, and no RUN_DIR")
+    judged = [load_model(r, device=dev) for r in refs]
+    if patch is None:
+        run = Path(runs[0])
+        from ..runs import read_run
+
+        n = len(read_run(run).get("split", {}).get("holdout", []))
+        with progress_bar("patched images", n) as adv:
+            res = evaluate_run(run, judged, placement=placement, eot=eot_cfg, eot_name=eot, seed=seed,
+                               batch_size=batch_size, device=dev, progress=adv)
+        atomic_write_json(run / TRANSFER_JSON, res.to_dict())
+        console.print(_table(f"{res.run_id}: patch -> {res.target_class!r}", res))
+        console.print(f"wrote {run / TRANSFER_JSON}")
+    else:
+        from ..data import read_image
+
+        p = read_image(patch)
+        images = load_folder(data, limit_per_class=limit_per_class)
+        with progress_bar("patched images", len(images)) as adv:
+            ms = evaluate_patch(p, images, target, judged, frac=patch_frac, shape=shape, placement=placement or "side",
+                                eot=eot_cfg, seed=seed, batch_size=batch_size, device=dev, progress=adv)
+        res = TransferResult(run_id=Path(patch).stem, target_class=target, placement=placement or "side",
+                             eot={"name": eot, **eot_cfg.to_dict()}, seed=seed, n_images=len(images), models=ms)
+        console.print(_table(f"{patch}: patch -> {target!r}", res))
+    if json_path is not None:
+        atomic_write_json(json_path, res.to_dict())
+        console.print(f"wrote {json_path}")
+
+
+def matrix_cmd(
+    args: Annotated[list[str], typer.Argument(help="RUN_DIR... (optimiser run folders).", show_default=False)],
+    models: Annotated[Optional[list[str]], typer.Option("--models", help=MODELS_HELP)] = None,
+    out: Annotated[Path, typer.Option(help="Folder for matrix.json, matrix.md and matrix.png.")] = Path("matrix"),
+    placement: Annotated[Optional[str], typer.Option(help="side, random or center (default: each run's).")] = None,
+    eot: Annotated[str, typer.Option(help="EOT at judging time (default none: digital paste).")] = "none",
+    seed: Annotated[int, typer.Option(help="Seed of the placements.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+) -> None:
+    """The patches x models tSuc matrix (JSON, markdown table, heatmap) with mean/min/max transfer per patch."""
+    from ..eot import load_eot
+    from ..errors import ConfigError
+    from ..eval.matrix import transfer_matrix
+    from ..models import load_model
+    from ..runs import read_run
+    from ..utils import resolve_device
+
+    runs, refs = split_runs_and_models(list(args), models, want_runs=True)
+    if not runs:
+        raise ConfigError("give at least one RUN_DIR (a folder with run.json)")
+    dev = resolve_device(device)
+    judged = [load_model(r, device=dev) for r in refs]
+    total = sum(len(read_run(r).get("split", {}).get("holdout", [])) for r in runs)
+    with progress_bar(f"{len(runs)} patches x {len(judged)} models", total) as adv:
+        res = transfer_matrix(runs, judged, placement=placement, eot=load_eot(eot), eot_name=eot, seed=seed,
+                              batch_size=batch_size, device=dev, progress=adv)
+    paths = res.write(out)
+    console.print(res.to_markdown(), markup=False, highlight=False)
+    for p in paths.values():
+        console.print(f"wrote {p}")
+    err_console.print(f"{len(res.rows)} patches judged on {len(res.models)} models")
 
 
 def register(app: typer.Typer) -> None:
     """Attach this module's commands to the ``eval`` sub-app."""
+    app.command("transfer")(transfer_cmd)
+    app.command("matrix")(matrix_cmd)

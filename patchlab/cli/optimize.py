@@ -2,8 +2,184 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
 import typer
+from click.core import ParameterSource
+
+from ._common import DEVICE_HELP, console, err_console
+
+LOSS_HELP = ("sw (sliced Wasserstein, random projections), w2 (exact Wasserstein, POT), quantile (per-feature 1-D OT), "
+             "ce (targeted cross-entropy: Brown et al.; LaVAN with --eot none), l2 (feature point, Inkawhich et al.).")
+
+
+def optimize_cmd(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", help="Run folder to create (patch.png, patch.npy, run.json, "
+                                                    "checkpoint.pt).")],
+    source: Annotated[Optional[list[str]], typer.Option("--source", help="Source model (card, timm:NAME, ...); "
+                                                        "repeat for an ensemble.")] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="ImageFolder tree with the target class in it.")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="Target class name.")] = None,
+    loss: Annotated[str, typer.Option(help=LOSS_HELP)] = "sw",
+    patch_frac: Annotated[float, typer.Option("--patch-frac", help="Patch area as a fraction of the image.")] = 0.1,
+    steps: Annotated[int, typer.Option(help="Optimisation steps.")] = 500,
+    batch_size: Annotated[int, typer.Option(help="Images per step.")] = 64,
+    lr: Annotated[float, typer.Option(help="Learning rate (pixel units; gradients are normalised per model).")] = 0.03,
+    optimizer: Annotated[str, typer.Option(help="adam or sgd (momentum 0.9).")] = "adam",
+    eot: Annotated[str, typer.Option(help="EOT preset (none, digital, physical) or a TOML file of ranges.")] = "none",
+    placement: Annotated[str, typer.Option(help="side (avoids the centre), random, center or fixed.")] = "side",
+    position: Annotated[Optional[str], typer.Option(help="FX,FY in [0, 1] for --placement fixed.")] = None,
+    shape: Annotated[str, typer.Option(help="square or circle.")] = "square",
+    patch_px: Annotated[Optional[int], typer.Option(help="Patch resolution in pixels (default: one per image "
+                                                         "pixel).")] = None,
+    layers: Annotated[str, typer.Option(help="Feature layers: auto (classifier input), depth:F (block at relative "
+                                             "depth F), layer names; comma separated.")] = "auto",
+    projections: Annotated[int, typer.Option(help="Random projections per step for --loss sw.")] = 500,
+    tv: Annotated[float, typer.Option("--tv", help="Total-variation weight.")] = 0.0,
+    nps: Annotated[Optional[Path], typer.Option("--nps", help="Printable palette file (r g b lines, "
+                                                              "from `patchlab calib color`).")] = None,
+    nps_weight: Annotated[float, typer.Option(help="Non-printability weight (with --nps).")] = 0.1,
+    calib: Annotated[Optional[Path], typer.Option(help="color.json: render through the printer-to-camera "
+                                                       "colour transform.")] = None,
+    frame_markers: Annotated[bool, typer.Option("--frame-markers", help="Render the printed ArUco marker frame "
+                                                                        "around the patch.")] = False,
+    seed: Annotated[int, typer.Option(help="The run's seed (split, batches, EOT, projections, init).")] = 0,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    holdout_frac: Annotated[float, typer.Option(help="Share of the data held out to judge the patch.")] = 0.2,
+    target_images: Annotated[Optional[int], typer.Option(help="Use at most N target-class images for the target "
+                                                              "features.")] = None,
+    limit_per_class: Annotated[Optional[int], typer.Option(help="Load at most N images per class.")] = None,
+    grad_norm: Annotated[bool, typer.Option("--grad-norm/--no-grad-norm",
+                                            help="Normalise each source model's gradient.")] = True,
+    init: Annotated[str, typer.Option(help="random or gray.")] = "random",
+    checkpoint_every: Annotated[int, typer.Option(help="Checkpoint every N steps.")] = 50,
+    log_every: Annotated[int, typer.Option(help="History entry every N steps.")] = 10,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the stopped run in --out (its options are "
+                                                          "reused; only --steps may grow).")] = False,
+    cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Cache target-class features.")] = True,
+) -> None:
+    """Optimise a universal targeted patch against one or more source models."""
+    from ..data import limit_items, load_folder, scan_folder
+    from ..eot import load_eot
+    from ..errors import ConfigError
+    from ..models import load_model
+    from ..optimize import OptimizeConfig, prepare_run, run_optimization
+    from ..runs import read_run
+    from ..utils import resolve_device
+    from ._common import progress_bar
+
+    given = {name for name in ctx.params if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    opts: dict[str, Any] = dict(
+        target=target, loss=loss, steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer, frac=patch_frac,
+        shape=shape, patch_px=patch_px, placement=placement,
+        position=_parse_position(position), eot_name=eot, layers=layers, projections=projections, tv=tv,
+        nps=nps_weight if nps else 0.0, palette=str(nps.resolve()) if nps else None,
+        calib=str(calib.resolve()) if calib else None, frame_markers=frame_markers, seed=seed,
+        holdout_frac=holdout_frac, target_images=target_images, grad_norm=grad_norm, init=init,
+        checkpoint_every=checkpoint_every, log_every=log_every)
+    cli_to_cfg = {"patch_frac": "frac", "eot": "eot_name", "nps": "palette", "nps_weight": "nps"}
+    sources, data_root, limit = list(source or []), data, limit_per_class
+    if resume:
+        rec = read_run(out)
+        old = dict(rec.get("config", {}))
+        for k, v in old.items():
+            if k != "eot" and not any(cli_to_cfg.get(g, g) == k for g in given):
+                opts[k] = tuple(v) if k == "position" and v is not None else v
+        if not sources:
+            sources = [s["ref"] for s in rec.get("sources", [])]
+        if data_root is None:
+            data_root = Path(rec.get("data", {}).get("root", ""))
+        if limit is None:
+            limit = rec.get("limit_per_class")
+    if not sources:
+        raise ConfigError("give at least one --source model")
+    if data_root is None:
+        raise ConfigError("give --data DIR (an ImageFolder tree)")
+    if not opts.get("target"):
+        raise ConfigError("give --target CLASS")
+    opts["eot"] = load_eot(opts["eot_name"])
+    config = OptimizeConfig(**opts)
+    dev = resolve_device(device)
+    color, palette = _load_calibration(config)
+    models = [load_model(ref, device=dev) for ref in sources]
+    n_files = len(limit_items(scan_folder(data_root)[0], limit))
+    with progress_bar("loading images", n_files) as adv:
+        images = load_folder(data_root, limit_per_class=limit, progress=adv)
+    with console.status("target-class features"):
+        prepared = prepare_run(config, models, images, device=dev, cache=cache, color=color, palette=palette)
+    prepared.record["limit_per_class"] = limit
+    prepared.record["device"] = str(dev)
+    names = ", ".join(m.name for m in models)
+    err_console.print(f"optimising a {config.loss} patch ({prepared.record['patch']['pixels'][0]} px, "
+                      f"{config.frac:.0%} of the image) towards {prepared.record['target_class']!r} on {names}; "
+                      f"{prepared.record['data']['n_attack']} attack images, "
+                      f"{prepared.record['data']['n_target_images']} target images")
+    with _StepBar(config.steps) as bar:
+        res = run_optimization(prepared, out, resume=resume, on_step=bar.update,
+                               command=["patchlab", *sys.argv[1:]])
+    console.print(f"finished {res.steps} steps in {res.seconds:.0f} s; running white-box tSuc {res.final_tsuc:.1%}")
+    console.print(f"wrote {Path(out) / 'patch.png'} and {Path(out) / 'run.json'}")
+    console.print(f"next: patchlab eval transfer {out} --models MODEL...")
+
+
+def _parse_position(s: str | None) -> tuple[float, float] | None:
+    from ..errors import ConfigError
+
+    if s is None:
+        return None
+    try:
+        fx, fy = (float(v) for v in s.split(","))
+    except ValueError:
+        raise ConfigError(f"--position takes FX,FY (fractions in [0, 1]), got {s!r}") from None
+    return fx, fy
+
+
+def _load_calibration(config):
+    """The colour transform and palette the config names (the CLI may import stages; the core may not)."""
+    color = palette = None
+    if config.calib:
+        from ..calib import ColorTransform
+
+        color = ColorTransform.from_json(config.calib)
+    if config.palette:
+        from ..calib import load_palette
+
+        palette = load_palette(config.palette)
+    return color, palette
+
+
+class _StepBar:
+    """A rich progress bar that shows the loss terms and the running white-box tSuc."""
+
+    def __init__(self, total: int):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.progress = Progress(TextColumn("[bold]optimise"), BarColumn(), MofNCompleteColumn(),
+                                 TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
+                                 console=err_console)
+        self.total = total
+        self.ema: float | None = None
+
+    def __enter__(self) -> "_StepBar":
+        self.progress.__enter__()
+        self.task = self.progress.add_task("optimise", total=self.total, info="")
+        return self
+
+    def update(self, info) -> None:
+        self.ema = info.tsuc if self.ema is None else 0.9 * self.ema + 0.1 * info.tsuc
+        terms = " ".join(f"{k.split('[')[0]}={v:.3g}" for k, v in list(info.terms.items())[:4])
+        self.progress.update(self.task, completed=info.step,
+                             info=f"loss {info.loss:.4g} ({terms}) tSuc~{self.ema:.0%}")
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
 
 
 def register(app: typer.Typer) -> None:
     """Attach the ``optimize`` command to the top-level app."""
+    app.command("optimize")(optimize_cmd)
+

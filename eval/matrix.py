@@ -1,0 +1,162 @@
+"""Transfer matrices: patches (rows) judged on models (columns), the OT patch paper's table shape.
+
+Each row is one run's patch; each cell its tSuc on one model. Per row, the mean,
+min and max over the models the patch was *not* optimised against are the transfer
+figures; the source models' cells are the white-box figures.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from patchlab.data import ImageSet
+from patchlab.eot import PRESETS, EOTConfig
+from patchlab.models.wrapper import WrappedModel
+from patchlab.runs import read_run
+from patchlab.utils import atomic_write_json, atomic_write_text
+
+from .transfer import CleanCache, TransferResult, evaluate_run
+
+
+@dataclass(frozen=True)
+class MatrixRow:
+    """One patch across the models."""
+
+    run_id: str
+    run_dir: str
+    label: str
+    loss: str
+    sources: list[str]
+    target_class: str
+    frac: float
+    tsuc: dict[str, float]
+    ci95: dict[str, list[float]]
+    white_box: float | None  # mean tSuc on the source models present among the columns
+    mean_transfer: float | None
+    min_transfer: float | None
+    max_transfer: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class MatrixResult:
+    """The whole matrix, with what it was measured under."""
+
+    models: list[str]
+    rows: list[MatrixRow] = field(default_factory=list)
+    placement: str | None = None
+    eot: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"models": self.models, "placement": self.placement, "eot": self.eot, "seed": self.seed,
+                "runs": [r.to_dict() for r in self.rows]}
+
+    def to_markdown(self) -> str:
+        """A markdown table: one row per patch, tSuc per model (source cells marked *), then mean/min/max."""
+        head = ["patch", *self.models, "mean", "min", "max"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in self.rows:
+            cells = [r.label]
+            for m in self.models:
+                v = r.tsuc.get(m)
+                cells.append("" if v is None else f"{v:.1%}" + ("*" if m in r.sources else ""))
+            for v in (r.mean_transfer, r.min_transfer, r.max_transfer):
+                cells.append("" if v is None else f"{v:.1%}")
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+        lines.append("tSuc on held-out non-target images; * = source model (white-box); mean/min/max over the "
+                     "other models (transfer).")
+        return "\n".join(lines) + "\n"
+
+    def heatmap(self, path: str | Path) -> Path:
+        """Save a heatmap PNG of the matrix (rows: patches, columns: models, source cells outlined)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Rectangle
+
+        a = np.array([[r.tsuc.get(m, np.nan) for m in self.models] for r in self.rows], dtype=float)
+        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(self.models), 1.0 + 0.38 * max(1, len(self.rows))),
+                               dpi=120)
+        im = ax.imshow(a * 100, vmin=0, vmax=100, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(len(self.models)), [_short(m) for m in self.models], rotation=35, ha="right")
+        ax.set_yticks(range(len(self.rows)), [r.label for r in self.rows])
+        for i, r in enumerate(self.rows):
+            for j, m in enumerate(self.models):
+                if np.isfinite(a[i, j]):
+                    ax.text(j, i, f"{a[i, j] * 100:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if a[i, j] < 0.6 else "black")
+                if m in r.sources:
+                    ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5, ec="red"))
+        fig.colorbar(im, ax=ax, label="tSuc (%)")
+        ax.set_title("transfer matrix (red: source model)", fontsize=9)
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path)
+        plt.close(fig)
+        return path
+
+    def write(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write ``matrix.json``, ``matrix.md`` and ``matrix.png`` into ``out_dir``."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        return {"json": atomic_write_json(out / "matrix.json", self.to_dict()),
+                "markdown": atomic_write_text(out / "matrix.md", self.to_markdown()),
+                "heatmap": self.heatmap(out / "matrix.png")}
+
+
+def _short(name: str) -> str:
+    return name.split("-", 1)[1] if name.startswith("cifar10-") else name
+
+
+def row_label(record: dict[str, Any]) -> str:
+    """``loss frac% source -> target`` for a run record."""
+    cfg = record.get("config", {})
+    src = "+".join(_short(s["name"]) for s in record.get("sources", []))
+    return f"{cfg.get('loss', '?')} {float(cfg.get('frac', 0)):.0%} {src}->{record.get('target_class', '?')}"
+
+
+def matrix_row(run_dir: str | Path, result: TransferResult, record: dict[str, Any]) -> MatrixRow:
+    by = result.by_name()
+    sources = [s["name"] for s in record.get("sources", [])]
+    others = [m.tsuc for m in result.models if not m.is_source]
+    wb = [m.tsuc for m in result.models if m.is_source]
+    cfg = record.get("config", {})
+    return MatrixRow(run_id=result.run_id, run_dir=str(run_dir), label=row_label(record), loss=str(cfg.get("loss")),
+                     sources=sources, target_class=result.target_class, frac=float(cfg.get("frac", 0.0)),
+                     tsuc={n: m.tsuc for n, m in by.items()}, ci95={n: list(m.ci95) for n, m in by.items()},
+                     white_box=float(np.mean(wb)) if wb else None,
+                     mean_transfer=float(np.mean(others)) if others else None,
+                     min_transfer=float(np.min(others)) if others else None,
+                     max_transfer=float(np.max(others)) if others else None)
+
+
+def transfer_matrix(run_dirs: Sequence[str | Path], models: Sequence[WrappedModel], *,
+                    placement: str | None = None, eot: EOTConfig = PRESETS["none"], eot_name: str = "none",
+                    seed: int = 0, batch_size: int = 256, device: torch.device | str = "cpu",
+                    on_run: Callable[[int, str], None] | None = None,
+                    progress: Callable[[int], None] | None = None) -> MatrixResult:
+    """Judge every run's patch on every model (held-out images of each run, shared clean predictions)."""
+    clean: CleanCache = {}
+    data: dict[str, ImageSet] = {}
+    rows = []
+    for i, rd in enumerate(run_dirs):
+        if on_run is not None:
+            on_run(i, str(rd))
+        rec = read_run(rd)
+        res = evaluate_run(rd, models, placement=placement, eot=eot, eot_name=eot_name, seed=seed,
+                           batch_size=batch_size, device=device, clean_cache=clean, data_cache=data,
+                           progress=progress)
+        rows.append(matrix_row(rd, res, rec))
+    return MatrixResult(models=[m.name for m in models], rows=rows, placement=placement,
+                        eot={"name": eot_name, **eot.to_dict()}, seed=seed)
