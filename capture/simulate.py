@@ -1,0 +1,610 @@
+"""Print-and-camera simulator: a patch turned into a "recorded video" with ground truth.
+
+How a frame is made (everything random is drawn from one seed, see :class:`SimConfig`):
+
+1. **Print.** The cut-out of copy 0 of the layout (patch + marker frame, exactly
+   as ``patchlab print patch`` draws it, through :func:`patchlab.sheet.render_sheet`)
+   goes through a printer model: the colour transform of ``--calib color.json``
+   when given (printed sRGB -> what a camera records), else :class:`PrinterModel`
+   (gamut compression, ink black and paper white, dot spread blur).
+2. **Scene.** A scene image fills the frame (scaled to cover it, centre crop);
+   ``--scenes`` is an ImageFolder tree (class = folder name) or a plain folder
+   (class unknown). A video shows ``ceil(frames / scene_frames)`` scenes in turn,
+   never of the patch's own target class (as digital tSuc leaves those out).
+3. **Camera.** The cut-out is a card in 3-D in front of the scene, beside the
+   object, seen by a pinhole camera (``--camera camera.json`` or a default ~60
+   degree lens). Its distance, tilts, roll and position follow smooth seeded
+   sweeps, so a video covers near to far (apparent size from ~55 % to ~17 % of
+   the frame height), +-45 degree tilts and +-35 degree roll. Without lens
+   distortion the card is warped by its exact homography (supersampled 2x, from
+   a mip level that never magnifies); with distortion by
+   :func:`patchlab.calib.synth.render_plane_view`.
+4. **Light and sensor.** Motion blur along the card's image velocity, a smooth
+   lighting change (exposure 0.55-1.25 and a colour cast, in linear light),
+   defocus, vignetting and sensor noise (:func:`patchlab.calib.synth.photograph`),
+   then the video codec's compression (``.mp4``: MPEG-4 part 2; ``.avi``: MJPEG).
+
+Ground truth, one JSON line per frame in ``<video stem>.truth.jsonl`` beside the
+video: ``index``, ``timestamp``, ``object_class``, ``scene``, ``has_patch`` and the
+card's pose -- ``quad_px``, ``size_px`` and ``angle_deg`` exactly as capture
+computes them (:func:`patchlab.capture.pose.quad_metrics`), ``distance_mm``,
+``tilt_x_deg``, ``tilt_y_deg``, ``roll_deg``, ``view_angle_deg``, the apparent
+marker sides and whether all markers are inside the frame -- and the conditions
+(``exposure``, ``motion_blur_px``, ``noise_sigma``). ``<stem>.sim.json`` holds the
+configuration, the sampled sweep parameters, the scenes and library versions.
+
+``capture run`` reads ``<stem>.truth.jsonl`` when it sits beside the video, so
+its log carries the object class of each frame.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import cv2
+import numpy as np
+
+from patchlab.data import scan_folder
+from patchlab.errors import ConfigError
+from patchlab.layout import Layout, MarkerSpec, PatchSpec
+from patchlab.sheet import render_sheet
+from patchlab.utils import atomic_write_json, versions
+
+from .pose import euler_from_rotation, quad_metrics
+
+#: Libraries whose versions a simulated video records.
+SIM_VERSION_MODULES = ("cv2", "numpy", "torch")
+#: Video codecs by file extension.
+CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
+#: Apparent patch side at the near and far end of the distance sweep, as a
+#: fraction of the frame height.
+NEAR_SIDE_FRAC, FAR_SIDE_FRAC = 0.55, 0.17
+#: Default focal length of the simulated camera, in units of the frame width (~62 degree lens).
+DEFAULT_FOCAL_FRAC = 0.9
+#: Supersampling of the card rendering (rays per pixel side).
+SUPERSAMPLE = 2
+
+
+def truth_path_for(video: str | Path) -> Path:
+    """``clip.mp4`` -> ``clip.truth.jsonl``: per-frame ground truth beside a video."""
+    p = Path(video)
+    return p.with_name(p.stem + ".truth.jsonl")
+
+
+def sim_path_for(video: str | Path) -> Path:
+    """``clip.mp4`` -> ``clip.sim.json``: the simulator's configuration beside a video."""
+    p = Path(video)
+    return p.with_name(p.stem + ".sim.json")
+
+
+def read_truth(path: str | Path) -> list[dict[str, Any]]:
+    """Read a ``.truth.jsonl`` file (one dict per frame, in frame order)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"ground truth not found: {p}")
+    out = []
+    for k, line in enumerate(p.read_text().splitlines()):
+        if line.strip():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ConfigError(f"{p}:{k + 1} is not JSON: {exc}") from exc
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# printer
+# --------------------------------------------------------------------------------------
+
+def _decode(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, np.float64)
+    return np.where(x > 0.04045, ((x + 0.055) / 1.055) ** 2.4, x / 12.92)
+
+
+def _encode(x: np.ndarray) -> np.ndarray:
+    x = np.clip(np.asarray(x, np.float64), 0.0, 1.0)
+    return np.where(x > 0.0031308, 1.055 * x ** (1 / 2.4) - 0.055, x * 12.92)
+
+
+#: Rec. 709 / sRGB luminance weights of linear RGB.
+_LUMA = np.array([0.2126, 0.7152, 0.0722])
+
+
+@dataclass(frozen=True)
+class PrinterModel:
+    """A plain office-printer look, used when no measured ``color.json`` is given.
+
+    In linear light: chroma is scaled by ``saturation`` about the luminance (the
+    printer's smaller gamut), then the range is mapped from ink black to paper
+    white; dots spread by a Gaussian of ``blur_mm``. Colours are sRGB 0-255.
+    """
+
+    paper_rgb: tuple[int, int, int] = (243, 240, 231)
+    ink_rgb: tuple[int, int, int] = (32, 30, 34)
+    saturation: float = 0.82
+    blur_mm: float = 0.08
+
+    def apply(self, rgb: np.ndarray, px_per_mm: float, calib: Any = None) -> np.ndarray:
+        """Print an ``(H, W, 3)`` uint8 sRGB image; ``calib`` (a
+        :class:`patchlab.calib.ColorTransform`) replaces the colour part."""
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise ValueError(f"expected (H, W, 3) uint8, got {rgb.shape} {rgb.dtype}")
+        if calib is not None:
+            import torch
+
+            with torch.no_grad():
+                x = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
+                out = calib(x)[0].permute(1, 2, 0).numpy()
+            srgb = out
+        else:
+            lin = _decode(rgb / 255.0)
+            y = lin @ _LUMA
+            lin = y[..., None] + self.saturation * (lin - y[..., None])
+            black, white = _decode(np.array(self.ink_rgb) / 255.0), _decode(np.array(self.paper_rgb) / 255.0)
+            srgb = _encode(black + (white - black) * np.clip(lin, 0.0, 1.0))
+        img = np.clip(np.round(srgb * 255.0), 0, 255).astype(np.uint8)
+        sigma = self.blur_mm * px_per_mm
+        if sigma > 0.2:
+            img = cv2.GaussianBlur(img, (0, 0), sigma)
+        return img
+
+
+# --------------------------------------------------------------------------------------
+# configuration and sweeps
+# --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SimConfig:
+    """What the simulator does; every field goes into ``<stem>.sim.json``.
+
+    ``control``: ``None`` (film the patch), ``"blank"`` (the same card with a blank
+    paper patch: markers and pose kept, no adversarial pixels) or ``"none"`` (no
+    card at all). A control video with the same seed has the same scenes, sweep,
+    light and noise, frame for frame.
+    """
+
+    frames: int = 300
+    fps: float = 30.0
+    size: tuple[int, int] = (640, 480)
+    seed: int = 0
+    scene_frames: int = 60
+    tilt_max_deg: float = 45.0
+    roll_max_deg: float = 35.0
+    near_side_frac: float = NEAR_SIDE_FRAC
+    far_side_frac: float = FAR_SIDE_FRAC
+    exposure_range: tuple[float, float] = (0.55, 1.25)
+    noise_sigma: float = 2.5
+    defocus_sigma: float = 0.5
+    vignetting: float = 0.15
+    exposure_time: float = 0.5  # fraction of the frame interval the shutter is open (motion blur)
+    control: str | None = None
+    printer: PrinterModel = field(default_factory=PrinterModel)
+
+    def __post_init__(self) -> None:
+        if self.frames < 1:
+            raise ConfigError(f"--frames must be >= 1, got {self.frames}")
+        if self.fps <= 0:
+            raise ConfigError(f"--fps must be > 0, got {self.fps}")
+        if self.size[0] < 64 or self.size[1] < 64:
+            raise ConfigError(f"frame size must be at least 64x64, got {self.size[0]}x{self.size[1]}")
+        if self.scene_frames < 1:
+            raise ConfigError(f"--scene-frames must be >= 1, got {self.scene_frames}")
+        if self.control not in (None, "blank", "none"):
+            raise ConfigError(f"--control must be 'blank' or 'none', got {self.control!r}")
+        if not 0 < self.far_side_frac < self.near_side_frac:
+            raise ConfigError("far_side_frac must be in (0, near_side_frac)")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["size"] = list(self.size)
+        return d
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """Sampled parameters of the smooth per-video sweeps (logged, replayable)."""
+
+    cycles: dict[str, float]
+    phases: dict[str, float]
+    anchor: tuple[float, float]  # where the card's centre hovers, as fractions of (W, H)
+    tint: tuple[float, float, float]
+
+    @classmethod
+    def sample(cls, rng: np.random.Generator) -> "Sweep":
+        keys = ("distance", "tilt_x", "tilt_y", "roll", "u", "v", "exposure", "tint")
+        cycles = {k: float(rng.uniform(0.8, 2.6)) for k in keys}
+        cycles["distance"] = float(rng.uniform(1.2, 1.8))
+        phases = {k: float(rng.uniform(0, 2 * math.pi)) for k in keys}
+        side = 1.0 if rng.random() < 0.5 else -1.0
+        tint = tuple(float(v) for v in rng.uniform(-0.08, 0.08, 3))
+        return cls(cycles=cycles, phases=phases, anchor=(0.5 + side * 0.12, 0.56), tint=tint)  # type: ignore[arg-type]
+
+    def wave(self, key: str, s: float) -> float:
+        """``sin`` of sweep ``key`` at video position ``s`` in [0, 1]."""
+        return math.sin(2 * math.pi * self.cycles[key] * s + self.phases[key])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"cycles": self.cycles, "phases": self.phases, "anchor": list(self.anchor), "tint": list(self.tint)}
+
+
+def default_camera(size: tuple[int, int]) -> np.ndarray:
+    """The simulator's pinhole camera matrix for a frame ``size`` (no distortion)."""
+    w, h = size
+    f = DEFAULT_FOCAL_FRAC * w
+    return np.array([[f, 0, (w - 1) / 2], [0, f, (h - 1) / 2], [0, 0, 1]], np.float64)
+
+
+def _rotation(tx: float, ty: float, roll: float) -> np.ndarray:
+    from patchlab.calib.synth import look_at
+
+    return cv2.Rodrigues(look_at((0.0, 0.0), 1.0, tilt_x_deg=tx, tilt_y_deg=ty, roll_deg=roll).rvec)[0]
+
+
+# --------------------------------------------------------------------------------------
+# the card
+# --------------------------------------------------------------------------------------
+
+def cutout_layout(layout: Layout, copy: int = 0) -> tuple[Layout, tuple[float, float]]:
+    """The cut-out of one patch copy as a layout of its own (origin at the cut corner).
+
+    Returns the sub-layout and the cut corner's page position (mm), so that a
+    point of the cut-out at ``(x, y)`` is at ``(x + ox, y + oy)`` on the page.
+    """
+    patch = next((p for p in layout.patches if p.copy == copy), None)
+    if patch is None:
+        raise ConfigError(f"the layout has no patch copy {copy}")
+    markers = layout.markers_of(copy)
+    if len(markers) != 4:
+        raise ConfigError("the layout's patch has no marker frame: print it with --markers")
+    cut = next((c["cut_rect_mm"] for c in layout.meta.get("copies", []) if c.get("copy") == copy), None)
+    if cut is None:  # older layouts: the frame's bounding box
+        pts = np.array([pt for m in markers for pt in m.corners_mm])
+        quiet = float(layout.meta.get("frame", {}).get("quiet_mm", 0.0) or 0.0)
+        x0, y0 = pts.min(0) - quiet
+        x1, y1 = pts.max(0) + quiet
+        cut = [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
+    ox, oy, w, h = (float(v) for v in cut)
+    sub = Layout(kind="patch", page_mm=(w, h), aruco_dict=layout.aruco_dict,
+                 markers=[MarkerSpec(id=m.id, corners_mm=[(x - ox, y - oy) for x, y in m.corners_mm], copy=0)
+                          for m in markers],
+                 patches=[PatchSpec(x_mm=patch.x_mm - ox, y_mm=patch.y_mm - oy, width_mm=patch.width_mm,
+                                    height_mm=patch.height_mm, pixels=patch.pixels, copy=0, shape=patch.shape)])
+    return sub, (ox, oy)
+
+
+@dataclass(frozen=True)
+class Card:
+    """The printed cut-out, ready to film: an RGBA mip pyramid and its geometry."""
+
+    levels: list[np.ndarray]  # RGBA uint8, level l is 2**l times smaller
+    px_per_mm: float  # of level 0
+    origin_mm: tuple[float, float]  # page position of the cut corner
+    patch_corners_mm: np.ndarray  # (4, 2) page mm
+    marker_corners_mm: dict[int, np.ndarray]
+    width_mm: float
+
+    def level_for(self, canvas_px_per_mm: float) -> int:
+        """The smallest mip level that still has at least ``canvas_px_per_mm``."""
+        lvl = int(math.floor(math.log2(max(self.px_per_mm / max(canvas_px_per_mm, 1e-9), 1.0))))
+        return min(lvl, len(self.levels) - 1)
+
+    def pixel_to_mm(self, level: int) -> np.ndarray:
+        """3x3 matrix: level pixel (pixel-centre coordinates) -> page mm."""
+        s = (2 ** level) / self.px_per_mm
+        ox, oy = self.origin_mm
+        return np.array([[s, 0, ox + 0.5 * s], [0, s, oy + 0.5 * s], [0, 0, 1]], np.float64)
+
+
+def make_card(layout: Layout, patch: np.ndarray | None, *, px_per_mm: float, printer: PrinterModel,
+              calib: Any = None, copy: int = 0) -> Card:
+    """Print copy ``copy`` of ``layout`` with ``patch`` (``(h, w, 3)`` uint8 RGB, or
+    None for a blank paper patch) and build its mip pyramid."""
+    sub, origin = cutout_layout(layout, copy)
+    patches = None if patch is None else {0: patch}
+    rgb = render_sheet(sub, px_per_mm, patches=patches)
+    rgb = printer.apply(rgb, px_per_mm, calib)
+    n_levels = 6
+    m = 2 ** (n_levels - 1)
+    H, W = rgb.shape[:2]
+    Hp, Wp = -(-H // m) * m, -(-W // m) * m
+    rgba = np.zeros((Hp, Wp, 4), np.uint8)
+    rgba[:H, :W, :3] = rgb
+    rgba[:H, :W, 3] = 255
+    # padding is transparent black, so reduced levels hold premultiplied colour at the edge
+    levels = [rgba]
+    for _ in range(n_levels - 1):
+        prev = levels[-1]
+        levels.append(cv2.resize(prev, (prev.shape[1] // 2, prev.shape[0] // 2), interpolation=cv2.INTER_AREA))
+    p = next(q for q in layout.patches if q.copy == copy)
+    return Card(levels=levels, px_per_mm=px_per_mm, origin_mm=origin,
+                patch_corners_mm=np.asarray(p.corners_mm, np.float64),
+                marker_corners_mm={mk.id: np.asarray(mk.corners_mm, np.float64) for mk in layout.markers_of(copy)},
+                width_mm=p.width_mm)
+
+
+def _render_card(card: Card, K: np.ndarray, dist: np.ndarray | None, R: np.ndarray, t: np.ndarray,
+                 size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The card seen by the camera: ``(premultiplied RGB float32 (H, W, 3), alpha (H, W))``."""
+    w, h = size
+    Hpage = K @ np.column_stack([R[:, 0], R[:, 1], t])  # page mm -> image px (pixel centres)
+    # canvas pixels per mm near the card centre, to pick the mip level
+    c = card.patch_corners_mm.mean(0)
+    J = []
+    for dx, dy in ((1.0, 0.0), (0.0, 1.0)):
+        a, b = Hpage @ [c[0], c[1], 1.0], Hpage @ [c[0] + dx, c[1] + dy, 1.0]
+        J.append(np.linalg.norm(b[:2] / b[2] - a[:2] / a[2]))
+    level = card.level_for(SUPERSAMPLE * max(J) * 1.3)
+    src = card.levels[level]
+    A = card.pixel_to_mm(level)
+    s = SUPERSAMPLE
+    if dist is None or not np.any(np.asarray(dist) != 0):
+        S = np.array([[s, 0, (s - 1) / 2], [0, s, (s - 1) / 2], [0, 0, 1]], np.float64)
+        M = S @ Hpage @ A
+        big = cv2.warpPerspective(src, M, (w * s, h * s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                                  borderValue=(0, 0, 0, 0))
+        img = cv2.resize(big, (w, h), interpolation=cv2.INTER_AREA)
+    else:
+        from patchlab.calib.synth import Pose, render_plane_view
+
+        ox, oy = card.origin_mm
+        t2 = t + R @ np.array([ox, oy, 0.0])
+        img = render_plane_view(src, card.px_per_mm / 2 ** level, K, dist, Pose(cv2.Rodrigues(R)[0].ravel(), t2),
+                                (w, h), supersample=s, background=0)
+    # transparent texels are (0, 0, 0, 0), so every average taken (mip reduction,
+    # bilinear warp, area resize) is already alpha-premultiplied
+    a = img[..., 3].astype(np.float32) / 255.0
+    return img[..., :3].astype(np.float32), a
+
+
+def _motion_kernel(vx: float, vy: float) -> np.ndarray | None:
+    L = math.hypot(vx, vy)
+    if L < 0.75:
+        return None
+    n = int(math.ceil(L)) | 1
+    k = np.zeros((n, n), np.float32)
+    c = n // 2
+    steps = max(2 * n, 8)
+    for i in range(steps):
+        f = i / (steps - 1) - 0.5
+        x, y = c + f * vx, c + f * vy
+        x0, y0 = int(np.clip(round(x), 0, n - 1)), int(np.clip(round(y), 0, n - 1))
+        k[y0, x0] += 1.0
+    return k / k.sum()
+
+
+def _light_lut(gain: np.ndarray) -> np.ndarray:
+    """Per-channel 8-bit LUTs applying a linear-light gain (BGR order): ``(256, 1, 3)``."""
+    v = np.arange(256) / 255.0
+    lin = _decode(v)
+    out = np.stack([_encode(lin * g) for g in gain], -1)
+    return np.clip(np.round(out * 255.0), 0, 255).astype(np.uint8).reshape(256, 1, 3)
+
+
+def _cover(img_bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    w, h = size
+    ih, iw = img_bgr.shape[:2]
+    s = max(w / iw, h / ih)
+    nw, nh = max(w, int(math.ceil(iw * s))), max(h, int(math.ceil(ih * s)))
+    big = cv2.resize(img_bgr, (nw, nh), interpolation=cv2.INTER_CUBIC if s > 1 else cv2.INTER_AREA)
+    x0, y0 = (nw - w) // 2, (nh - h) // 2
+    return np.ascontiguousarray(big[y0:y0 + h, x0:x0 + w])
+
+
+# --------------------------------------------------------------------------------------
+# the video
+# --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SimResult:
+    """What :func:`simulate_capture` wrote."""
+
+    video: Path
+    truth: Path
+    sim: Path
+    frames: int
+    markers_in_frame: int  # frames whose four markers are all inside the image (and >= 8 px)
+    scenes: list[dict[str, Any]]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.update(video=str(self.video), truth=str(self.truth), sim=str(self.sim))
+        return d
+
+
+def _pick_scenes(root: str | Path, n: int, rng: np.random.Generator, exclude: str | None) -> list[tuple[Path, str | None]]:
+    items, classes = scan_folder(root)
+    pool = [(p, classes[c] if c >= 0 else None) for p, c in items]
+    if exclude:
+        kept = [it for it in pool if it[1] is None or it[1].lower() != exclude.lower()]
+        pool = kept or pool
+    idx = rng.choice(len(pool), size=n, replace=len(pool) < n)
+    return [pool[int(i)] for i in idx]
+
+
+def simulate_capture(patch: np.ndarray | None, layout: Layout, scenes: str | Path, out: str | Path, *,
+                     config: SimConfig = SimConfig(), camera: tuple[np.ndarray, np.ndarray] | None = None,
+                     calib: Any = None, target_class: str | None = None, source: dict[str, Any] | None = None,
+                     progress: Callable[[int], None] | None = None) -> SimResult:
+    """Film a printed patch: write ``out`` (video), its ground truth and its config.
+
+    Args:
+        patch: ``(h, w, 3)`` uint8 RGB patch image (what ``patchlab print`` prints).
+        layout: the printed sheet (``patch.layout.json``); copy 0 is filmed.
+        scenes: folder of scene images (ImageFolder tree or plain folder).
+        out: video file, ``.mp4`` (MPEG-4) or ``.avi`` (MJPEG).
+        config: see :class:`SimConfig`.
+        camera: ``(K, dist)`` for a ``config.size`` frame, else :func:`default_camera`.
+        calib: a :class:`patchlab.calib.ColorTransform` as the printer's colour model.
+        target_class: the patch's target; scenes of that class are not used.
+        source: provenance of the patch (path, run id), recorded in ``.sim.json``.
+        progress: called with 1 per frame written.
+
+    Raises:
+        ConfigError: bad options, an unwritable video or an unusable layout.
+    """
+    import time
+
+    from patchlab.calib.synth import photograph
+
+    t_start = time.perf_counter()
+    out = Path(out)
+    codec = CODECS.get(out.suffix.lower())
+    if codec is None:
+        raise ConfigError(f"--out must be a video file ending in {', '.join(CODECS)}, got {out}")
+    if patch is not None and (patch.ndim != 3 or patch.shape[2] != 3 or patch.dtype != np.uint8):
+        raise ConfigError(f"patch image must be (h, w, 3) uint8, got {patch.shape} {patch.dtype}")
+    cfg = config
+    W, H = cfg.size
+    rng = np.random.default_rng(cfg.seed)
+    sweep = Sweep.sample(rng)
+    n_scenes = -(-cfg.frames // cfg.scene_frames)
+    scene_items = _pick_scenes(scenes, n_scenes, rng, target_class)
+    scene_imgs = []
+    for p, _ in scene_items:
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            raise ConfigError(f"cannot read scene image {p}")
+        scene_imgs.append(_cover(img, cfg.size))
+
+    K, dist = (default_camera(cfg.size), None) if camera is None else (np.asarray(camera[0], np.float64),
+                                                                        np.asarray(camera[1], np.float64))
+    f = float(K[0, 0])
+    p0 = next((q for q in layout.patches if q.copy == 0), None)
+    if p0 is None:
+        raise ConfigError("the layout has no patch copy 0")
+    width_mm = p0.width_mm
+    d_near = f * width_mm / (cfg.near_side_frac * H)
+    d_far = f * width_mm / (cfg.far_side_frac * H)
+    # enough resolution that the nearest, most tilted view never magnifies the print
+    ppm = max(6.0, SUPERSAMPLE * 1.6 * cfg.near_side_frac * H / width_mm)
+    card = None
+    if cfg.control != "none":
+        card = make_card(layout, None if cfg.control == "blank" else patch, px_per_mm=ppm, printer=cfg.printer,
+                         calib=calib)
+    centre_mm = np.asarray(p0.corners_mm, np.float64).mean(0)
+    patch_corners = np.asarray(p0.corners_mm, np.float64)
+    markers = {m.id: np.asarray(m.corners_mm, np.float64) for m in layout.markers_of(0)}
+
+    def pose_at(i: int) -> dict[str, Any]:
+        s = i / max(cfg.frames - 1, 1)
+        sd = 0.5 - 0.5 * sweep.wave("distance", s)
+        d = math.exp(math.log(d_near) + sd * (math.log(d_far) - math.log(d_near)))
+        tx = cfg.tilt_max_deg * sweep.wave("tilt_x", s)
+        ty = cfg.tilt_max_deg * sweep.wave("tilt_y", s)
+        roll = cfg.roll_max_deg * sweep.wave("roll", s)
+        u = W * sweep.anchor[0] + 0.07 * H * sweep.wave("u", s)
+        v = H * sweep.anchor[1] + 0.07 * H * sweep.wave("v", s)
+        R = _rotation(tx, ty, roll)
+        # camera-frame position of the card centre: depth d along the ray through (u, v)
+        ray = np.linalg.solve(K, [u, v, 1.0])
+        cc = d * ray / np.linalg.norm(ray)
+        t = cc - R @ np.array([centre_mm[0], centre_mm[1], 0.0])
+        return {"d": d, "tx": tx, "ty": ty, "roll": roll, "R": R, "t": t, "cc": cc}
+
+    def project(P: dict[str, Any], pts: np.ndarray) -> np.ndarray:
+        obj = np.column_stack([pts, np.zeros(len(pts))])
+        if dist is None:
+            cam = (P["R"] @ obj.T).T + P["t"]
+            uv = (K @ cam.T).T
+            return uv[:, :2] / uv[:, 2:3]
+        return cv2.projectPoints(obj, cv2.Rodrigues(P["R"])[0], P["t"], K, dist)[0].reshape(-1, 2)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_video = out.with_name(f".{out.stem}.partial{out.suffix}")
+    writer = cv2.VideoWriter(str(tmp_video), cv2.VideoWriter_fourcc(*codec), float(cfg.fps), (W, H))
+    if not writer.isOpened():
+        raise ConfigError(f"cannot write video {out} with codec {codec} (OpenCV has no encoder for it here)")
+    truth_lines: list[str] = []
+    markers_in_frame = 0
+    try:
+        prev_centre = None
+        for i in range(cfg.frames):
+            s = i / max(cfg.frames - 1, 1)
+            k_scene = min(i // cfg.scene_frames, len(scene_imgs) - 1)
+            frame = scene_imgs[k_scene].astype(np.float32)
+            P = pose_at(i)
+            quad = project(P, patch_corners)
+            size_px, angle, centre = quad_metrics(quad)
+            vx = vy = 0.0
+            if prev_centre is not None:
+                vx, vy = (centre[0] - prev_centre[0]) * cfg.exposure_time, (centre[1] - prev_centre[1]) * cfg.exposure_time
+            prev_centre = centre
+            mk_sides, inside = [], True
+            for mid, corners in markers.items():
+                q = project(P, corners)
+                mk_sides.append(float(np.mean([np.linalg.norm(q[j] - q[(j + 1) % 4]) for j in range(4)])))
+                inside &= bool(np.all((q[:, 0] >= 1) & (q[:, 0] <= W - 2) & (q[:, 1] >= 1) & (q[:, 1] <= H - 2)))
+            visible = card is not None and inside and min(mk_sides) >= 8.0
+            markers_in_frame += int(visible)
+            if card is not None:
+                prem, a = _render_card(card, K, dist, P["R"], P["t"], cfg.size)
+                kern = _motion_kernel(vx, vy)
+                if kern is not None:
+                    prem = cv2.filter2D(prem, -1, kern, borderType=cv2.BORDER_CONSTANT)
+                    a = cv2.filter2D(a, -1, kern, borderType=cv2.BORDER_CONSTANT)
+                frame = frame * (1.0 - a[..., None]) + prem[..., ::-1]  # card is RGB, frame BGR
+            lo, hi = cfg.exposure_range
+            exposure = math.exp(math.log(lo) + (0.5 + 0.5 * sweep.wave("exposure", s)) * (math.log(hi) - math.log(lo)))
+            tint = np.array(sweep.tint) * sweep.wave("tint", s)
+            gain_rgb = exposure * (1.0 + tint)
+            img8 = np.clip(np.round(frame), 0, 255).astype(np.uint8)
+            img8 = cv2.LUT(img8, _light_lut(gain_rgb[::-1]))
+            frng = np.random.default_rng([cfg.seed, i])
+            sigma = cfg.noise_sigma / math.sqrt(min(exposure, 1.0))
+            img8 = photograph(img8, rng=frng, vignetting=cfg.vignetting, noise_sigma=sigma,
+                              blur_sigma=cfg.defocus_sigma)
+            writer.write(img8)
+            cls = scene_items[k_scene][1]
+            tx, ty, roll = euler_from_rotation(P["R"])
+            cc = P["cc"]
+            view = math.degrees(math.acos(min(1.0, abs(float(P["R"][:, 2] @ cc)) / float(np.linalg.norm(cc)))))
+            rec = {"index": i, "timestamp": round(i / cfg.fps, 6), "object_class": cls,
+                   "scene": str(scene_items[k_scene][0]), "has_patch": card is not None and cfg.control is None,
+                   "card": card is not None,
+                   "quad_px": [[round(float(x), 3), round(float(y), 3)] for x, y in quad],
+                   "size_px": round(size_px, 4), "angle_deg": round(angle, 4),
+                   "center_px": [round(centre[0], 3), round(centre[1], 3)],
+                   "distance_mm": round(float(np.linalg.norm(cc)), 3), "tilt_x_deg": round(tx, 4),
+                   "tilt_y_deg": round(ty, 4), "roll_deg": round(roll, 4), "view_angle_deg": round(view, 4),
+                   "marker_side_px": [round(v_, 3) for v_ in mk_sides], "markers_in_frame": visible,
+                   "exposure": round(exposure, 4), "motion_blur_px": round(math.hypot(vx, vy), 3),
+                   "noise_sigma": round(sigma, 3)}
+            truth_lines.append(json.dumps(rec))
+            if progress is not None:
+                progress(1)
+    except BaseException:
+        writer.release()
+        if tmp_video.exists():
+            tmp_video.unlink()
+        raise
+    writer.release()
+    truth = truth_path_for(out)
+    from patchlab.utils import atomic_write_text
+
+    atomic_write_text(truth, "\n".join(truth_lines) + "\n")
+    os.replace(tmp_video, out)
+    scenes_rec = [{"path": str(p), "object_class": c, "frames": [k * cfg.scene_frames,
+                                                                  min((k + 1) * cfg.scene_frames, cfg.frames)]}
+                  for k, (p, c) in enumerate(scene_items)]
+    sim = sim_path_for(out)
+    seconds = time.perf_counter() - t_start
+    atomic_write_json(sim, {
+        "created_by": "patchlab simulate capture", "video": str(out), "truth": str(truth), "codec": codec,
+        "config": cfg.to_dict(), "sweep": sweep.to_dict(), "camera_matrix": K.tolist(),
+        "dist_coeffs": None if dist is None else np.asarray(dist).ravel().tolist(),
+        "distance_range_mm": [d_near, d_far], "print_px_per_mm": ppm, "printer": "calib" if calib is not None else asdict(cfg.printer),
+        "patch": source or {}, "target_class": target_class, "layout": layout.to_dict(), "scenes": scenes_rec,
+        "frames": cfg.frames, "markers_in_frame": markers_in_frame, "seconds": round(seconds, 2),
+        "versions": versions(SIM_VERSION_MODULES)})
+    return SimResult(video=out, truth=truth, sim=sim, frames=cfg.frames, markers_in_frame=markers_in_frame,
+                     scenes=scenes_rec, seconds=seconds)
+
+
+__all__ = ["PrinterModel", "SimConfig", "SimResult", "Sweep", "Card", "make_card", "cutout_layout",
+           "simulate_capture", "read_truth", "truth_path_for", "sim_path_for", "default_camera"]
