@@ -247,6 +247,19 @@ _FRAMEWORKS: dict[str, Callable[[str, dict[str, Any], bool], nn.Module]] = {
 }
 
 
+def build_network(framework: str, arch: str, kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+    """An untrained network from a card's ``framework``, ``arch`` and ``kwargs``: the
+    same factory :func:`load_model` builds a card through, for code that trains one."""
+    if framework not in _FRAMEWORKS:
+        raise ModelLoadError(f"unknown framework {framework!r} (expected one of {', '.join(sorted(_FRAMEWORKS))})")
+    try:
+        return _FRAMEWORKS[framework](arch, dict(kwargs or {}), False)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise ModelLoadError(f"cannot build {framework}:{arch} with kwargs {dict(kwargs or {})}: {exc}") from exc
+
+
 def _timm_preprocess(net: nn.Module) -> Preprocess:
     import timm.data
 
