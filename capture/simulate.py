@@ -68,6 +68,8 @@ NEAR_SIDE_FRAC, FAR_SIDE_FRAC = 0.55, 0.17
 DEFAULT_FOCAL_FRAC = 0.9
 #: Supersampling of the card rendering (rays per pixel side).
 SUPERSAMPLE = 2
+#: Generator stream ids (with the seed) of the scene draws and the per-frame sensor noise.
+_SCENE_STREAM, _NOISE_STREAM = 1, 2
 
 
 def truth_path_for(video: str | Path) -> Path:
@@ -207,9 +209,14 @@ class SimConfig:
 
 @dataclass(frozen=True)
 class Sweep:
-    """Sampled parameters of the smooth per-video sweeps (logged, replayable)."""
+    """Sampled parameters of the smooth sweeps (logged, replayable).
 
-    cycles: dict[str, float]
+    Each quantity is a sine of its own period (seconds) and phase, so the motion
+    has the same speed in a short clip and a long one, and a clip of ``n`` frames
+    is the first ``n`` frames of any longer one with the same seed.
+    """
+
+    periods: dict[str, float]
     phases: dict[str, float]
     anchor: tuple[float, float]  # where the card's centre hovers, as fractions of (W, H)
     tint: tuple[float, float, float]
@@ -217,19 +224,20 @@ class Sweep:
     @classmethod
     def sample(cls, rng: np.random.Generator) -> "Sweep":
         keys = ("distance", "tilt_x", "tilt_y", "roll", "u", "v", "exposure", "tint")
-        cycles = {k: float(rng.uniform(0.8, 2.6)) for k in keys}
-        cycles["distance"] = float(rng.uniform(1.2, 1.8))
+        periods = {k: float(rng.uniform(4.0, 12.0)) for k in keys}
+        periods["distance"] = float(rng.uniform(5.5, 8.0))
         phases = {k: float(rng.uniform(0, 2 * math.pi)) for k in keys}
         side = 1.0 if rng.random() < 0.5 else -1.0
         tint = tuple(float(v) for v in rng.uniform(-0.08, 0.08, 3))
-        return cls(cycles=cycles, phases=phases, anchor=(0.5 + side * 0.12, 0.56), tint=tint)  # type: ignore[arg-type]
+        return cls(periods=periods, phases=phases, anchor=(0.5 + side * 0.12, 0.56), tint=tint)  # type: ignore[arg-type]
 
-    def wave(self, key: str, s: float) -> float:
-        """``sin`` of sweep ``key`` at video position ``s`` in [0, 1]."""
-        return math.sin(2 * math.pi * self.cycles[key] * s + self.phases[key])
+    def wave(self, key: str, t: float) -> float:
+        """``sin`` of sweep ``key`` at time ``t`` seconds."""
+        return math.sin(2 * math.pi * t / self.periods[key] + self.phases[key])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cycles": self.cycles, "phases": self.phases, "anchor": list(self.anchor), "tint": list(self.tint)}
+        return {"periods_s": self.periods, "phases": self.phases, "anchor": list(self.anchor),
+                "tint": list(self.tint)}
 
 
 def default_camera(size: tuple[int, int]) -> np.ndarray:
@@ -417,14 +425,15 @@ class SimResult:
         return d
 
 
-def _pick_scenes(root: str | Path, n: int, rng: np.random.Generator, exclude: str | None) -> list[tuple[Path, str | None]]:
+def _pick_scenes(root: str | Path, n: int, seed: int, exclude: str | None) -> list[tuple[Path, str | None]]:
+    """Scene ``k`` is drawn by its own generator ``(seed, k)``: a shorter clip shows the
+    first scenes of a longer one."""
     items, classes = scan_folder(root)
     pool = [(p, classes[c] if c >= 0 else None) for p, c in items]
     if exclude:
         kept = [it for it in pool if it[1] is None or it[1].lower() != exclude.lower()]
         pool = kept or pool
-    idx = rng.choice(len(pool), size=n, replace=len(pool) < n)
-    return [pool[int(i)] for i in idx]
+    return [pool[int(np.random.default_rng([seed, _SCENE_STREAM, k]).integers(len(pool)))] for k in range(n)]
 
 
 def simulate_capture(patch: np.ndarray | None, layout: Layout, scenes: str | Path, out: str | Path, *,
@@ -464,7 +473,7 @@ def simulate_capture(patch: np.ndarray | None, layout: Layout, scenes: str | Pat
     rng = np.random.default_rng(cfg.seed)
     sweep = Sweep.sample(rng)
     n_scenes = -(-cfg.frames // cfg.scene_frames)
-    scene_items = _pick_scenes(scenes, n_scenes, rng, target_class)
+    scene_items = _pick_scenes(scenes, n_scenes, cfg.seed, target_class)
     scene_imgs = []
     for p, _ in scene_items:
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
@@ -492,7 +501,7 @@ def simulate_capture(patch: np.ndarray | None, layout: Layout, scenes: str | Pat
     markers = {m.id: np.asarray(m.corners_mm, np.float64) for m in layout.markers_of(0)}
 
     def pose_at(i: int) -> dict[str, Any]:
-        s = i / max(cfg.frames - 1, 1)
+        s = i / cfg.fps
         sd = 0.5 - 0.5 * sweep.wave("distance", s)
         d = math.exp(math.log(d_near) + sd * (math.log(d_far) - math.log(d_near)))
         tx = cfg.tilt_max_deg * sweep.wave("tilt_x", s)
@@ -525,7 +534,7 @@ def simulate_capture(patch: np.ndarray | None, layout: Layout, scenes: str | Pat
     try:
         prev_centre = None
         for i in range(cfg.frames):
-            s = i / max(cfg.frames - 1, 1)
+            s = i / cfg.fps
             k_scene = min(i // cfg.scene_frames, len(scene_imgs) - 1)
             frame = scene_imgs[k_scene].astype(np.float32)
             P = pose_at(i)
@@ -555,7 +564,7 @@ def simulate_capture(patch: np.ndarray | None, layout: Layout, scenes: str | Pat
             gain_rgb = exposure * (1.0 + tint)
             img8 = np.clip(np.round(frame), 0, 255).astype(np.uint8)
             img8 = cv2.LUT(img8, _light_lut(gain_rgb[::-1]))
-            frng = np.random.default_rng([cfg.seed, i])
+            frng = np.random.default_rng([cfg.seed, _NOISE_STREAM, i])
             sigma = cfg.noise_sigma / math.sqrt(min(exposure, 1.0))
             img8 = photograph(img8, rng=frng, vignetting=cfg.vignetting, noise_sigma=sigma,
                               blur_sigma=cfg.defocus_sigma)

@@ -326,8 +326,13 @@ class ThreadedReader:
             self._put(None)
 
     def take(self, n: int, *, timeout: float | None = None) -> list[Any]:
-        """Up to ``n`` frames: blocks for the first one (or ``timeout`` s), then
-        takes only what is already waiting. ``[]`` means the source has ended."""
+        """Up to ``n`` frames; ``[]`` means nothing came within ``timeout`` s (check
+        :attr:`finished` to tell that from the end of the source).
+
+        It blocks for the first frame. A file source then fills the batch (waiting
+        costs nothing and full batches score fastest); a live source adds only what
+        is already waiting, so latency stays one frame.
+        """
         out: list[Any] = []
         if self._done:
             return out
@@ -339,9 +344,10 @@ class ThreadedReader:
             self._done = True
             return out
         out.append(first)
+        fill = not self.source.live
         while len(out) < n:
             try:
-                f = self._q.get_nowait()
+                f = self._q.get() if fill else self._q.get_nowait()
             except queue.Empty:
                 break
             if f is None:

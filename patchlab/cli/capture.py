@@ -103,11 +103,12 @@ def run_cmd(
     truth_rows = read_truth(truth_file) if truth_file is not None and truth_file.is_file() else None
     if truth is not None and truth_rows is None:
         raise ConfigError(f"ground truth not found: {truth}")
-    torch.set_num_threads(threads or default_threads())
     dev = resolve_device(device)
     nets = [load_model(r, device=dev) for r in refs]
     src = open_source(source, realtime=realtime)
     stop = threading.Event()
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(threads or default_threads())
     old_term = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
         summ = run_capture(src, nets, out, cfg, layout=lay, layout_path=None if layout is None else str(layout),
@@ -115,6 +116,7 @@ def run_cmd(
                            stop=stop, overwrite=overwrite)
     finally:
         signal.signal(signal.SIGTERM, old_term)
+        torch.set_num_threads(old_threads)
     console.print(summary_table(summ))
     extra_info = f", {summ.dropped} dropped" if summ.dropped else ""
     if summ.skipped:
