@@ -195,7 +195,7 @@ def footprint(image_hw: tuple[int, int], patch_hw: tuple[int, int], frac: float)
         raise ConfigError(f"patch area fraction must be in (0, 1), got {frac}")
     area = frac * H * W
     fh = max(1, int(round(math.sqrt(area * h / w))))
-    fw = max(1, int(round(area / fh)))
+    fw = max(1, int(round(math.sqrt(area * w / h))))
     return fh, fw
 
 
@@ -239,12 +239,16 @@ class PatchRenderer(nn.Module):
         self.color = color
         fh, fw = footprint(self.image_hw, self.patch_hw, self.frac)
         h, w = self.patch_hw
-        self.px_scale = fw / w  # image pixels per patch pixel
-        # the sticker: patch (+ marker frame) in patch pixels, and its opacity
+        # The sticker (patch + marker frame) is drawn ``up`` times finer than the patch
+        # grid, so a patch shown larger than its pixels keeps sharp marker edges and
+        # exact cells (each patch pixel is ``up`` x ``up`` sticker pixels).
+        self.up = max(1, int(math.ceil(fw / w - 1e-9))) if frame else 1
+        self.px_scale = fw / (w * self.up)  # image pixels per sticker pixel
+        u = self.up
         if frame:
             from .markers import FRAME_MARKER_RATIO, marker_frame
 
-            mf = marker_frame((w, h), marker_ratio=marker_ratio or FRAME_MARKER_RATIO)
+            mf = marker_frame((w, h), scale=u, marker_ratio=marker_ratio or FRAME_MARKER_RATIO)
             self.inner = mf.inner_box
             sticker = torch.from_numpy(mf.image.astype(np.float32) / 255.0).permute(2, 0, 1)
         else:
@@ -253,15 +257,16 @@ class PatchRenderer(nn.Module):
         x0, y0, x1, y1 = self.inner
         alpha = torch.ones(1, *sticker.shape[1:])
         if shape == "circle":
-            yy, xx = torch.meshgrid(torch.arange(h) + 0.5, torch.arange(w) + 0.5, indexing="ij")
-            inside = (((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2) <= 1.0
+            hu, wu = h * u, w * u
+            yy, xx = torch.meshgrid(torch.arange(hu) + 0.5, torch.arange(wu) + 0.5, indexing="ij")
+            inside = (((xx - wu / 2) / (wu / 2)) ** 2 + ((yy - hu / 2) / (hu / 2)) ** 2) <= 1.0
             patch_alpha = inside.float()
             if frame:  # paper around the circle stays in the cut-out
                 sticker[:, y0:y1, x0:x1] = torch.where(inside, 0.0, 1.0)
             else:
                 alpha[0, y0:y1, x0:x1] = patch_alpha
         else:
-            patch_alpha = torch.ones(h, w)
+            patch_alpha = torch.ones(h * u, w * u)
         self.register_buffer("sticker", sticker, persistent=False)
         self.register_buffer("alpha", alpha, persistent=False)
         self.register_buffer("patch_alpha", patch_alpha, persistent=False)
@@ -330,7 +335,8 @@ class PatchRenderer(nn.Module):
         x0, y0, x1, y1 = self.inner
         sticker = self.sticker.to(dev, dt)
         pa = self.patch_alpha.to(dev, dt)
-        inner = sticker[:, y0:y1, x0:x1] * (1 - pa) + patch * pa
+        up = patch.repeat_interleave(self.up, 1).repeat_interleave(self.up, 2) if self.up > 1 else patch
+        inner = sticker[:, y0:y1, x0:x1] * (1 - pa) + up * pa
         s = torch.cat([sticker[:, :y0], torch.cat([sticker[:, y0:y1, :x0], inner, sticker[:, y0:y1, x1:]], 2),
                        sticker[:, y1:]], 1)
         s = s.unsqueeze(0).expand(B, -1, -1, -1)

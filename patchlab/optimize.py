@@ -223,6 +223,11 @@ class PatchOptimizer:
         self.tv = L.TotalVariation()
         self.nps = L.NonPrintability(palette).to(self.device) if palette is not None else None
 
+    def close(self) -> None:
+        """Remove the feature hooks from the source models (they are shared, never mutated)."""
+        for e in self.extractors:
+            e.close()
+
     def _scale(self, y: torch.Tensor) -> torch.Tensor:
         s = L.cloud_scale(y)
         return s / y.shape[1] if self.config.loss in ("sw", "quantile") else s
@@ -532,9 +537,17 @@ def run_optimization(prepared: PreparedRun, out: str | Path, *, resume: bool = F
     ``patch.npy`` and ``checkpoint.pt`` at every checkpoint and at the end. A NaN
     stops the run with status ``diverged`` and the last good patch written, then
     raises :class:`OptimizationDiverged`; Ctrl-C saves the state reached (status
-    ``interrupted``) and re-raises ``KeyboardInterrupt``.
+    ``interrupted``) and re-raises ``KeyboardInterrupt``. A prepared run is run once:
+    its feature hooks are removed from the source models on return.
     """
-    out = Path(out)
+    try:
+        return _run(prepared, Path(out), resume=resume, on_step=on_step, command=command)
+    finally:
+        prepared.optimizer.close()  # the source models leave without hooks, whatever happened
+
+
+def _run(prepared: PreparedRun, out: Path, *, resume: bool, on_step: Callable[[StepInfo], None] | None,
+         command: Sequence[str] | None) -> RunResult:
     cfg = prepared.config
     opt = prepared.optimizer
     ck_path = out / CHECKPOINT

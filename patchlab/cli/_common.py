@@ -21,3 +21,37 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
                   TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False) as prog:
         task = prog.add_task(description, total=total)
         yield lambda n=1: prog.advance(task, n)
+
+
+def command_line(ctx) -> list[str]:
+    """The command as typed, rebuilt from what click parsed (for run records).
+
+    ``sys.argv`` is the host program's under a test runner or a library caller;
+    this is the ``patchlab`` command itself: its path and every parameter the user
+    gave on the command line (defaults left out, since the record holds the
+    resolved config anyway).
+    """
+    out = ["patchlab", *ctx.command_path.split()[1:]]
+    for p in ctx.command.params:
+        if not from_command_line(ctx, p.name):
+            continue
+        v = ctx.params[p.name]
+        values = list(v) if isinstance(v, (list, tuple)) else [v]
+        if not getattr(p, "opts", None) or p.param_type_name == "argument":
+            out += [str(x) for x in values]
+        elif getattr(p, "is_flag", False):
+            names = p.opts if v else (p.secondary_opts or p.opts)
+            out.append(names[0])
+        else:
+            for x in values:
+                out += [p.opts[0], str(x)]
+    return out
+
+
+def from_command_line(ctx, name: str) -> bool:
+    """Whether parameter ``name`` was typed on the command line (not a default).
+
+    Compared by name: Typer ships its own copy of click, whose ``ParameterSource``
+    enum is not the one ``import click`` gives.
+    """
+    return getattr(ctx.get_parameter_source(name), "name", "") == "COMMANDLINE"

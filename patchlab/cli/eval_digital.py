@@ -26,7 +26,12 @@ def split_runs_and_models(args: list[str], models: list[str] | None, *, want_run
 
     runs, extra = [], []
     for a in args:
-        (runs if want_runs and (Path(a) / RUN_JSON).is_file() else extra).append(a)
+        if want_runs and Path(a).is_dir():
+            if not (Path(a) / RUN_JSON).is_file():
+                raise ConfigError(f"{a} is not a run folder (no {RUN_JSON}); make one with `patchlab optimize`")
+            runs.append(a)
+        else:
+            extra.append(a)
     if extra and not models:
         raise ConfigError(f"{extra[0]!r} is not a run folder (no run.json); judged models go after --models")
     all_models = list(models or []) + extra

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from click.core import ParameterSource
 
-from ._common import DEVICE_HELP, console, err_console
+from ._common import DEVICE_HELP, command_line, console, err_console, from_command_line
 
 LOSS_HELP = ("sw (sliced Wasserstein, random projections), w2 (exact Wasserstein, POT), quantile (per-feature 1-D OT), "
              "ce (targeted cross-entropy: Brown et al.; LaVAN with --eot none), l2 (feature point, Inkawhich et al.).")
@@ -71,7 +69,7 @@ def optimize_cmd(
     from ..utils import resolve_device
     from ._common import progress_bar
 
-    given = {name for name in ctx.params if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    given = {name for name in ctx.params if from_command_line(ctx, name)}
     opts: dict[str, Any] = dict(
         target=target, loss=loss, steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer, frac=patch_frac,
         shape=shape, patch_px=patch_px, placement=placement,
@@ -118,8 +116,7 @@ def optimize_cmd(
                       f"{prepared.record['data']['n_attack']} attack images, "
                       f"{prepared.record['data']['n_target_images']} target images")
     with _StepBar(config.steps) as bar:
-        res = run_optimization(prepared, out, resume=resume, on_step=bar.update,
-                               command=["patchlab", *sys.argv[1:]])
+        res = run_optimization(prepared, out, resume=resume, on_step=bar.update, command=command_line(ctx))
     console.print(f"finished {res.steps} steps in {res.seconds:.0f} s; running white-box tSuc {res.final_tsuc:.1%}")
     console.print(f"wrote {Path(out) / 'patch.png'} and {Path(out) / 'run.json'}")
     console.print(f"next: patchlab eval transfer {out} --models MODEL...")
