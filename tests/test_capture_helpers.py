@@ -80,6 +80,34 @@ def video(frames: int = 30, seed: int = 0, control: str | None = None, ext: str 
                             target_class=TARGET)
 
 
+@functools.lru_cache(maxsize=None)
+def capture(control: str | None = None, camera: bool = True) -> Path:
+    """The short video (or its control) scored by resnet20 with the layout (and the
+    simulator's camera, so distances and angles are measured)."""
+    import torch
+
+    from patchlab.capture.loop import CaptureConfig, run_capture
+    from patchlab.capture.simulate import default_camera, read_truth
+    from patchlab.capture.sources import open_source
+    from patchlab.models import load_model
+    from conftest import card
+
+    res = video(control=control)
+    layout, lay_path, _ = printed()
+    cam = (default_camera((640, 480)), np.zeros(5)) if camera else None
+    out = _TMP / f"capture-{control or 'patch'}-{'cam' if camera else 'nocam'}"
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_capture(open_source(str(res.video)), [load_model(card("resnet20"))], out,
+                    CaptureConfig(target=TARGET, batch_size=8, sample_every=5), layout=layout,
+                    layout_path=str(lay_path), camera=cam, camera_path="simulator camera" if camera else None,
+                    truth=read_truth(res.truth), command=["patchlab", "capture", "run", "--source", str(res.video)])
+    finally:
+        torch.set_num_threads(old)
+    return out
+
+
 def tmp_root() -> Path:
     return _TMP
 

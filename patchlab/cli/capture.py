@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -113,7 +114,7 @@ def run_cmd(
     try:
         summ = run_capture(src, nets, out, cfg, layout=lay, layout_path=None if layout is None else str(layout),
                            camera=cam, camera_path=None if camera is None else str(camera), truth=truth_rows,
-                           stop=stop, overwrite=overwrite)
+                           stop=stop, overwrite=overwrite, command=["patchlab", *sys.argv[1:]])
     finally:
         signal.signal(signal.SIGTERM, old_term)
         torch.set_num_threads(old_threads)

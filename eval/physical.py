@@ -1,0 +1,334 @@
+"""Judge a capture: physical / hybrid tSuc per model, by condition, against a control.
+
+Reads a capture folder written by ``patchlab capture run`` (``frames.jsonl`` +
+``summary.json``, see :mod:`patchlab.capture.loop`) and reports:
+
+* tSuc per model -- the fraction of frames whose top-1 class is the target --
+  with its Wilson 95 % interval. When the log carries ground truth (simulated
+  videos), frames whose object *is* the target class are left out, as digital tSuc
+  leaves out target-class images, and clean accuracy / untargeted error are given.
+* Binned tables: tSuc per model in equal-count bins of a condition --
+  ``distance`` (camera to patch, mm; needs ``--camera`` at capture time),
+  ``angle`` (off-axis viewing angle, degrees; needs ``--camera``), ``size``
+  (apparent patch size, px), ``roll`` (in-plane angle, degrees) and ``lighting``
+  (mean frame brightness, 0-255). Frames where the patch was not found by its
+  markers have no pose; they get a row of their own, never a made-up bin.
+* With a control capture (the same scene without the adversarial patch): the
+  control's rate of the target class per model, and the difference patched -
+  control with Newcombe's hybrid score interval (R. G. Newcombe, "Interval
+  estimation for the difference between independent proportions", Statistics in
+  Medicine 17, 1998, method 10).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from patchlab.errors import ConfigError
+from patchlab.stats import Rate, wilson_interval
+
+#: The conditions a capture can be binned by: quantity -> (label, unit, how to read it, what it needs).
+def _pose_value(key: str) -> Callable[[dict[str, Any]], float | None]:
+    def get(frame: dict[str, Any]) -> float | None:
+        p = frame.get("pose")
+        v = None if not p else p.get(key)
+        return None if v is None else float(v)
+
+    return get
+
+
+def _abs_roll(frame: dict[str, Any]) -> float | None:
+    v = _pose_value("angle_deg")(frame)
+    return None if v is None else abs(v)
+
+
+BIN_QUANTITIES: dict[str, tuple[str, str, Callable[[dict[str, Any]], float | None], str]] = {
+    "distance": ("distance", "mm", _pose_value("distance_mm"),
+                 "needs the layout and a camera file at capture time (--layout, --camera)"),
+    "angle": ("viewing angle", "deg", _pose_value("view_angle_deg"), "needs a camera file at capture time (--camera)"),
+    "size": ("apparent size", "px", _pose_value("size_px"), "needs the patch's markers in view"),
+    "roll": ("in-plane angle |roll|", "deg", _abs_roll, "needs the patch's markers in view"),
+    "lighting": ("brightness", "0-255", lambda f: None if f.get("brightness") is None else float(f["brightness"]), ""),
+}
+DEFAULT_BINS = ("distance", "angle", "size", "lighting")
+DEFAULT_N_BINS = 5
+NO_POSE = "no pose (markers not found)"
+
+
+def newcombe_interval(s1: int, n1: int, s2: int, n2: int) -> tuple[float, float]:
+    """95 % interval of ``p1 - p2`` for independent proportions (Newcombe 1998, method 10)."""
+    if n1 == 0 or n2 == 0:
+        return -1.0, 1.0
+    p1, p2 = s1 / n1, s2 / n2
+    l1, u1 = wilson_interval(s1, n1)
+    l2, u2 = wilson_interval(s2, n2)
+    d = p1 - p2
+    return (max(-1.0, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)),
+            min(1.0, d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)))
+
+
+def _rate_dict(s: int, n: int) -> dict[str, Any]:
+    return Rate(s, n).to_dict()
+
+
+@dataclass(frozen=True)
+class ModelRate:
+    """One model's tSuc over the counted frames, plus accuracy when truth is known."""
+
+    model: str
+    tsuc: dict[str, Any]  # Rate.to_dict(): successes, n, rate, ci95
+    mean_p_target: float
+    accuracy: dict[str, Any] | None = None  # top-1 == object class, frames with a known class
+    untargeted_error: dict[str, Any] | None = None  # top-1 != object class, frames not of the target class
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BinRow:
+    """Frames whose condition falls in ``[lo, hi)`` (the last bin includes ``hi``)."""
+
+    label: str
+    lo: float | None
+    hi: float | None
+    centre: float | None  # median of the values in the bin
+    n: int
+    rates: dict[str, dict[str, Any]]  # model -> Rate.to_dict()
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class BinTable:
+    """tSuc per model in bins of one condition; ``measured`` False says why not."""
+
+    quantity: str
+    label: str
+    unit: str
+    measured: bool
+    note: str
+    rows: list[BinRow] = field(default_factory=list)
+    unbinned: BinRow | None = None  # frames without the quantity (no pose)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return d
+
+
+@dataclass(frozen=True)
+class ControlRow:
+    """Patched vs control for one model: both target rates and their difference."""
+
+    model: str
+    patched: dict[str, Any]
+    control: dict[str, Any]
+    difference: float
+    ci95: tuple[float, float]
+    patched_accuracy: dict[str, Any] | None = None
+    control_accuracy: dict[str, Any] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["ci95"] = list(self.ci95)
+        return d
+
+
+@dataclass(frozen=True)
+class PhysicalResult:
+    """Everything ``patchlab eval physical`` measures on one capture."""
+
+    capture_dir: str
+    target_class: str
+    models: list[ModelRate]
+    frames: int
+    counted: int  # frames that count for tSuc (target-class frames left out when truth is known)
+    frames_with_pose: int
+    truth: bool
+    bins: dict[str, BinTable]
+    control: list[ControlRow] | None
+    control_dir: str | None
+    control_bins: dict[str, BinTable] | None
+    capture: dict[str, Any]  # the capture's summary.json (source, config, models, versions, command)
+
+    @property
+    def model_names(self) -> list[str]:
+        return [m.model for m in self.models]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"capture_dir": self.capture_dir, "target_class": self.target_class,
+                "models": [m.to_dict() for m in self.models], "frames": self.frames, "counted": self.counted,
+                "frames_with_pose": self.frames_with_pose, "truth": self.truth,
+                "bins": {k: v.to_dict() for k, v in self.bins.items()},
+                "control": None if self.control is None else [c.to_dict() for c in self.control],
+                "control_dir": self.control_dir,
+                "control_bins": None if self.control_bins is None else {k: v.to_dict()
+                                                                         for k, v in self.control_bins.items()},
+                "capture": {k: self.capture.get(k) for k in ("status", "end_reason", "source", "config", "command",
+                                                             "versions", "fps", "started", "finished", "layout",
+                                                             "camera")}}
+
+
+def _same(a: Any, b: Any) -> bool:
+    return a is not None and b is not None and str(a).strip().lower().replace("_", " ") == \
+        str(b).strip().lower().replace("_", " ")
+
+
+def _counts(frames: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    return {n: _rate_dict(sum(bool(f["models"][n]["hit"]) for f in frames), len(frames)) for n in names}
+
+
+def _edges(values: np.ndarray, n_bins: int) -> np.ndarray:
+    """Equal-count bin edges over ``values`` (fewer bins when values repeat)."""
+    qs = np.quantile(values, np.linspace(0, 1, n_bins + 1))
+    return np.unique(qs)
+
+
+def _fmt(v: float, unit: str) -> str:
+    if unit == "mm" and v >= 1000:
+        return f"{v / 1000:.2f} m"
+    digits = 0 if abs(v) >= 20 else 1
+    return f"{v:.{digits}f}"
+
+
+def bin_frames(frames: Sequence[dict[str, Any]], names: Sequence[str], quantity: str,
+               n_bins: int = DEFAULT_N_BINS) -> BinTable:
+    """tSuc per model in ``n_bins`` equal-count bins of ``quantity`` (see :data:`BIN_QUANTITIES`)."""
+    if quantity not in BIN_QUANTITIES:
+        raise ConfigError(f"unknown bin {quantity!r}; choose from {', '.join(BIN_QUANTITIES)}")
+    if n_bins < 1:
+        raise ConfigError(f"--n-bins must be >= 1, got {n_bins}")
+    label, unit, get, needs = BIN_QUANTITIES[quantity]
+    vals = [get(f) for f in frames]
+    have = [(v, f) for v, f in zip(vals, frames) if v is not None and math.isfinite(v)]
+    missing = [f for v, f in zip(vals, frames) if v is None or not math.isfinite(v)]
+    unbinned = None
+    if missing and quantity != "lighting":
+        unbinned = BinRow(label=NO_POSE, lo=None, hi=None, centre=None, n=len(missing), rates=_counts(missing, names))
+    if not have:
+        return BinTable(quantity=quantity, label=label, unit=unit, measured=False,
+                        note=f"not measured: {needs}" if needs else "not measured", unbinned=unbinned)
+    v = np.array([x for x, _ in have])
+    edges = _edges(v, n_bins)
+    if len(edges) == 1:
+        edges = np.array([edges[0], edges[0]])
+    idx = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, len(edges) - 2)
+    rows = []
+    for b in range(len(edges) - 1):
+        sel = [have[i][1] for i in np.flatnonzero(idx == b)]
+        if not sel:
+            continue
+        lo, hi = float(edges[b]), float(edges[b + 1])
+        close = "]" if b == len(edges) - 2 else ")"
+        rows.append(BinRow(label=f"[{_fmt(lo, unit)}, {_fmt(hi, unit)}{close}", lo=lo, hi=hi,
+                           centre=float(np.median(v[idx == b])), n=len(sel), rates=_counts(sel, names)))
+    return BinTable(quantity=quantity, label=label, unit=unit, measured=True, note="", rows=rows, unbinned=unbinned)
+
+
+def _evaluate(capture_dir: str | Path, bins: Sequence[str], n_bins: int):
+    from patchlab.capture.loop import load_capture
+
+    summ, frames = load_capture(capture_dir)
+    if not frames:
+        raise ConfigError(f"{capture_dir} holds no scored frames")
+    names = list(frames[0]["models"])
+    target = summ.get("target_class")
+    if target is None:
+        raise ConfigError(f"{capture_dir}/summary.json does not name the target class")
+    truth = any("truth" in f for f in frames)
+    counted = [f for f in frames if not _same((f.get("truth") or {}).get("object_class"), target)]
+    models = []
+    for n in names:
+        acc = unt = None
+        if truth:
+            known = [f for f in frames if (f.get("truth") or {}).get("object_class") is not None]
+            if known:
+                acc = _rate_dict(sum(_same(f["models"][n]["top5"][0][0], f["truth"]["object_class"]) for f in known),
+                                 len(known))
+                other = [f for f in known if not _same(f["truth"]["object_class"], target)]
+                unt = _rate_dict(sum(not _same(f["models"][n]["top5"][0][0], f["truth"]["object_class"])
+                                     for f in other), len(other))
+        models.append(ModelRate(model=n, tsuc=_rate_dict(sum(bool(f["models"][n]["hit"]) for f in counted),
+                                                         len(counted)),
+                                mean_p_target=float(np.mean([f["models"][n]["p_target"] for f in counted]))
+                                if counted else float("nan"), accuracy=acc, untargeted_error=unt))
+    tables = {q: bin_frames(counted, names, q, n_bins) for q in bins}
+    return summ, frames, counted, names, target, truth, models, tables
+
+
+def evaluate_capture(capture_dir: str | Path, *, control: str | Path | None = None,
+                     bins: Sequence[str] = DEFAULT_BINS, n_bins: int = DEFAULT_N_BINS) -> PhysicalResult:
+    """Measure a capture folder (and compare with a control capture).
+
+    Raises:
+        ConfigError: not a capture folder, an unknown bin, or a control scored with
+            other models or another target.
+    """
+    for q in bins:
+        if q not in BIN_QUANTITIES:
+            raise ConfigError(f"unknown --bins {q!r}; choose from {', '.join(BIN_QUANTITIES)}")
+    summ, frames, counted, names, target, truth, models, tables = _evaluate(capture_dir, bins, n_bins)
+    ctrl_rows = ctrl_tables = None
+    if control is not None:
+        csumm, _, ccounted, cnames, ctarget, _, cmodels, ctables = _evaluate(control, bins, n_bins)
+        if not _same(ctarget, target):
+            raise ConfigError(f"the control capture's target is {ctarget!r}, the patched one's {target!r}")
+        missing = [n for n in names if n not in cnames]
+        if missing:
+            raise ConfigError(f"the control capture was not scored with {', '.join(missing)}: capture it with the "
+                              "same --models")
+        # bin the control on the patched capture's edges, so the two curves share their bins
+        ctrl_tables = {}
+        for q, t in tables.items():
+            if t.measured and t.rows:
+                ctrl_tables[q] = _rebin(ccounted, names, q, t)
+            else:
+                ctrl_tables[q] = ctables[q]
+        cm = {m.model: m for m in cmodels}
+        ctrl_rows = []
+        for m in models:
+            c = cm[m.model]
+            s1, n1 = m.tsuc["successes"], m.tsuc["n"]
+            s2, n2 = c.tsuc["successes"], c.tsuc["n"]
+            d = (s1 / n1 if n1 else float("nan")) - (s2 / n2 if n2 else float("nan"))
+            ctrl_rows.append(ControlRow(model=m.model, patched=m.tsuc, control=c.tsuc, difference=d,
+                                        ci95=newcombe_interval(s1, n1, s2, n2), patched_accuracy=m.accuracy,
+                                        control_accuracy=c.accuracy))
+    return PhysicalResult(capture_dir=str(capture_dir), target_class=str(target), models=models, frames=len(frames),
+                          counted=len(counted), frames_with_pose=sum(f.get("pose") is not None for f in frames),
+                          truth=truth, bins=tables, control=ctrl_rows,
+                          control_dir=None if control is None else str(control), control_bins=ctrl_tables,
+                          capture=summ)
+
+
+def _rebin(frames: Sequence[dict[str, Any]], names: Sequence[str], quantity: str, like: BinTable) -> BinTable:
+    """Bin ``frames`` on the bins of ``like`` (values outside go to the nearest end bin)."""
+    label, unit, get, needs = BIN_QUANTITIES[quantity]
+    rows, missing = [], []
+    groups: list[list[dict[str, Any]]] = [[] for _ in like.rows]
+    values: list[list[float]] = [[] for _ in like.rows]
+    his = [r.hi for r in like.rows]
+    for f in frames:
+        v = get(f)
+        if v is None or not math.isfinite(v):
+            missing.append(f)
+            continue
+        k = min(int(np.searchsorted(np.array(his[:-1]), v, side="right")), len(like.rows) - 1)
+        groups[k].append(f)
+        values[k].append(v)
+    for r, g, vs in zip(like.rows, groups, values):
+        if g:
+            rows.append(BinRow(label=r.label, lo=r.lo, hi=r.hi, centre=float(np.median(vs)), n=len(g),
+                               rates=_counts(g, names)))
+    unbinned = BinRow(label=NO_POSE, lo=None, hi=None, centre=None, n=len(missing),
+                      rates=_counts(missing, names)) if missing and quantity != "lighting" else None
+    if not rows:
+        return BinTable(quantity=quantity, label=label, unit=unit, measured=False,
+                        note=f"not measured in the control: {needs}" if needs else "not measured", unbinned=unbinned)
+    return BinTable(quantity=quantity, label=label, unit=unit, measured=True, note="", rows=rows, unbinned=unbinned)

@@ -1,0 +1,653 @@
+"""Reports a person can read in a minute: one run, its digital transfer, its captures.
+
+:func:`build_report` gathers what exists -- ``RUN_DIR/run.json`` (patch, config,
+loss history), ``RUN_DIR/transfer.json`` (``patchlab eval transfer``), an optional
+``matrix.json`` (``patchlab eval matrix``) and any capture folders (``patchlab
+capture run``, judged as ``patchlab eval physical`` does) -- into a
+:class:`Report`: a headline, then sections of tables, figures and sample frames,
+each figure with the file and command it comes from, and a provenance section
+with the exact commands, configs and library versions. What is missing is said
+to be "not measured", with the command that would measure it; no plot is ever
+drawn empty (:mod:`patchlab.eval.plots` returns None instead).
+
+:func:`write_report` renders it as one self-contained HTML file (images inline
+as base64 PNG) or as a PDF through reportlab, by the file's suffix.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import io
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from patchlab.errors import ConfigError
+from patchlab.runs import PATCH_PNG, TRANSFER_JSON, read_run
+from patchlab.utils import atomic_write_bytes, atomic_write_text, versions
+
+from . import plots as P
+
+#: Sample frames shown per capture.
+SAMPLES_SHOWN = 6
+#: Libraries whose versions a report records.
+REPORT_VERSION_MODULES = ("matplotlib", "reportlab", "numpy")
+
+
+# --------------------------------------------------------------------------------------
+# the document model
+# --------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Text:
+    text: str
+    kind: str = "p"  # p | note | missing
+
+
+@dataclass(frozen=True)
+class KeyValues:
+    items: list[tuple[str, str]]
+
+
+@dataclass(frozen=True)
+class TableBlock:
+    header: list[str]
+    rows: list[list[str]]
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class Figure:
+    plot: P.Plot
+    source: str  # where the data came from (file, command)
+
+
+@dataclass(frozen=True)
+class Gallery:
+    images: list[tuple[bytes, str]]  # PNG/JPEG bytes, caption
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class Code:
+    text: str
+    title: str = ""
+
+
+Block = Text | KeyValues | TableBlock | Figure | Gallery | Code
+
+
+@dataclass(frozen=True)
+class Section:
+    key: str
+    title: str
+    blocks: list[Block] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Report:
+    """A report before rendering. ``figures`` lists every plot with its data counts."""
+
+    title: str
+    subtitle: str
+    headline: list[str]
+    sections: list[Section]
+    generated: str
+
+    @property
+    def figures(self) -> list[P.Plot]:
+        return [b.plot for s in self.sections for b in s.blocks if isinstance(b, Figure)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"title": self.title, "subtitle": self.subtitle, "headline": self.headline, "generated": self.generated,
+                "sections": [{"key": s.key, "title": s.title,
+                              "figures": [b.plot.to_dict() for b in s.blocks if isinstance(b, Figure)],
+                              "missing": [b.text for b in s.blocks if isinstance(b, Text) and b.kind == "missing"]}
+                             for s in self.sections]}
+
+
+# --------------------------------------------------------------------------------------
+# gathering
+# --------------------------------------------------------------------------------------
+
+def _pct(d: dict | None, ci: bool = True) -> str:
+    if not d or not d.get("n"):
+        return "not measured"
+    s = f"{d['rate']:.1%}"
+    return s + (f" [{d['ci95'][0]:.0%}, {d['ci95'][1]:.0%}]" if ci else "")
+
+
+def _rate_ci(rate: float | None, ci: Sequence[float] | None) -> str:
+    if rate is None:
+        return "not measured"
+    s = f"{float(rate):.1%}"
+    return s + (f" [{float(ci[0]):.0%}, {float(ci[1]):.0%}]" if ci else "")
+
+
+def _cmd(argv: Any) -> str:
+    if isinstance(argv, (list, tuple)) and argv:
+        return " ".join(shlex.quote(str(a)) for a in argv)
+    if isinstance(argv, str) and argv:
+        return argv
+    return "(not recorded)"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(d, dict):
+        raise ConfigError(f"{path} must hold a JSON object")
+    return d
+
+
+def _short(name: str, names: Sequence[str]) -> str:
+    return dict(zip(names, P._short(list(names)))).get(name, name)
+
+
+def _patch_section(run_dir: Path, run: dict[str, Any]) -> tuple[Section, dict[str, Any]]:
+    from patchlab.runs import read_patch
+
+    blocks: list[Block] = []
+    info: dict[str, Any] = {}
+    try:
+        patch = read_patch(run_dir)
+        rgb = np.clip(np.round(patch.transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
+        scale = max(1, 256 // max(rgb.shape[:2]))
+        blocks.append(Gallery([(P.image_png(rgb, scale=scale), f"{rgb.shape[1]}x{rgb.shape[0]} px, shown {scale}x")],
+                              caption=f"source: {run_dir / PATCH_PNG}"))
+        info["pixels"] = f"{rgb.shape[1]}x{rgb.shape[0]}"
+    except ConfigError as exc:
+        blocks.append(Text(f"Patch image not found: {exc}", "missing"))
+    p = run.get("patch") or {}
+    cfg = run.get("config") or {}
+    patch_desc = f"{info.get('pixels', '?')} px, {p.get('shape', 'square')}"
+    if p.get("frac") is not None:
+        patch_desc += f", {float(p['frac']):.0%} of the image"
+    items = [("target class", str(run.get("target_class", "not recorded"))), ("run", str(run.get("run_id", run_dir.name))),
+             ("status", str(run.get("status", "not recorded"))), ("seed", str(run.get("seed", "not recorded"))),
+             ("loss", str(cfg.get("loss", "not recorded"))), ("steps", str(cfg.get("steps", "not recorded"))),
+             ("patch", patch_desc),
+             ("placement", str(cfg.get("placement", "not recorded"))),
+             ("source models", ", ".join(str(s.get("name", s.get("ref", "?"))) for s in run.get("sources") or [])
+              or "not recorded")]
+    blocks.insert(0, KeyValues(items))
+    return Section("patch", "The patch", blocks), info
+
+
+def _loss_section(run_dir: Path, run: dict[str, Any]) -> Section:
+    hist = run.get("history") or []
+    plot = P.loss_curves(hist, title=f"optimisation of {run.get('run_id', run_dir.name)}")
+    if plot is None:
+        return Section("loss", "Optimisation", [Text("Loss curves: not measured (run.json has no history).",
+                                                     "missing")])
+    last = hist[-1]
+    terms = ", ".join(f"{k} {float(v):.3g}" for k, v in (last.get("terms") or {}).items())
+    return Section("loss", "Optimisation", [
+        Figure(plot, f"{run_dir / 'run.json'} history; command: {_cmd(run.get('command'))}"),
+        Text(f"{len(hist)} logged steps; last step {last.get('step')}: loss {float(last.get('loss', float('nan'))):.4g}"
+             + (f" ({terms})" if terms else "")
+             + (f", running white-box tSuc {float(last['tsuc']):.0%}" if last.get("tsuc") is not None else "") + ".")])
+
+
+def _transfer_section(run_dir: Path, transfer: dict[str, Any] | None) -> Section:
+    if not transfer or not transfer.get("models"):
+        return Section("transfer", "Digital transfer", [Text(
+            f"Digital transfer: not measured (no {TRANSFER_JSON} in {run_dir}; "
+            f"run `patchlab eval transfer {run_dir} --models MODEL...`).", "missing")])
+    ms = transfer["models"]
+    rows = [[m["name"] + (" (source)" if m.get("is_source") else ""), _rate_ci(m.get("tsuc"), m.get("ci95")),
+             "-" if m.get("clean_accuracy") is None else f"{float(m['clean_accuracy']):.1%}",
+             "-" if m.get("untargeted_error") is None else f"{float(m['untargeted_error']):.1%}", str(m.get("n", "-"))]
+            for m in ms]
+    blocks: list[Block] = [TableBlock(["model", "tSuc [95% CI]", "clean accuracy", "untargeted error", "n"], rows,
+                                      caption=f"placement {transfer.get('placement', '?')}; source: "
+                                              f"{run_dir / TRANSFER_JSON}")]
+    plot = P.rate_bars([(m["name"], m.get("tsuc"), tuple(m.get("ci95") or (m.get("tsuc"), m.get("tsuc"))))
+                        for m in ms if m.get("tsuc") is not None], title="digital tSuc per model",
+                       highlight=[bool(m.get("is_source")) for m in ms if m.get("tsuc") is not None],
+                       name="transfer")
+    if plot is not None:
+        blocks.insert(0, Figure(plot, f"{run_dir / TRANSFER_JSON} (red: source model)"))
+    return Section("transfer", "Digital transfer", blocks)
+
+
+def _matrix_section(matrix_path: Path | None) -> Section:
+    if matrix_path is None:
+        return Section("matrix", "Transfer matrix", [Text(
+            "Transfer matrix: not measured (pass --matrix matrix.json from `patchlab eval matrix RUN_DIR... "
+            "--models ... --out DIR`).", "missing")])
+    m = _read_json(Path(matrix_path))
+    if m is None:
+        raise ConfigError(f"matrix file not found: {matrix_path}")
+    plot = P.matrix_heatmap(m)
+    if plot is None:
+        return Section("matrix", "Transfer matrix", [Text(f"Transfer matrix: {matrix_path} holds no measured cell.",
+                                                          "missing")])
+    rows = [[str(r.get("label") or r.get("run_id")), str(r.get("loss", "-")),
+             "-" if r.get("mean_transfer") is None else f"{float(r['mean_transfer']):.1%}",
+             "-" if r.get("min_transfer") is None else f"{float(r['min_transfer']):.1%}",
+             "-" if r.get("max_transfer") is None else f"{float(r['max_transfer']):.1%}"] for r in m.get("runs", [])]
+    return Section("matrix", "Transfer matrix", [
+        Figure(plot, f"{matrix_path}"),
+        TableBlock(["run", "loss", "mean transfer", "min", "max"], rows, caption="transfer = tSuc on models the patch "
+                                                                               "was not optimised on")])
+
+
+def _defense_text(d: Any) -> str:
+    if isinstance(d, dict):
+        return "none" if d.get("name") == "none" else str(d.get("repr") or d.get("name"))
+    return str(d or "none")
+
+
+def _samples(capture_dir: Path, frames_by_index: dict[int, dict[str, Any]], names: Sequence[str]) -> Gallery | None:
+    files = sorted((capture_dir / "samples").glob("frame_*.jpg"))
+    if not files:
+        return None
+    pick = [files[int(round(i))] for i in np.linspace(0, len(files) - 1, min(SAMPLES_SHOWN, len(files)))]
+    out = []
+    for f in dict.fromkeys(pick):
+        idx = int(f.stem.split("_")[1])
+        rec = frames_by_index.get(idx, {})
+        tops = ", ".join(f"{_short(n, names)}: {rec['models'][n]['top5'][0][0]}" for n in names
+                         if n in rec.get("models", {}))
+        pose = rec.get("pose")
+        where = f"patch {pose['size_px']:.0f} px" if pose else "no markers"
+        out.append((f.read_bytes(), f"frame {idx} ({where}) - {tops}"))
+    return Gallery(out, caption=f"annotated frames from {capture_dir / 'samples'}")
+
+
+def _capture_section(k: int, capture_dir: Path, control: Path | None, n_bins: int) -> tuple[Section, Any]:
+    from patchlab.capture.loop import load_capture
+
+    from .physical import BIN_QUANTITIES, DEFAULT_BINS, evaluate_capture
+
+    res = evaluate_capture(capture_dir, control=control, bins=DEFAULT_BINS + ("roll",), n_bins=n_bins)
+    summ = res.capture
+    names = res.model_names
+    cfg = summ.get("config") or {}
+    src = summ.get("source") or {}
+    blocks: list[Block] = [KeyValues([
+        ("source", f"{src.get('description', '?')} ({src.get('kind', '?')})"),
+        ("frames", f"{res.frames} scored, {res.counted} counted for tSuc"
+                   + (" (frames of the target class left out)" if res.truth else "")
+                   + f", {res.frames_with_pose} with the patch's pose"),
+        ("ended", f"{summ.get('end_reason', '?')} ({summ.get('status', '?')})"),
+        ("loop rate", f"{float(summ.get('fps') or 0):.1f} frames/s"),
+        ("crop / defence", f"{cfg.get('crop', '?')} / {_defense_text(cfg.get('defense'))}"),
+        ("layout / camera", f"{summ.get('layout') or 'none (nominal marker frame)'} / "
+                            f"{summ.get('camera') or 'none (no distance or angle)'}")])]
+    rows = []
+    for m in res.models:
+        rows.append([m.model, _pct(m.tsuc), str(m.tsuc["n"]), f"{m.mean_p_target:.3f}",
+                     _pct(m.accuracy) if res.truth else "no ground truth",
+                     _pct(m.untargeted_error) if res.truth else "no ground truth"])
+    blocks.append(TableBlock(["model", "tSuc [95% CI]", "n", "mean p(target)", "clean accuracy", "untargeted error"],
+                             rows, caption=f"physical/hybrid tSuc = top-1 is '{res.target_class}'; Wilson 95 % intervals"))
+    plot = P.rate_bars([(m.model, m.tsuc["rate"], tuple(m.tsuc["ci95"])) for m in res.models if m.tsuc["n"]],
+                       title=f"capture {capture_dir.name}: tSuc per model", name=f"capture{k}-tsuc")
+    if plot is not None:
+        blocks.append(Figure(plot, f"{capture_dir / 'frames.jsonl'}; command: {_cmd(summ.get('command'))}"))
+    if res.control is not None:
+        crow = [[r.model, _pct(r.patched), _pct(r.control),
+                 f"{r.difference:+.1%} [{r.ci95[0]:+.0%}, {r.ci95[1]:+.0%}]",
+                 _pct(r.patched_accuracy) if r.patched_accuracy else "-",
+                 _pct(r.control_accuracy) if r.control_accuracy else "-"] for r in res.control]
+        blocks.append(TableBlock(["model", "patched tSuc", "control rate", "difference [95% CI]", "patched accuracy",
+                                  "control accuracy"], crow,
+                                 caption=f"control: {control} (same scene, no patch); difference interval: Newcombe"))
+    else:
+        blocks.append(Text("Clean-vs-patched comparison: not measured (no control capture; film the same scene "
+                           "without the patch, e.g. `patchlab simulate capture ... --control blank`, and pass "
+                           "--control).", "missing"))
+    for q in DEFAULT_BINS + ("roll",):
+        tab = res.bins[q]
+        label, unit, _, _ = BIN_QUANTITIES[q]
+        if not tab.measured:
+            blocks.append(Text(f"tSuc by {label}: {tab.note}.", "missing"))
+            continue
+        p = P.bin_curve(tab, control=(res.control_bins or {}).get(q))
+        if p is None:
+            blocks.append(Text(f"tSuc by {label}: not measured (no frames).", "missing"))
+            continue
+        p = P.Plot(f"capture{k}-{p.name}", p.title, p.png, p.n_points, p.n_series, p.caption)
+        blocks.append(Figure(p, f"{capture_dir / 'frames.jsonl'}, {tab.label} per frame"))
+        trows = [[r.label, str(r.n), *(_pct(r.rates[n]) for n in names)]
+                 for r in tab.rows + ([tab.unbinned] if tab.unbinned else [])]
+        blocks.append(TableBlock([f"{label} ({unit})", "n", *[_short(n, names) for n in names]], trows))
+    _, frames = load_capture(capture_dir)
+    g = _samples(capture_dir, {f["index"]: f for f in frames}, names)
+    blocks.append(g if g is not None else Text("Sample frames: none kept (samples/ is empty).", "missing"))
+    return Section(f"capture-{k}", f"Physical: {capture_dir.name}", blocks), res
+
+
+def _provenance(run_dir: Path, run: dict[str, Any], transfer: dict | None, matrix: Path | None,
+                captures: list[tuple[Path, Any]], argv: Sequence[str] | None) -> Section:
+    blocks: list[Block] = [Code(_cmd(run.get("command")), f"optimiser run ({run_dir / 'run.json'})"),
+                           Code(json.dumps(run.get("config") or {}, sort_keys=True), "optimiser config"),
+                           Code(json.dumps(run.get("versions") or {}, sort_keys=True), "optimiser versions")]
+    if transfer is not None:
+        blocks.append(Code(_cmd(transfer.get("command")) if transfer.get("command") else
+                           f"patchlab eval transfer {run_dir} (file {run_dir / TRANSFER_JSON}; its command is not "
+                           "recorded in it)", "digital transfer"))
+    if matrix is not None:
+        blocks.append(Code(str(matrix), "transfer matrix file"))
+    for cdir, res in captures:
+        s = res.capture
+        blocks.append(Code(_cmd(s.get("command")), f"capture {cdir}"))
+        blocks.append(Code(json.dumps(s.get("config") or {}, sort_keys=True), f"capture config {cdir.name}"))
+        blocks.append(Code(json.dumps(s.get("versions") or {}, sort_keys=True), f"capture versions {cdir.name}"))
+        sim = _simulation_of(s)
+        if sim is not None:
+            scenes = [f"{sc.get('object_class')}: {sc.get('path')} frames {sc.get('frames')}" for sc in sim.get("scenes", [])]
+            blocks.append(Code(json.dumps({k: sim.get(k) for k in ("config", "frames", "markers_in_frame", "patch",
+                                                                     "distance_range_mm")}, default=str)
+                               + "\nscenes:\n" + "\n".join(scenes), f"simulated video {sim.get('video')}"))
+    blocks.append(Code(_cmd(list(argv) if argv else None), "this report"))
+    blocks.append(Code(json.dumps(versions(REPORT_VERSION_MODULES), sort_keys=True), "report versions"))
+    return Section("provenance", "Commands, configs and versions", blocks)
+
+
+def _simulation_of(summary: dict[str, Any]) -> dict[str, Any] | None:
+    desc = (summary.get("source") or {}).get("description")
+    if not desc:
+        return None
+    from patchlab.capture.simulate import sim_path_for
+
+    p = sim_path_for(desc)
+    try:
+        return _read_json(p) if p.is_file() else None
+    except ConfigError:
+        return None
+
+
+def _headline(run: dict[str, Any], transfer: dict | None, captures: list[tuple[Path, Any]]) -> list[str]:
+    out = [f"Adversarial patch for target class '{run.get('target_class', '?')}' "
+           f"(run {run.get('run_id', '?')}, loss {(run.get('config') or {}).get('loss', '?')}, "
+           f"status {run.get('status', '?')})."]
+    if transfer and transfer.get("models"):
+        ms = transfer["models"]
+        src = [m for m in ms if m.get("is_source")]
+        oth = [m for m in ms if not m.get("is_source") and m.get("tsuc") is not None]
+        parts = []
+        if src:
+            parts.append("on its source model(s) " + ", ".join(f"{m['name']} {float(m['tsuc']):.0%}" for m in src))
+        if oth:
+            parts.append(f"transfers to {len(oth)} other model(s) at {np.mean([m['tsuc'] for m in oth]):.0%} on "
+                         f"average (best {max(oth, key=lambda m: m['tsuc'])['name']} "
+                         f"{max(m['tsuc'] for m in oth):.0%})")
+        out.append("Digitally it succeeds " + "; ".join(parts) + ".")
+    else:
+        out.append("Digital transfer: not measured.")
+    for cdir, res in captures:
+        best = max(res.models, key=lambda m: m.tsuc["rate"] if m.tsuc["n"] else -1)
+        line = (f"Filmed ({cdir.name}, {res.frames} frames): tSuc "
+                + ", ".join(f"{m.model} {_pct(m.tsuc)}" for m in res.models) + ".")
+        if res.control is not None:
+            c = next(r for r in res.control if r.model == best.model)
+            line += (f" Against the control, {best.model} moves from {_pct(c.control, False)} to "
+                     f"{_pct(c.patched, False)} ({c.difference:+.0%}, 95 % CI {c.ci95[0]:+.0%} to {c.ci95[1]:+.0%}).")
+        out.append(line)
+    if not captures:
+        out.append("Physical tSuc: not measured (no capture given).")
+    return out
+
+
+def build_report(run_dir: str | Path, captures: Sequence[str | Path] = (), *, matrix: str | Path | None = None,
+                 controls: Sequence[str | Path] = (), n_bins: int = 5, argv: Sequence[str] | None = None) -> Report:
+    """Gather a run, its transfer and matrix files and its captures into a :class:`Report`.
+
+    Args:
+        run_dir: optimiser run folder (``run.json``, ``patch.png``, optional ``transfer.json``).
+        captures: capture folders of this patch.
+        matrix: a ``matrix.json`` from ``patchlab eval matrix``.
+        controls: control captures, paired with ``captures`` in order (fewer is fine).
+        n_bins: bins per condition in the physical sections.
+        argv: the command that made the report (recorded).
+    """
+    run_dir = Path(run_dir)
+    run = read_run(run_dir)
+    if len(controls) > len(captures):
+        raise ConfigError(f"{len(controls)} --control folders for {len(captures)} captures: give one capture per control")
+    transfer = _read_json(run_dir / TRANSFER_JSON)
+    sections = []
+    patch_sec, _ = _patch_section(run_dir, run)
+    sections.append(patch_sec)
+    sections.append(_loss_section(run_dir, run))
+    sections.append(_transfer_section(run_dir, transfer))
+    sections.append(_matrix_section(None if matrix is None else Path(matrix)))
+    done = []
+    for k, cdir in enumerate(captures):
+        ctrl = Path(controls[k]) if k < len(controls) else None
+        sec, res = _capture_section(k, Path(cdir), ctrl, n_bins)
+        sections.append(sec)
+        done.append((Path(cdir), res))
+    if not captures:
+        sections.append(Section("capture-none", "Physical", [Text(
+            "Physical tSuc: not measured (film the printed patch with `patchlab capture run` -- or simulate it with "
+            "`patchlab simulate capture` -- and pass the capture folders).", "missing")]))
+    sections.append(_provenance(run_dir, run, transfer, None if matrix is None else Path(matrix), done, argv))
+    headline = _headline(run, transfer, done)
+    summary = Section("summary", "Summary", [Text(s) for s in headline])
+    overview = _overview_plot(transfer, done)
+    if overview is not None:
+        summary.blocks.append(Figure(overview, "digital: transfer.json; physical: each capture's frames.jsonl"))
+    return Report(title=f"patchlab report: run {run.get('run_id', run_dir.name)}",
+                  subtitle=f"target '{run.get('target_class', '?')}' - {run_dir.resolve()}",
+                  headline=headline, sections=[summary] + sections,
+                  generated=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+
+
+def _overview_plot(transfer: dict | None, captures: list[tuple[Path, Any]]) -> P.Plot | None:
+    """Grouped bars: tSuc per model, digital and per capture."""
+    groups: dict[str, dict[str, tuple[float, tuple[float, float]]]] = {}
+    if transfer:
+        for m in transfer.get("models") or []:
+            if m.get("tsuc") is not None:
+                groups.setdefault("digital", {})[m["name"]] = (float(m["tsuc"]), tuple(m.get("ci95") or (m["tsuc"],) * 2))
+    for cdir, res in captures:
+        for m in res.models:
+            if m.tsuc["n"]:
+                groups.setdefault(f"filmed: {cdir.name}", {})[m.model] = (m.tsuc["rate"], tuple(m.tsuc["ci95"]))
+    models = list(dict.fromkeys(n for g in groups.values() for n in g))
+    n = sum(len(g) for g in groups.values())
+    if n == 0:
+        return None
+    plt = P._mpl()
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(models) + 2.5), 3.2))
+    width = 0.8 / max(1, len(groups))
+    for k, (gname, g) in enumerate(groups.items()):
+        xs, ys, lo, hi = [], [], [], []
+        for j, mname in enumerate(models):
+            if mname in g:
+                v, (a, b) = g[mname]
+                xs.append(j + (k - (len(groups) - 1) / 2) * width)
+                ys.append(v)
+                lo.append(max(0.0, v - a))
+                hi.append(max(0.0, b - v))
+        ax.bar(xs, ys, width=width * 0.95, yerr=[lo, hi], capsize=3, label=gname, color=P.PALETTE[k % len(P.PALETTE)])
+    ax.set_xticks(range(len(models)))
+    ax.set_xticklabels(P._short(models), rotation=20, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("tSuc")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title("tSuc per model: digital vs filmed")
+    return P.Plot("overview", "tSuc per model: digital vs filmed", P._png(fig), n, len(groups),
+                  "whiskers: Wilson 95 % intervals")
+
+
+# --------------------------------------------------------------------------------------
+# rendering
+# --------------------------------------------------------------------------------------
+
+_CSS = """
+body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1050px;margin:24px auto;padding:0 16px;
+color:#222;line-height:1.45}
+h1{font-size:1.6em;margin-bottom:0}h2{border-bottom:2px solid #ddd;padding-bottom:4px;margin-top:1.8em}
+.sub{color:#666;margin-top:2px}.headline{background:#f4f7fb;border-left:4px solid #1f77b4;padding:10px 16px}
+.headline p{margin:6px 0}table{border-collapse:collapse;margin:10px 0;font-size:0.9em}
+th,td{border:1px solid #ddd;padding:4px 8px;text-align:left}th{background:#f0f0f0}
+.kv td:first-child{font-weight:600;background:#fafafa}.missing{color:#a15c00;background:#fff6e8;padding:6px 10px;
+border-radius:4px}figure{margin:12px 0}figcaption{font-size:0.85em;color:#555}img.fig{max-width:100%}
+.gallery{display:flex;flex-wrap:wrap;gap:10px}.gallery figure{width:320px;margin:0}.gallery img{width:100%}
+pre{background:#f6f6f6;padding:8px;font-size:0.78em;overflow-x:auto;white-space:pre-wrap;word-break:break-all}
+nav a{margin-right:12px;font-size:0.9em}.caption{font-size:0.85em;color:#555}
+"""
+
+
+def _img_uri(data: bytes) -> str:
+    kind = "jpeg" if data[:2] == b"\xff\xd8" else "png"
+    return f"data:image/{kind};base64," + base64.b64encode(data).decode("ascii")
+
+
+def render_html(report: Report) -> str:
+    """The report as one self-contained HTML document."""
+    e = html.escape
+    out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>", f"<title>{e(report.title)}</title>",
+           f"<style>{_CSS}</style></head><body>", f"<h1>{e(report.title)}</h1>",
+           f"<p class='sub'>{e(report.subtitle)} - generated {e(report.generated)}</p>",
+           "<nav>" + "".join(f"<a href='#{e(s.key)}'>{e(s.title)}</a>" for s in report.sections) + "</nav>"]
+    for s in report.sections:
+        out.append(f"<section id='{e(s.key)}'><h2>{e(s.title)}</h2>")
+        if s.key == "summary":
+            out.append("<div class='headline'>")
+        for b in s.blocks:
+            if isinstance(b, Text):
+                cls = " class='missing'" if b.kind == "missing" else ""
+                out.append(f"<p{cls}>{e(b.text)}</p>")
+            elif isinstance(b, KeyValues):
+                out.append("<table class='kv'>" + "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in b.items)
+                           + "</table>")
+            elif isinstance(b, TableBlock):
+                out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in b.header) + "</tr>"
+                           + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in b.rows)
+                           + "</table>")
+                if b.caption:
+                    out.append(f"<p class='caption'>{e(b.caption)}</p>")
+            elif isinstance(b, Figure):
+                out.append(f"<figure data-points='{b.plot.n_points}' data-series='{b.plot.n_series}'>"
+                           f"<img class='fig' alt='{e(b.plot.title)}' src='{_img_uri(b.plot.png)}'>"
+                           f"<figcaption>{e(b.plot.caption)}. Data: {e(b.source)}</figcaption></figure>")
+            elif isinstance(b, Gallery):
+                out.append("<div class='gallery'>" + "".join(
+                    f"<figure><img alt='{e(c)}' src='{_img_uri(d)}'><figcaption>{e(c)}</figcaption></figure>"
+                    for d, c in b.images) + "</div>")
+                if b.caption:
+                    out.append(f"<p class='caption'>{e(b.caption)}</p>")
+            elif isinstance(b, Code):
+                out.append(f"<p class='caption'><b>{e(b.title)}</b></p><pre>{e(b.text)}</pre>")
+        if s.key == "summary":
+            out.append("</div>")
+        out.append("</section>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def render_pdf(report: Report) -> bytes:
+    """The report as a PDF (reportlab platypus, A4)."""
+    from reportlab.lib import colors
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
+    from reportlab.lib.units import mm
+    from reportlab.platypus import (Image, KeepTogether, Paragraph, Preformatted, SimpleDocTemplate, Spacer, Table,
+                                    TableStyle)
+
+    ss = getSampleStyleSheet()
+    body = ParagraphStyle("body", parent=ss["BodyText"], fontSize=9, leading=12)
+    small = ParagraphStyle("small", parent=body, fontSize=7.5, leading=9.5, textColor=colors.HexColor("#555555"))
+    missing = ParagraphStyle("missing", parent=body, textColor=colors.HexColor("#a15c00"),
+                             backColor=colors.HexColor("#fff6e8"), borderPadding=3)
+    cell = ParagraphStyle("cell", parent=body, fontSize=7.5, leading=9)
+    h2 = ParagraphStyle("h2", parent=ss["Heading2"], keepWithNext=1)
+    code = ParagraphStyle("code", parent=ss["Code"], fontSize=6.5, leading=8)
+    e = html.escape
+    width = A4[0] - 30 * mm
+    story: list[Any] = [Paragraph(e(report.title), ss["Title"]),
+                        Paragraph(e(f"{report.subtitle} - generated {report.generated}"), small), Spacer(1, 4 * mm)]
+
+    def image(data: bytes, max_w: float, max_h: float = 120 * mm) -> Image:
+        from PIL import Image as PILImage
+
+        with PILImage.open(io.BytesIO(data)) as im:
+            w, h = im.size
+        s = min(max_w / w, max_h / h)
+        return Image(io.BytesIO(data), width=w * s, height=h * s)
+
+    def table(header: list[str], rows: list[list[str]], col0: float | None = None) -> Table:
+        data = [[Paragraph(f"<b>{e(h)}</b>", cell) for h in header]] + [[Paragraph(e(c), cell) for c in r]
+                                                                        for r in rows]
+        t = Table(data, repeatRows=1, hAlign="LEFT",
+                  colWidths=None if col0 is None else [col0] + [(width - col0) / max(1, len(header) - 1)] *
+                  (len(header) - 1))
+        t.setStyle(TableStyle([("GRID", (0, 0), (-1, -1), 0.4, colors.HexColor("#cccccc")),
+                               ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#f0f0f0")),
+                               ("VALIGN", (0, 0), (-1, -1), "TOP")]))
+        return t
+
+    for s in report.sections:
+        story.append(Paragraph(e(s.title), h2))
+        for b in s.blocks:
+            if isinstance(b, Text):
+                story.append(Paragraph(e(b.text), missing if b.kind == "missing" else body))
+                story.append(Spacer(1, 2 * mm))
+            elif isinstance(b, KeyValues):
+                story.append(table(["", ""], [[k, v] for k, v in b.items], col0=35 * mm) if b.items else Spacer(1, 1))
+                story.append(Spacer(1, 2 * mm))
+            elif isinstance(b, TableBlock):
+                story.append(table(b.header, b.rows))
+                if b.caption:
+                    story.append(Paragraph(e(b.caption), small))
+                story.append(Spacer(1, 3 * mm))
+            elif isinstance(b, Figure):
+                story.append(KeepTogether([image(b.plot.png, width * 0.85, 95 * mm),
+                                           Paragraph(e(f"{b.plot.caption}. Data: {b.source}"), small),
+                                           Spacer(1, 3 * mm)]))
+            elif isinstance(b, Gallery):
+                cells = [[image(d, width / 3 - 4 * mm, 55 * mm), Paragraph(e(c), small)] for d, c in b.images]
+                rows = []
+                for i in range(0, len(cells), 3):
+                    chunk = cells[i:i + 3]
+                    rows.append([c[0] for c in chunk] + [""] * (3 - len(chunk)))
+                    rows.append([c[1] for c in chunk] + [""] * (3 - len(chunk)))
+                g = Table(rows, colWidths=[width / 3] * 3, hAlign="LEFT")
+                g.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP")]))
+                story.append(g)
+                if b.caption:
+                    story.append(Paragraph(e(b.caption), small))
+                story.append(Spacer(1, 3 * mm))
+            elif isinstance(b, Code):
+                story.append(Paragraph(f"<b>{e(b.title)}</b>", small))
+                story.append(Preformatted(b.text, code, maxLineLength=130))
+                story.append(Spacer(1, 2 * mm))
+    buf = io.BytesIO()
+    doc = SimpleDocTemplate(buf, pagesize=A4, leftMargin=15 * mm, rightMargin=15 * mm, topMargin=14 * mm,
+                            bottomMargin=14 * mm, title=report.title, author="patchlab", invariant=1)
+    doc.build(story)
+    return buf.getvalue()
+
+
+def check_report_path(out: str | Path) -> str:
+    """``"html"`` or ``"pdf"`` by the suffix of ``out``, or a clear error."""
+    suffix = Path(out).suffix.lower()
+    if suffix in (".html", ".htm"):
+        return "html"
+    if suffix == ".pdf":
+        return "pdf"
+    raise ConfigError(f"--out must end in .html or .pdf, got {out}")
+
+
+def write_report(report: Report, out: str | Path) -> Path:
+    """Write ``out`` as HTML (``.html``/``.htm``) or PDF (``.pdf``), atomically."""
+    if check_report_path(out) == "html":
+        return atomic_write_text(out, render_html(report))
+    return atomic_write_bytes(out, render_pdf(report))
