@@ -53,6 +53,9 @@ log = logging.getLogger(__name__)
 
 OPTIMIZERS = ("adam", "sgd")
 INITS = ("random", "gray")
+LR_SCHEDULES = ("constant", "cosine")
+#: the cosine schedule ends at this fraction of the initial learning rate
+COSINE_FLOOR = 0.01
 CHECKPOINT_VERSION = 1
 #: Config fields that may change when a run is resumed (they do not change the patch's path).
 RESUMABLE_FIELDS = ("steps", "checkpoint_every", "log_every")
@@ -70,6 +73,8 @@ class OptimizeConfig:
         target: target class name (as in the data folder and the models' labels).
         loss: one of :data:`patchlab.losses.LOSS_NAMES`.
         steps, batch_size, lr, optimizer: the descent (Adam or SGD with momentum 0.9).
+        lr_schedule: ``constant``, or ``cosine`` from ``lr`` down to ``COSINE_FLOOR * lr``
+            at ``steps`` (then ``steps`` is part of the path and cannot change on resume).
         frac, shape, patch_px: patch area fraction of the image, square/circle, and
             its resolution in patch pixels (``None``: one patch pixel per image pixel).
         placement, position, eot, eot_name: where and how the patch is rendered.
@@ -92,6 +97,7 @@ class OptimizeConfig:
     batch_size: int = 64
     lr: float = 0.03
     optimizer: str = "adam"
+    lr_schedule: str = "constant"
     frac: float = 0.1
     shape: str = "square"
     patch_px: int | None = None
@@ -119,6 +125,8 @@ class OptimizeConfig:
             raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(L.LOSS_NAMES)}")
         if self.optimizer not in OPTIMIZERS:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose {' or '.join(OPTIMIZERS)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"unknown lr schedule {self.lr_schedule!r}; choose {' or '.join(LR_SCHEDULES)}")
         if self.init not in INITS:
             raise ConfigError(f"unknown init {self.init!r}; choose {' or '.join(INITS)}")
         for name in ("steps", "batch_size", "projections", "checkpoint_every", "log_every"):
@@ -292,8 +300,18 @@ class PatchOptimizer:
             total = self.config.nps * n if total is None else total + self.config.nps * n
         return total, terms
 
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of step ``step`` (0-based): a pure function of the step, so resuming replays it."""
+        cfg = self.config
+        if cfg.lr_schedule == "cosine":
+            t = min(1.0, step / max(1, cfg.steps - 1))
+            return cfg.lr * (COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * t)))
+        return cfg.lr
+
     def step(self, state: LoopState, grad: torch.Tensor) -> None:
         """Apply the combined gradient with the optimiser."""
+        for group in state.optimizer.param_groups:
+            group["lr"] = self.learning_rate(state.step)
         state.optimizer.zero_grad(set_to_none=True)
         state.patch.grad = grad
         state.optimizer.step()
@@ -519,7 +537,8 @@ def prepare_run(config: OptimizeConfig, sources: Sequence[WrappedModel], data: I
 def _check_resume(ckpt: dict[str, Any], config: OptimizeConfig, path: Path) -> None:
     old = dict(ckpt.get("config", {}))
     new = config.to_dict()
-    diff = sorted(k for k in set(old) | set(new) if k not in RESUMABLE_FIELDS and old.get(k) != new.get(k))
+    free = set(RESUMABLE_FIELDS) - ({"steps"} if config.lr_schedule != "constant" else set())
+    diff = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
     if diff:
         shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:6])
         raise ConfigError(f"cannot resume {path}: options differ from the stopped run ({shown}); "

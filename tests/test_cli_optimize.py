@@ -106,3 +106,11 @@ def test_eval_bad_input(run4, tmp_path):
     assert res.exit_code == 1 and "--models" in res.output
     res = invoke("eval", "transfer", str(tmp_path), "--models", R20, "--device", "cpu")
     assert res.exit_code == 1 and "not a run folder" in res.output
+
+
+def test_models_layers_lists_blocks_depths_and_the_auto_layer():
+    res = CliRunner().invoke(app, ["models", "layers", R20], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "9 feature blocks" in res.output
+    assert "layer2.1" in res.output and "depth:0.50" in res.output
+    assert "[1, 64] (input)" in res.output and "auto" in res.output

@@ -156,3 +156,14 @@ def test_bad_input(resnet20, cifar_small, tmp_path):
     other = prepare_run(cfg(lr=0.5), [resnet20], cifar_small, cache=False)
     with pytest.raises(ConfigError, match="options differ"):
         run_optimization(other, tmp_path / "a", resume=True)
+
+
+def test_cosine_schedule_decays_and_fixes_the_step_count(resnet20, cifar_small, tmp_path):
+    prep = prepare_run(cfg(steps=5, lr_schedule="cosine", lr=0.1), [resnet20], cifar_small, cache=False)
+    lrs = [prep.optimizer.learning_rate(s) for s in range(5)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[-1] == pytest.approx(0.001)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    run_optimization(prep, tmp_path / "c", command=["test"])
+    longer = prepare_run(cfg(steps=9, lr_schedule="cosine", lr=0.1), [resnet20], cifar_small, cache=False)
+    with pytest.raises(ConfigError, match="steps"):  # a longer cosine run is another path
+        run_optimization(longer, tmp_path / "c", resume=True)

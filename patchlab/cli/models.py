@@ -89,3 +89,39 @@ def check_cmd(
         atomic_write_json(json_path, {"data": str(data), "device": str(dev),
                                       "models": [r.to_dict() for r in results]})
         console.print(f"wrote {json_path}")
+
+
+@app.command("layers")
+def layers_cmd(
+    model: Annotated[str, typer.Argument(help="Model reference (card path, timm:NAME, torchvision:NAME).")],
+    weights: Annotated[Optional[Path], typer.Option(help="Local weights for a timm:/torchvision:/patchlab: model.")] = None,
+    all_layers: Annotated[bool, typer.Option("--all", help="List every module, not only the feature blocks.")] = False,
+) -> None:
+    """Layers usable as optimiser features (--layers): names, output shapes, depth and the auto layer."""
+    import torch
+
+    from ..features import _trace_outputs, feature_blocks
+    from ..models import load_model
+
+    m = load_model(model, weights=weights)
+    blocks = feature_blocks(m)
+    auto, _ = m.classifier()
+    modules = {n: mod for n, mod in m.net.named_modules() if n}
+    shapes = dict(_trace_outputs(m, modules))
+    pre: dict[str, tuple[int, ...]] = {}
+
+    def grab(_m, inp):  # a pre-hook that returns something would replace the input
+        pre["x"] = tuple(inp[0].shape)
+
+    h = modules[auto].register_forward_pre_hook(grab)
+    c, hh, ww = m.preprocess.input_size
+    with torch.no_grad():
+        m(torch.zeros(1, c, hh, ww))
+    h.remove()
+    table = Table("layer", "output", "depth", "note", title=f"{m.name}: {len(blocks)} feature blocks")
+    names = list(modules) if all_layers else blocks
+    for n in names:
+        depth = f"depth:{blocks.index(n) / max(1, len(blocks) - 1):.2f}" if n in blocks else ""
+        table.add_row(n, str(list(shapes.get(n, ()))), depth, "")
+    table.add_row(auto, str(list(pre.get("x", ()))) + " (input)", "", "auto: the classifier's input")
+    console.print(table)

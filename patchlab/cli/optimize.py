@@ -27,6 +27,7 @@ def optimize_cmd(
     batch_size: Annotated[int, typer.Option(help="Images per step.")] = 64,
     lr: Annotated[float, typer.Option(help="Learning rate (pixel units; gradients are normalised per model).")] = 0.03,
     optimizer: Annotated[str, typer.Option(help="adam or sgd (momentum 0.9).")] = "adam",
+    lr_schedule: Annotated[str, typer.Option(help="constant, or cosine decay to 1% of --lr at the last step.")] = "constant",
     eot: Annotated[str, typer.Option(help="EOT preset (none, digital, physical) or a TOML file of ranges.")] = "none",
     placement: Annotated[str, typer.Option(help="side (avoids the centre), random, center or fixed.")] = "side",
     position: Annotated[Optional[str], typer.Option(help="FX,FY in [0, 1] for --placement fixed.")] = None,
@@ -71,7 +72,8 @@ def optimize_cmd(
 
     given = {name for name in ctx.params if from_command_line(ctx, name)}
     opts: dict[str, Any] = dict(
-        target=target, loss=loss, steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer, frac=patch_frac,
+        target=target, loss=loss, steps=steps, batch_size=batch_size, lr=lr, optimizer=optimizer,
+        lr_schedule=lr_schedule, frac=patch_frac,
         shape=shape, patch_px=patch_px, placement=placement,
         position=_parse_position(position), eot_name=eot, layers=layers, projections=projections, tv=tv,
         nps=nps_weight if nps else 0.0, palette=str(nps.resolve()) if nps else None,

@@ -1,0 +1,106 @@
+"""The transfer experiment of the OT patch paper on the shared CIFAR-10 zoo, from the CLI.
+
+Optimises one patch per (source, target, loss, area) with ``patchlab optimize``,
+judges all of them on every model with ``patchlab eval matrix``, and prints, side
+by side per source and area, each loss's white-box tSuc and mean transfer tSuc
+(over the models other than the source), averaged over the targets.
+
+Re-running skips finished runs and resumes stopped ones, so it can be interrupted.
+
+    python benchmarks/transfer_matrix.py --out runs/matrix \\
+        --sources mobilenetv2_100 vit_tiny_p4 --targets frog ship truck \\
+        --losses sw w2 quantile ce l2 --fracs 0.1 0.2 --steps 200 -- --placement random
+
+Everything after ``--`` goes to every ``patchlab optimize`` call unchanged.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+MODELS = SHARED / "models" / "cifar10"
+DATA = SHARED / "data" / "cifar10" / "test"
+
+
+def card(name: str) -> str:
+    p = Path(name)
+    return str(p if p.suffix == ".json" else MODELS / f"{name}.json")
+
+
+def run(cmd: list[str]) -> None:
+    print("$", " ".join(cmd), flush=True)
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    print(f"  ({time.perf_counter() - t:.0f} s)", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--sources", nargs="+", default=["mobilenetv2_100", "vit_tiny_p4"])
+    ap.add_argument("--targets", nargs="+", default=["frog", "ship", "truck"])
+    ap.add_argument("--losses", nargs="+", default=["sw", "w2", "quantile", "ce", "l2"])
+    ap.add_argument("--fracs", nargs="+", type=float, default=[0.1, 0.2])
+    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--models", nargs="+", default=None, help="judged models (default: every card in shared)")
+    ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--tag", default="", help="suffix of the run folder names (one per configuration)")
+    args, extra = ap.parse_known_args()
+    extra = [a for a in extra if a != "--"]
+    patchlab = [sys.executable, "-m", "patchlab"]
+    runs = []
+    for src in args.sources:
+        for frac in args.fracs:
+            for tgt in args.targets:
+                for loss in args.losses:
+                    d = args.out / f"{Path(src).stem}_{tgt}_{loss}_{int(round(frac * 100))}{args.tag}"
+                    runs.append(d)
+                    if args.eval_only:
+                        continue
+                    rec = d / "run.json"
+                    status = json.loads(rec.read_text()).get("status") if rec.is_file() else None
+                    if status == "finished":
+                        continue
+                    cmd = [*patchlab, "optimize", "--out", str(d), "--device", args.device]
+                    if status is not None and (d / "checkpoint.pt").is_file():
+                        cmd += ["--resume"]
+                    else:
+                        if d.exists():
+                            import shutil
+
+                            shutil.rmtree(d)
+                        cmd += ["--source", card(src), "--data", str(DATA), "--target", tgt, "--loss", loss,
+                                "--patch-frac", str(frac), "--steps", str(args.steps), *extra]
+                    run(cmd)
+    models = [card(m) for m in args.models] if args.models else sorted(str(p) for p in MODELS.glob("*.json"))
+    done = [str(d) for d in runs if (d / "run.json").is_file()]
+    mdir = args.out / f"matrix{args.tag}"
+    run([*patchlab, "eval", "matrix", *done, "--models", *models, "--out", str(mdir), "--device", args.device])
+    summarise(json.loads((mdir / "matrix.json").read_text()))
+
+
+def summarise(m: dict) -> None:
+    """Per source and area: each loss's white-box and mean transfer tSuc, averaged over targets."""
+    cells: dict[tuple[str, float, str], list[tuple[float, float]]] = defaultdict(list)
+    for r in m["runs"]:
+        cells[("+".join(r["sources"]), r["frac"], r["loss"])].append((r["white_box"] or 0.0, r["mean_transfer"] or 0.0))
+    print()
+    print("| source | area | loss | white-box tSuc | mean transfer tSuc | targets |")
+    print("|---|---|---|---|---|---|")
+    for (src, frac, loss), v in sorted(cells.items()):
+        wb = sum(a for a, _ in v) / len(v)
+        tr = sum(b for _, b in v) / len(v)
+        print(f"| {src} | {frac:.0%} | {loss} | {wb:.1%} | {tr:.1%} | {len(v)} |")
+
+
+if __name__ == "__main__":
+    main()
