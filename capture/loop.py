@@ -386,11 +386,17 @@ def run_capture(source: FrameSource, models: Sequence[Any], out_dir: str | Path,
     state: dict[str, Any] = {"frames": 0, "with_pose": 0, "t_first": None, "t_last": None, "status": "running",
                              "end_reason": "", "error": None}
     timing = {"prepare": 0.0, "score": 0.0, "write": 0.0, "hud": 0.0, "wait": 0.0}
+    lib_versions = versions(CAPTURE_VERSION_MODULES)
+
+    def loop_fps() -> float:
+        n = state["frames"]
+        span = (state["t_last"] - state["t_first"]) if (state["t_first"] is not None and n > 0) else 0.0
+        return n / span if span > 0 else 0.0
 
     def summary(final: bool, reader: ThreadedReader | None) -> CaptureSummary:
         n = state["frames"]
-        t_span = (state["t_last"] - state["t_first"]) if (state["t_first"] is not None and n > 1) else 0.0
-        fps = (n - 1) / t_span if t_span > 0 else 0.0
+        t_span = (state["t_last"] - state["t_first"]) if (state["t_first"] is not None and n > 0) else 0.0
+        fps = loop_fps()
         exclude_target = bool(truth_by_index)
         tsuc = {name: Rate(hits[name], counted[name]).to_dict() | {"excludes_target_class_frames": exclude_target}
                 for name in scorer.names}
@@ -405,7 +411,7 @@ def run_capture(source: FrameSource, models: Sequence[Any], out_dir: str | Path,
                                                                                  "defense": defense.to_dict()},
             layout=layout_path, camera=camera_path, truth=bool(truth_by_index), started=started,
             finished=_now() if final else None, error=state["error"], command=list(command or sys.argv),
-            versions=versions(CAPTURE_VERSION_MODULES))
+            versions=lib_versions)
 
     atomic_write_json(out / SUMMARY_JSON, summary(False, None))
     window = None
@@ -432,6 +438,8 @@ def run_capture(source: FrameSource, models: Sequence[Any], out_dir: str | Path,
                         break
                     continue
                 t1 = time.perf_counter()
+                if state["t_first"] is None:  # the clock starts when the first frame is in hand
+                    state["t_first"] = t1
                 scores = scorer.score(np.stack([b.crop for b in batch]))
                 t2 = time.perf_counter()
                 records = []
@@ -452,7 +460,6 @@ def run_capture(source: FrameSource, models: Sequence[Any], out_dir: str | Path,
                 for b, rec in zip(batch, records):
                     state["frames"] += 1
                     state["with_pose"] += int(b.pose is not None)
-                    state["t_first"] = state["t_first"] if state["t_first"] is not None else now
                     oc = (rec.get("truth") or {}).get("object_class")
                     skip = oc is not None and str(oc).lower() == cfg.target.lower()
                     for name in scorer.names:
@@ -466,7 +473,7 @@ def run_capture(source: FrameSource, models: Sequence[Any], out_dir: str | Path,
                 timing["score"] += t2 - t1
                 timing["write"] += t3 - t2
                 if window is not None or writer is not None or cfg.record or samples.cap:
-                    fps_now = summary(False, reader).fps if state["frames"] > 1 else None
+                    fps_now = loop_fps() or None
                     running = {n: (hits[n], counted[n]) for n in scorer.names}
                     for b, rec in zip(batch, records):
                         want_sample = samples.wants(b.frame.index)

@@ -7,14 +7,17 @@ How a frame is made (everything random is drawn from one seed, see :class:`SimCo
    goes through a printer model: the colour transform of ``--calib color.json``
    when given (printed sRGB -> what a camera records), else :class:`PrinterModel`
    (gamut compression, ink black and paper white, dot spread blur).
-2. **Scene.** A scene image fills the frame (scaled to cover it, centre crop);
+2. **Scene.** A scene image is fitted into the middle of the frame (a square
+   CIFAR photograph fills the centred square that ``capture run --crop center``
+   classifies, so that crop is the digital setting: the object photograph with
+   the printed patch beside its object), the margins a blurred copy of it;
    ``--scenes`` is an ImageFolder tree (class = folder name) or a plain folder
    (class unknown). A video shows ``ceil(frames / scene_frames)`` scenes in turn,
    never of the patch's own target class (as digital tSuc leaves those out).
 3. **Camera.** The cut-out is a card in 3-D in front of the scene, beside the
    object, seen by a pinhole camera (``--camera camera.json`` or a default ~60
    degree lens). Its distance, tilts, roll and position follow smooth seeded
-   sweeps, so a video covers near to far (apparent size from ~55 % to ~17 % of
+   sweeps, so a video covers near to far (apparent size from ~45 % to ~17 % of
    the frame height), +-45 degree tilts and +-35 degree roll. Without lens
    distortion the card is warped by its exact homography (supersampled 2x, from
    a mip level that never magnifies); with distortion by
@@ -31,7 +34,9 @@ computes them (:func:`patchlab.capture.pose.quad_metrics`), ``distance_mm``,
 ``tilt_x_deg``, ``tilt_y_deg``, ``roll_deg``, ``view_angle_deg``, the apparent
 marker sides and whether all markers are inside the frame -- and the conditions
 (``exposure``, ``motion_blur_px``, ``noise_sigma``). ``<stem>.sim.json`` holds the
-configuration, the sampled sweep parameters, the scenes and library versions.
+configuration, the sampled sweep parameters, the scenes and library versions;
+``<stem>.camera.json`` the simulated camera in ``camera.json`` form (``capture run
+--camera``: distances and angles).
 
 ``capture run`` reads ``<stem>.truth.jsonl`` when it sits beside the video, so
 its log carries the object class of each frame.
@@ -63,7 +68,7 @@ SIM_VERSION_MODULES = ("cv2", "numpy", "torch")
 CODECS = {".mp4": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 #: Apparent patch side at the near and far end of the distance sweep, as a
 #: fraction of the frame height.
-NEAR_SIDE_FRAC, FAR_SIDE_FRAC = 0.55, 0.17
+NEAR_SIDE_FRAC, FAR_SIDE_FRAC = 0.45, 0.17
 #: Default focal length of the simulated camera, in units of the frame width (~62 degree lens).
 DEFAULT_FOCAL_FRAC = 0.9
 #: Supersampling of the card rendering (rays per pixel side).
@@ -82,6 +87,12 @@ def sim_path_for(video: str | Path) -> Path:
     """``clip.mp4`` -> ``clip.sim.json``: the simulator's configuration beside a video."""
     p = Path(video)
     return p.with_name(p.stem + ".sim.json")
+
+
+def camera_path_for(video: str | Path) -> Path:
+    """``clip.mp4`` -> ``clip.camera.json``: the simulated camera, as ``patchlab calib camera`` writes one."""
+    p = Path(video)
+    return p.with_name(p.stem + ".camera.json")
 
 
 def read_truth(path: str | Path) -> list[dict[str, Any]]:
@@ -174,7 +185,7 @@ class SimConfig:
     fps: float = 30.0
     size: tuple[int, int] = (640, 480)
     seed: int = 0
-    scene_frames: int = 60
+    scene_frames: int = 20
     tilt_max_deg: float = 45.0
     roll_max_deg: float = 35.0
     near_side_frac: float = NEAR_SIDE_FRAC
@@ -394,6 +405,7 @@ def _light_lut(gain: np.ndarray) -> np.ndarray:
 
 
 def _cover(img_bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Scale to cover ``size`` (w, h) and centre-crop."""
     w, h = size
     ih, iw = img_bgr.shape[:2]
     s = max(w / iw, h / ih)
@@ -401,6 +413,22 @@ def _cover(img_bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     big = cv2.resize(img_bgr, (nw, nh), interpolation=cv2.INTER_CUBIC if s > 1 else cv2.INTER_AREA)
     x0, y0 = (nw - w) // 2, (nh - h) // 2
     return np.ascontiguousarray(big[y0:y0 + h, x0:x0 + w])
+
+
+def scene_frame(img_bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A scene image as the camera's background: the whole image fitted into the
+    centre of the frame (its largest centred square for a square image, which is
+    what ``capture run --crop center`` classifies), the margins filled with a blurred,
+    scaled-up copy of it so the frame has no hard borders."""
+    w, h = size
+    ih, iw = img_bgr.shape[:2]
+    s = min(w / iw, h / ih)
+    fw, fh = int(round(iw * s)), int(round(ih * s))
+    back = cv2.GaussianBlur(_cover(img_bgr, size), (0, 0), max(w, h) / 40)
+    fit = cv2.resize(img_bgr, (fw, fh), interpolation=cv2.INTER_CUBIC if s > 1 else cv2.INTER_AREA)
+    x0, y0 = (w - fw) // 2, (h - fh) // 2
+    back[y0:y0 + fh, x0:x0 + fw] = fit
+    return back
 
 
 # --------------------------------------------------------------------------------------
@@ -414,6 +442,7 @@ class SimResult:
     video: Path
     truth: Path
     sim: Path
+    camera: Path
     frames: int
     markers_in_frame: int  # frames whose four markers are all inside the image (and >= 8 px)
     scenes: list[dict[str, Any]]
@@ -421,7 +450,7 @@ class SimResult:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d.update(video=str(self.video), truth=str(self.truth), sim=str(self.sim))
+        d.update(video=str(self.video), truth=str(self.truth), sim=str(self.sim), camera=str(self.camera))
         return d
 
 
@@ -479,7 +508,7 @@ def simulate_capture(patch: np.ndarray | None, layout: Layout, scenes: str | Pat
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if img is None:
             raise ConfigError(f"cannot read scene image {p}")
-        scene_imgs.append(_cover(img, cfg.size))
+        scene_imgs.append(scene_frame(img, cfg.size))
 
     K, dist = (default_camera(cfg.size), None) if camera is None else (np.asarray(camera[0], np.float64),
                                                                         np.asarray(camera[1], np.float64))
@@ -601,6 +630,10 @@ def simulate_capture(patch: np.ndarray | None, layout: Layout, scenes: str | Pat
     scenes_rec = [{"path": str(p), "object_class": c, "frames": [k * cfg.scene_frames,
                                                                   min((k + 1) * cfg.scene_frames, cfg.frames)]}
                   for k, (p, c) in enumerate(scene_items)]
+    cam_file = camera_path_for(out)
+    atomic_write_json(cam_file, {"camera_matrix": K.tolist(), "dist_coeffs": [0.0] * 5 if dist is None else
+                                 np.asarray(dist, np.float64).ravel().tolist(), "image_size": [W, H],
+                                 "created_by": "patchlab simulate capture (the simulated camera, exact)"})
     sim = sim_path_for(out)
     seconds = time.perf_counter() - t_start
     atomic_write_json(sim, {
@@ -611,9 +644,9 @@ def simulate_capture(patch: np.ndarray | None, layout: Layout, scenes: str | Pat
         "patch": source or {}, "target_class": target_class, "layout": layout.to_dict(), "scenes": scenes_rec,
         "frames": cfg.frames, "markers_in_frame": markers_in_frame, "seconds": round(seconds, 2),
         "versions": versions(SIM_VERSION_MODULES)})
-    return SimResult(video=out, truth=truth, sim=sim, frames=cfg.frames, markers_in_frame=markers_in_frame,
+    return SimResult(video=out, truth=truth, sim=sim, camera=cam_file, frames=cfg.frames, markers_in_frame=markers_in_frame,
                      scenes=scenes_rec, seconds=seconds)
 
 
 __all__ = ["PrinterModel", "SimConfig", "SimResult", "Sweep", "Card", "make_card", "cutout_layout",
-           "simulate_capture", "read_truth", "truth_path_for", "sim_path_for", "default_camera"]
+           "simulate_capture", "read_truth", "truth_path_for", "sim_path_for", "camera_path_for", "default_camera"]

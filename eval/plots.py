@@ -181,7 +181,7 @@ def bin_curve(table: Any, *, control: Any = None, title: str | None = None) -> P
     plt = _mpl()
     names = list(table.rows[0].rates)
     short = _short(names)
-    fig, ax = plt.subplots(figsize=(6.0, 3.4))
+    fig, ax = plt.subplots(figsize=(7.2, 3.4))
     n_pts = 0
     n_series = 0
     width = 0.0
@@ -220,7 +220,7 @@ def bin_curve(table: Any, *, control: Any = None, title: str | None = None) -> P
     ax.set_xlabel(f"{table.label} ({table.unit})")
     ax.set_ylabel("tSuc")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ttl = title or f"tSuc by {table.label}"
     ax.set_title(ttl)
     return Plot(f"bins-{table.quantity}", ttl, _png(fig), n_pts, n_series,

@@ -575,33 +575,39 @@ def render_pdf(report: Report) -> bytes:
     story: list[Any] = [Paragraph(e(report.title), ss["Title"]),
                         Paragraph(e(f"{report.subtitle} - generated {report.generated}"), small), Spacer(1, 4 * mm)]
 
-    def image(data: bytes, max_w: float, max_h: float = 120 * mm) -> Image:
+    def image(data: bytes, max_w: float, max_h: float = 120 * mm, natural: bool = False) -> Image:
         from PIL import Image as PILImage
 
         with PILImage.open(io.BytesIO(data)) as im:
             w, h = im.size
         s = min(max_w / w, max_h / h)
+        if natural:  # never larger than the figure was drawn (points at the plots' dpi)
+            s = min(s, 72.0 / P.DPI)
         return Image(io.BytesIO(data), width=w * s, height=h * s)
 
-    def table(header: list[str], rows: list[list[str]], col0: float | None = None) -> Table:
-        data = [[Paragraph(f"<b>{e(h)}</b>", cell) for h in header]] + [[Paragraph(e(c), cell) for c in r]
-                                                                        for r in rows]
-        t = Table(data, repeatRows=1, hAlign="LEFT",
-                  colWidths=None if col0 is None else [col0] + [(width - col0) / max(1, len(header) - 1)] *
-                  (len(header) - 1))
-        t.setStyle(TableStyle([("GRID", (0, 0), (-1, -1), 0.4, colors.HexColor("#cccccc")),
-                               ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#f0f0f0")),
+    def table(header: list[str] | None, rows: list[list[str]], col0: float | None = None) -> Table:
+        data = ([[Paragraph(f"<b>{e(h)}</b>", cell) for h in header]] if header else []) + \
+            [[Paragraph(e(c), cell) for c in r] for r in rows]
+        ncol = len(data[0]) if data else 1
+        t = Table(data, repeatRows=1 if header else 0, hAlign="LEFT",
+                  colWidths=None if col0 is None else [col0] + [(width - col0) / max(1, ncol - 1)] * (ncol - 1))
+        band = ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#f0f0f0")) if header else \
+            ("BACKGROUND", (0, 0), (0, -1), colors.HexColor("#fafafa"))
+        t.setStyle(TableStyle([("GRID", (0, 0), (-1, -1), 0.4, colors.HexColor("#cccccc")), band,
                                ("VALIGN", (0, 0), (-1, -1), "TOP")]))
         return t
 
     for s in report.sections:
+        head = len(story)
         story.append(Paragraph(e(s.title), h2))
-        for b in s.blocks:
+        for k, b in enumerate(s.blocks):
+            if k == 1:  # the title stays on the page of the section's first block
+                story[head:] = [KeepTogether(story[head:])]
             if isinstance(b, Text):
                 story.append(Paragraph(e(b.text), missing if b.kind == "missing" else body))
                 story.append(Spacer(1, 2 * mm))
             elif isinstance(b, KeyValues):
-                story.append(table(["", ""], [[k, v] for k, v in b.items], col0=35 * mm) if b.items else Spacer(1, 1))
+                story.append(table(None, [[k, v] for k, v in b.items], col0=35 * mm) if b.items else Spacer(1, 1))
                 story.append(Spacer(1, 2 * mm))
             elif isinstance(b, TableBlock):
                 story.append(table(b.header, b.rows))
@@ -609,9 +615,13 @@ def render_pdf(report: Report) -> bytes:
                     story.append(Paragraph(e(b.caption), small))
                 story.append(Spacer(1, 3 * mm))
             elif isinstance(b, Figure):
-                story.append(KeepTogether([image(b.plot.png, width * 0.85, 95 * mm),
-                                           Paragraph(e(f"{b.plot.caption}. Data: {b.source}"), small),
-                                           Spacer(1, 3 * mm)]))
+                # one table cell: the figure and its caption never part
+                fig = Table([[[image(b.plot.png, width * 0.85, 95 * mm, natural=True),
+                               Paragraph(e(f"{b.plot.caption}. Data: {b.source}"), small)]]],
+                            colWidths=[width], hAlign="LEFT")
+                fig.setStyle(TableStyle([("LEFTPADDING", (0, 0), (-1, -1), 0), ("RIGHTPADDING", (0, 0), (-1, -1), 0)]))
+                story.append(fig)
+                story.append(Spacer(1, 3 * mm))
             elif isinstance(b, Gallery):
                 cells = [[image(d, width / 3 - 4 * mm, 55 * mm), Paragraph(e(c), small)] for d, c in b.images]
                 rows = []

@@ -39,6 +39,10 @@ def test_video_truth_and_config_are_written():
     assert all(t["object_class"] in classes and t["object_class"] != TARGET for t in truth)
     assert len({t["object_class"] for t in truth[:15]}) == 1  # one scene per 15 frames here
     assert all(t["has_patch"] for t in truth)
+    from patchlab.calib.camera import load_camera
+
+    K, dist, size = load_camera(res.camera)
+    assert np.allclose(K, default_camera((640, 480))) and size == (640, 480) and not np.any(dist)
     sim = json.loads(sim_path_for(res.video).read_text())
     assert sim["config"]["seed"] == 0 and sim["frames"] == 30 and len(sim["scenes"]) == 2
     assert sim["layout"]["kind"] == "patch" and "cv2" in sim["versions"]

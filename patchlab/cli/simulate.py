@@ -38,7 +38,7 @@ def capture_cmd(
     calib: Annotated[Optional[Path], typer.Option(help="color.json from `patchlab calib color` as the printer's "
                                                        "colour model (default: a generic office printer).")] = None,
     camera: Annotated[Optional[Path], typer.Option(help="camera.json: film with these intrinsics and distortion.")] = None,
-    scene_frames: Annotated[int, typer.Option(help="Frames per scene image.")] = 60,
+    scene_frames: Annotated[int, typer.Option(help="Frames per scene image.")] = 20,
     control: Annotated[Optional[str], typer.Option(help="Film a control instead: 'blank' (same card, blank patch) or "
                                                         "'none' (no card); same seed = same scenes and sweep.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the scenes, sweeps, light and noise.")] = 0,
@@ -79,3 +79,4 @@ def capture_cmd(
         console.print(f"wrote {lay_path} (the layout filmed: pass it to `patchlab capture run --layout`)")
     console.print(f"wrote {res.truth}")
     console.print(f"wrote {res.sim}")
+    console.print(f"wrote {res.camera} (the simulated camera: `patchlab capture run --camera`)")
