@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from patchlab.capture.loop import CaptureConfig, load_capture, run_capture
     from patchlab.capture.simulate import SimConfig, read_truth, simulate_capture, truth_path_for
     from patchlab.capture.sources import open_source
-    from patchlab.cli.capture import default_threads
+    from patchlab.utils import default_threads
     from patchlab.models import load_model
     from patchlab.print.sheets import PatchSource, make_patch_pdf
 

@@ -123,7 +123,12 @@ def row_label(record: dict[str, Any]) -> str:
     """``loss frac% source -> target`` for a run record."""
     cfg = record.get("config", {})
     src = "+".join(_short(s["name"]) for s in record.get("sources", []))
-    return f"{cfg.get('loss', '?')} {float(cfg.get('frac', 0)):.0%} {src}->{record.get('target_class', '?')}"
+    label = f"{cfg.get('loss', '?')} {float(cfg.get('frac', 0)):.0%} {src}->{record.get('target_class', '?')}"
+    if cfg.get("loss") != "ce" and cfg.get("layers", "auto") != "auto":
+        label += f" [{cfg['layers']}]"
+    if cfg.get("eot_name", "none") != "none":
+        label += f" eot={Path(str(cfg['eot_name'])).stem}"
+    return label
 
 
 def matrix_row(run_dir: str | Path, result: TransferResult, record: dict[str, Any]) -> MatrixRow:

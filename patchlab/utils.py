@@ -36,6 +36,30 @@ def resolve_device(spec: str = "auto") -> torch.device:
     return dev
 
 
+#: Environment variable that sets patchlab's default number of torch CPU threads.
+THREADS_ENV = "PATCHLAB_THREADS"
+
+
+def default_threads() -> int:
+    """Torch CPU threads patchlab uses unless told: ``$PATCHLAB_THREADS``, else the cores minus one.
+
+    On a small, shared CPU torch's thread hand-offs cost far more than they give:
+    on the 2-core development machine, with one other busy process, a mobilenet
+    forward+backward took 5.2 s on 2 threads and 0.17 s on 1
+    (``benchmarks/threads.py`` measures it side by side).
+    """
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            raise ConfigError(f"${THREADS_ENV} must be a whole number of threads, got {env!r}") from None
+        if n < 1:
+            raise ConfigError(f"${THREADS_ENV} must be >= 1, got {n}")
+        return n
+    return max(1, (os.cpu_count() or 2) - 1)
+
+
 def check_images(x: torch.Tensor, name: str = "images") -> None:
     """Check the image contract: ``(B, 3, H, W)`` floating point in ``[0, 1]``.
 

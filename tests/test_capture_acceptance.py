@@ -16,7 +16,7 @@ from conftest import CIFAR_TEST, card
 from patchlab.capture.loop import CaptureConfig, load_capture, run_capture
 from patchlab.capture.simulate import SimConfig, read_truth, simulate_capture
 from patchlab.capture.sources import open_source
-from patchlab.cli.capture import default_threads
+from patchlab.utils import default_threads
 from test_capture_helpers import TARGET, printed
 
 MODELS = ("resnet20", "mobilenetv2_100", "vit_tiny_p4")

@@ -73,8 +73,18 @@ app.add_typer(_world.app, name="world")
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
+    threads: int = typer.Option(None, "--threads", help="Torch CPU threads (default: $PATCHLAB_THREADS, "
+                                                        "else the cores minus one).", show_default=False),
 ) -> None:
     import logging
+
+    import torch
+
+    from ..utils import default_threads
+
+    if threads is not None and threads < 1:
+        raise typer.BadParameter("--threads must be >= 1")
+    torch.set_num_threads(threads or default_threads())
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 

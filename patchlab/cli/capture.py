@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,18 +9,13 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
+from ..utils import default_threads
 from ._common import DEVICE_HELP, console
 
 app = typer.Typer(help="Score a live camera, a recorded video or an image sequence, frame by frame.",
                   no_args_is_help=True)
 
 MODELS_HELP = "Models to score every frame with (cards, timm:NAME, ...): --models A B C, or --models repeated."
-
-
-def default_threads() -> int:
-    """Torch threads for the models: the cores minus one (the reader thread decodes and
-    finds markers on the other); oversubscribing a small CPU costs more than it gives."""
-    return max(1, (os.cpu_count() or 2) - 1)
 
 
 def summary_table(summary) -> Table:
