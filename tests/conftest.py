@@ -6,6 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+from patchlab.utils import default_threads
+
+# The library calls below bypass the CLI, which sets this for every command: on a
+# small shared CPU torch's default thread count makes each op many times slower.
+torch.set_num_threads(default_threads())
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PATCHLAB_SHARED", REPO.parent / "shared"))
