@@ -14,12 +14,29 @@ zoo to run the whole mission on::
 * :mod:`patchlab.world.train` trains the zoo (:func:`train_zoo`).
 """
 
-from .make import (WORLD_VERSION, WorldConfig, WorldInfo, ensure_world, make_world, read_world,
-                   world_cache_dir)
-from .signs import sign_classes
-from .train import (DEFAULT_MODELS, ZOO_VERSION, ModelSpec, TrainConfig, ZooInfo, ZooModel, ensure_zoo,
-                    read_zoo, train_model, train_zoo, zoo_cache_dir)
+from __future__ import annotations
 
-__all__ = ["DEFAULT_MODELS", "WORLD_VERSION", "ZOO_VERSION", "ModelSpec", "TrainConfig", "WorldConfig",
-           "WorldInfo", "ZooInfo", "ZooModel", "ensure_world", "ensure_zoo", "make_world", "read_world",
-           "read_zoo", "sign_classes", "train_model", "train_zoo", "world_cache_dir", "zoo_cache_dir"]
+import importlib
+from typing import Any
+
+# Names resolve lazily (PEP 562), so the drawing workers, which import only
+# ``patchlab.world._draw``, start without importing torch.
+_EXPORTS = {
+    "make": ("WORLD_VERSION", "WorldConfig", "WorldInfo", "ensure_world", "make_world", "read_world",
+             "world_cache_dir"),
+    "signs": ("sign_classes",),
+    "train": ("DEFAULT_MODELS", "ZOO_VERSION", "ModelSpec", "TrainConfig", "ZooInfo", "ZooModel", "ensure_zoo",
+              "read_zoo", "train_model", "train_zoo", "zoo_cache_dir"),
+}
+_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

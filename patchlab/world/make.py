@@ -25,7 +25,6 @@ import os
 import shutil
 import time
 import uuid
-import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,7 +42,6 @@ WORLD_JSON = "world.json"
 SCENES_JSON = "scenes.json"
 WORLD_FORMAT = "patchlab-world"
 SPLITS = ("train", "val")
-_SPLIT_CODE = {"train": 0, "val": 1, "scenes": 2}
 
 #: ``progress(task, total)`` starts a task and returns ``advance(n)``.
 ProgressFactory = Callable[[str, int], Callable[[int], None]]
@@ -144,49 +142,10 @@ class WorldInfo:
 
 
 # ------------------------------------------------------------------ workers
-def _rng(seed: int, split: str, cls: str, i: int):
-    import numpy as np
+def _draw_chunk(task: tuple) -> list[dict]:
+    from ._draw import draw_chunk
 
-    return np.random.default_rng([seed, _SPLIT_CODE[split], zlib.crc32(cls.encode()), i])
-
-
-def _crop_name(cls: str, i: int) -> str:
-    return f"{cls}-{i:05d}.png"
-
-
-def _scene_name(cls: str, i: int) -> str:
-    return f"{cls}-{i:03d}.png"
-
-
-def _write_png(path: Path, rgb) -> None:
-    import cv2
-
-    ok, buf = cv2.imencode(".png", rgb[..., ::-1])
-    if not ok:  # pragma: no cover - encoding a uint8 array does not fail
-        raise DataError(f"cannot encode {path}")
-    path.write_bytes(buf.tobytes())
-
-
-def _draw_chunk(task: tuple[str, str, str, int, int, int, int, tuple[int, int]]) -> list[dict]:
-    """Draw and write pictures ``start..stop`` of one class in one split (a worker's job)."""
-    import cv2
-
-    from . import signs
-
-    cv2.setNumThreads(1)  # one process per core already
-    root, split, cls, start, stop, seed, size, scene_size = task
-    folder = Path(root) / split / cls
-    folder.mkdir(parents=True, exist_ok=True)
-    meta = []
-    for i in range(start, stop):
-        rng = _rng(seed, split, cls, i)
-        if split == "scenes":
-            sc = signs.road_scene(cls, rng, *scene_size)
-            _write_png(folder / _scene_name(cls, i), sc.image)
-            meta.append({"file": f"{cls}/{_scene_name(cls, i)}", "class": cls, **sc.to_dict()})
-        else:
-            _write_png(folder / _crop_name(cls, i), signs.sign_crop(cls, size, rng))
-    return meta
+    return draw_chunk(task)
 
 
 def _tasks(root: Path, cfg: WorldConfig, classes: list[str], chunk: int) -> list[tuple]:
@@ -302,8 +261,12 @@ def make_world(out: str | os.PathLike, n_per_class: int = 500, size: int = 64, s
         else:
             import multiprocessing as mp
 
+            from ._draw import draw_chunk
+
+            # spawn, not fork: the parent may hold torch/OpenMP threads; the workers
+            # import only numpy and OpenCV
             with ProcessPoolExecutor(n_workers, mp_context=mp.get_context("spawn")) as pool:
-                for task, meta in zip(tasks, pool.map(_draw_chunk, tasks)):
+                for task, meta in zip(tasks, pool.map(draw_chunk, tasks)):
                     scenes.extend(meta)
                     if advance:
                         advance(_task_weight(task))
