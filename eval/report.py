@@ -184,6 +184,37 @@ def _patch_section(run_dir: Path, run: dict[str, Any]) -> tuple[Section, dict[st
     return Section("patch", "The patch", blocks), info
 
 
+def _transfer_figures(transfer: dict[str, Any] | None) -> tuple[str, str]:
+    """White-box and mean-transfer tSuc of a transfer.json, formatted (``-`` when not measured)."""
+    if not transfer or not transfer.get("models"):
+        return "not measured", "not measured"
+    ms = transfer["models"]
+    src = [m["tsuc"] for m in ms if m.get("is_source")]
+    oth = [m["tsuc"] for m in ms if not m.get("is_source")]
+    return (f"{np.mean(src):.1%}" if src else "-"), (f"{np.mean(oth):.1%}" if oth else "-")
+
+
+def _compare_section(runs: Sequence[Path]) -> Section:
+    """The patches of several runs side by side, each with its loss and digital tSuc."""
+    from patchlab.runs import read_patch
+
+    images: list[tuple[bytes, str]] = []
+    rows = []
+    for rd in runs:
+        run = read_run(rd)
+        cfg = run.get("config") or {}
+        wb, tr = _transfer_figures(_read_json(rd / TRANSFER_JSON))
+        rgb = np.clip(np.round(read_patch(rd).transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
+        scale = max(1, 192 // max(rgb.shape[:2]))
+        label = f"{cfg.get('loss', '?')} ({run.get('run_id', rd.name)})"
+        images.append((P.image_png(rgb, scale=scale), f"{label}: white-box {wb}, transfer {tr}"))
+        rows.append([label, str(run.get("target_class", "?")), str(cfg.get("layers", "-")), wb, tr])
+    return Section("compare", "Patches side by side", [
+        Gallery(images, caption="each run's patch.png; tSuc from its transfer.json"),
+        TableBlock(["patch", "target", "layers", "white-box tSuc", "mean transfer tSuc"], rows,
+                   caption="white-box: mean over the source models; transfer: mean over the other judged models")])
+
+
 def _loss_section(run_dir: Path, run: dict[str, Any]) -> Section:
     hist = run.get("history") or []
     plot = P.loss_curves(hist, title=f"optimisation of {run.get('run_id', run_dir.name)}")
@@ -403,7 +434,8 @@ def _headline(run: dict[str, Any], transfer: dict | None, captures: list[tuple[P
 
 
 def build_report(run_dir: str | Path, captures: Sequence[str | Path] = (), *, matrix: str | Path | None = None,
-                 controls: Sequence[str | Path] = (), n_bins: int = 5, argv: Sequence[str] | None = None) -> Report:
+                 controls: Sequence[str | Path] = (), n_bins: int = 5, argv: Sequence[str] | None = None,
+                 compare: Sequence[str | Path] = ()) -> Report:
     """Gather a run, its transfer and matrix files and its captures into a :class:`Report`.
 
     Args:
@@ -413,6 +445,7 @@ def build_report(run_dir: str | Path, captures: Sequence[str | Path] = (), *, ma
         controls: control captures, paired with ``captures`` in order (fewer is fine).
         n_bins: bins per condition in the physical sections.
         argv: the command that made the report (recorded).
+        compare: other run folders whose patches are shown side by side with this one.
     """
     run_dir = Path(run_dir)
     run = read_run(run_dir)
@@ -422,6 +455,8 @@ def build_report(run_dir: str | Path, captures: Sequence[str | Path] = (), *, ma
     sections = []
     patch_sec, _ = _patch_section(run_dir, run)
     sections.append(patch_sec)
+    if compare:
+        sections.append(_compare_section([run_dir, *map(Path, compare)]))
     sections.append(_loss_section(run_dir, run))
     sections.append(_transfer_section(run_dir, transfer))
     sections.append(_matrix_section(None if matrix is None else Path(matrix)))

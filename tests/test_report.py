@@ -117,3 +117,19 @@ def test_cli_report(tmp_path):
     assert bad.exit_code == 1 and "not a patchlab run folder" in bad.output
     with pytest.raises(ConfigError, match="--control"):
         build_report(run_dir(), [], controls=[capture()])
+
+
+def test_compare_shows_patches_side_by_side(tmp_path):
+    from test_capture_helpers import fake_run
+
+    other = fake_run(tmp_path / "run-ce", seed=5)
+    rep = build_report(run_dir(), [], compare=[other])
+    sec = next(s for s in rep.sections if s.key == "compare")
+    gallery = next(b for b in sec.blocks if b.__class__.__name__ == "Gallery")
+    assert len(gallery.images) == 2 and "run-ce" in gallery.images[1][1]
+    assert "white-box 62.0%, transfer 21.0%" in gallery.images[0][1]
+    html = render_html(rep)
+    assert "Patches side by side" in html
+    r = CliRunner().invoke(app, ["report", str(run_dir()), "--compare", str(other), "--out", str(tmp_path / "r.html")])
+    assert r.exit_code == 0, r.output
+    assert "Patches side by side" in (tmp_path / "r.html").read_text()

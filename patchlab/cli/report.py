@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from ._common import console
+from ._common import command_line, console
 
 
 def report_cmd(
+    ctx: typer.Context,
     paths: Annotated[list[Path], typer.Argument(help="RUN_DIR (optimiser run folder), then any CAPTURE_DIRs of its "
                                                      "patch (from `patchlab capture run`).")],
     out: Annotated[Path, typer.Option("--out", help="report.html (self-contained) or report.pdf.")],
@@ -19,6 +19,8 @@ def report_cmd(
     control: Annotated[Optional[list[Path]], typer.Option("--control", help="Control capture for each CAPTURE_DIR, "
                                                                             "in order (repeat).")] = None,
     n_bins: Annotated[int, typer.Option(help="Bins per condition in the physical sections.")] = 5,
+    compare: Annotated[Optional[list[Path]], typer.Option("--compare", help="Another run folder whose patch is shown "
+                                                                            "side by side (repeat).")] = None,
 ) -> None:
     """A report of a run: patch, loss curves, digital transfer, transfer matrix, physical tSuc by condition with
     intervals, sample frames, and the commands, configs and versions behind every figure."""
@@ -27,7 +29,7 @@ def report_cmd(
     check_report_path(out)
     run_dir, captures = paths[0], paths[1:]
     rep = build_report(run_dir, captures, matrix=matrix, controls=control or [], n_bins=n_bins,
-                       argv=["patchlab", *sys.argv[1:]])
+                       argv=command_line(ctx), compare=compare or [])
     path = write_report(rep, out)
     for line in rep.headline:
         console.print(line, highlight=False)
