@@ -206,3 +206,13 @@ def test_cli_train_default_zoo_then_keeps_it(world, tmp_path):
     res = runner.invoke(app, ["world", "train", "--data", str(world), "--out", str(out), "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert res.output.count("(kept)") == len(DEFAULT_MODELS)
+
+
+def test_ensure_zoo_builds_its_own_world_when_given_none(tmp_path):
+    cfg = TrainConfig(models=QUICK.models[:1]).scaled(0.25)
+    zoo = ensure_zoo(None, n_per_class=4, size=32, world_seed=3, seed=0, config=cfg, cache_dir=tmp_path)
+    worlds = list((tmp_path / "worlds").iterdir())
+    assert len(worlds) == 1 and zoo.world["config"]["seed"] == 3 and zoo.world["config"]["size"] == 32
+    assert zoo.world["root"] == str(worlds[0])
+    again = ensure_zoo(None, n_per_class=4, size=32, world_seed=3, seed=0, config=cfg, cache_dir=tmp_path)
+    assert again.cached and again.root == zoo.root

@@ -26,7 +26,6 @@ import json
 import logging
 import math
 import os
-import shutil
 import time
 import zlib
 from dataclasses import asdict, dataclass, field, replace
@@ -484,26 +483,29 @@ def zoo_key(world: WorldInfo, config: TrainConfig) -> str:
 def ensure_zoo(world: WorldInfo | str | os.PathLike | None = None, *, seed: int = 0,
                device: torch.device | str = "cpu", cache_dir: str | os.PathLike | None = None,
                progress: ProgressFactory | None = None, config: TrainConfig | None = None,
-               **world_kwargs: Any) -> ZooInfo:
+               n_per_class: int = 500, size: int = 64, world_seed: int | None = None) -> ZooInfo:
     """The zoo for this world and training config from the cache, training what is missing.
 
     Args:
-        world: a world (folder or :class:`WorldInfo`); default: :func:`ensure_world`
-            with ``world_kwargs`` (``n_per_class``, ``size``, ``seed``, ...) and the
-            same ``cache_dir``.
+        world: a world (folder or :class:`WorldInfo`); default: the cached world of
+            ``ensure_world(n_per_class, size, world_seed)`` in the same ``cache_dir``.
         seed: the training seed.
         device: where to train (only if something must be trained).
         cache_dir: the cache root (default :func:`patchlab.utils.user_cache_dir`:
             ``$PATCHLAB_CACHE`` or ``~/.cache/patchlab``).
         progress: as in :func:`train_zoo` (and :func:`ensure_world`).
         config: the training config (default zoo).
+        n_per_class, size, world_seed: the default world's config (``world_seed``
+            defaults to ``seed``); ignored when ``world`` is given.
 
-    The entry is ``<cache>/zoos/zoo-<key>``. A complete, intact entry returns at
-    once (``cached=True``); a partial one (an interrupted run) keeps its finished
-    models and trains the rest; one whose weights no longer match is retrained.
+    The entry is ``<cache>/zoos/zoo-<key>``, keyed by the world's fingerprint and the
+    training config. A complete, intact entry returns at once (``cached=True``); a
+    partial one (an interrupted run) keeps its finished models and trains the rest;
+    one whose files no longer match their hashes is retrained.
     """
     if world is None:
-        world = ensure_world(cache_dir=cache_dir, progress=progress, **world_kwargs)
+        world = ensure_world(n_per_class, size, seed if world_seed is None else world_seed, cache_dir=cache_dir,
+                             progress=progress)
     elif not isinstance(world, WorldInfo):
         world = read_world(world)
     cfg = replace(config or TrainConfig(), seed=seed)
@@ -517,5 +519,5 @@ def ensure_zoo(world: WorldInfo | str | os.PathLike | None = None, *, seed: int 
             log.warning("retraining the cached zoo: %s", exc)
         (root / ZOO_JSON).unlink(missing_ok=True)
     if root.exists() and not root.is_dir():
-        shutil.rmtree(root, ignore_errors=True)
+        root.unlink()
     return train_zoo(world, root, seed=seed, device=device, progress=progress, config=cfg, resume=True)
