@@ -106,7 +106,11 @@ def _text(img: np.ndarray, text: str, cx: float, cy: float, width: float, color,
     base = 64.0
     (w1, h1), _ = cv2.getTextSize(text, font, 1.0, 1)
     scale = base / h1
-    thick = max(1, int(round(weight * base * (1.0 if height is None else width / height * h1 / w1 * 1.4))))
+    # A stretched glyph's vertical strokes thin by the horizontal/vertical stretch ratio,
+    # about (width / height) / (w1 / h1) x 1.4 (the tight glyph box is taller than the
+    # font's nominal one); drawing them that much bolder keeps the stroke weight even.
+    squeeze = 1.0 if height is None else (width / height) * (h1 / w1) * 1.4
+    thick = max(1, int(round(weight * base * squeeze)))
     (w, h), bl = cv2.getTextSize(text, font, scale, thick)
     pad = thick + 2
     glyphs = np.zeros((h + bl + 2 * pad, w + 2 * pad), np.uint8)
@@ -151,14 +155,12 @@ def _stop(img, mask, s, rng):
 
 @register_sign("yield")
 def _yield(img, mask, s, rng):
-    c = s / 2
     tri = np.array([[0.02 * s, 0.10 * s], [0.98 * s, 0.10 * s], [0.5 * s, 0.93 * s]])
     cen = tri.mean(0)
     _poly(mask, tri, (255, 255, 255))
     _poly(img, tri, WHITE)
     _poly(img, cen + 0.93 * (tri - cen), RED)
     _poly(img, cen + float(rng.uniform(0.52, 0.6)) * (tri - cen), WHITE)
-    del c
 
 
 @register_sign("no_entry")
@@ -216,7 +218,6 @@ def _roundabout(img, mask, s, rng):
         t = np.array([np.sin(end), -np.cos(end)])  # tangent, anticlockwise on screen
         nrm = np.array([np.cos(end), np.sin(end)])
         _poly(img, np.array([p + t * 1.7 * w, p + nrm * 1.4 * w, p - nrm * 1.4 * w]), WHITE)
-    del rng
 
 
 @register_sign("pedestrian_crossing")
