@@ -74,7 +74,8 @@ CleanCache = dict[tuple[str, str], torch.Tensor]
 def evaluate_patch(patch: torch.Tensor, images: ImageSet, target_class: str, models: Sequence[WrappedModel], *,
                    frac: float, shape: str = "square", placement: str = "side",
                    position: tuple[float, float] | None = None, eot: EOTConfig = PRESETS["none"], seed: int = 0,
-                   batch_size: int = 256, device: torch.device | str = "cpu", source_names: Sequence[str] = (),
+                   frame: bool = False, batch_size: int = 256, device: torch.device | str = "cpu",
+                   source_names: Sequence[str] = (),
                    clean_cache: CleanCache | None = None,
                    progress: Callable[[int], None] | None = None) -> list[ModelTransfer]:
     """Paste ``patch`` into every image and judge each model.
@@ -86,6 +87,8 @@ def evaluate_patch(patch: torch.Tensor, images: ImageSet, target_class: str, mod
         models: the judged models.
         frac, shape, placement, position, eot: how the patch is rendered (as in the optimiser).
         seed: seeds the placements (the same for every model).
+        frame: paste the printed marker frame with the patch (a run optimised with
+            ``--frame-markers`` is judged as the cut-out it was made for).
         source_names: models that were optimised against (flagged ``is_source``).
         clean_cache: reuse clean predictions across calls on the same images.
         progress: called with the number of images done.
@@ -97,7 +100,7 @@ def evaluate_patch(patch: torch.Tensor, images: ImageSet, target_class: str, mod
     t_model = [int(mp[t_data]) for mp in maps]
     H, W = images.images.shape[-2:]
     renderer = PatchRenderer((int(H), int(W)), tuple(patch.shape[1:]), frac=frac, shape=shape, placement=placement,
-                             position=position, eot=eot).to(device)
+                             position=position, eot=eot, frame=frame).to(device)
     patch = patch.to(device).float()
     g = torch.Generator().manual_seed(seed)
     ident = f"{images.root}:{len(images)}:{paths_digest(images.paths, images.root) if images.paths else ''}"
@@ -184,8 +187,8 @@ def evaluate_run(run_dir: str | Path, models: Sequence[WrappedModel], *, placeme
         raise ConfigError("placement 'fixed' needs the run's --position; pick another --placement")
     res = evaluate_patch(patch, images, rec["target_class"], models, frac=float(cfg.get("frac", rec["patch"]["frac"])),
                          shape=cfg.get("shape", "square"), placement=pl, position=tuple(pos) if pos else None,
-                         eot=eot, seed=seed, batch_size=batch_size, device=device,
-                         source_names=[s["name"] for s in rec.get("sources", [])], clean_cache=clean_cache,
+                         eot=eot, seed=seed, frame=bool(cfg.get("frame_markers", False)), batch_size=batch_size,
+                         device=device, source_names=[s["name"] for s in rec.get("sources", [])], clean_cache=clean_cache,
                          progress=progress)
     return TransferResult(run_id=str(rec.get("run_id", Path(run_dir).name)), target_class=rec["target_class"],
                           placement=pl, eot={"name": eot_name, **eot.to_dict()}, seed=seed, n_images=len(images),

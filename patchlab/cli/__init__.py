@@ -60,7 +60,7 @@ app.add_typer(_calib.app, name="calib")
 # ``register(app)`` (top-level commands) or as a sub-app, so stages grow without
 # editing each other's files.
 from . import capture as _capture, evaluate as _evaluate, optimize as _optimize, report as _report  # noqa: E402
-from . import simulate as _simulate, world as _world  # noqa: E402
+from . import demo as _demo, simulate as _simulate, world as _world  # noqa: E402
 
 _optimize.register(app)
 app.add_typer(_evaluate.app, name="eval")
@@ -68,6 +68,7 @@ app.add_typer(_capture.app, name="capture")
 app.add_typer(_simulate.app, name="simulate")
 _report.register(app)
 app.add_typer(_world.app, name="world")
+_demo.register(app)
 
 
 @app.callback()

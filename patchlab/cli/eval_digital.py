@@ -58,6 +58,8 @@ def transfer_cmd(
     patch_frac: Annotated[float, typer.Option(help="With --patch: patch area fraction.")] = 0.1,
     shape: Annotated[str, typer.Option(help="With --patch: square or circle.")] = "square",
     limit_per_class: Annotated[Optional[int], typer.Option(help="With --patch: at most N images per class.")] = None,
+    frame_markers: Annotated[bool, typer.Option("--frame-markers", help="With --patch: paste it with its printed "
+                                                                        "marker frame.")] = False,
     placement: Annotated[Optional[str], typer.Option(help="side, random or center (default: the run's).")] = None,
     eot: Annotated[str, typer.Option(help="EOT at judging time: none (digital paste), digital, physical or TOML.")] = "none",
     seed: Annotated[int, typer.Option(help="Seed of the placements (the same for every model).")] = 0,
@@ -104,7 +106,8 @@ def transfer_cmd(
         images = load_folder(data, limit_per_class=limit_per_class)
         with progress_bar("patched images", len(images)) as adv:
             ms = evaluate_patch(p, images, target, judged, frac=patch_frac, shape=shape, placement=placement or "side",
-                                eot=eot_cfg, seed=seed, batch_size=batch_size, device=dev, progress=adv)
+                                eot=eot_cfg, seed=seed, frame=frame_markers, batch_size=batch_size, device=dev,
+                                progress=adv)
         res = TransferResult(run_id=Path(patch).stem, target_class=target, placement=placement or "side",
                              eot={"name": eot, **eot_cfg.to_dict()}, seed=seed, n_images=len(images), models=ms)
         console.print(_table(f"{patch}: patch -> {target!r}", res))
