@@ -30,7 +30,7 @@ import numpy as np
 
 from patchlab.errors import ConfigError
 from patchlab.runs import PATCH_PNG, TRANSFER_JSON, read_run
-from patchlab.utils import atomic_write_bytes, atomic_write_text, versions
+from patchlab.utils import atomic_write_bytes, atomic_write_text, read_json_object, versions
 
 from . import plots as P
 
@@ -139,15 +139,8 @@ def _cmd(argv: Any) -> str:
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(d, dict):
-        raise ConfigError(f"{path} must hold a JSON object")
-    return d
+    """The JSON object in ``path``, or None when the file is absent (a part not measured)."""
+    return read_json_object(path) if path.is_file() else None
 
 
 def _short(name: str, names: Sequence[str]) -> str:

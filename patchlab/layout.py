@@ -12,13 +12,12 @@ stage can read it without importing another stage.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .utils import atomic_write_json
+from .utils import atomic_write_json, read_json_object
 
 LAYOUT_VERSION = 1
 #: OpenCV ArUco dictionary used for every patchlab marker unless a layout says otherwise.
@@ -123,13 +122,5 @@ class Layout:
 
 def load_layout(path: str | Path) -> Layout:
     """Read a layout JSON file, with a clear error if it is missing or malformed."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"layout file not found: {p} (it is written beside the PDF by `patchlab print`)")
-    try:
-        d = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"layout file {p} is not valid JSON: {exc}") from exc
-    if not isinstance(d, dict):
-        raise ConfigError(f"layout file {p} must hold a JSON object")
-    return Layout.from_dict(d, source=str(p))
+    d = read_json_object(path, "layout file", missing="it is written beside the PDF by `patchlab print`")
+    return Layout.from_dict(d, source=str(path))

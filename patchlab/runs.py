@@ -30,13 +30,13 @@ A run folder (``patchlab optimize --out RUN_DIR``) holds::
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .errors import ConfigError
+from .utils import read_json_object
 
 PATCH_PNG = "patch.png"
 PATCH_FLOAT = "patch.npy"
@@ -48,18 +48,11 @@ TRANSFER_JSON = "transfer.json"
 def read_run(run_dir: str | Path) -> dict[str, Any]:
     """The ``run.json`` of a run folder, with a clear error if it is not one."""
     p = Path(run_dir)
-    rj = p / RUN_JSON
     if not p.is_dir():
         raise ConfigError(f"run folder not found: {p}")
-    if not rj.is_file():
+    if not (p / RUN_JSON).is_file():
         raise ConfigError(f"{p} is not a patchlab run folder (no {RUN_JSON}); make one with `patchlab optimize`")
-    try:
-        d = json.loads(rj.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{rj} is not valid JSON: {exc}") from exc
-    if not isinstance(d, dict):
-        raise ConfigError(f"{rj} must hold a JSON object")
-    return d
+    return read_json_object(p / RUN_JSON, "run record")
 
 
 def read_patch(run_dir: str | Path) -> np.ndarray:

@@ -126,6 +126,28 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
     return path
 
 
+def read_json_object(path: str | os.PathLike, what: str = "file", *, error: type[Exception] = ConfigError,
+                     missing: str = "") -> dict[str, Any]:
+    """Read a JSON file that must hold an object, with one clear error per way it can fail.
+
+    Args:
+        path: the file.
+        what: what it is, for the messages (``"layout file"``, ``"model card"``).
+        error: the :class:`~patchlab.errors.PatchlabError` subclass to raise.
+        missing: a hint appended to the not-found message (how to make one).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise error(f"{what} not found: {p}" + (f" ({missing})" if missing else ""))
+    try:
+        d = json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{what} {p} is not valid JSON: {exc}") from exc
+    if not isinstance(d, dict):
+        raise error(f"{what} {p} must hold a JSON object")
+    return d
+
+
 def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)

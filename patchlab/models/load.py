@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelLoadError
+from ..utils import read_json_object
 from . import registry
 from .wrapper import ModelInfo, Preprocess, WrappedModel
 
@@ -43,14 +44,7 @@ _STATE_DICT_KEYS = ("state_dict", "model", "model_state_dict", "state_dict_ema",
 def read_card(path: str | os.PathLike) -> dict[str, Any]:
     """Read and validate a model card; returns the dict with ``_dir`` added."""
     p = Path(path)
-    if not p.exists():
-        raise ModelLoadError(f"model card not found: {p}")
-    try:
-        card = json.loads(p.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelLoadError(f"model card {p} is not valid JSON: {exc}") from exc
-    if not isinstance(card, dict):
-        raise ModelLoadError(f"model card {p} must hold a JSON object")
+    card = read_json_object(p, "model card", error=ModelLoadError)
     missing = [k for k in _CARD_REQUIRED if k not in card]
     if missing:
         raise ModelLoadError(f"model card {p} lacks required keys: {', '.join(missing)}")
