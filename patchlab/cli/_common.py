@@ -15,12 +15,23 @@ DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N."
 
 
 @contextmanager
-def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
-    """A rich progress bar on stderr; yields ``advance(n)``."""
+def task_progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    """One rich display on stderr for several tasks; yields ``start(description, total) -> advance(n)``
+    (the progress factory the world and zoo builders take)."""
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False) as prog:
-        task = prog.add_task(description, total=total)
-        yield lambda n=1: prog.advance(task, n)
+        def start(description: str, total: int) -> Callable[[int], None]:
+            task = prog.add_task(description, total=total)
+            return lambda n=1: prog.advance(task, n)
+
+        yield start
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar on stderr; yields ``advance(n)``."""
+    with task_progress() as start:
+        yield start(description, total)
 
 
 def command_line(ctx) -> list[str]:

@@ -25,7 +25,7 @@ from typing import Annotated, Any, Callable
 import typer
 from rich.table import Table
 
-from ._common import DEVICE_HELP, console, err_console
+from ._common import DEVICE_HELP, console, err_console, task_progress
 
 STATE_FILE = "demo.json"
 STATE_VERSION = 1
@@ -147,9 +147,8 @@ class Demo:
 
     def stage_world(self) -> dict[str, Any]:
         from ..world import ensure_world
-        from .world import _progress
 
-        with _progress() as start:
+        with task_progress() as start:
             self.world = ensure_world(self.cfg.n_per_class, self.cfg.size, self.cfg.seed, progress=start)
         w = self.world
         return {"root": str(w.root), "figure": f"{len(w.classes)} classes, {sum(w.counts.values())} pictures"
@@ -157,14 +156,13 @@ class Demo:
 
     def stage_zoo(self) -> dict[str, Any]:
         from ..world import ensure_zoo
-        from .world import _progress
 
         from ..world import TrainConfig
 
         config = TrainConfig(seed=self.cfg.seed)
         if self.cfg.train_epochs != 1.0:
             config = config.scaled(self.cfg.train_epochs)
-        with _progress() as start:
+        with task_progress() as start:
             self.zoo = ensure_zoo(self.world, seed=self.cfg.seed, device=self.cfg.device, progress=start,
                                   config=config)
         accs = ", ".join(f"{m.name} {m.val_accuracy:.1%}" for m in self.zoo.models)

@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Callable, Iterator, Optional
+from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ._common import DEVICE_HELP, console, err_console
+from ._common import DEVICE_HELP, console, task_progress
 
 app = typer.Typer(help="The embedded default: a procedural traffic-sign data set and three small models.",
                   no_args_is_help=True)
-
-
-@contextmanager
-def _progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
-    """One rich display on stderr; yields ``start(task, total) -> advance(n)``."""
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False) as prog:
-        def start(description: str, total: int) -> Callable[[int], None]:
-            task = prog.add_task(description, total=total)
-            return lambda n=1: prog.advance(task, n)
-
-        yield start
 
 
 @app.command("make")
@@ -42,7 +28,7 @@ def make_cmd(
     """Draw a procedural traffic-sign data set: ImageFolder train/ and val/ trees plus road scenes."""
     from ..world import make_world
 
-    with _progress() as start:
+    with task_progress() as start:
         info = make_world(out, n_per_class, size, seed, val_frac=val_frac, scenes_per_class=scenes_per_class,
                           force=force, workers=workers, progress=start)
     n = sum(info.counts.values())
@@ -68,7 +54,7 @@ def train_cmd(
     from ..world import train_zoo
 
     dev = resolve_device(device)
-    with _progress() as start:
+    with task_progress() as start:
         zoo = train_zoo(data, out, seed=seed, device=dev, progress=start, resume=resume)
     table = Table("model", "card", "val accuracy", "n", "train s")
     for m in zoo.models:
