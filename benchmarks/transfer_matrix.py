@@ -38,8 +38,8 @@ def card(name: str) -> str:
 def run(cmd: list[str]) -> None:
     print("$", " ".join(cmd), flush=True)
     t = time.perf_counter()
-    subprocess.run(cmd, check=True)
-    print(f"  ({time.perf_counter() - t:.0f} s)", flush=True)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if "optimize" in cmd else None)
+    print(f"  ({time.perf_counter() - t:.0f} s) {cmd[cmd.index('--out') + 1] if '--out' in cmd else ''}", flush=True)
 
 
 def main() -> None:
@@ -54,10 +54,12 @@ def main() -> None:
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--tag", default="", help="suffix of the run folder names (one per configuration)")
+    ap.add_argument("--jobs", type=int, default=1, help="optimisations run at once (one torch thread each)")
     args, extra = ap.parse_known_args()
     extra = [a for a in extra if a != "--"]
-    patchlab = [sys.executable, "-m", "patchlab"]
+    patchlab = [sys.executable, "-m", "patchlab"] + (["--threads", "1"] if args.jobs > 1 else [])
     runs = []
+    todo: list[list[str]] = []
     for src in args.sources:
         for frac in args.fracs:
             for tgt in args.targets:
@@ -80,7 +82,15 @@ def main() -> None:
                             shutil.rmtree(d)
                         cmd += ["--source", card(src), "--data", str(DATA), "--target", tgt, "--loss", loss,
                                 "--patch-frac", str(frac), "--steps", str(args.steps), *extra]
-                    run(cmd)
+                    todo.append(cmd)
+    if args.jobs > 1:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(run, todo))
+    else:
+        for cmd in todo:
+            run(cmd)
     models = [card(m) for m in args.models] if args.models else sorted(str(p) for p in MODELS.glob("*.json"))
     done = [str(d) for d in runs if (d / "run.json").is_file()]
     mdir = args.out / f"matrix{args.tag}"
