@@ -114,3 +114,24 @@ def test_models_layers_lists_blocks_depths_and_the_auto_layer():
     assert "9 feature blocks" in res.output
     assert "layer2.1" in res.output and "depth:0.50" in res.output
     assert "[1, 64] (input)" in res.output and "auto" in res.output
+
+
+def test_optimize_through_a_colour_transform_with_nps_and_tv(tmp_path):
+    from patchlab.calib import ColorTransform
+
+    color = tmp_path / "color.json"
+    # a printer that washes colours out: the renderer must apply it to the sticker
+    ct = ColorTransform.identity()
+    color.write_text(json.dumps({"transform": {**ct.to_dict(), "matrix": (0.5 * np.eye(3)).tolist()}}))
+    pal = tmp_path / "palette.txt"
+    pal.write_text("0 0 0\n255 255 255\n128 128 128\n")
+    out = tmp_path / "calib"
+    res = invoke(*BASE, "--loss", "ce", "--steps", "2", "--calib", str(color), "--nps", str(pal), "--nps-weight", "0.5",
+                 "--tv", "0.2", "--frame-markers", "--patch-frac", "0.2", "--eot", "physical", "--out", str(out))
+    assert res.exit_code == 0, res.output
+    rec = json.loads((out / "run.json").read_text())
+    assert rec["config"]["calib"] == str(color.resolve()) and rec["config"]["palette"] == str(pal.resolve())
+    assert {"nps", "tv"} <= set(rec["history"][-1]["terms"])
+    assert rec["patch"]["frame_markers"] is True
+    bad = invoke(*BASE, "--steps", "1", "--nps", str(tmp_path / "none.txt"), "--out", str(tmp_path / "x"))
+    assert bad.exit_code == 1 and "palette file not found" in bad.output

@@ -114,3 +114,18 @@ def test_eot_toml_and_bad_input(tmp_path):
         PatchRenderer((32, 32), (10, 10), frac=1.5)
     with pytest.raises(ConfigError, match="--position"):
         PatchRenderer((32, 32), (10, 10), frac=0.1, placement="fixed")
+
+
+def test_colour_transform_is_applied_to_the_sticker():
+    from patchlab.calib import ColorTransform
+
+    ct = ColorTransform.identity()
+    dim = ColorTransform(ct.curves, 0.5 * torch.eye(3), torch.zeros(3))
+    r = PatchRenderer((16, 16), (8, 8), frac=0.25, placement="center", color=dim)
+    out, p = r.paste(torch.zeros(1, 3, 16, 16), torch.ones(3, 8, 8), gen())
+    x, y = p.top_left[0].tolist()
+    seen = float(out[0, :, y:y + 8, x:x + 8].mean())
+    assert abs(seen - 0.7354) < 0.01  # white printed at half the light: sRGB(0.5)
+    grad_patch = torch.full((3, 8, 8), 0.5, requires_grad=True)
+    r(torch.zeros(1, 3, 16, 16), grad_patch, p).sum().backward()
+    assert grad_patch.grad.abs().sum() > 0  # differentiable through the transform
