@@ -44,7 +44,7 @@ def run(cmd: list[str]) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path)
     ap.add_argument("--sources", nargs="+", default=["mobilenetv2_100", "vit_tiny_p4"])
     ap.add_argument("--targets", nargs="+", default=["frog", "ship", "truck"])
     ap.add_argument("--losses", nargs="+", default=["sw", "w2", "quantile", "ce", "l2"])
@@ -55,8 +55,18 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--tag", default="", help="suffix of the run folder names (one per configuration)")
     ap.add_argument("--jobs", type=int, default=1, help="optimisations run at once (one torch thread each)")
+    ap.add_argument("--summarise", nargs="+", type=Path, default=None, metavar="MATRIX_JSON",
+                    help="only print the summary of these matrix.json files (merged)")
     args, extra = ap.parse_known_args()
+    if args.summarise:
+        merged: dict = {"runs": []}
+        for f in args.summarise:
+            merged["runs"] += json.loads(f.read_text())["runs"]
+        summarise(merged)
+        return
     extra = [a for a in extra if a != "--"]
+    if args.out is None:
+        ap.error("--out is required")
     patchlab = [sys.executable, "-m", "patchlab"] + (["--threads", "1"] if args.jobs > 1 else [])
     runs = []
     todo: list[list[str]] = []
@@ -99,17 +109,24 @@ def main() -> None:
 
 
 def summarise(m: dict) -> None:
-    """Per source and area: each loss's white-box and mean transfer tSuc, averaged over targets."""
-    cells: dict[tuple[str, float, str], list[tuple[float, float]]] = defaultdict(list)
+    """Per source, area and configuration: each loss's white-box and mean transfer tSuc.
+
+    Averaged over the targets; min/max of the per-target mean transfer show the
+    spread, and the per-target values are listed so no cell hides behind a mean.
+    """
+    cells: dict[tuple[str, float, str], list[tuple[str, float, float]]] = defaultdict(list)
     for r in m["runs"]:
-        cells[("+".join(r["sources"]), r["frac"], r["loss"])].append((r["white_box"] or 0.0, r["mean_transfer"] or 0.0))
+        config = r["label"].split("->", 1)[1].split(" ", 1)[1] if " " in r["label"].split("->", 1)[1] else ""
+        key = ("+".join(r["sources"]), r["frac"], f"{r['loss']} {config}".strip())
+        cells[key].append((r["target_class"], r["white_box"] or 0.0, r["mean_transfer"] or 0.0))
     print()
-    print("| source | area | loss | white-box tSuc | mean transfer tSuc | targets |")
+    print("| source | area | loss / config | white-box tSuc | mean transfer tSuc | per target (wb / transfer) |")
     print("|---|---|---|---|---|---|")
     for (src, frac, loss), v in sorted(cells.items()):
-        wb = sum(a for a, _ in v) / len(v)
-        tr = sum(b for _, b in v) / len(v)
-        print(f"| {src} | {frac:.0%} | {loss} | {wb:.1%} | {tr:.1%} | {len(v)} |")
+        wb = sum(a for _, a, _ in v) / len(v)
+        tr = sum(b for _, _, b in v) / len(v)
+        per = ", ".join(f"{t} {a:.0%}/{b:.1%}" for t, a, b in sorted(v))
+        print(f"| {src.removeprefix('cifar10-')} | {frac:.0%} | {loss} | {wb:.1%} | {tr:.1%} | {per} |")
 
 
 if __name__ == "__main__":
