@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -10,7 +9,7 @@ import typer
 from rich.table import Table
 
 from ..utils import default_threads
-from ._common import DEVICE_HELP, console
+from ._common import DEVICE_HELP, command_line, console
 
 app = typer.Typer(help="Score a live camera, a recorded video or an image sequence, frame by frame.",
                   no_args_is_help=True)
@@ -29,6 +28,7 @@ def summary_table(summary) -> Table:
 
 @app.command("run")
 def run_cmd(
+    ctx: typer.Context,
     source: Annotated[str, typer.Option("--source", help="Camera index (0), /dev/videoN, a video file, a folder of "
                                                           "images (sorted by name) or a stream URL.")],
     target: Annotated[str, typer.Option(help="Target class (name, as in the models' labels).")],
@@ -108,7 +108,7 @@ def run_cmd(
     try:
         summ = run_capture(src, nets, out, cfg, layout=lay, layout_path=None if layout is None else str(layout),
                            camera=cam, camera_path=None if camera is None else str(camera), truth=truth_rows,
-                           stop=stop, overwrite=overwrite, command=["patchlab", *sys.argv[1:]])
+                           stop=stop, overwrite=overwrite, command=command_line(ctx))
     finally:
         signal.signal(signal.SIGTERM, old_term)
         torch.set_num_threads(old_threads)
