@@ -14,12 +14,14 @@ import torch
 from .errors import ConfigError
 
 
-def resolve_device(spec: str = "auto") -> torch.device:
+def resolve_device(spec: "str | torch.device | None" = "auto") -> torch.device:
     """Turn ``auto|cpu|cuda[:N]|mps`` into a :class:`torch.device`.
 
     ``auto`` picks CUDA when available, else CPU. Asking for CUDA on a machine
     without it is a :class:`ConfigError`, not a crash deep inside a forward pass.
     """
+    if isinstance(spec, torch.device):
+        spec = str(spec)
     spec = (spec or "auto").strip().lower()
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

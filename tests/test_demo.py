@@ -21,7 +21,8 @@ def cache(tmp_path_factory):
 
 def demo(out, cache):
     env = {"PATCHLAB_CACHE": str(cache), "COLUMNS": "200"}
-    return CliRunner().invoke(app, ["demo", "--quick", "--out", str(out), "--device", "cpu"], env=env)
+    # no --device: the default (auto) is what the README's first command runs
+    return CliRunner().invoke(app, ["demo", "--quick", "--out", str(out)], env=env)
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError, ModelLoadError
-from ..utils import atomic_write_bytes, atomic_write_json, user_cache_dir, versions
+from ..utils import atomic_write_bytes, atomic_write_json, resolve_device, user_cache_dir, versions
 from .make import ProgressFactory, WorldInfo, ensure_world, read_world
 
 log = logging.getLogger(__name__)
@@ -240,7 +240,7 @@ def train_model(spec: ModelSpec, images: torch.Tensor, labels: torch.Tensor, num
         raise ValueError(f"expected images of shape (N, 3, H, W), got {tuple(images.shape)}")
     if labels.shape != (images.shape[0],):
         raise ValueError(f"expected labels of shape ({images.shape[0]},), got {tuple(labels.shape)}")
-    dev = torch.device(device)
+    dev = resolve_device(device)
     t0 = time.perf_counter()
     x = images.float().div_(255.0) if not images.is_floating_point() else images.float()
     x = _resize(x, spec.input_size).contiguous()
@@ -391,7 +391,7 @@ def train_zoo(data: str | os.PathLike | WorldInfo, out: str | os.PathLike, seed:
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    dev = torch.device(device)
+    dev = resolve_device(device)
     t0 = time.perf_counter()
     todo = [s for s in cfg.models if not (resume and _valid_card(out, s, seed, world))]
     train_set = val_set = None
