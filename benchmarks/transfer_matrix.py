@@ -116,7 +116,12 @@ def summarise(m: dict) -> None:
     """
     cells: dict[tuple[str, float, str], list[tuple[str, float, float]]] = defaultdict(list)
     for r in m["runs"]:
-        config = r["label"].split("->", 1)[1].split(" ", 1)[1] if " " in r["label"].split("->", 1)[1] else ""
+        label = r["label"]
+        rec = Path(r["run_dir"]) / "run.json"
+        if rec.is_file():  # labels from older matrices may lack knobs the label now names
+            from patchlab.eval.matrix import row_label
+            label = row_label(json.loads(rec.read_text()))
+        config = label.split("->", 1)[1].split(" ", 1)[1] if " " in label.split("->", 1)[1] else ""
         key = ("+".join(r["sources"]), r["frac"], f"{r['loss']} {config}".strip())
         cells[key].append((r["target_class"], r["white_box"] or 0.0, r["mean_transfer"] or 0.0))
     print()

@@ -7,7 +7,7 @@ figures; the source models' cells are the white-box figures.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -17,6 +17,7 @@ import torch
 from patchlab.data import ImageSet
 from patchlab.eot import PRESETS, EOTConfig
 from patchlab.models.wrapper import WrappedModel
+from patchlab.optimize import OptimizeConfig
 from patchlab.runs import read_run
 from patchlab.utils import atomic_write_json, atomic_write_text
 
@@ -115,6 +116,9 @@ class MatrixResult:
                 "heatmap": self.heatmap(out / "matrix.png")}
 
 
+_DEFAULTS = {f.name: f.default for f in fields(OptimizeConfig)}
+
+
 def _short(name: str) -> str:
     return name.split("-", 1)[1] if name.startswith("cifar10-") else name
 
@@ -128,6 +132,12 @@ def row_label(record: dict[str, Any]) -> str:
         label += f" [{cfg['layers']}]"
     if cfg.get("eot_name", "none") != "none":
         label += f" eot={Path(str(cfg['eot_name'])).stem}"
+    # the other knobs a study varies, only where they differ from the defaults
+    knobs = [("projections", "proj", cfg.get("loss") == "sw"), ("target_images", "timg", cfg.get("loss") != "ce"),
+             ("tv", "tv", True), ("nps", "nps", True)]
+    for key, short, applies in knobs:
+        if applies and key in cfg and cfg[key] != _DEFAULTS[key]:
+            label += f" {short}={cfg[key]}"
     return label
 
 

@@ -135,3 +135,16 @@ def test_optimize_through_a_colour_transform_with_nps_and_tv(tmp_path):
     assert rec["patch"]["frame_markers"] is True
     bad = invoke(*BASE, "--steps", "1", "--nps", str(tmp_path / "none.txt"), "--out", str(tmp_path / "x"))
     assert bad.exit_code == 1 and "palette file not found" in bad.output
+
+
+def test_matrix_row_label_names_the_knobs_a_study_varies():
+    """Runs that differ only in projections or target images must not share a matrix label."""
+    from patchlab.eval.matrix import row_label
+    rec = {"sources": [{"name": "cifar10-resnet20"}], "target_class": "frog",
+           "config": {"loss": "sw", "frac": 0.1, "layers": "auto", "eot_name": "none", "projections": 500,
+                      "target_images": None, "tv": 0.0, "nps": 0.0}}
+    assert row_label(rec) == "sw 10% resnet20->frog"
+    rec["config"].update(projections=50, target_images=200)
+    assert row_label(rec) == "sw 10% resnet20->frog proj=50 timg=200"
+    rec["config"].update(loss="ce")  # neither knob means anything to CE
+    assert row_label(rec) == "ce 10% resnet20->frog"
