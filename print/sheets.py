@@ -25,6 +25,7 @@ from reportlab.pdfbase.pdfmetrics import stringWidth
 from patchlab.errors import ConfigError
 from patchlab.layout import DEFAULT_ARUCO_DICT, Layout, MarkerSpec, PatchSpec, SwatchSpec
 from patchlab.markers import FRAME_MARKER_RATIO, MARKERS_PER_COPY, charuco_board, frame_geometry, get_dictionary
+from patchlab.runs import RUN_JSON, read_run
 from patchlab.utils import atomic_write_bytes, versions
 
 from .pdf import CUT_MARK_GAP_MM, CUT_MARK_LEN_MM, MMCanvas
@@ -210,7 +211,6 @@ def load_patch_source(src: str | Path) -> PatchSource:
         ConfigError: the path is missing, or a run folder has no ``patch.png``.
         DataError: the image cannot be decoded.
     """
-    import json
     import warnings
 
     from PIL import Image
@@ -224,14 +224,8 @@ def load_patch_source(src: str | Path) -> PatchSource:
         png = p / "patch.png"
         if not png.is_file():
             raise ConfigError(f"{p} is a folder without patch.png: pass an optimiser run folder or a patch image")
-        rj = p / "run.json"
-        if rj.is_file():
-            try:
-                run = json.loads(rj.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                raise ConfigError(f"{rj} is not valid JSON: {exc}") from exc
-            if not isinstance(run, dict):
-                raise ConfigError(f"{rj} must hold a JSON object")
+        if (p / RUN_JSON).is_file():
+            run = read_run(p)
         else:
             warnings.warn(f"{p} has no run.json: the caption will not name the target class", stacklevel=2)
         run_id = str(run.get("run_id") or p.resolve().name)
