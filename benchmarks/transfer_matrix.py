@@ -115,12 +115,13 @@ def summarise(m: dict) -> None:
     spread, and the per-target values are listed so no cell hides behind a mean.
     """
     cells: dict[tuple[str, float, str], list[tuple[str, float, float]]] = defaultdict(list)
+    from patchlab.eval.matrix import row_label
+    from patchlab.runs import RUN_JSON, read_run
+
     for r in m["runs"]:
         label = r["label"]
-        rec = Path(r["run_dir"]) / "run.json"
-        if rec.is_file():  # labels from older matrices may lack knobs the label now names
-            from patchlab.eval.matrix import row_label
-            label = row_label(json.loads(rec.read_text()))
+        if (Path(r["run_dir"]) / RUN_JSON).is_file():  # labels from older matrices may lack knobs it now names
+            label = row_label(read_run(r["run_dir"]))
         config = label.split("->", 1)[1].split(" ", 1)[1] if " " in label.split("->", 1)[1] else ""
         key = ("+".join(r["sources"]), r["frac"], f"{r['loss']} {config}".strip())
         cells[key].append((r["target_class"], r["white_box"] or 0.0, r["mean_transfer"] or 0.0))

@@ -155,9 +155,7 @@ class Demo:
                                               + (" (cached)" if w.cached else f" in {w.seconds:.0f} s")}
 
     def stage_zoo(self) -> dict[str, Any]:
-        from ..world import ensure_zoo
-
-        from ..world import TrainConfig
+        from ..world import TrainConfig, ensure_zoo
 
         config = TrainConfig(seed=self.cfg.seed)
         if self.cfg.train_epochs != 1.0:
