@@ -441,6 +441,10 @@ def build_report(run_dir: str | Path, captures: Sequence[str | Path] = (), *, ma
         compare: other run folders whose patches are shown side by side with this one.
     """
     run_dir = Path(run_dir)
+    from patchlab.attacks.record import is_attack_run
+
+    if is_attack_run(run_dir) and not (run_dir / "run.json").is_file():
+        return build_attack_report(run_dir, argv=argv)
     run = read_run(run_dir)
     if len(controls) > len(captures):
         raise ConfigError(f"{len(controls)} --control folders for {len(captures)} captures: give one capture per control")
@@ -473,6 +477,60 @@ def build_report(run_dir: str | Path, captures: Sequence[str | Path] = (), *, ma
                   subtitle=f"target '{run.get('target_class', '?')}' - {run_dir.resolve()}",
                   headline=headline, sections=[summary] + sections,
                   generated=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+
+
+# -- attack runs (``patchlab attack``): a self-contained section set ------------------------
+
+def build_attack_report(run_dir: str | Path, *, argv: Sequence[str] | None = None) -> Report:
+    """A report of an attack run folder (``attack.json``, ``grid.png``): success, Lp norms,
+    per-image scalar extras, the transfer table, the picture grid and the provenance."""
+    from patchlab.attacks.record import GRID_PNG, read_attack_run
+
+    run_dir = Path(run_dir)
+    doc = read_attack_run(run_dir)
+    s = doc.get("summary") or {}
+    cfg = doc.get("config") or {}
+    name = str(doc.get("attack", "?"))
+    sel = (doc.get("data") or {}).get("selection") or {}
+    ci = s.get("success_ci95")
+    src = ", ".join(str(m.get("name", m.get("ref", "?"))) for m in doc.get("sources") or []) or "not recorded"
+    mean_std = lambda k: f"{s[k]['mean']:.4g} ± {s[k]['std']:.4g}" if isinstance(s.get(k), dict) else "-"  # noqa: E731
+    headline = [f"{name} on {src}, target {doc.get('target', 'none')}: success {_rate_ci(s.get('success_rate'), ci)} "
+                f"over {s.get('n', '?')} images the source classified correctly "
+                f"({sel.get('correct', '?')} correct of {sel.get('scanned', '?')} scanned)."]
+    overview = [KeyValues([("attack", name), ("source models", src), ("target", str(doc.get("target", "none"))),
+                           ("hyperparameters", ", ".join(f"{k}={v}" for k, v in cfg.items())),
+                           ("success", _rate_ci(s.get("success_rate"), ci)),
+                           ("success after 8-bit PNG", "-" if doc.get("success_png_rate") is None
+                            else f"{float(doc['success_png_rate']):.1%}"),
+                           ("L0 (fraction of pixels)", mean_std("l0")), ("L2", mean_std("l2")),
+                           ("Linf", mean_std("linf")),
+                           *[(f"mean {k}", f"{float(v):.4g}") for k, v in (s.get("extras") or {}).items()]])]
+    grid = run_dir / (doc.get("grid") or GRID_PNG)
+    if grid.is_file():
+        overview.append(Gallery([(grid.read_bytes(), "originals / amplified perturbations / adversarials")],
+                                caption=f"source: {grid}"))
+    else:
+        overview.append(Text(f"Picture grid: not found ({grid}).", "missing"))
+    rows = [[t["model"], "-" if t.get("clean_accuracy") is None else f"{float(t['clean_accuracy']):.1%}",
+             _rate_ci(t.get("untargeted"), t.get("untargeted_ci95")) + f" (n={t.get('untargeted_n', '?')})",
+             "-" if t.get("targeted") is None else f"{float(t['targeted']):.1%} (n={t.get('targeted_n', '?')})",
+             "-" if t.get("error") is None else f"{float(t['error']):.1%}"] for t in doc.get("transfer") or []]
+    transfer: list[Block] = [TableBlock(["target model", "clean accuracy", "untargeted transfer [95% CI]",
+                                         "targeted transfer", "error on all"], rows,
+                                        caption="of the images that fooled the source (Ozbulak et al. 2020); "
+                                                f"source: {run_dir / 'attack.json'}")] if rows else \
+        [Text("Transfer: not measured (rerun `patchlab attack` with --transfer MODEL).", "missing")]
+    prov = Section("provenance", "Commands, configs and versions", [
+        Code(_cmd(doc.get("command")), f"attack run ({run_dir / 'attack.json'})"),
+        Code(json.dumps(cfg, sort_keys=True, default=str), "attack config"),
+        Code(json.dumps(doc.get("versions") or {}, sort_keys=True), "attack versions"),
+        Code(_cmd(list(argv) if argv else None), "this report"),
+        Code(json.dumps(versions(REPORT_VERSION_MODULES), sort_keys=True), "report versions")])
+    sections = [Section("summary", "Summary", [Text(h) for h in headline]),
+                Section("attack", f"Attack: {name}", overview), Section("attack-transfer", "Transfer", transfer), prov]
+    return Report(title=f"patchlab report: attack {name}", subtitle=str(run_dir.resolve()), headline=headline,
+                  sections=sections, generated=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
 
 
 def _overview_plot(transfer: dict | None, captures: list[tuple[Path, Any]]) -> P.Plot | None:

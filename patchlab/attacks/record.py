@@ -54,14 +54,16 @@ class Selection:
     scanned: int
     correct: int
     seed: int
+    excluded_class: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"indices": self.indices, "scanned": self.scanned, "correct": self.correct, "attacked": len(self.indices),
-                "seed": self.seed}
+                "seed": self.seed, "excluded_class": self.excluded_class}
 
 
 def select_correct(images: torch.Tensor, labels: torch.Tensor, models: Sequence[nn.Module], *, n: int, seed: int = 0,
-                   batch_size: int = 256, progress: Callable[[int], None] | None = None) -> Selection:
+                   batch_size: int = 256, exclude_class: int | None = None,
+                   progress: Callable[[int], None] | None = None) -> Selection:
     """The first ``n`` images of a seeded permutation that the models (their mean logits) classify correctly.
 
     Attacking only correctly classified images makes a success rate mean "the attack
@@ -74,12 +76,15 @@ def select_correct(images: torch.Tensor, labels: torch.Tensor, models: Sequence[
         n: how many to keep (fewer if fewer are correct).
         seed: seed of the permutation.
         batch_size: images per forward pass.
+        exclude_class: skip images of this class (a targeted attack's target: they are there already).
         progress: called with the number of images classified.
     """
     if n < 1:
         raise ConfigError(f"--n must be >= 1, got {n}")
     g = torch.Generator().manual_seed(int(seed))
     order = torch.randperm(images.shape[0], generator=g)
+    if exclude_class is not None:
+        order = order[labels[order] != exclude_class]
     dev = model_device(models[0])
     keep: list[int] = []
     scanned = correct = 0
@@ -99,7 +104,7 @@ def select_correct(images: torch.Tensor, labels: torch.Tensor, models: Sequence[
             progress(len(idx))
         if len(keep) == n:
             break
-    return Selection(keep, labels[keep].clone(), scanned, correct, int(seed))
+    return Selection(keep, labels[keep].clone(), scanned, correct, int(seed), exclude_class)
 
 
 # -- transfer ----------------------------------------------------------------------

@@ -204,7 +204,7 @@ def regional(models: Any, images: torch.Tensor, target: Any = None, *, labels: t
         m, spec_str = mask.float(), "tensor"
     else:
         m = build_mask(mask, tuple(x.shape[-2:]), n=int(x.shape[0]), generator=generator)
-        spec_str = str(mask if isinstance(mask, MaskSpec) else parse_mask_spec(mask))
+        spec_str = str(mask)
     n = G.check_norm(norm)
     if released:
         eps = RELEASED["eps"] if eps is None else eps

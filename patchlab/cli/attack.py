@@ -155,7 +155,7 @@ def attack_cmd(
     from ..attacks import ATTACKS
     from ..attacks.record import (concat_results, quantized_success, select_correct, summarize, transfer_table,
                                   write_attack_run)
-    from ..data import load_folder, match_labels
+    from ..data import class_index, load_folder, match_labels
     from ..errors import ConfigError
     from ..models import load_model
     from ..utils import atomic_write_json, resolve_device, versions
@@ -187,12 +187,15 @@ def attack_cmd(
     if not images.classes:
         raise ConfigError(f"{data} has no class sub-folders: --data needs a labelled ImageFolder tree")
     labels = match_labels(images.classes, sources[0].labels, model_name=sources[0].name)[images.labels]
+    t = target.strip()
+    fixed = None if t.lower() in ("none", "random") else (int(t) if t.isdigit() else class_index(t, sources[0].labels))
     with progress_bar("selecting correctly classified images", len(images)) as adv:
-        sel = select_correct(images.images, labels, sources, n=n, seed=seed, progress=adv)
+        sel = select_correct(images.images, labels, sources, n=n, seed=seed, exclude_class=fixed, progress=adv)
     if not sel.indices:
         raise ConfigError(f"the source model classifies none of the {sel.scanned} images of {data} correctly")
     err_console.print(f"attacking {len(sel.indices)} images that the source classifies correctly "
                       f"({sel.correct} correct of {sel.scanned} scanned in a seeded order, seed {seed})"
+                      + ("" if fixed is None else f", leaving out the target class {sources[0].labels[fixed]!r}")
                       + ("" if len(sel.indices) == n else f"; fewer than --n {n}"), highlight=False)
 
     x_all = images.float(torch.tensor(sel.indices))

@@ -1,0 +1,176 @@
+"""Attack benchmarks: PGD speed against torchattacks, and the regional (Ozbulak et al.) table.
+
+``speed``: times ``patchlab.attacks.pgd`` and ``torchattacks.PGD`` on the same wrapped
+model, batch, device and settings, alternating which goes first, and prints the
+median of the per-pair ratios (patchlab / torchattacks). patchlab's time includes
+what its result holds beyond torchattacks' images (a forward pass to judge success,
+the Lp norms). torchattacks is a test-only dependency (``pip install -e .[test]``).
+
+    python benchmarks/attacks.py speed --model resnet20 --batch 128 --repeat 9 --device cpu
+
+``regional``: runs ``patchlab attack`` from the command line with no mask and with
+each mask family at the paper's three sizes (centre, frame, random x s/m/l), judged
+on transfer models, and writes the markdown table of success, L0/L2/Linf and
+untargeted transfer (with its ratio to the unmasked attack's) that
+``benchmarks/README.md`` shows.
+
+    python benchmarks/attacks.py regional --source resnet56 --n 500 --out /tmp/regional
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+SHARED = Path(os.environ.get("PATCHLAB_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+MODELS = SHARED / "models" / "cifar10"
+CIFAR_TEST = SHARED / "data" / "cifar10" / "test"
+ALL_MODELS = ("resnet20", "resnet32", "resnet56", "mobilenetv2_100", "efficientnet_b0", "convnext_atto", "vit_tiny_p4")
+MASKS = ("center:s", "center:m", "center:l", "frame:s", "frame:m", "frame:l", "random:s", "random:m", "random:l")
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def speed(args: argparse.Namespace) -> None:
+    import torchattacks
+
+    from patchlab.attacks import pgd
+    from patchlab.data import load_folder
+    from patchlab.models import load_model
+    from patchlab.utils import resolve_device
+
+    dev = resolve_device(args.device)
+    torch.set_num_threads(args.threads)
+    model = load_model(str(MODELS / f"{args.model}.json"), device=dev)
+    data = load_folder(CIFAR_TEST, limit_per_class=(args.batch + 9) // 10)
+    x = data.float()[: args.batch].to(dev)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    ta = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=args.steps, random_start=True)
+
+    def ours() -> float:
+        _sync(dev)
+        t = time.perf_counter()
+        pgd(model, x, labels=y, steps=args.steps, generator=torch.Generator().manual_seed(0))
+        _sync(dev)
+        return time.perf_counter() - t
+
+    def theirs() -> float:
+        _sync(dev)
+        t = time.perf_counter()
+        ta(x, y)
+        _sync(dev)
+        return time.perf_counter() - t
+
+    ours(), theirs()  # warm-up
+    ratios, t_ours, t_theirs = [], [], []
+    for i in range(args.repeat):
+        a, b = (ours(), theirs()) if i % 2 == 0 else tuple(reversed((theirs(), ours())))
+        t_ours.append(a)
+        t_theirs.append(b)
+        ratios.append(a / b)
+    print(f"device {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{args.threads} thread(s)'}), "
+          f"load average {tuple(round(v, 2) for v in os.getloadavg())}, torch {torch.__version__}, "
+          f"torchattacks {torchattacks.__version__}")
+    print(f"PGD-{args.steps} on {args.model}, batch {args.batch}: patchlab median {statistics.median(t_ours):.3f} s, "
+          f"torchattacks median {statistics.median(t_theirs):.3f} s")
+    print(f"median of {args.repeat} paired ratios patchlab/torchattacks: {statistics.median(ratios):.3f}x "
+          f"(pairs: {', '.join(f'{r:.3f}' for r in ratios)})")
+
+
+def _run(cmd: list[str], log) -> None:
+    print("$", " ".join(cmd), file=log, flush=True)
+    res = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, text=True)
+    if res.returncode != 0:
+        raise SystemExit(f"command failed ({res.returncode}): {' '.join(cmd)}")
+
+
+def regional(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    exe = str(Path(sys.executable).with_name("patchlab"))
+    targets = [m for m in args.targets if m != args.source]
+    configs = ["none", *args.masks]
+    with open(out / "log.txt", "a") as log:
+        for spec in configs:
+            js = out / f"{spec.replace(':', '_')}.json"
+            if js.is_file() and not args.force:
+                continue
+            cmd = [exe, "attack", args.attack, "--model", str(MODELS / f"{args.source}.json"), "--data",
+                   str(args.data), "--n", str(args.n), "--seed", str(args.seed), "--device", args.device,
+                   "--out", str(out / spec.replace(":", "_")), "--json", str(js)]
+            cmd += [a for t in targets for a in ("--transfer", str(MODELS / f"{t}.json"))]
+            if spec != "none":
+                cmd += ["--mask", spec]
+            _run(cmd + list(args.extra), log)
+    print(table(out, configs, targets))
+
+
+def table(out: Path, configs: list[str], targets: list[str]) -> str:
+    """The markdown table of the finished configurations in ``out``."""
+    docs = {c: json.loads((out / f"{c.replace(':', '_')}.json").read_text()) for c in configs
+            if (out / f"{c.replace(':', '_')}.json").is_file()}
+    base = docs.get("none")
+    head = ["mask", "covers", "n", "success", "L0", "L2", "Linf", *[f"-> {t}" for t in targets], "mean transfer"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base_tr = {r["model"]: r["untargeted"] for r in base["transfer"]} if base else {}
+    for c, d in docs.items():
+        s = d["summary"]
+        tr = {r["model"]: r["untargeted"] for r in d["transfer"]}
+        cells = []
+        for t in targets:
+            key = next((k for k in tr if Path(k).stem == t), None)
+            v = tr.get(key) if key else None
+            b = base_tr.get(key) if key else None
+            ratio = f" ({v / b:.0%})" if (c != "none" and v is not None and b) else ""
+            cells.append("-" if v is None else f"{v:.0%}{ratio}")
+        mean = statistics.mean(tr.values()) if tr else float("nan")
+        bmean = statistics.mean(base_tr.values()) if base_tr else float("nan")
+        mratio = f" ({mean / bmean:.0%})" if c != "none" and bmean else ""
+        cover = "100%" if c == "none" else f"{d['config'].get('mask_fraction', float('nan')):.1%}" \
+            if "mask_fraction" in d["config"] else "?"
+        lines.append("| " + " | ".join([c, cover, str(s["n"]), f"{s['success_rate']:.1%}", f"{s['l0']['mean']:.3f}",
+                                         f"{s['l2']['mean']:.3f}", f"{s['linf']['mean']:.4f}", *cells,
+                                         f"{mean:.0%}{mratio}"]) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sp = sub.add_parser("speed", help="patchlab PGD vs torchattacks PGD, paired")
+    sp.add_argument("--model", default="resnet20")
+    sp.add_argument("--batch", type=int, default=128)
+    sp.add_argument("--steps", type=int, default=10)
+    sp.add_argument("--repeat", type=int, default=9)
+    sp.add_argument("--device", default="cpu")
+    sp.add_argument("--threads", type=int, default=int(os.environ.get("PATCHLAB_THREADS", "1")))
+    rp = sub.add_parser("regional", help="the regional table (runs `patchlab attack` per mask)")
+    rp.add_argument("--source", default="resnet56")
+    rp.add_argument("--targets", nargs="+", default=list(ALL_MODELS))
+    rp.add_argument("--masks", nargs="+", default=list(MASKS))
+    rp.add_argument("--attack", default="pgd")
+    rp.add_argument("--data", default=str(CIFAR_TEST))
+    rp.add_argument("--n", type=int, default=500)
+    rp.add_argument("--seed", type=int, default=0)
+    rp.add_argument("--device", default="cpu")
+    rp.add_argument("--out", default="regional")
+    rp.add_argument("--force", action="store_true", help="rerun configurations already done")
+    rp.add_argument("extra", nargs="*", help="more `patchlab attack` options, after --")
+    args = ap.parse_args()
+    speed(args) if args.cmd == "speed" else regional(args)
+
+
+if __name__ == "__main__":
+    main()
