@@ -17,8 +17,8 @@ from conftest import card
 
 @pytest.fixture(scope="module")
 def batch(cifar_small):
-    """12 real CIFAR-10 test photographs (a few classes) as float [0, 1]."""
-    idx = torch.arange(0, 500, 42)[:12]
+    """8 real CIFAR-10 test photographs (a few classes) as float [0, 1]."""
+    idx = torch.arange(0, 500, 63)[:8]
     return cifar_small.float(idx)
 
 
@@ -214,15 +214,16 @@ def test_smoothness_loss_is_seed_004s_formula():
 
 def test_fgvm_targeted_from_images_and_noise(batch, resnet20):
     y = resnet20(batch[:4]).argmax(1)
-    r = fgvm(resnet20, batch[:4], "frog", labels=y, steps=60, lr=0.01)
+    r = fgvm(resnet20, batch[:4], "frog", labels=y, steps=40, lr=0.01)
     assert r.success_rate == 1.0 and (r.extras["target_prob"] > 0.5).all()
     assert set(r.extras) == {"target_prob", "smoothness", "tv"}
-    v = fgvm(resnet20, batch[:4], "frog", labels=y, steps=30, lr=0.01, optimizer="value")
+    v = fgvm(resnet20, batch[:4], "frog", labels=y, steps=20, lr=0.01, optimizer="value")
     assert v.success_rate >= 0.75
     g = torch.Generator().manual_seed(0)
-    smooth = fgvm(resnet20, batch[:4], "frog", labels=y, steps=150, lr=0.01, init="noise", generator=g)
+    smooth = fgvm(resnet20, batch[:2], "frog", labels=y[:2], steps=60, lr=0.01, init="noise", generator=g)
     g = torch.Generator().manual_seed(0)
-    rough = fgvm(resnet20, batch[:4], "frog", labels=y, steps=150, lr=0.01, init="noise", smoothness=0.0, generator=g)
+    rough = fgvm(resnet20, batch[:2], "frog", labels=y[:2], steps=60, lr=0.01, init="noise", smoothness=0.0,
+                 generator=g)
     assert float(smooth.extras["tv"].mean()) < float(rough.extras["tv"].mean())
     with pytest.raises(ConfigError, match="unknown init"):
         fgvm(resnet20, batch[:1], "frog", init="zeros")

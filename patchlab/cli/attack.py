@@ -217,7 +217,7 @@ def attack_cmd(
                             labels=sel.labels[s:s + batch_size].to(dev), generator=gen, **kw, **extra))
     seconds = time.perf_counter() - t0
     res = concat_results(parts)
-    rows = transfer_table(res, x_all, judged, names=targets_ref) if judged else []
+    rows = transfer_table(res, x_all, judged) if judged else []
     sp = quantized_success(res, sources)
     record = {"target": target, "seed": seed, "command": command_line(ctx),
               "sources": [m.info.to_dict() for m in sources], "transfer_models": [m.info.to_dict() for m in judged],
@@ -227,7 +227,7 @@ def attack_cmd(
     paths = write_attack_run(out, res, x_all, paths=[images.paths[i] for i in sel.indices], record=record,
                              transfer=rows, success_png=sp)
     summary = summarize(res)
-    _print(key, model, res, summary, rows, float(sp.float().mean()))
+    _print(key, [m.name for m in sources], res, summary, rows, float(sp.float().mean()))
     if json_path is not None:
         atomic_write_json(json_path, {"attack": key, "config": res.config, "summary": summary,
                                       "success_png_rate": float(sp.float().mean()),
@@ -241,7 +241,7 @@ def _pm(d: dict[str, float], digits: int = 3) -> str:
 
 
 def _print(key: str, model: list[str], res, summary: dict[str, Any], rows, png_rate: float) -> None:
-    src = "+".join(Path(m).stem for m in model)
+    src = "+".join(model)
     lo, hi = summary["success_ci95"]
     t = Table("attack", "source", "n", "success", "95% CI", "L0", "L2", "Linf",
               title=f"{key} {'targeted' if res.target is not None else 'untargeted'}: "
