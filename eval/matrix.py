@@ -128,7 +128,7 @@ def row_label(record: dict[str, Any]) -> str:
     cfg = record.get("config", {})
     src = "+".join(_short(s["name"]) for s in record.get("sources", []))
     label = f"{cfg.get('loss', '?')} {float(cfg.get('frac', 0)):.0%} {src}->{record.get('target_class', '?')}"
-    if cfg.get("loss") != "ce" and cfg.get("layers", "auto") != "auto":
+    if cfg.get("loss") != "ce" and cfg.get("layers", _DEFAULTS["layers"]) != _DEFAULTS["layers"]:
         label += f" [{cfg['layers']}]"
     if cfg.get("eot_name", "none") != "none":
         label += f" eot={Path(str(cfg['eot_name'])).stem}"

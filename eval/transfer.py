@@ -20,7 +20,7 @@ from patchlab.data import ImageSet, class_index, load_folder, match_labels
 from patchlab.eot import PRESETS, EOTConfig, PatchRenderer
 from patchlab.errors import ConfigError, DataError
 from patchlab.models.wrapper import WrappedModel
-from patchlab.optimize import paths_digest
+from patchlab.data import paths_digest
 from patchlab.runs import read_patch, read_run
 from patchlab.stats import wilson_interval
 

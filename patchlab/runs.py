@@ -30,13 +30,15 @@ A run folder (``patchlab optimize --out RUN_DIR``) holds::
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .errors import ConfigError
-from .utils import read_json_object
+from .utils import atomic_write_bytes, read_json_object
 
 PATCH_PNG = "patch.png"
 PATCH_FLOAT = "patch.npy"
@@ -70,3 +72,23 @@ def read_patch(run_dir: str | Path) -> np.ndarray:
     from .data import read_image
 
     return read_image(png).numpy()
+
+
+def patch_to_png(patch: np.ndarray) -> bytes:
+    """``(3, h, w)`` float in [0, 1] -> lossless 8-bit PNG bytes."""
+    from PIL import Image
+
+    arr = np.clip(np.round(np.transpose(patch, (1, 2, 0)) * 255.0), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_patch(run_dir: str | Path, patch: torch.Tensor | np.ndarray) -> None:
+    """Write ``patch.png`` and ``patch.npy`` (``(3, h, w)`` in [0, 1]) atomically: :func:`read_patch`'s twin."""
+    t = torch.as_tensor(patch)
+    arr = t.detach().cpu().float().clamp(0, 1).numpy()
+    atomic_write_bytes(Path(run_dir) / PATCH_PNG, patch_to_png(arr))
+    buf = io.BytesIO()
+    np.save(buf, arr.astype(np.float32), allow_pickle=False)
+    atomic_write_bytes(Path(run_dir) / PATCH_FLOAT, buf.getvalue())
