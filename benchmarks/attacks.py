@@ -130,27 +130,29 @@ def regional(args: argparse.Namespace) -> None:
 
 def table(out: Path, configs: list[str], targets: list[str]) -> str:
     """The markdown table of the finished configurations in ``out``."""
+    from patchlab.attacks import build_mask
+
     docs = {c: json.loads((out / f"{c.replace(':', '_')}.json").read_text()) for c in configs
             if (out / f"{c.replace(':', '_')}.json").is_file()}
     base = docs.get("none")
     head = ["mask", "covers", "n", "success", "L0", "L2", "Linf", *[f"-> {t}" for t in targets], "mean transfer"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    base_tr = {r["model"]: r["untargeted"] for r in base["transfer"]} if base else {}
+    key = lambda k: Path(k).stem.split("-")[-1]  # noqa: E731  (a card path or a card name: cifar10-resnet20)
+    base_tr = {key(r["model"]): r["untargeted"] for r in base["transfer"]} if base else {}
     for c, d in docs.items():
         s = d["summary"]
-        tr = {r["model"]: r["untargeted"] for r in d["transfer"]}
+        tr = {key(r["model"]): r["untargeted"] for r in d["transfer"]}
         cells = []
         for t in targets:
-            key = next((k for k in tr if Path(k).stem == t or k == t or k.endswith("-" + t)), None)
-            v = tr.get(key) if key else None
-            b = base_tr.get(key) if key else None
+            v, b = tr.get(t), base_tr.get(t)
             ratio = f" ({v / b:.0%})" if (c != "none" and v is not None and b) else ""
             cells.append("-" if v is None else f"{v:.0%}{ratio}")
         mean = statistics.mean(tr.values()) if tr else float("nan")
         bmean = statistics.mean(base_tr.values()) if base_tr else float("nan")
         mratio = f" ({mean / bmean:.0%})" if c != "none" and bmean else ""
-        cover = "100%" if c == "none" else f"{d['config'].get('mask_fraction', float('nan')):.1%}" \
-            if "mask_fraction" in d["config"] else "?"
+        run = json.loads((out / c.replace(":", "_") / "attack.json").read_text())
+        size = tuple(run["data"]["image_size"])
+        cover = "100%" if c == "none" else f"{float(build_mask(c, size, n=1).mean()):.1%}"
         lines.append("| " + " | ".join([c, cover, str(s["n"]), f"{s['success_rate']:.1%}", f"{s['l0']['mean']:.3f}",
                                          f"{s['l2']['mean']:.3f}", f"{s['linf']['mean']:.4f}", *cells,
                                          f"{mean:.0%}{mratio}"]) + " |")
@@ -225,7 +227,13 @@ def main() -> None:
     fp.add_argument("--target", default="stop")
     fp.add_argument("--prob", type=float, default=0.9)
     fp.add_argument("--out", default="fgvm_tv.png")
+    tp = sub.add_parser("regional-table", help="the table of a regional --out folder as it stands")
+    tp.add_argument("out")
+    tp.add_argument("--source", default="resnet56")
     args = ap.parse_args()
+    if args.cmd == "regional-table":
+        print(table(Path(args.out), ["none", *MASKS], [m for m in ALL_MODELS if m != args.source]))
+        return
     {"speed": speed, "regional": regional, "fgvm-tv": fgvm_tv}[args.cmd](args)
 
 
