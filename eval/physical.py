@@ -332,3 +332,124 @@ def _rebin(frames: Sequence[dict[str, Any]], names: Sequence[str], quantity: str
         return BinTable(quantity=quantity, label=label, unit=unit, measured=False,
                         note=f"not measured in the control: {needs}" if needs else "not measured", unbinned=unbinned)
     return BinTable(quantity=quantity, label=label, unit=unit, measured=True, note="", rows=rows, unbinned=unbinned)
+
+
+# --------------------------------------------------------------------------------------
+# pose accounting against ground truth (simulated films)
+# --------------------------------------------------------------------------------------
+
+#: Apparent patch side bins (px) of :func:`pose_accuracy`.
+SIZE_EDGES_PX = (0.0, 15.0, 25.0, 40.0, 60.0, 100.0, 150.0, 250.0, float("inf"))
+
+
+def _pct(values: Sequence[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if len(values) else None
+
+
+@dataclass(frozen=True)
+class PoseBin:
+    """Frames in view whose true apparent patch side is in ``[lo, hi)`` px."""
+
+    label: str
+    lo: float
+    hi: float
+    in_view: int
+    detected: int
+    tracked: int
+    lost: int
+    size_err_p95: float | None
+    angle_err_p95: float | None
+
+    @property
+    def pose_rate(self) -> float:
+        return (self.detected + self.tracked) / self.in_view if self.in_view else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"pose_rate": self.pose_rate}
+
+
+@dataclass(frozen=True)
+class PoseAccuracy:
+    """How often, and how well, the patch's pose was found on frames where it is in view.
+
+    Errors are measured on frames with a pose: apparent size ``|measured / true - 1|``
+    and in-plane angle (degrees), as :func:`patchlab.capture.pose.quad_metrics` defines them.
+    """
+
+    in_view: int
+    detected: int
+    tracked: int
+    lost: int
+    size_err: dict[str, float | None]  # p50, p95, max
+    angle_err: dict[str, float | None]
+    size_err_by_source: dict[str, float | None]  # p95 per source
+    bins: list[PoseBin]
+
+    @property
+    def pose_rate(self) -> float:
+        return (self.detected + self.tracked) / self.in_view if self.in_view else float("nan")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"in_view": self.in_view, "detected": self.detected, "tracked": self.tracked, "lost": self.lost,
+                "pose_rate": self.pose_rate, "size_err": self.size_err, "angle_err": self.angle_err,
+                "size_err_by_source": self.size_err_by_source, "bins": [b.to_dict() for b in self.bins]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PoseAccuracy":
+        bins = [PoseBin(**{k: v for k, v in b.items() if k != "pose_rate"}) for b in d.get("bins", [])]
+        return cls(in_view=int(d["in_view"]), detected=int(d["detected"]), tracked=int(d["tracked"]),
+                   lost=int(d["lost"]), size_err=dict(d["size_err"]), angle_err=dict(d["angle_err"]),
+                   size_err_by_source=dict(d.get("size_err_by_source", {})), bins=bins)
+
+
+def pose_accuracy(frames: Sequence[dict[str, Any]], truth: Sequence[dict[str, Any]], *,
+                  edges: Sequence[float] = SIZE_EDGES_PX) -> PoseAccuracy:
+    """Pose rate (detected / tracked / lost) and error on the frames where the patch is in view.
+
+    Args:
+        frames: capture log lines (``index``, ``pose_source``, ``pose``).
+        truth: the simulator's ground truth, indexed by frame index (``patch_in_view``,
+            ``size_px``, ``angle_deg``; older truth without ``patch_in_view`` uses
+            ``markers_in_frame``).
+        edges: apparent patch side bin edges (px).
+    """
+    from patchlab.captures import DETECTED, LOST, TRACKED, pose_source
+
+    by_index = {int(t["index"]): t for t in truth}
+    per_bin: list[dict[str, Any]] = [{"n": 0, DETECTED: 0, TRACKED: 0, LOST: 0, "s": [], "a": []}
+                                     for _ in range(len(edges) - 1)]
+    tot = {DETECTED: 0, TRACKED: 0, LOST: 0}
+    s_all: list[float] = []
+    a_all: list[float] = []
+    s_src: dict[str, list[float]] = {DETECTED: [], TRACKED: []}
+    for f in frames:
+        t = by_index.get(int(f["index"]))
+        if t is None or not t.get("patch_in_view", t.get("markers_in_frame", False)):
+            continue
+        src = pose_source(f)
+        k = min(max(int(np.searchsorted(edges, float(t["size_px"]), side="right")) - 1, 0), len(edges) - 2)
+        b = per_bin[k]
+        b["n"] += 1
+        b[src] += 1
+        tot[src] += 1
+        p = f.get("pose")
+        if p and src != LOST:
+            se = abs(float(p["size_px"]) / float(t["size_px"]) - 1)
+            ae = abs((float(p["angle_deg"]) - float(t["angle_deg"]) + 180) % 360 - 180)
+            b["s"].append(se)
+            b["a"].append(ae)
+            s_all.append(se)
+            a_all.append(ae)
+            s_src[src].append(se)
+    bins = []
+    for k, b in enumerate(per_bin):
+        if not b["n"]:
+            continue
+        lo, hi = float(edges[k]), float(edges[k + 1])
+        label = f"{lo:.0f}+ px" if math.isinf(hi) else f"[{lo:.0f}, {hi:.0f}) px"
+        bins.append(PoseBin(label=label, lo=lo, hi=hi, in_view=b["n"], detected=b[DETECTED], tracked=b[TRACKED],
+                            lost=b[LOST], size_err_p95=_pct(b["s"], 95), angle_err_p95=_pct(b["a"], 95)))
+    stats = lambda v: {"p50": _pct(v, 50), "p95": _pct(v, 95), "max": max(v) if v else None}  # noqa: E731
+    return PoseAccuracy(in_view=sum(tot.values()), detected=tot[DETECTED], tracked=tot[TRACKED], lost=tot[LOST],
+                        size_err=stats(s_all), angle_err=stats(a_all),
+                        size_err_by_source={k: _pct(v, 95) for k, v in s_src.items()}, bins=bins)

@@ -16,9 +16,20 @@ from .errors import ConfigError
 from .layout import DEFAULT_ARUCO_DICT
 
 
+#: Short names accepted for the dictionaries patchlab documents (``--dictionary``).
+DICTIONARY_ALIASES = {"aruco4x4": "DICT_4X4_50", "4x4": "DICT_4X4_50", "apriltag36h11": "DICT_APRILTAG_36h11",
+                      "36h11": "DICT_APRILTAG_36h11"}
+
+
+def dictionary_name(name: str) -> str:
+    """The canonical OpenCV name of a dictionary (``aruco4x4`` -> ``DICT_4X4_50``)."""
+    return DICTIONARY_ALIASES.get(name.strip().lower(), name.strip())
+
+
 def get_dictionary(name: str = DEFAULT_ARUCO_DICT) -> "cv2.aruco.Dictionary":
-    """An OpenCV predefined ArUco dictionary by name, e.g. ``DICT_4X4_50``."""
-    key = name.upper()
+    """An OpenCV predefined ArUco dictionary by name, e.g. ``DICT_4X4_50``,
+    ``DICT_APRILTAG_36h11`` or an alias of :data:`DICTIONARY_ALIASES`."""
+    key = dictionary_name(name).upper()
     if not key.startswith("DICT_"):
         key = "DICT_" + key
     if not hasattr(cv2.aruco, key):
@@ -51,6 +62,37 @@ def charuco_board(spec: dict) -> "cv2.aruco.CharucoBoard":
     except (KeyError, TypeError, ValueError, cv2.error) as exc:
         raise ConfigError(f"invalid ChArUco board description {spec!r}: {exc}") from exc
     return board
+
+
+def detector_parameters(*, small: bool = True) -> "cv2.aruco.DetectorParameters":
+    """ArUco detector parameters for small, blurred, unevenly lit markers.
+
+    Against OpenCV's defaults: more adaptive-threshold windows (3..43 px in steps of
+    5, so one of them fits a marker whatever its size and the light around it),
+    smaller markers accepted (perimeter 1.5 % of the image's larger side, about 2.5 px
+    a side at 640 px, and 2 px from the border), looser polygon fit (blurred corners
+    round off), bits read from the middle half of each cell (blur bleeds across cell
+    edges) with more border errors tolerated, and sub-pixel corner refinement. The
+    id check (Hamming distance within the dictionary) is unchanged, and callers keep
+    only the ids they expect, so false positives stay rare.
+    """
+    p = cv2.aruco.DetectorParameters()
+    p.cornerRefinementMethod = cv2.aruco.CORNER_REFINE_SUBPIX
+    p.cornerRefinementWinSize = 3
+    p.relativeCornerRefinmentWinSize = 0.3
+    if small:
+        p.adaptiveThreshWinSizeMin = 3
+        p.adaptiveThreshWinSizeMax = 43
+        p.adaptiveThreshWinSizeStep = 5
+        p.minMarkerPerimeterRate = 0.015
+        p.minDistanceToBorder = 2
+        p.minCornerDistanceRate = 0.03
+        p.polygonalApproxAccuracyRate = 0.06
+        p.perspectiveRemovePixelPerCell = 6
+        p.perspectiveRemoveIgnoredMarginPerCell = 0.25
+        p.maxErroneousBitsInBorderRate = 0.45
+        p.minOtsuStdDev = 3.0
+    return p
 
 
 def marker_bits(marker_id: int, dictionary: str = DEFAULT_ARUCO_DICT) -> np.ndarray:

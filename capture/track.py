@@ -1,0 +1,285 @@
+"""Follow the printed patch between detections: markers re-detected every frame,
+pyramidal Lucas-Kanade on the card's texture in between, one honest pose per frame.
+
+Every frame ends in one of three states (:data:`patchlab.captures.POSE_SOURCES`):
+
+* ``detected`` -- enough of the patch's markers were found in *this* frame; the
+  pose is theirs (:class:`patchlab.capture.pose.PoseEstimator`). The tracker is
+  re-anchored on it, with confidence 1 less the marker fit's residual.
+* ``tracked`` -- no detection, but the card was followed from the previous frame:
+  corners and texture points of the card (markers, patch, paper edges; chosen by
+  :func:`cv2.goodFeaturesToTrack` inside the card's outline) are carried by
+  pyramidal Lucas-Kanade (J.-Y. Bouguet, "Pyramidal implementation of the Lucas
+  Kanade feature tracker", 2001), started from a constant-velocity prediction of the
+  card's homography (the motion model), checked forward-backward (Kalal et al.,
+  "Forward-backward error", ICPR 2010), and a homography from the printed card to
+  the image is fitted to the survivors with RANSAC. The pose is computed from it
+  exactly as a detection's would be, and marked ``tracked``, never ``detected``.
+* ``lost`` -- neither: no pose at all.
+
+Tracking error is bounded. Each tracked frame adds its homography fit's RMS
+residual to a drift estimate (errors of independent steps add in quadrature:
+``drift = sqrt(sum rms**2)``) and the tracker gives up -- the frame is ``lost`` --
+when the drift passes ``max_drift_frac`` of the patch's apparent side, when too few
+points survive or too few agree with the homography, or after ``max_age`` frames
+without a detection. ``confidence`` of a tracked pose is the inlier fraction times
+``1 - drift / bound``: 1 right after a detection, falling to 0 at the bound.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from patchlab.captures import DETECTED, LOST, TRACKED
+
+from .pose import MarkerDetector, MarkerMatch, MarkerPose, PatchTarget, PoseEstimator, fit_homography
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """Knobs of :class:`PatchTracker` (recorded in a capture's summary).
+
+    Attributes:
+        enabled: track between detections at all (False: every frame without
+            markers is ``lost``).
+        max_points: texture points followed per frame.
+        win_px: Lucas-Kanade window side; ``levels``: pyramid levels above the image.
+        fb_max_px: largest forward-backward error a point may have.
+        ransac_px: RANSAC inlier threshold of the homography fit.
+        min_points: fewest inliers that still make a tracked pose.
+        min_inlier_frac: fewest inliers, as a share of the tracked points.
+        max_drift_frac: drift bound as a fraction of the patch's apparent side.
+        max_age: most frames tracked since the last detection.
+        max_misses: frames in a row the tracker may fail (those frames are
+            ``lost``) and still pick the card up again from its last good frame,
+            with the motion model carried forward.
+    """
+
+    enabled: bool = True
+    max_points: int = 120
+    win_px: int = 15
+    levels: int = 3
+    fb_max_px: float = 2.0
+    ransac_px: float = 1.5
+    min_points: int = 10
+    min_inlier_frac: float = 0.5
+    max_drift_frac: float = 0.04
+    max_age: int = 150
+    max_misses: int = 4
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class TrackStep:
+    """What the tracker made of one frame."""
+
+    source: str  # detected | tracked | lost
+    pose: MarkerPose | None
+    confidence: float
+    points: int = 0  # texture points followed into this frame (tracked frames)
+    inliers: int = 0
+    residual_px: float | None = None  # homography fit RMS of this frame
+    drift_px: float = 0.0  # accumulated since the last detection
+    age: int = 0  # frames since the last detection
+
+
+def _card_outline(target: PatchTarget) -> np.ndarray:
+    """The card's outline in printed coordinates: hull of the marker and patch corners."""
+    pts = np.concatenate([*target.marker_corners.values(), target.patch_corners]).astype(np.float32)
+    return cv2.convexHull(pts).reshape(-1, 2).astype(np.float64)
+
+
+def _project(H: np.ndarray, pts: np.ndarray) -> np.ndarray:
+    return cv2.perspectiveTransform(np.asarray(pts, np.float64).reshape(-1, 1, 2), H).reshape(-1, 2)
+
+
+class PatchTracker:
+    """Detection every frame, Lucas-Kanade tracking in between (see the module docstring).
+
+    Not thread-safe: one tracker follows one stream, frame after frame.
+
+    Args:
+        estimator: turns markers (or tracked points) into a pose.
+        detector: finds the markers; the tracker hands it where it expects them.
+        config: see :class:`TrackerConfig`.
+    """
+
+    def __init__(self, estimator: PoseEstimator, detector: MarkerDetector, config: TrackerConfig = TrackerConfig()) -> None:
+        self.estimator, self.detector, self.config = estimator, detector, config
+        self._outlines = {t.copy: _card_outline(t) for t in estimator.targets}
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the patch (e.g. after a cut in the video)."""
+        self._prev_gray: np.ndarray | None = None  # the last frame with a pose
+        self._target: PatchTarget | None = None
+        self._H: np.ndarray | None = None  # printed -> image homography of that frame
+        self._vel: np.ndarray | None = None  # per-frame motion: H_t @ inv(H_t-1)
+        self._pts_obj: np.ndarray | None = None  # printed coordinates of the points followed
+        self._drift2 = 0.0
+        self._age = 0
+        self._misses = 0  # frames since the last pose
+
+    # ----------------------------------------------------------------------------------
+    def _predict(self) -> np.ndarray | None:
+        """Constant-velocity prediction of this frame's homography (the motion model)."""
+        if self._H is None:
+            return None
+        if self._vel is None:
+            return self._H
+        P = np.linalg.matrix_power(self._vel, self._misses + 1) @ self._H
+        return P / P[2, 2]
+
+    def _hint(self, H: np.ndarray | None) -> tuple[float, float, float, float, float] | None:
+        if H is None or self._target is None:
+            return None
+        pts = _project(H, self._outlines[self._target.copy])
+        (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
+        sides = [np.linalg.norm(np.diff(_project(H, c)[[0, 1, 2, 3, 0]], axis=0), axis=1).mean()
+                 for c in self._target.marker_corners.values()]
+        return float(x0), float(y0), float(x1), float(y1), float(np.min(sides))
+
+    def _seed(self, gray: np.ndarray, H: np.ndarray, target: PatchTarget) -> None:
+        """Choose texture points on the card under homography ``H`` for the next frame."""
+        outline = _project(H, self._outlines[target.copy])
+        h, w = gray.shape
+        x0, y0 = np.floor(outline.min(0)).astype(int) - 2
+        x1, y1 = np.ceil(outline.max(0)).astype(int) + 3
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+        if x1 - x0 < 6 or y1 - y0 < 6:
+            self._pts_obj = None
+            return
+        mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.fillConvexPoly(mask, np.round(outline - [x0, y0]).astype(np.int32), 255)
+        side = math.sqrt(max(cv2.contourArea(outline.astype(np.float32)), 1.0))
+        mask = cv2.erode(mask, np.ones((3, 3), np.uint8))  # keep off the card's edge, which the background crosses
+        min_dist = max(2.0, side / 14)
+        pts = cv2.goodFeaturesToTrack(gray[y0:y1, x0:x1], self.config.max_points, 0.01, min_dist, mask=mask,
+                                      blockSize=3)
+        img = np.zeros((0, 2)) if pts is None else pts.reshape(-1, 2).astype(np.float64) + [x0, y0]
+        # the marker corners always go in: the strongest corners of the card
+        corners = np.concatenate(list(target.marker_corners.values()))
+        img = np.concatenate([img, _project(H, corners)])
+        inside = (img[:, 0] >= 1) & (img[:, 0] <= w - 2) & (img[:, 1] >= 1) & (img[:, 1] <= h - 2)
+        img = img[inside]
+        self._pts_obj = _project(np.linalg.inv(H), img) if len(img) else None
+
+    def _track(self, gray: np.ndarray, H_pred: np.ndarray) -> tuple[np.ndarray | None, int, int, float]:
+        """LK from the previous frame; returns ``(H, points, inliers, rms)``."""
+        cfg = self.config
+        if self._pts_obj is None or self._prev_gray is None or self._H is None:
+            return None, 0, 0, float("inf")
+        p0 = _project(self._H, self._pts_obj).astype(np.float32).reshape(-1, 1, 2)
+        guess = _project(H_pred, self._pts_obj).astype(np.float32).reshape(-1, 1, 2)
+        crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03)
+        lk = dict(winSize=(cfg.win_px, cfg.win_px), maxLevel=cfg.levels, criteria=crit)
+        p1, st, _ = cv2.calcOpticalFlowPyrLK(self._prev_gray, gray, p0, guess.copy(), flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
+                                             **lk)
+        if p1 is None:
+            return None, 0, 0, float("inf")
+        pb, st2, _ = cv2.calcOpticalFlowPyrLK(gray, self._prev_gray, p1, p0.copy(), flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
+                                              **lk)
+        fb = np.linalg.norm((pb - p0).reshape(-1, 2), axis=1)
+        ok = (st.ravel() == 1) & (st2.ravel() == 1) & (fb < cfg.fb_max_px)
+        n = int(ok.sum())
+        if n < cfg.min_points:
+            return None, n, 0, float("inf")
+        obj, img = self._pts_obj[ok], p1.reshape(-1, 2)[ok].astype(np.float64)
+        H, inl = cv2.findHomography(obj, img, cv2.RANSAC, cfg.ransac_px)
+        if H is None:
+            return None, n, 0, float("inf")
+        inl = inl.ravel().astype(bool)
+        k = int(inl.sum())
+        if k < cfg.min_points or k < cfg.min_inlier_frac * n:
+            return None, n, k, float("inf")
+        H, rms = fit_homography(obj[inl], img[inl])  # least squares on the inliers
+        return H, n, k, rms
+
+    # ----------------------------------------------------------------------------------
+    def step(self, gray: np.ndarray) -> TrackStep:
+        """Detect, track and fuse on the next frame ``gray`` (``(H, W)`` uint8)."""
+        cfg = self.config
+        H_pred = self._predict()
+        dets = self.detector.detect(gray, hint=self._hint(H_pred))
+        match: MarkerMatch | None = self.estimator.match(dets)
+        if match is not None:
+            pose = self.estimator.pose(match.target, match.obj, match.img, match.ids, homography=match.homography,
+                                       source=DETECTED, confidence=self._detection_confidence(match))
+            if pose is not None:
+                self._anchor(gray, match.homography, match.target)
+                return TrackStep(DETECTED, pose, pose.confidence)
+        if not cfg.enabled or H_pred is None or self._target is None:
+            self.reset()
+            return TrackStep(LOST, None, 0.0)
+        H, n, k, rms = self._track(gray, H_pred)
+        target = self._target
+        age = self._age + 1 + self._misses
+        if H is not None:
+            drift2 = self._drift2 + rms ** 2
+            quad = _project(H, target.patch_corners)
+            side = math.sqrt(max(cv2.contourArea(quad.astype(np.float32)), 1.0))
+            bound = cfg.max_drift_frac * side
+            drift = math.sqrt(drift2)
+            if drift <= bound and age <= cfg.max_age:
+                conf = (k / max(n, 1)) * max(0.0, 1.0 - drift / bound)
+                corners = np.concatenate(list(target.marker_corners.values()))
+                pose = self.estimator.pose(target, corners, _project(H, corners), (), homography=H, source=TRACKED,
+                                           confidence=conf)
+                if pose is not None:
+                    self._accept(gray, H / H[2, 2])
+                    self._drift2, self._age = drift2, age
+                    return TrackStep(TRACKED, pose, conf, points=n, inliers=k, residual_px=rms, drift_px=drift,
+                                     age=age)
+                return self._miss(n, k, rms, age, give_up=True)
+            return self._miss(n, k, rms, age, give_up=True)  # past the error bound: stop tracking
+        return self._miss(n, k, None, age, give_up=False)
+
+    def _miss(self, n: int, k: int, rms: float | None, age: int, *, give_up: bool) -> TrackStep:
+        out = TrackStep(LOST, None, 0.0, points=n, inliers=k, residual_px=rms, drift_px=math.sqrt(self._drift2),
+                        age=age)
+        self._misses += 1
+        if give_up or self._misses > self.config.max_misses:
+            self.reset()
+        return out
+
+    def _accept(self, gray: np.ndarray, H: np.ndarray) -> None:
+        """``H`` is this frame's pose: update the motion model and re-seed the points."""
+        if self._H is not None:
+            step = H @ np.linalg.inv(self._H)
+            if self._misses:  # spread the motion over the frames missed in between
+                step = _matrix_root(step, self._misses + 1)
+            self._vel = None if step is None else step / step[2, 2]
+        self._H, self._misses, self._prev_gray = H, 0, gray
+        if self.config.enabled and self._target is not None:
+            self._seed(gray, H, self._target)
+
+    @staticmethod
+    def _detection_confidence(match: MarkerMatch) -> float:
+        """1 for four markers fitting to a tenth of a cell; less for fewer markers or a loose fit."""
+        share = min(1.0, len(match.ids) / 4.0)
+        fit = 1.0 / (1.0 + (match.rms_px / max(0.1 * match.marker_px / 6.0, 0.05)) ** 2)
+        return float(0.5 + 0.5 * share * max(fit, 0.5)) if len(match.ids) >= 2 else 0.5 * fit
+
+    def _anchor(self, gray: np.ndarray, H: np.ndarray, target: PatchTarget) -> None:
+        if self._target is None or self._target.copy != target.copy:
+            self.reset()
+            self._target = target
+        self._drift2, self._age = 0.0, 0
+        self._accept(gray, H / H[2, 2])
+
+
+def _matrix_root(M: np.ndarray, k: int) -> np.ndarray | None:
+    """A real ``k``-th root of a homography near the identity (None if there is none)."""
+    w, V = np.linalg.eig(M / np.cbrt(np.linalg.det(M)))
+    try:
+        R = (V @ np.diag(w ** (1.0 / k)) @ np.linalg.inv(V)).real
+    except np.linalg.LinAlgError:
+        return None
+    return R if np.all(np.isfinite(R)) else None
