@@ -15,7 +15,7 @@ Presets (the issue 15 acceptance conditions, varied widely on purpose):
   0.7-1.15, hand shake, motion blur, rolling shutter, glare, auto-exposure jumps,
   cluttered backgrounds; a 50 mm patch in its ordinary marker frame.
 * ``carrier``: the same at 15-60 px apparent side, the patch printed on an A6
-  carrier card (``patchlab print patch --carrier A6``).
+  carrier card (``patchlab print patch --carrier A5 --max-distance-m 2.5``, 60 mm patch).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def printed(kind: str, workdir: Path):
     img = cv2.resize(base, (64, 64), interpolation=cv2.INTER_CUBIC)
     img = np.clip(img.astype(int) + rng.integers(-40, 40, img.shape), 0, 255).astype(np.uint8)
     src = PatchSource(image=img, path="benchmark", run_id="benchmark", target_class="cat")
-    kw = {"carrier": "A6"} if kind == "carrier" else {}
+    kw = {"carrier": "A5", "max_distance_m": 2.5} if kind == "carrier" else {}
     res = make_patch_pdf(src, size_mm=50.0 if kind != "carrier" else 60.0, **kw)
     return res.layout, img
 

@@ -283,6 +283,8 @@ class MarkerDetector:
     UPSCALE_TARGET_PX, MAX_UPSCALE = 24.0, 3.0
     #: Largest hinted region (pixels, after enlargement): bigger ones are searched at their own scale.
     MAX_ROI_AREA = 320 * 320
+    #: Markers found in the hinted region that make the contrast-normalised pass unnecessary.
+    ROI_ENOUGH = 3
     #: CLAHE clip limit and tile side (px) of the contrast-normalised pass.
     CLAHE_CLIP, CLAHE_TILE_PX = 3.0, 64
 
@@ -341,8 +343,9 @@ class MarkerDetector:
             if roi is not None:
                 img, off, scale = roi
                 back = lambda m: {i: (c + 0.5) / scale - 0.5 + off for i, c in m.items()}  # noqa: E731
-                done = add("roi", back(self._run(self._robust, img))) or \
-                    add("roi+clahe", back(self._run(self._robust, self._clahe(img))))
+                done = add("roi", back(self._run(self._robust, img)))
+                if len(found) < min(expected, self.ROI_ENOUGH):  # a 3-marker pose is as good; spare the time
+                    done = add("roi+clahe", back(self._run(self._robust, self._clahe(img))))
         if not done and (hint is None or not self.robust):
             done = add("full", self._run(self._fast, gray))
             if not done and self.robust and (self._frame % self.full_every == 0 or not found):
