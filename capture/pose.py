@@ -141,6 +141,7 @@ class MarkerPose:
     reproj_px: float | None = None
     source: str = DETECTED  # "detected" (markers found in this frame) or "tracked"
     confidence: float = 1.0  # 0..1, see :class:`patchlab.capture.track.PatchTracker`
+    tracked_points: int = 0  # tracked texture points fused into a detection with fewer than 4 markers
 
     @property
     def n_markers(self) -> int:
@@ -156,7 +157,8 @@ class MarkerPose:
                    angle_deg=float(d["angle_deg"]), center_px=(float(c[0]), float(c[1])),
                    **{k: (None if d.get(k) is None else float(d[k]))
                       for k in ("distance_mm", "tilt_x_deg", "tilt_y_deg", "roll_deg", "view_angle_deg", "reproj_px")},
-                   source=str(d.get("source", DETECTED)), confidence=float(d.get("confidence", 1.0)))
+                   source=str(d.get("source", DETECTED)), confidence=float(d.get("confidence", 1.0)),
+                   tracked_points=int(d.get("tracked_points", 0)))
 
     def to_dict(self) -> dict[str, Any]:
         r = lambda v, k=3: None if v is None else round(float(v), k)  # noqa: E731
@@ -167,7 +169,7 @@ class MarkerPose:
                 "distance_mm": r(self.distance_mm, 2), "tilt_x_deg": r(self.tilt_x_deg, 2),
                 "tilt_y_deg": r(self.tilt_y_deg, 2), "roll_deg": r(self.roll_deg, 2),
                 "view_angle_deg": r(self.view_angle_deg, 2), "reproj_px": r(self.reproj_px),
-                "source": self.source, "confidence": r(self.confidence)}
+                "source": self.source, "confidence": r(self.confidence), "tracked_points": self.tracked_points}
 
 
 #: Edge profiles per marker side and their span along the side (fractions), for
@@ -476,7 +478,8 @@ class PoseEstimator:
         return None if m is None else self.pose(m.target, m.obj, m.img, m.ids, homography=m.homography)
 
     def pose(self, target: PatchTarget, obj: np.ndarray, img: np.ndarray, ids: tuple[int, ...], *,
-             homography: np.ndarray | None = None, source: str = DETECTED, confidence: float = 1.0) -> MarkerPose | None:
+             homography: np.ndarray | None = None, source: str = DETECTED, confidence: float = 1.0,
+             tracked_points: int = 0) -> MarkerPose | None:
         """The pose from printed points ``obj`` seen at image points ``img``."""
         if self.camera is None:
             H = homography if homography is not None else fit_homography(obj, img)[0]
@@ -485,8 +488,13 @@ class PoseEstimator:
             quad = cv2.perspectiveTransform(target.patch_corners.reshape(-1, 1, 2), H).reshape(4, 2)
             size, angle, centre = quad_metrics(quad)
             return MarkerPose(copy=target.copy, marker_ids=ids, quad_px=quad, size_px=size, angle_deg=angle,
-                              center_px=centre, source=source, confidence=confidence)
-        return self._pnp(target, obj, img, ids, source, confidence)
+                              center_px=centre, source=source, confidence=confidence, tracked_points=tracked_points)
+        pose = self._pnp(target, obj, img, ids, source, confidence)
+        if pose is not None and tracked_points:
+            from dataclasses import replace
+
+            pose = replace(pose, tracked_points=tracked_points)
+        return pose
 
     def _pnp(self, target: PatchTarget, obj: np.ndarray, img: np.ndarray, ids: tuple[int, ...], source: str,
              confidence: float) -> MarkerPose | None:

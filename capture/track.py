@@ -68,7 +68,7 @@ class TrackerConfig:
     ransac_px: float = 1.5
     min_points: int = 10
     min_inlier_frac: float = 0.5
-    max_drift_frac: float = 0.04
+    max_drift_frac: float = 0.03
     max_age: int = 150
     max_misses: int = 4
 
@@ -88,6 +88,10 @@ class TrackStep:
     residual_px: float | None = None  # homography fit RMS of this frame
     drift_px: float = 0.0  # accumulated since the last detection
     age: int = 0  # frames since the last detection
+
+
+#: Weight of one detected marker corner against one tracked texture point when both are fitted.
+MARKER_WEIGHT = 8
 
 
 def _card_outline(target: PatchTarget) -> np.ndarray:
@@ -126,6 +130,8 @@ class PatchTracker:
         self._drift2 = 0.0
         self._age = 0
         self._misses = 0  # frames since the last pose
+        self._last_inliers: tuple[np.ndarray, np.ndarray] | None = None
+        self._key: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None  # (gray, H, points) of the last detection
 
     # ----------------------------------------------------------------------------------
     def _predict(self) -> np.ndarray | None:
@@ -172,8 +178,10 @@ class PatchTracker:
         self._pts_obj = _project(np.linalg.inv(H), img) if len(img) else None
 
     def _track(self, gray: np.ndarray, H_pred: np.ndarray) -> tuple[np.ndarray | None, int, int, float]:
-        """LK from the previous frame; returns ``(H, points, inliers, rms)``."""
+        """LK from the previous frame; returns ``(H, points, inliers, rms)`` and keeps the
+        inlier correspondences in ``self._last_inliers``."""
         cfg = self.config
+        self._last_inliers = None
         if self._pts_obj is None or self._prev_gray is None or self._H is None:
             return None, 0, 0, float("inf")
         p0 = _project(self._H, self._pts_obj).astype(np.float32).reshape(-1, 1, 2)
@@ -200,6 +208,7 @@ class PatchTracker:
         if k < cfg.min_points or k < cfg.min_inlier_frac * n:
             return None, n, k, float("inf")
         H, rms = fit_homography(obj[inl], img[inl])  # least squares on the inliers
+        self._last_inliers = (obj[inl], img[inl])
         return H, n, k, rms
 
     # ----------------------------------------------------------------------------------
@@ -210,10 +219,13 @@ class PatchTracker:
         dets = self.detector.detect(gray, hint=self._hint(H_pred))
         match: MarkerMatch | None = self.estimator.match(dets)
         if match is not None:
-            pose = self.estimator.pose(match.target, match.obj, match.img, match.ids, homography=match.homography,
-                                       source=DETECTED, confidence=self._detection_confidence(match))
+            obj, img, H, fused = match.obj, match.img, match.homography, 0
+            if len(match.ids) < 4 and cfg.enabled and H_pred is not None and self._target is match.target:
+                obj, img, H, fused = self._fuse(gray, H_pred, match)
+            pose = self.estimator.pose(match.target, obj, img, match.ids, homography=H, source=DETECTED,
+                                       confidence=self._detection_confidence(match), tracked_points=fused)
             if pose is not None:
-                self._anchor(gray, match.homography, match.target)
+                self._anchor(gray, H, match.target)
                 return TrackStep(DETECTED, pose, pose.confidence)
         if not cfg.enabled or H_pred is None or self._target is None:
             self.reset()
@@ -223,6 +235,10 @@ class PatchTracker:
         age = self._age + 1 + self._misses
         if H is not None:
             drift2 = self._drift2 + rms ** 2
+            ref = self._refine(gray, H)
+            if ref is not None:  # aligned to the last detection: no drift carried over
+                H, rms = ref
+                drift2 = rms ** 2
             quad = _project(H, target.patch_corners)
             side = math.sqrt(max(cv2.contourArea(quad.astype(np.float32)), 1.0))
             bound = cfg.max_drift_frac * side
@@ -240,6 +256,74 @@ class PatchTracker:
                 return self._miss(n, k, rms, age, give_up=True)
             return self._miss(n, k, rms, age, give_up=True)  # past the error bound: stop tracking
         return self._miss(n, k, None, age, give_up=False)
+
+    def _refine(self, gray: np.ndarray, H: np.ndarray) -> tuple[np.ndarray, float] | None:
+        """Align the frame to the last detection (the keyframe) instead of the last frame.
+
+        The keyframe is warped into this frame by the frame-to-frame estimate ``H``,
+        so its texture looks as the card does now; Lucas-Kanade then measures what
+        is left, and a homography from the printed card to the corrected points
+        replaces ``H``. Errors no longer add up from frame to frame: the residual is
+        against a detection. None when too few points agree (keep ``H``).
+        """
+        cfg = self.config
+        if self._key is None or self._target is None:
+            return None
+        kgray, kH, kobj = self._key
+        h, w = gray.shape
+        outline = _project(H, self._outlines[self._target.copy])
+        x0, y0 = np.floor(outline.min(0)).astype(int) - cfg.win_px
+        x1, y1 = np.ceil(outline.max(0)).astype(int) + cfg.win_px
+        x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
+        if x1 - x0 < 2 * cfg.win_px or y1 - y0 < 2 * cfg.win_px:
+            return None
+        T = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
+        warped = cv2.warpPerspective(kgray, T @ H @ np.linalg.inv(kH), (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
+                                     borderMode=cv2.BORDER_REPLICATE)
+        cur = gray[y0:y1, x0:x1]
+        p0 = (_project(H, kobj) - [x0, y0]).astype(np.float32).reshape(-1, 1, 2)
+        crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.01)
+        lk = dict(winSize=(cfg.win_px, cfg.win_px), maxLevel=1, criteria=crit)
+        p1, st, _ = cv2.calcOpticalFlowPyrLK(warped, cur, p0, None, **lk)
+        if p1 is None:
+            return None
+        pb, st2, _ = cv2.calcOpticalFlowPyrLK(cur, warped, p1, None, **lk)
+        fb = np.linalg.norm((pb - p0).reshape(-1, 2), axis=1)
+        ok = (st.ravel() == 1) & (st2.ravel() == 1) & (fb < 0.5 * cfg.fb_max_px)
+        n = int(ok.sum())
+        if n < cfg.min_points:
+            return None
+        obj, img = kobj[ok], p1.reshape(-1, 2)[ok].astype(np.float64) + [x0, y0]
+        Hr, inl = cv2.findHomography(obj, img, cv2.RANSAC, cfg.ransac_px)
+        if Hr is None:
+            return None
+        inl = inl.ravel().astype(bool)
+        if inl.sum() < max(cfg.min_points, cfg.min_inlier_frac * len(kobj)):
+            return None
+        Hr, rms = fit_homography(obj[inl], img[inl])
+        return None if Hr is None else (Hr / Hr[2, 2], rms)
+
+    def _fuse(self, gray: np.ndarray, H_pred: np.ndarray, match: MarkerMatch
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """Markers found, but fewer than four: add the tracked texture points that agree
+        with them to the fit (each marker corner weighs :data:`MARKER_WEIGHT` points).
+        The pose stays a detection (markers were seen in this frame); its
+        ``tracked_points`` says how many tracked points went in."""
+        H_t, _, k, _ = self._track(gray, H_pred)
+        if H_t is None or self._last_inliers is None:
+            return match.obj, match.img, match.homography, 0
+        tobj, timg = self._last_inliers
+        err = np.linalg.norm(_project(match.homography, tobj) - timg, axis=1)
+        agree = err < max(2.0, 3 * self.config.ransac_px)
+        if agree.sum() < self.config.min_points:
+            return match.obj, match.img, match.homography, 0
+        w = MARKER_WEIGHT
+        obj = np.concatenate([np.repeat(match.obj, w, 0), tobj[agree]])
+        img = np.concatenate([np.repeat(match.img, w, 0), timg[agree]])
+        H, _ = fit_homography(obj, img)
+        if H is None:
+            return match.obj, match.img, match.homography, 0
+        return obj, img, H, int(agree.sum())
 
     def _miss(self, n: int, k: int, rms: float | None, age: int, *, give_up: bool) -> TrackStep:
         out = TrackStep(LOST, None, 0.0, points=n, inliers=k, residual_px=rms, drift_px=math.sqrt(self._drift2),
@@ -273,6 +357,7 @@ class PatchTracker:
             self._target = target
         self._drift2, self._age = 0.0, 0
         self._accept(gray, H / H[2, 2])
+        self._key = None if self._pts_obj is None else (gray, self._H, self._pts_obj)
 
 
 def _matrix_root(M: np.ndarray, k: int) -> np.ndarray | None:
