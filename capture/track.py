@@ -48,7 +48,10 @@ class TrackerConfig:
         enabled: track between detections at all (False: every frame without
             markers is ``lost``).
         max_points: texture points followed per frame.
-        win_px: Lucas-Kanade window side; ``levels``: pyramid levels above the image.
+        win_px: largest Lucas-Kanade window side; a small card gets a smaller one
+            (a third of its side, at least 7 px) so the windows stay on the card and
+            the background moving behind it does not pull them; ``levels``: pyramid
+            levels above the image.
         fb_max_px: largest forward-backward error a point may have.
         ransac_px: RANSAC inlier threshold of the homography fit.
         min_points: fewest inliers that still make a tracked pose.
@@ -90,6 +93,8 @@ class TrackStep:
     age: int = 0  # frames since the last detection
 
 
+#: Share of the last frame-to-frame motion the motion model expects again.
+VELOCITY_DAMPING = 0.7
 #: Weight of one detected marker corner against one tracked texture point when both are fitted.
 MARKER_WEIGHT = 8
 
@@ -125,7 +130,7 @@ class PatchTracker:
         self._prev_gray: np.ndarray | None = None  # the last frame with a pose
         self._target: PatchTarget | None = None
         self._H: np.ndarray | None = None  # printed -> image homography of that frame
-        self._vel: np.ndarray | None = None  # per-frame motion: H_t @ inv(H_t-1)
+        self._vel: np.ndarray | None = None  # per-frame motion: a damped image translation
         self._pts_obj: np.ndarray | None = None  # printed coordinates of the points followed
         self._drift2 = 0.0
         self._age = 0
@@ -187,7 +192,8 @@ class PatchTracker:
         p0 = _project(self._H, self._pts_obj).astype(np.float32).reshape(-1, 1, 2)
         guess = _project(H_pred, self._pts_obj).astype(np.float32).reshape(-1, 1, 2)
         crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03)
-        lk = dict(winSize=(cfg.win_px, cfg.win_px), maxLevel=cfg.levels, criteria=crit)
+        win = self._win()
+        lk = dict(winSize=(win, win), maxLevel=self._levels(win), criteria=crit)
         p1, st, _ = cv2.calcOpticalFlowPyrLK(self._prev_gray, gray, p0, guess.copy(), flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
                                              **lk)
         if p1 is None:
@@ -257,6 +263,24 @@ class PatchTracker:
             return self._miss(n, k, rms, age, give_up=True)  # past the error bound: stop tracking
         return self._miss(n, k, None, age, give_up=False)
 
+    def _win(self) -> int:
+        """LK window for the card's current apparent size (odd, 7..win_px)."""
+        if self._H is None or self._target is None:
+            return self.config.win_px
+        return int(np.clip(int(self._card_side() / 3) | 1, 7, self.config.win_px))
+
+    def _levels(self, win: int) -> int:
+        """Pyramid levels that keep the card at least two windows wide at the top level
+        (above that the background, not the card, decides where the window goes)."""
+        side = self._card_side()
+        return int(np.clip(math.floor(math.log2(max(side / (2 * win), 1.0))), 0, self.config.levels))
+
+    def _card_side(self) -> float:
+        if self._H is None or self._target is None:
+            return float("inf")
+        return math.sqrt(max(cv2.contourArea(_project(self._H, self._outlines[self._target.copy]).astype(np.float32)),
+                             1.0))
+
     def _refine(self, gray: np.ndarray, H: np.ndarray) -> tuple[np.ndarray, float] | None:
         """Align the frame to the last detection (the keyframe) instead of the last frame.
 
@@ -283,7 +307,8 @@ class PatchTracker:
         cur = gray[y0:y1, x0:x1]
         p0 = (_project(H, kobj) - [x0, y0]).astype(np.float32).reshape(-1, 1, 2)
         crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.01)
-        lk = dict(winSize=(cfg.win_px, cfg.win_px), maxLevel=1, criteria=crit)
+        win = self._win()
+        lk = dict(winSize=(win, win), maxLevel=1, criteria=crit)
         p1, st, _ = cv2.calcOpticalFlowPyrLK(warped, cur, p0, None, **lk)
         if p1 is None:
             return None
@@ -335,11 +360,13 @@ class PatchTracker:
 
     def _accept(self, gray: np.ndarray, H: np.ndarray) -> None:
         """``H`` is this frame's pose: update the motion model and re-seed the points."""
-        if self._H is not None:
-            step = H @ np.linalg.inv(self._H)
-            if self._misses:  # spread the motion over the frames missed in between
-                step = _matrix_root(step, self._misses + 1)
-            self._vel = None if step is None else step / step[2, 2]
+        if self._H is not None and self._target is not None:
+            # the motion model: the card centre's image velocity, damped (a hand's
+            # jitter does not continue; a shape change estimated on a small card is noise)
+            c = self._target.centre
+            v = (_project(H, c[None])[0] - _project(self._H, c[None])[0]) / (self._misses + 1)
+            self._vel = np.array([[1.0, 0.0, VELOCITY_DAMPING * v[0]], [0.0, 1.0, VELOCITY_DAMPING * v[1]],
+                                  [0.0, 0.0, 1.0]])
         self._H, self._misses, self._prev_gray = H, 0, gray
         if self.config.enabled and self._target is not None:
             self._seed(gray, H, self._target)
