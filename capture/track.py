@@ -305,6 +305,15 @@ class PatchTracker:
         warped = cv2.warpPerspective(kgray, T @ H @ np.linalg.inv(kH), (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
                                      borderMode=cv2.BORDER_REPLICATE)
         cur = gray[y0:y1, x0:x1]
+        # exposure and glare change between the keyframe and now: match the keyframe's
+        # brightness and contrast on the card to this frame's before comparing textures
+        mask = np.zeros(cur.shape, np.uint8)
+        cv2.fillConvexPoly(mask, np.round(outline - [x0, y0]).astype(np.int32), 1)
+        m1, s1 = cv2.meanStdDev(warped, mask=mask)
+        m2, s2 = cv2.meanStdDev(cur, mask=mask)
+        if s1[0, 0] > 1.0:
+            warped = cv2.convertScaleAbs(warped, alpha=float(s2[0, 0] / s1[0, 0]),
+                                         beta=float(m2[0, 0] - m1[0, 0] * s2[0, 0] / s1[0, 0]))
         p0 = (_project(H, kobj) - [x0, y0]).astype(np.float32).reshape(-1, 1, 2)
         crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.01)
         win = self._win()
