@@ -552,7 +552,9 @@ class CaptureRun:
             layout=self.layout_path, camera=self.camera_path, truth=bool(self.truth), started=self.started,
             finished=_now() if final else None, error=self.error, command=self.command, versions=self.versions,
             pose_sources=dict(t.sources), frames_scored=t.scored, tsuc_scored=rates["tsuc_scored"],
-            tsuc_with_pose=rates["tsuc_with_pose"], stream=stream() if callable(stream) else {})
+            tsuc_with_pose=rates["tsuc_with_pose"],
+            stream=(stream() if callable(stream) else {}) | ({"queue_dropped_frames": reader.dropped_frames}
+                                                             if reader is not None and reader.dropped_frames else {}))
 
     def _batch(self, batch: list[Prepared], log_: _FrameLog, display: _Display) -> None:
         t1 = time.perf_counter()
