@@ -181,7 +181,14 @@ class _HttpConnection:
                     if j >= 0:
                         body, self._buf = self._buf[:j].rstrip(b"\r\n"), self._buf[j:]
                         break
-                    self._buf += self._recv()
+                    try:
+                        self._buf += self._recv()
+                    except StreamStalled:
+                        whole = self._buf.rstrip(b"\r\n")
+                        if whole.startswith(b"\xff\xd8") and whole.endswith(b"\xff\xd9"):
+                            self._buf = b""  # the last part before the server closed: complete
+                            return whole, ""
+                        raise
         except StreamStalled as exc:
             exc.partial = True  # the frame's headers came, its data did not
             raise

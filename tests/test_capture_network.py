@@ -168,7 +168,7 @@ def test_mjpeg_live_stall_and_reconnect_every_frame_accounted(tmp_path, model):
     assert saved["source"]["kind"] == "stream"
 
 
-def test_mjpeg_without_content_length_and_snapshot(tmp_path):
+def test_mjpeg_without_content_length(tmp_path):
     jp = _jpegs(6)
     with MjpegServer(jp, with_length=False) as srv:
         src = StreamSource(srv.url, stall_timeout_s=0.5, lost_after_s=1.0)
