@@ -303,10 +303,12 @@ class MarkerDetector:
         self.robust = robust
         self.full_every = max(1, int(full_every))
         self._frame = 0
+        self._rejected: Sequence[np.ndarray] = ()
         self.last_passes: list[str] = []  # passes the last call ran (for timing and tests)
 
     def _run(self, det: "cv2.aruco.ArucoDetector", gray: np.ndarray) -> dict[int, np.ndarray]:
-        corners, ids, _ = det.detectMarkers(gray)
+        corners, ids, rejected = det.detectMarkers(gray)
+        self._rejected = rejected
         if ids is None:
             return {}
         return {int(i): np.asarray(c, np.float64).reshape(4, 2) for c, i in zip(corners, ids.ravel())
@@ -318,7 +320,7 @@ class MarkerDetector:
         return cv2.createCLAHE(clipLimit=self.CLAHE_CLIP, tileGridSize=(tiles, tiles)).apply(gray)
 
     def detect(self, gray: np.ndarray, *, hint: tuple[float, float, float, float, float] | None = None,
-               expected: int = MARKERS_PER_COPY) -> list[Detection]:
+               expected: int = MARKERS_PER_COPY, markers: dict[int, np.ndarray] | None = None) -> list[Detection]:
         """Markers in a grey uint8 image, sorted by id.
 
         Args:
@@ -326,6 +328,11 @@ class MarkerDetector:
             hint: ``(x0, y0, x1, y1, marker_px)``: where the markers are expected and
                 how large (a tracker's prediction).
             expected: markers wanted; passes stop once this many are found.
+            markers: predicted corners ``(4, 2)`` of each expected marker: markers still
+                missing after the region passes are looked for one by one, each in a
+                small window around its prediction enlarged to :data:`UPSCALE_TARGET_PX`
+                (a blurred 10 px marker that the whole-region pass misses is often
+                read at 3x).
         """
         if gray.ndim != 2 or gray.dtype != np.uint8:
             raise ValueError(f"expected a (H, W) uint8 grey image, got {gray.shape} {gray.dtype}")
@@ -348,10 +355,21 @@ class MarkerDetector:
                 done = add("roi", back(self._run(self._robust, img)))
                 if len(found) < min(expected, self.ROI_ENOUGH):  # a 3-marker pose is as good; spare the time
                     done = add("roi+clahe", back(self._run(self._robust, self._clahe(img))))
+        if not done and markers and self.robust:
+            missing = {i: c for i, c in markers.items() if i not in found}
+            if missing:
+                self.last_passes.append("markers")
+                for i, c in missing.items():
+                    got = self._one(gray, i, c)
+                    if got is not None:
+                        found[i] = got
+                done = len(found) >= expected
         if not done and (hint is None or not self.robust):
             done = add("full", self._run(self._fast, gray))
             if not done and self.robust and (self._frame % self.full_every == 0 or not found):
                 done = add("full robust", self._run(self._robust, gray))
+                if not done:
+                    done = add("candidates", self._candidates(gray, self._rejected))
                 if not done and not found:
                     add("full+clahe", self._run(self._robust, self._clahe(gray)))
         if not found:
@@ -361,6 +379,67 @@ class MarkerDetector:
         if self.refine_edges:
             cs = refine_marker_edges(gray.astype(np.float32), cs, self._cells)
         return [Detection(i, cs[k]) for k, i in enumerate(keys)]
+
+    def detect_at(self, gray: np.ndarray, markers: dict[int, np.ndarray]) -> list[Detection]:
+        """Only the given markers, each in an enlarged window around its predicted corners."""
+        found = {}
+        for i, c in markers.items():
+            got = self._one(gray, i, c)
+            if got is not None:
+                found[i] = got
+        if not found:
+            return []
+        keys = sorted(found)
+        cs = np.stack([found[i] for i in keys])
+        if self.refine_edges:
+            cs = refine_marker_edges(gray.astype(np.float32), cs, self._cells)
+        return [Detection(i, cs[k]) for k, i in enumerate(keys)]
+
+    #: Most rejected candidates (squares ArUco found but could not read) re-read enlarged per frame.
+    MAX_CANDIDATES = 16
+
+    def _candidates(self, gray: np.ndarray, rejected: Sequence[np.ndarray]) -> dict[int, np.ndarray]:
+        """Re-read small squares the full-frame pass found but could not decode, each
+        enlarged on its own (how a far, blurred marker is first picked up)."""
+        out: dict[int, np.ndarray] = {}
+        cands = []
+        for r in rejected or ():
+            c = np.asarray(r, np.float64).reshape(4, 2)
+            sides = np.linalg.norm(np.diff(c[[0, 1, 2, 3, 0]], axis=0), axis=1)
+            if 4.0 <= sides.mean() <= self.UPSCALE_TARGET_PX and sides.min() > 0.5 * sides.max():
+                cands.append((sides.mean(), c))
+        cands.sort(key=lambda t: -t[0])
+        for _, c in cands[: self.MAX_CANDIDATES]:
+            for mid, corners in self._window(gray, c).items():
+                if self._ids is None or mid in self._ids:
+                    out.setdefault(mid, corners)
+        return out
+
+    def _one(self, gray: np.ndarray, mid: int, corners: np.ndarray) -> np.ndarray | None:
+        return self._window(gray, corners).get(mid)
+
+    def _window(self, gray: np.ndarray, corners: np.ndarray) -> dict[int, np.ndarray]:
+        """Markers in a window around ``corners`` (a predicted or candidate marker), enlarged."""
+        h, w = gray.shape
+        c = np.asarray(corners, np.float64)
+        side = float(np.mean(np.linalg.norm(np.diff(c[[0, 1, 2, 3, 0]], axis=0), axis=1)))
+        if side < 4 or side > 4 * self.UPSCALE_TARGET_PX:
+            return {}
+        ctr, r = c.mean(0), 1.2 * side + 3
+        x0, y0 = int(max(0, math.floor(ctr[0] - r))), int(max(0, math.floor(ctr[1] - r)))
+        x1, y1 = int(min(w, math.ceil(ctr[0] + r))), int(min(h, math.ceil(ctr[1] + r)))
+        if x1 - x0 < 6 or y1 - y0 < 6:
+            return {}
+        scale = float(np.clip(self.UPSCALE_TARGET_PX / side, 1.0, 4.0))
+        roi = gray[y0:y1, x0:x1]
+        if scale > 1.05:
+            roi = cv2.resize(roi, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
+        else:
+            scale = 1.0
+        pad = 8
+        roi = cv2.copyMakeBorder(roi, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        return {i: (got - pad + 0.5) / scale - 0.5 + np.array([x0, y0], np.float64)
+                for i, got in self._run(self._robust, roi).items()}
 
     def _roi(self, gray: np.ndarray, hint: tuple[float, float, float, float, float]
              ) -> tuple[np.ndarray, np.ndarray, float] | None:
@@ -463,9 +542,18 @@ class PoseEstimator:
                 return None
             if len(dets) < 3:
                 break
-            proj = cv2.perspectiveTransform(obj.reshape(-1, 1, 2), H).reshape(len(dets), 4, 2)
-            err = np.sqrt(np.mean(np.sum((proj - img.reshape(len(dets), 4, 2)) ** 2, -1), -1))
-            k = int(np.argmax(err))
+            # leave one marker out: the others' fit predicts it (a false marker cannot hide in
+            # the fit); the suspect is the one whose removal leaves the others most consistent
+            err, rest_rms = [], []
+            for j in range(len(dets)):
+                rest = [d for i_, d in enumerate(dets) if i_ != j]
+                Hj, rj = fit_homography(np.concatenate([target.marker_corners[d.id] for d in rest]),
+                                        np.concatenate([d.corners for d in rest]))
+                pj = cv2.perspectiveTransform(target.marker_corners[dets[j].id].reshape(-1, 1, 2), Hj).reshape(4, 2) \
+                    if Hj is not None else dets[j].corners + 1e9
+                err.append(float(np.sqrt(np.mean(np.sum((pj - dets[j].corners) ** 2, -1)))))
+                rest_rms.append(rj)
+            k = int(np.argmin(rest_rms)) if len(dets) >= 4 else int(np.argmax(err))
             if err[k] <= max(_MARKER_OUTLIER_MIN_PX, _MARKER_OUTLIER_FRAC * dets[k].side_px):
                 break
             dets = dets[:k] + dets[k + 1:]

@@ -61,6 +61,10 @@ class TrackerConfig:
         max_misses: frames in a row the tracker may fail (those frames are
             ``lost``) and still pick the card up again from its last good frame,
             with the motion model carried forward.
+        min_ncc: the card must still look like it did at the last detection:
+            normalised cross-correlation of the keyframe's card, warped to the
+            tracked pose, with this frame's (below it the card was covered,
+            turned away or is gone, and tracking stops).
     """
 
     enabled: bool = True
@@ -74,6 +78,7 @@ class TrackerConfig:
     max_drift_frac: float = 0.03
     max_age: int = 150
     max_misses: int = 4
+    min_ncc: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -157,6 +162,30 @@ class PatchTracker:
                  for c in self._target.marker_corners.values()]
         return float(x0), float(y0), float(x1), float(y1), float(np.min(sides))
 
+    def _bootstrap(self, gray: np.ndarray, dets: list) -> MarkerMatch | None:
+        """One marker alone is too few for a pose, but it says where its card's other
+        markers must be: look for them there, enlarged, and match again."""
+        by_id = {m: t for t in self.estimator.targets for m in t.marker_corners}
+        for d in dets:
+            t = by_id.get(d.id)
+            if t is None:
+                continue
+            H, _ = fit_homography(t.marker_corners[d.id], d.corners)
+            if H is None:
+                continue
+            want = {i: _project(H, c) for i, c in t.marker_corners.items() if i != d.id}
+            more = self.detector.detect_at(gray, want)
+            if more:
+                m = self.estimator.match([d, *more])
+                if m is not None:
+                    return m
+        return None
+
+    def _predicted_markers(self, H: np.ndarray | None) -> dict[int, np.ndarray] | None:
+        if H is None or self._target is None:
+            return None
+        return {i: _project(H, c) for i, c in self._target.marker_corners.items()}
+
     def _seed(self, gray: np.ndarray, H: np.ndarray, target: PatchTarget) -> None:
         """Choose texture points on the card under homography ``H`` for the next frame."""
         outline = _project(H, self._outlines[target.copy])
@@ -222,8 +251,10 @@ class PatchTracker:
         """Detect, track and fuse on the next frame ``gray`` (``(H, W)`` uint8)."""
         cfg = self.config
         H_pred = self._predict()
-        dets = self.detector.detect(gray, hint=self._hint(H_pred))
+        dets = self.detector.detect(gray, hint=self._hint(H_pred), markers=self._predicted_markers(H_pred))
         match: MarkerMatch | None = self.estimator.match(dets)
+        if match is None and dets:
+            match = self._bootstrap(gray, dets)
         if match is not None:
             obj, img, H, fused = match.obj, match.img, match.homography, 0
             if len(match.ids) < 4 and cfg.enabled and H_pred is not None and self._target is match.target:
@@ -241,7 +272,9 @@ class PatchTracker:
         age = self._age + 1 + self._misses
         if H is not None:
             drift2 = self._drift2 + rms ** 2
-            ref = self._refine(gray, H)
+            ref, ncc = self._refine(gray, H)
+            if ncc < cfg.min_ncc:  # the card no longer looks like itself: stop
+                return self._miss(n, k, rms, age, give_up=True)
             if ref is not None:  # aligned to the last detection: no drift carried over
                 H, rms = ref
                 drift2 = rms ** 2
@@ -281,26 +314,27 @@ class PatchTracker:
         return math.sqrt(max(cv2.contourArea(_project(self._H, self._outlines[self._target.copy]).astype(np.float32)),
                              1.0))
 
-    def _refine(self, gray: np.ndarray, H: np.ndarray) -> tuple[np.ndarray, float] | None:
+    def _refine(self, gray: np.ndarray, H: np.ndarray) -> tuple[tuple[np.ndarray, float] | None, float]:
         """Align the frame to the last detection (the keyframe) instead of the last frame.
 
         The keyframe is warped into this frame by the frame-to-frame estimate ``H``,
         so its texture looks as the card does now; Lucas-Kanade then measures what
         is left, and a homography from the printed card to the corrected points
         replaces ``H``. Errors no longer add up from frame to frame: the residual is
-        against a detection. None when too few points agree (keep ``H``).
+        against a detection. Returns ``((H, rms) or None when too few points agree,
+        ncc)``: ``ncc`` is how alike the warped keyframe and this frame are on the card.
         """
         cfg = self.config
         if self._key is None or self._target is None:
-            return None
+            return None, 1.0
         kgray, kH, kobj = self._key
         h, w = gray.shape
         outline = _project(H, self._outlines[self._target.copy])
         x0, y0 = np.floor(outline.min(0)).astype(int) - cfg.win_px
         x1, y1 = np.ceil(outline.max(0)).astype(int) + cfg.win_px
         x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
-        if x1 - x0 < 2 * cfg.win_px or y1 - y0 < 2 * cfg.win_px:
-            return None
+        if x1 - x0 < 8 or y1 - y0 < 8:
+            return None, 1.0
         T = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
         warped = cv2.warpPerspective(kgray, T @ H @ np.linalg.inv(kH), (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
                                      borderMode=cv2.BORDER_REPLICATE)
@@ -314,28 +348,32 @@ class PatchTracker:
         if s1[0, 0] > 1.0:
             warped = cv2.convertScaleAbs(warped, alpha=float(s2[0, 0] / s1[0, 0]),
                                          beta=float(m2[0, 0] - m1[0, 0] * s2[0, 0] / s1[0, 0]))
+        sel = mask.astype(bool)
+        a, b = warped[sel].astype(np.float32), cur[sel].astype(np.float32)
+        a, b = a - a.mean(), b - b.mean()
+        ncc = float((a * b).sum() / max(math.sqrt(float((a * a).sum() * (b * b).sum())), 1e-6))
         p0 = (_project(H, kobj) - [x0, y0]).astype(np.float32).reshape(-1, 1, 2)
         crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.01)
         win = self._win()
         lk = dict(winSize=(win, win), maxLevel=1, criteria=crit)
         p1, st, _ = cv2.calcOpticalFlowPyrLK(warped, cur, p0, None, **lk)
         if p1 is None:
-            return None
+            return None, ncc
         pb, st2, _ = cv2.calcOpticalFlowPyrLK(cur, warped, p1, None, **lk)
         fb = np.linalg.norm((pb - p0).reshape(-1, 2), axis=1)
         ok = (st.ravel() == 1) & (st2.ravel() == 1) & (fb < 0.5 * cfg.fb_max_px)
         n = int(ok.sum())
         if n < cfg.min_points:
-            return None
+            return None, ncc
         obj, img = kobj[ok], p1.reshape(-1, 2)[ok].astype(np.float64) + [x0, y0]
         Hr, inl = cv2.findHomography(obj, img, cv2.RANSAC, cfg.ransac_px)
         if Hr is None:
-            return None
+            return None, ncc
         inl = inl.ravel().astype(bool)
         if inl.sum() < max(cfg.min_points, cfg.min_inlier_frac * len(kobj)):
-            return None
+            return None, ncc
         Hr, rms = fit_homography(obj[inl], img[inl])
-        return None if Hr is None else (Hr / Hr[2, 2], rms)
+        return (None if Hr is None else (Hr / Hr[2, 2], rms)), ncc
 
     def _fuse(self, gray: np.ndarray, H_pred: np.ndarray, match: MarkerMatch
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:

@@ -357,6 +357,18 @@ class CarrierGeometry:
         return [np.array([[x, y], [x + m, y], [x + m, y + m], [x, y + m]], np.float64)
                 for x, y in self.marker_origins()]
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "CarrierGeometry":
+        """Inverse of :meth:`to_dict` (a layout's ``meta["carrier"]``)."""
+        try:
+            return cls(name=str(d["name"]), card_mm=(float(d["card_mm"][0]), float(d["card_mm"][1])),
+                       patch_mm=(float(d["patch_mm"][0]), float(d["patch_mm"][1])), marker_mm=float(d["marker_mm"]),
+                       quiet_mm=float(d["quiet_mm"]), marker_ids=tuple(int(i) for i in d["marker_ids"]),  # type: ignore[arg-type]
+                       dictionary=str(d["dictionary"]), max_distance_m=float(d["max_distance_m"]),
+                       reach_m=float(d["reach_m"]), focal_px=float(d["focal_px"]))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ConfigError(f"not a carrier description: {exc!r}") from exc
+
     def to_dict(self) -> dict[str, object]:
         return {"name": self.name, "card_mm": list(self.card_mm), "patch_mm": list(self.patch_mm),
                 "marker_mm": self.marker_mm, "quiet_mm": self.quiet_mm, "marker_ids": list(self.marker_ids),
