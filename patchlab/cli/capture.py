@@ -129,8 +129,8 @@ def run_cmd(
         extra_info += f", {len(summ.skipped)} non-image file(s) skipped"
     ps = summ.pose_sources
     console.print(f"{summ.frames} frames: patch detected on {ps.get('detected', 0)}, tracked on "
-                  f"{ps.get('tracked', 0)}, lost on {ps.get('lost', 0)}{extra_info}; at {summ.fps:.1f} fps; "
-                  f"ended: {summ.end_reason}")
+                  f"{ps.get('tracked', 0)}, lost on {ps.get('lost', 0)}{extra_info}")
+    console.print(f"{summ.fps:.1f} fps; ended: {summ.end_reason}")
     if summ.frames_scored is not None and summ.frames_scored < summ.frames:
         console.print(f"{summ.frames - summ.frames_scored} frames without a pose not scored (--on-lost "
                       f"{cfg.on_lost}); tSuc counts them as misses, tSuc on frames with a pose: "
