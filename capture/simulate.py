@@ -32,8 +32,9 @@ video: ``index``, ``timestamp``, ``object_class``, ``scene``, ``has_patch`` and 
 card's pose -- ``quad_px``, ``size_px`` and ``angle_deg`` exactly as capture
 computes them (:func:`patchlab.capture.pose.quad_metrics`), ``distance_mm``,
 ``tilt_x_deg``, ``tilt_y_deg``, ``roll_deg``, ``view_angle_deg``, the apparent
-marker sides and whether all markers are inside the frame -- and the conditions
-(``exposure``, ``motion_blur_px``, ``noise_sigma``). ``<stem>.sim.json`` holds the
+marker sides, whether all markers are inside the frame (``markers_in_frame``) and
+whether the patch is (``patch_in_view``) -- and the conditions (``exposure``,
+``motion_blur_px``, ``noise_sigma``, ``defocus_sigma``, ``glare``). ``<stem>.sim.json`` holds the
 configuration, the sampled sweep parameters, the scenes and library versions;
 ``<stem>.camera.json`` the simulated camera in ``camera.json`` form (``capture run
 --camera``: distances and angles).

@@ -433,12 +433,3 @@ class PatchTracker:
         self._accept(gray, H / H[2, 2])
         self._key = None if self._pts_obj is None else (gray, self._H, self._pts_obj)
 
-
-def _matrix_root(M: np.ndarray, k: int) -> np.ndarray | None:
-    """A real ``k``-th root of a homography near the identity (None if there is none)."""
-    w, V = np.linalg.eig(M / np.cbrt(np.linalg.det(M)))
-    try:
-        R = (V @ np.diag(w ** (1.0 / k)) @ np.linalg.inv(V)).real
-    except np.linalg.LinAlgError:
-        return None
-    return R if np.all(np.isfinite(R)) else None

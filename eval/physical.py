@@ -1,7 +1,7 @@
 """Judge a capture: physical / hybrid tSuc per model, by condition, against a control.
 
 Reads a capture folder written by ``patchlab capture run`` (``frames.jsonl`` +
-``summary.json``, see :mod:`patchlab.capture.loop`) and reports:
+``summary.json``, see :mod:`patchlab.captures`) and reports:
 
 * tSuc per model -- the fraction of frames whose top-1 class is the target --
   with its Wilson 95 % interval. When the log carries ground truth (simulated
