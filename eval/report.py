@@ -283,15 +283,15 @@ def _samples(capture_dir: Path, frames_by_index: dict[int, dict[str, Any]], name
         idx = int(f.stem.split("_")[1])
         rec = frames_by_index.get(idx, {})
         tops = ", ".join(f"{_short(n, names)}: {rec['models'][n]['top5'][0][0]}" for n in names
-                         if n in rec.get("models", {}))
+                         if n in (rec.get("models") or {})) or "not scored"
         pose = rec.get("pose")
-        where = f"patch {pose['size_px']:.0f} px" if pose else "no markers"
+        where = f"patch {pose['size_px']:.0f} px, {rec.get('pose_source', 'detected')}" if pose else "patch lost"
         out.append((f.read_bytes(), f"frame {idx} ({where}) - {tops}"))
     return Gallery(out, caption=f"annotated frames from {capture_dir / 'samples'}")
 
 
 def _capture_section(k: int, capture_dir: Path, control: Path | None, n_bins: int) -> tuple[Section, Any]:
-    from patchlab.capture.loop import load_capture
+    from patchlab.captures import load_capture
 
     from .physical import BIN_QUANTITIES, DEFAULT_BINS, evaluate_capture
 
@@ -348,10 +348,37 @@ def _capture_section(k: int, capture_dir: Path, control: Path | None, n_bins: in
         trows = [[r.label, str(r.n), *(_pct(r.rates[n]) for n in names)]
                  for r in tab.rows + ([tab.unbinned] if tab.unbinned else [])]
         blocks.append(TableBlock([f"{label} ({unit})", "n", *[_short(n, names) for n in names]], trows))
+    blocks += _pose_blocks(res, names)
     _, frames = load_capture(capture_dir)
     g = _samples(capture_dir, {f["index"]: f for f in frames}, names)
     blocks.append(g if g is not None else Text("Sample frames: none kept (samples/ is empty).", "missing"))
     return Section(f"capture-{k}", f"Physical: {capture_dir.name}", blocks), res
+
+
+def _pose_blocks(res: Any, names: Sequence[str]) -> list[Block]:
+    """Issue 15: where the patch's pose came from (detected / tracked / lost), tSuc on
+    frames with a pose, and the detection rate by distance bin."""
+    ps = res.pose_sources or {}
+    n = max(res.frames, 1)
+    out: list[Block] = [KeyValues([
+        ("patch pose", f"detected on {ps.get('detected', 0)} frames ({ps.get('detected', 0) / n:.0%}), tracked on "
+                       f"{ps.get('tracked', 0)} ({ps.get('tracked', 0) / n:.0%}), lost on {ps.get('lost', 0)} "
+                       f"({ps.get('lost', 0) / n:.0%})"),
+        ("lost frames", f"--on-lost {res.on_lost} (crop roi)" if res.on_lost else "scored on the same crop as all "
+                        "others (crop is not roi)")])]
+    rows = [[m.model, _pct(m.tsuc), _pct(m.tsuc_with_pose), _pct(m.tsuc_detected)] for m in res.models]
+    out.append(TableBlock(["model", "tSuc, all counted frames", "tSuc, frames with a pose", "tSuc, detected frames"],
+                          rows, caption="frames not scored (--on-lost skip) count as misses in the first column"))
+    for q, pr in (res.pose_rates or {}).items():
+        if not pr.rows:
+            out.append(Text(f"Detection rate by {q}: {pr.note or 'not measured'}.", "missing"))
+            continue
+        trows = [[r.label, str(r.n), f"{r.detection_rate:.0%}", f"{r.tracked / r.n:.0%}", f"{r.lost / r.n:.0%}"]
+                 for r in pr.rows]
+        out.append(TableBlock([f"{q} ({pr.unit})", "frames", "detected", "tracked", "lost"], trows,
+                              caption=f"detection rate by {q}; {pr.note}; {pr.unplaced} lost frames could not be "
+                                      "placed"))
+    return out
 
 
 def _provenance(run_dir: Path, run: dict[str, Any], transfer: dict | None, matrix: Path | None,
@@ -385,7 +412,7 @@ def _simulation_of(summary: dict[str, Any]) -> dict[str, Any] | None:
     desc = (summary.get("source") or {}).get("description")
     if not desc:
         return None
-    from patchlab.capture.simulate import sim_path_for
+    from patchlab.captures import sim_path_for
 
     p = sim_path_for(desc)
     try:
