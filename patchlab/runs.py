@@ -11,7 +11,8 @@ A run folder (``patchlab optimize --out RUN_DIR``) holds::
 ``run.json`` keys (all present once a run has started):
 
 * ``run_id`` (the folder name), ``status`` (``running`` | ``finished`` |
-  ``interrupted`` | ``diverged``), ``message`` (why it stopped, for the latter two);
+  ``interrupted`` | ``diverged`` | ``error``), ``message`` (why it stopped, for the
+  last three);
 * ``target_class`` (name), ``target_index`` (index in the first source's labels),
   ``seed``;
 * ``config``: every resolved option of the command (loss, steps, patch size,
@@ -30,13 +31,18 @@ A run folder (``patchlab optimize --out RUN_DIR``) holds::
 
 from __future__ import annotations
 
+import json
+import os
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
 from .errors import ConfigError
-from .utils import read_json_object
+from .locks import FolderLock, lock_holder
+from .utils import atomic_write_json, json_dumps, now_iso, read_json_object
 
 PATCH_PNG = "patch.png"
 PATCH_FLOAT = "patch.npy"
@@ -45,14 +51,25 @@ CHECKPOINT = "checkpoint.pt"
 TRANSFER_JSON = "transfer.json"
 
 
-def read_run(run_dir: str | Path) -> dict[str, Any]:
-    """The ``run.json`` of a run folder, with a clear error if it is not one."""
+def read_run(run_dir: str | Path, *, warn: bool = True) -> dict[str, Any]:
+    """The ``run.json`` of a run folder, with a clear error if it is not one.
+
+    Args:
+        run_dir: the run folder.
+        warn: say in one warning line (:func:`warn_if_unfinished`) when the run is
+            not ``finished`` (still running, killed, interrupted, diverged, failed):
+            every command that uses a run's results reads it here, so none of them
+            uses a partial result without a word.
+    """
     p = Path(run_dir)
     if not p.is_dir():
         raise ConfigError(f"run folder not found: {p}")
     if not (p / RUN_JSON).is_file():
         raise ConfigError(f"{p} is not a patchlab run folder (no {RUN_JSON}); make one with `patchlab optimize`")
-    return read_json_object(p / RUN_JSON, "run record")
+    rec = read_json_object(p / RUN_JSON, "run record")
+    if warn:
+        warn_if_unfinished(rec, p, "run")
+    return rec
 
 
 def read_patch(run_dir: str | Path) -> np.ndarray:
@@ -70,3 +87,127 @@ def read_patch(run_dir: str | Path) -> np.ndarray:
     from .data import read_image
 
     return read_image(png).numpy()
+
+
+# ----------------------------------------------------------- status of run and capture folders
+#: Statuses of a run or capture record whose results are partial.
+UNFINISHED_STATUSES = ("running", "error", "interrupted", "diverged")
+
+
+class UnfinishedResultWarning(UserWarning):
+    """A run or capture that did not finish is being used (its results are partial)."""
+
+
+def status_note(record: dict[str, Any], folder: str | Path, what: str = "run") -> str | None:
+    """One line saying why ``record``'s results are partial, or None when it finished.
+
+    ``running`` is told apart by the folder's lock (:func:`patchlab.locks.lock_holder`):
+    still being written by a live process, or left by one that died (killed).
+    """
+    status = str(record.get("status") or "")
+    if status not in UNFINISHED_STATUSES:
+        return None
+    folder = Path(folder)
+    msg = str(record.get("message") or record.get("error") or "").strip()
+    why = f" ({msg})" if msg else ""
+    if status == "running":
+        pid = lock_holder(folder)
+        if pid:
+            who = f"process {pid}" if pid > 0 else "another process"
+            return f"{what} {folder} is still being written by {who}: its results so far are partial"
+        hint = "; continue it with --resume" if (folder / CHECKPOINT).is_file() else ""
+        return (f"{what} {folder} says 'running' but no process is writing it (killed or crashed): "
+                f"its results are partial{hint}")
+    if status == "error":
+        return f"{what} {folder} failed{why}: its results are partial"
+    if status == "interrupted":
+        return f"{what} {folder} was interrupted{why}: its results are partial"
+    return f"{what} {folder} {status}{why}: its results are those of the last good step"
+
+
+def warn_if_unfinished(record: dict[str, Any], folder: str | Path, what: str = "run") -> str | None:
+    """:func:`status_note` as a warning (the CLI prints it as one ``warning:`` line); returns the note."""
+    note = status_note(record, folder, what)
+    if note:
+        warnings.warn(note, UnfinishedResultWarning, stacklevel=3)
+    return note
+
+
+def mark_stopped(record_path: str | Path, reason: str, *, status: str = "error") -> bool:
+    """Record in ``record_path`` (``run.json``, ``summary.json``) that its writer stopped: ``status``,
+    ``message`` (and ``error``/``end_reason`` where the record has them), ``finished``.
+
+    Made for the worst case, a full disk: the record is rewritten atomically when
+    possible, else in place over its own bytes (no new blocks needed; the JSON is
+    padded with spaces), else left as it is. Returns whether the status was recorded.
+    """
+    path = Path(record_path)
+    try:
+        rec = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(rec, dict):
+        return False
+    rec.update(status=status, message=reason, finished=now_iso())
+    if "error" in rec and status == "error":
+        rec["error"] = reason
+    if "end_reason" in rec:
+        rec["end_reason"] = status
+    try:
+        atomic_write_json(path, rec)
+        return True
+    except Exception:  # noqa: BLE001 - the fallback below is the point
+        pass
+    for shrink in (False, True):
+        if shrink and isinstance(rec.get("history"), list):
+            rec["history"] = rec["history"][-1:]
+        if _rewrite_in_place(path, json_dumps(rec)):
+            return True
+    return False
+
+
+def _rewrite_in_place(path: Path, text: str) -> bool:
+    data = text.encode("utf-8")
+    try:
+        size = path.stat().st_size
+        if len(data) + 1 > size:
+            return False
+        with open(path, "r+b") as fh:
+            fh.write(data + b" " * (size - len(data) - 1) + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def writing_folder(folder: str | Path, *, record: str = RUN_JSON, what: str = "run folder") -> Iterator[FolderLock]:
+    """The writer's side of a run or capture folder: one writer at a time, and never a
+    record left saying ``running`` after its writer failed.
+
+    Takes the folder's :class:`~patchlab.locks.FolderLock` (a second writer gets
+    :class:`~patchlab.errors.FolderInUse`: "... in use by process N"), and when the
+    body raises while ``record`` still says ``running``, records ``error`` (or
+    ``interrupted`` for Ctrl-C) with the reason through :func:`mark_stopped`.
+    """
+    with FolderLock(folder, what) as lock:
+        try:
+            yield lock
+        except BaseException as exc:
+            rp = Path(folder) / record
+            try:
+                running = rp.is_file() and json.loads(rp.read_bytes()).get("status") == "running"
+            except (OSError, ValueError, AttributeError):
+                running = False
+            if running:
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    mark_stopped(rp, "interrupted", status="interrupted")
+                else:
+                    mark_stopped(rp, _one_line(exc), status="error")
+            raise
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,7 +1,17 @@
 """The ``patchlab`` command line: thin Typer commands over library functions.
 
-Library errors (:class:`patchlab.PatchlabError`) become one line on stderr and exit
-code 1; anything else is a bug and keeps its traceback.
+The error boundary (:class:`_PatchlabGroup`) is the one place where failures meet the
+user:
+
+* library errors (:class:`patchlab.PatchlabError`) become one line on stderr and exit
+  code 1; so does any ``OSError`` that escaped a writer or reader (a full disk, a
+  missing permission): ``error: PATH: CAUSE``;
+* every numeric option of every command is checked once, as it is parsed, by
+  :func:`patchlab.checks.check_number` (finite, and in the range the option's name has
+  in :data:`patchlab.checks.OPTION_RANGES`); every path-like value naming a pipe or
+  socket is refused (:func:`patchlab.checks.check_input_path`);
+
+anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -17,23 +27,84 @@ from ._common import console, err_console
 
 
 class _PatchlabGroup(typer.core.TyperGroup):
-    """Top-level group: turns PatchlabError into ``error: ...`` and exit 1."""
+    """Top-level group: turns PatchlabError and OSError into ``error: ...`` and exit 1,
+    and checks every subcommand's numeric and path values as they are parsed."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for cmd in self.commands.values():
+            _install_checks(cmd)
 
     def invoke(self, ctx: click.Context):
         _route_warnings()
         try:
             return super().invoke(ctx)
         except PatchlabError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            _error(str(exc))
+        except OSError as exc:
+            from ..utils import os_error_text
+
+            _error(os_error_text(exc))
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
 
 
+def _error(message: str):
+    from rich.markup import escape
+
+    # escaped: a message's own brackets ("input_size [3, 0, 32]") are text, not rich markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    raise typer.Exit(1) from None
+
+
+def _install_checks(cmd) -> None:
+    """Wrap each parameter's callback of ``cmd`` (and of its subcommands) with the boundary checks."""
+    if hasattr(cmd, "commands"):
+        for sub in cmd.commands.values():
+            _install_checks(sub)
+        return
+    for param in cmd.params:
+        if getattr(param, "_patchlab_checked", False):
+            continue
+        param.callback = _checked_callback(param, param.callback)
+        param._patchlab_checked = True
+
+
+def _checked_callback(param, inner):
+    from pathlib import PurePath
+
+    from ..checks import OPTION_RANGES, Range, check_input_path, check_number
+
+    opts = list(getattr(param, "opts", None) or [])
+    is_option = param.param_type_name == "option"
+    name = opts[0] if (opts and is_option) else (param.name or "value").upper()
+    rng = next((OPTION_RANGES[o] for o in opts if o in OPTION_RANGES), None) if is_option else None
+    if rng is None and (getattr(param, "min", None) is not None or getattr(param, "max", None) is not None):
+        rng = Range(param.min, param.max)
+
+    def check(value):
+        if isinstance(value, bool) or value is None:
+            return
+        if isinstance(value, (int, float)):
+            check_number(value, name, rng)
+        elif isinstance(value, (str, PurePath)):
+            check_input_path(value, name)
+
+    def callback(ctx, p, value):
+        if not getattr(ctx, "resilient_parsing", False):
+            for v in (value if isinstance(value, (list, tuple)) else [value]):
+                check(v)
+        return inner(ctx, p, value) if inner is not None else value
+
+    return callback
+
+
 def _route_warnings() -> None:
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
-        err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
     warnings.showwarning = show
 

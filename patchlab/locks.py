@@ -1,0 +1,146 @@
+"""One writer per output folder: an exclusive ``fcntl`` lock with the holder's process id.
+
+A run folder (``patchlab optimize --out``) or a capture folder (``patchlab capture run
+--out``) is written by one process at a time. :class:`FolderLock` takes an exclusive
+``flock`` on ``FOLDER/.patchlab.lock`` and writes its process id there:
+
+* a second writer (a second ``optimize`` into the same ``--out``, a ``--resume`` of a
+  run still going) gets one line, ``... is in use by process N``, and exit 1;
+* the kernel drops the lock when its process ends, however it ends (Ctrl-C, an
+  exception, ``kill -9``), so a lock file left by a dead process is stale: the next
+  writer takes it over and writes its own id;
+* :func:`lock_holder` tells a reader whether a folder whose record says ``running``
+  is still being written (and by whom) or was left by a process that died.
+
+``flock`` locks belong to an open file description, so two writers in one process
+(two ``CliRunner`` calls in a test) exclude each other just as two processes do.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+from types import TracebackType
+
+from .errors import FolderInUse
+from .utils import make_folder, os_error_text, writing
+
+#: The lock file's name inside a locked folder (ignored when a folder's emptiness is judged).
+LOCK_NAME = ".patchlab.lock"
+
+
+class FolderLock:
+    """Exclusive writer lock on a folder; a context manager.
+
+    Args:
+        folder: the folder (created if missing).
+        what: what the folder is, for the message (``"run folder"``).
+
+    Raises:
+        FolderInUse: another live process holds the folder.
+        WriteError: the folder or its lock file cannot be created.
+    """
+
+    def __init__(self, folder: str | os.PathLike, what: str = "folder") -> None:
+        self.folder = Path(folder)
+        self.what = what
+        self.path = self.folder / LOCK_NAME
+        self._fd: int | None = None
+        #: process id of a dead previous holder whose stale lock was taken over, if any
+        self.took_over_from: int | None = None
+
+    def __repr__(self) -> str:
+        return f"FolderLock(folder={str(self.folder)!r}, what={self.what!r}, held={self.held})"
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> "FolderLock":
+        if self._fd is not None:
+            return self
+        make_folder(self.folder, self.what)
+        with writing(self.path, f"the lock file of {self.what}"):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                pid = _read_pid(self.path)
+                who = f"process {pid}" if pid else "another process"
+                raise FolderInUse(f"{self.what} {self.folder} is in use by {who}: wait for it to finish, stop it, "
+                                  "or write to another folder") from None
+            raise FolderInUse(f"cannot lock {self.what} {os_error_text(exc, self.path)}") from exc
+        old = _read_pid(self.path)
+        if old and old != os.getpid():
+            self.took_over_from = old
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:  # a full disk: the lock holds all the same, only the id is not shown
+            pass
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+        try:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def __enter__(self) -> "FolderLock":
+        return self.acquire()
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        self.release()
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        text = path.read_text(encoding="ascii", errors="replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def lock_holder(folder: str | os.PathLike) -> int | None:
+    """Process id of the live process writing ``folder``, or None when nobody holds it.
+
+    Probes the lock without taking it for longer than the probe; a lock file left by a
+    dead process reads as None (stale).
+    """
+    path = Path(folder) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return _read_pid(path) or -1
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def folder_is_empty(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds nothing but patchlab's lock file (a missing folder is empty)."""
+    p = Path(folder)
+    if not p.is_dir():
+        return True
+    return all(c.name == LOCK_NAME for c in p.iterdir())
+
+
+__all__ = ["FolderLock", "LOCK_NAME", "lock_holder", "folder_is_empty"]
