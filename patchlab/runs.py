@@ -211,3 +211,60 @@ def writing_folder(folder: str | Path, *, record: str = RUN_JSON, what: str = "r
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+# ------------------------------------------------- the CLI's safety net for output folders
+#: Records whose ``status`` says whether a folder's writer finished: a run's and a capture's.
+STATUS_RECORDS = (RUN_JSON, "summary.json")
+
+
+class OutputWatch:
+    """What the CLI's error boundary knows about a command's ``--out`` folders.
+
+    :meth:`watch` notes each record's identity (inode, mtime) before the command runs;
+    when the command fails, :meth:`settle` marks every record that this command wrote
+    and left saying ``running`` as ``error`` (or ``interrupted``) with the reason, so a
+    failure a writer did not handle itself (a full disk while checkpointing) never
+    leaves a folder claiming to run. A record another live process holds (its folder
+    lock, :mod:`patchlab.locks`) or that this command did not touch is left alone.
+    """
+
+    def __init__(self) -> None:
+        self._before: dict[Path, tuple[int, int] | None] = {}
+
+    def watch(self, folder: str | Path) -> None:
+        for name in STATUS_RECORDS:
+            p = Path(folder) / name
+            try:
+                st = p.stat()
+                self._before.setdefault(p, (st.st_ino, st.st_mtime_ns))
+            except OSError:
+                self._before.setdefault(p, None)
+
+    def settle(self, exc: BaseException) -> list[Path]:
+        """Mark the records this command left ``running``; returns those marked."""
+        marked = []
+        for p, before in self._before.items():
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            if (st.st_ino, st.st_mtime_ns) == before:
+                continue  # not written by this command
+            holder = lock_holder(p.parent)
+            if holder and holder != os.getpid():
+                continue
+            try:
+                running = json.loads(p.read_bytes()).get("status") == "running"
+            except (OSError, ValueError, AttributeError):
+                continue
+            if not running:
+                continue
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                ok = mark_stopped(p, "interrupted", status="interrupted")
+            else:
+                ok = mark_stopped(p, _one_line(exc), status="error")
+            if ok:
+                marked.append(p)
+        self._before.clear()
+        return marked

@@ -37,17 +37,34 @@ class _PatchlabGroup(typer.core.TyperGroup):
 
     def invoke(self, ctx: click.Context):
         _route_warnings()
+        _WATCH._before.clear()
         try:
             return super().invoke(ctx)
         except PatchlabError as exc:
+            _settle(exc)
             _error(str(exc))
         except OSError as exc:
             from ..utils import os_error_text
 
+            _settle(exc)
             _error(os_error_text(exc))
+        except BaseException as exc:
+            _settle(exc)
+            raise
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
+
+
+def _settle(exc: BaseException) -> None:
+    """A failed command leaves no output folder claiming ``running`` (see :class:`patchlab.runs.OutputWatch`)."""
+    if type(exc).__name__ == "Exit" and not getattr(exc, "exit_code", 1) or (isinstance(exc, SystemExit)
+                                                                            and not exc.code):
+        return  # a command that ended on purpose with success
+    try:
+        _WATCH.settle(exc)
+    except Exception:  # noqa: BLE001 - the safety net never hides the error itself
+        pass
 
 
 def _error(message: str):
@@ -56,6 +73,15 @@ def _error(message: str):
     # escaped: a message's own brackets ("input_size [3, 0, 32]") are text, not rich markup
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(1) from None
+
+
+def _new_watch():
+    from ..runs import OutputWatch
+
+    return OutputWatch()
+
+
+_WATCH = _new_watch()
 
 
 def _install_checks(cmd) -> None:
@@ -83,6 +109,8 @@ def _checked_callback(param, inner):
     if rng is None and (getattr(param, "min", None) is not None or getattr(param, "max", None) is not None):
         rng = Range(param.min, param.max)
 
+    watch = is_option and "--out" in opts
+
     def check(value):
         if isinstance(value, bool) or value is None:
             return
@@ -90,6 +118,8 @@ def _checked_callback(param, inner):
             check_number(value, name, rng)
         elif isinstance(value, (str, PurePath)):
             check_input_path(value, name)
+            if watch:
+                _WATCH.watch(value)
 
     def callback(ctx, p, value):
         if not getattr(ctx, "resilient_parsing", False):
