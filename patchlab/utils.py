@@ -158,6 +158,7 @@ def atomic_output(path: str | os.PathLike, what: str = "") -> Iterator[Path]:
         fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         tmp = Path(tmp_name)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make every output private
         try:
             yield tmp
             _fsync_path(tmp)
@@ -165,6 +166,15 @@ def atomic_output(path: str | os.PathLike, what: str = "") -> Iterator[Path]:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
 
 
 def _fsync_path(p: Path) -> None:

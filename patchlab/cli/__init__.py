@@ -37,34 +37,66 @@ class _PatchlabGroup(typer.core.TyperGroup):
 
     def invoke(self, ctx: click.Context):
         _route_warnings()
-        _WATCH._before.clear()
+        frame = _Frame()
+        _FRAMES.append(frame)
         try:
             return super().invoke(ctx)
         except PatchlabError as exc:
-            _settle(exc)
+            frame.settle(exc)
             _error(str(exc))
         except OSError as exc:
             from ..utils import os_error_text
 
-            _settle(exc)
+            frame.settle(exc)
             _error(os_error_text(exc))
         except BaseException as exc:
-            _settle(exc)
+            frame.settle(exc)
             raise
+        finally:
+            frame.release()
+            _FRAMES.remove(frame)
         except KeyboardInterrupt:
             err_console.print("[yellow]interrupted[/]")
             raise typer.Exit(130) from None
 
 
-def _settle(exc: BaseException) -> None:
-    """A failed command leaves no output folder claiming ``running`` (see :class:`patchlab.runs.OutputWatch`)."""
-    if type(exc).__name__ == "Exit" and not getattr(exc, "exit_code", 1) or (isinstance(exc, SystemExit)
-                                                                            and not exc.code):
-        return  # a command that ended on purpose with success
-    try:
-        _WATCH.settle(exc)
-    except Exception:  # noqa: BLE001 - the safety net never hides the error itself
-        pass
+#: Commands whose ``--out`` is a folder they write for a while: the boundary locks it
+#: (:class:`patchlab.locks.FolderLock`) as soon as ``--out`` is parsed, so a second
+#: writer is turned away before any work ("... is in use by process N").
+FOLDER_WRITERS = {"optimize": "run folder", "capture run": "capture folder", "eval matrix": "matrix folder",
+                  "world make": "world folder", "world train": "zoo folder"}
+
+
+class _Frame:
+    """One command invocation at the boundary: the folders it locked and the records it watches."""
+
+    def __init__(self) -> None:
+        from ..runs import OutputWatch
+
+        self.watch = OutputWatch()
+        self.locks: list = []
+
+    def lock(self, folder, what: str) -> None:
+        from ..locks import FolderLock
+
+        self.locks.append(FolderLock(folder, what).acquire())
+
+    def settle(self, exc: BaseException) -> None:
+        """A failed command leaves no output folder claiming ``running`` (:class:`patchlab.runs.OutputWatch`)."""
+        if type(exc).__name__ == "Exit" and not getattr(exc, "exit_code", 1) or (isinstance(exc, SystemExit)
+                                                                                and not exc.code):
+            return  # a command that ended on purpose with success
+        try:
+            self.watch.settle(exc)
+        except Exception:  # noqa: BLE001 - the safety net never hides the error itself
+            pass
+
+    def release(self) -> None:
+        while self.locks:
+            self.locks.pop().release()
+
+
+_FRAMES: list[_Frame] = []
 
 
 def _error(message: str):
@@ -75,13 +107,43 @@ def _error(message: str):
     raise typer.Exit(1) from None
 
 
-def _new_watch():
-    from ..runs import OutputWatch
+#: Commands whose ``--out`` is a folder they write for a while: the boundary locks it
+#: (:class:`patchlab.locks.FolderLock`) as soon as ``--out`` is parsed, so a second
+#: writer is turned away before any work ("... is in use by process N").
+FOLDER_WRITERS = {"optimize": "run folder", "capture run": "capture folder", "eval matrix": "matrix folder",
+                  "world make": "world folder", "world train": "zoo folder"}
 
-    return OutputWatch()
+
+class _Frame:
+    """One command invocation at the boundary: the folders it locked and the records it watches."""
+
+    def __init__(self) -> None:
+        from ..runs import OutputWatch
+
+        self.watch = OutputWatch()
+        self.locks: list = []
+
+    def lock(self, folder, what: str) -> None:
+        from ..locks import FolderLock
+
+        self.locks.append(FolderLock(folder, what).acquire())
+
+    def settle(self, exc: BaseException) -> None:
+        """A failed command leaves no output folder claiming ``running`` (:class:`patchlab.runs.OutputWatch`)."""
+        if type(exc).__name__ == "Exit" and not getattr(exc, "exit_code", 1) or (isinstance(exc, SystemExit)
+                                                                                and not exc.code):
+            return  # a command that ended on purpose with success
+        try:
+            self.watch.settle(exc)
+        except Exception:  # noqa: BLE001 - the safety net never hides the error itself
+            pass
+
+    def release(self) -> None:
+        while self.locks:
+            self.locks.pop().release()
 
 
-_WATCH = _new_watch()
+_FRAMES: list[_Frame] = []
 
 
 def _install_checks(cmd) -> None:
@@ -111,20 +173,24 @@ def _checked_callback(param, inner):
 
     watch = is_option and "--out" in opts
 
-    def check(value):
+    def check(ctx, value):
         if isinstance(value, bool) or value is None:
             return
         if isinstance(value, (int, float)):
             check_number(value, name, rng)
         elif isinstance(value, (str, PurePath)):
             check_input_path(value, name)
-            if watch:
-                _WATCH.watch(value)
+            if watch and _FRAMES:
+                frame = _FRAMES[-1]
+                what = FOLDER_WRITERS.get(" ".join(ctx.command_path.split()[1:]))
+                if what is not None:
+                    frame.lock(value, what)
+                frame.watch.watch(value)
 
     def callback(ctx, p, value):
         if not getattr(ctx, "resilient_parsing", False):
             for v in (value if isinstance(value, (list, tuple)) else [value]):
-                check(v)
+                check(ctx, v)
         return inner(ctx, p, value) if inner is not None else value
 
     return callback
