@@ -49,15 +49,16 @@ class _PatchlabGroup(typer.core.TyperGroup):
 
             frame.settle(exc)
             _error(os_error_text(exc))
+        except KeyboardInterrupt as exc:
+            frame.settle(exc)
+            err_console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
         except BaseException as exc:
             frame.settle(exc)
             raise
         finally:
             frame.release()
             _FRAMES.remove(frame)
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted[/]")
-            raise typer.Exit(130) from None
 
 
 #: Commands whose ``--out`` is a folder they write for a while: the boundary locks it
