@@ -32,8 +32,8 @@ class _PatchlabGroup(typer.core.TyperGroup):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        for cmd in self.commands.values():
-            _install_checks(cmd)
+        for name, cmd in self.commands.items():
+            _install_checks(cmd, name)
 
     def invoke(self, ctx: click.Context):
         _route_warnings()
@@ -147,17 +147,74 @@ class _Frame:
 _FRAMES: list[_Frame] = []
 
 
-def _install_checks(cmd) -> None:
+def _beside(*suffixes: str):
+    return lambda out, params: [out.with_name(out.stem + s) for s in suffixes]
+
+
+#: Commands that write files and have no ``--overwrite`` of their own: the option that
+#: names the file, and the files written beside it. The boundary gives each an
+#: ``--overwrite`` flag and refuses to start when one of them exists without it
+#: (:func:`patchlab.checks.check_overwrite`: one convention for every command).
+FILE_WRITERS = {
+    "print patch": ("--out", _beside(".layout.json")),
+    "print chart": ("--out", _beside(".layout.json")),
+    "print board": ("--out", _beside(".layout.json")),
+    "print check": ("--json", _beside()),
+    "simulate capture": ("--out", lambda out, params: [out.with_name(out.stem + s) for s in (
+        ".truth.jsonl", ".sim.json", ".camera.json") + (() if params.get("layout") else (".layout.json",))]),
+    "eval physical": ("--json", _beside()),
+}
+
+
+def _install_checks(cmd, path: str = "") -> None:
     """Wrap each parameter's callback of ``cmd`` (and of its subcommands) with the boundary checks."""
     if hasattr(cmd, "commands"):
-        for sub in cmd.commands.values():
-            _install_checks(sub)
+        for name, sub in cmd.commands.items():
+            _install_checks(sub, f"{path} {name}".strip())
         return
+    if getattr(cmd, "_patchlab_checked", False):
+        return
+    cmd._patchlab_checked = True
     for param in cmd.params:
-        if getattr(param, "_patchlab_checked", False):
-            continue
         param.callback = _checked_callback(param, param.callback)
-        param._patchlab_checked = True
+    if path in FILE_WRITERS:
+        _guard_file_outputs(cmd, *FILE_WRITERS[path])
+
+
+def _overwrite_option():
+    """A ``--overwrite`` flag, built by Typer as it builds every other option."""
+    t = typer.Typer()
+
+    @t.command()
+    def _cmd(overwrite: bool = typer.Option(False, "--overwrite", help="Replace outputs that already exist.")):
+        pass
+
+    return typer.main.get_command(t).params[0]
+
+
+def _guard_file_outputs(cmd, option: str, companions) -> None:
+    """Refuse to run ``cmd`` when an output it would write exists and ``--overwrite`` is not given."""
+    from pathlib import Path
+
+    from ..checks import check_overwrite
+
+    pname = next((p.name for p in cmd.params if option in (getattr(p, "opts", None) or [])), None)
+    if pname is None:
+        return
+    injected = not any(p.name == "overwrite" for p in cmd.params)
+    if injected:
+        cmd.params.append(_overwrite_option())
+    inner = cmd.callback
+
+    def callback(*args, **kwargs):
+        overwrite = kwargs.pop("overwrite", False) if injected else kwargs.get("overwrite", False)
+        out = kwargs.get(pname)
+        if out is not None:
+            out = Path(out)
+            check_overwrite([out, *companions(out, kwargs)], bool(overwrite))
+        return inner(*args, **kwargs)
+
+    cmd.callback = callback
 
 
 def _checked_callback(param, inner):
