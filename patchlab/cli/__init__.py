@@ -181,6 +181,16 @@ def _install_checks(cmd, path: str = "") -> None:
         _guard_file_outputs(cmd, *FILE_WRITERS[path])
 
 
+def _command_key(ctx) -> str:
+    """``"capture run"``: the subcommand names under the root (whatever the program is called:
+    ``patchlab``, ``python -m patchlab``, a test runner's name)."""
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(reversed(names))
+
+
 def _overwrite_option():
     """A ``--overwrite`` flag, built by Typer as it builds every other option."""
     t = typer.Typer()
@@ -240,7 +250,7 @@ def _checked_callback(param, inner):
             check_input_path(value, name)
             if watch and _FRAMES:
                 frame = _FRAMES[-1]
-                what = FOLDER_WRITERS.get(" ".join(ctx.command_path.split()[1:]))
+                what = FOLDER_WRITERS.get(_command_key(ctx))
                 if what is not None:
                     frame.lock(value, what)
                 frame.watch.watch(value)
