@@ -63,9 +63,16 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
 def card_preprocess(card: Mapping[str, Any], path: str | os.PathLike) -> Preprocess:
     """The card's :class:`Preprocess`, its numbers checked (input_size whole and >= 1,
     mean finite, std finite and > 0) with the card and field named in the error."""
+    def seq(key: str):
+        v = card[key]
+        if not isinstance(v, (list, tuple)):
+            raise ValueError(f"{key} must be a list of numbers, got {v!r}"
+                             + (" (input_size is [channels, height, width])" if key == "input_size" else ""))
+        return tuple(v)
+
     try:
-        return Preprocess(input_size=tuple(card["input_size"]), mean=tuple(card["mean"]), std=tuple(card["std"]),
-                          resize=card.get("resize", "bilinear-antialias"))
+        return Preprocess(input_size=seq("input_size"), mean=seq("mean"), std=seq("std"),
+                          resize=str(card.get("resize", "bilinear-antialias")))
     except (ValueError, TypeError) as exc:
         raise ModelLoadError(f"model card {path}: {exc}") from exc
 
