@@ -157,7 +157,7 @@ def calibrate_camera(frames: Iterable[tuple[str, np.ndarray]], layout: Layout, *
     else:
         dropped = []
     rms, K, dist, rvecs, f_rel_std = cal
-    spread = pose_spread_deg(rvecs)
+    spread = pose_spread_deg(nominal_rvecs(views, size))
     _check_conditioning(views, spread, f_rel_std, K, min_views)
     return CameraCalibration(camera_matrix=K.tolist(), dist_coeffs=dist.ravel().tolist(), rms_px=float(rms),
                              image_size=size, views_used=len(views), views_total=total, used=[v.name for v in views],
@@ -175,6 +175,22 @@ def distinct_views(views: list[BoardView], tol_px: float = 0.5) -> int:
                    and float(np.max(np.abs(k.image_points - v.image_points))) <= tol_px for k in kept):
             kept.append(v)
     return len(kept)
+
+
+def nominal_rvecs(views: list[BoardView], size: tuple[int, int]) -> list[np.ndarray]:
+    """Each view's board orientation, seen through a nominal camera (focal length = the image's
+    longer side, centred, no distortion): independent of the calibration being judged, so
+    views that cannot determine it are not judged by its own garbage estimate."""
+    w, h = size
+    f = float(max(w, h))
+    K = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]], np.float64)
+    out = []
+    for v in views:
+        ok, rvec, _ = cv2.solvePnP(v.object_points.astype(np.float64), v.image_points.astype(np.float64), K, None,
+                                   flags=cv2.SOLVEPNP_IPPE)
+        if ok:
+            out.append(rvec)
+    return out
 
 
 def pose_spread_deg(rvecs) -> float:

@@ -78,9 +78,9 @@ OPTION_RANGES: dict[str, Range] = {
     "--n-per-class": Range(2, integer=True), "--patch-px": COUNT, "--projections": COUNT,
     "--scene-frames": COUNT, "--scenes-per-class": Range(0, integer=True), "--frames": COUNT, "--knots": COUNT,
     "--steps": COUNT, "--swatches": COUNT, "--target-images": COUNT, "--threads": COUNT, "--workers": COUNT,
-    "--seed": Range(0, integer=True), "--n": COUNT, "--repeats": COUNT, "--eot-samples": COUNT,
+    "--seed": Range(0, integer=True),
     "--dpi": POSITIVE, "--fps": POSITIVE, "--lr": POSITIVE, "--size-mm": POSITIVE, "--square-mm": POSITIVE,
-    "--swatch-mm": POSITIVE, "--tv": NON_NEGATIVE, "--nps-weight": NON_NEGATIVE, "--eps": NON_NEGATIVE,
+    "--swatch-mm": POSITIVE, "--tv": NON_NEGATIVE, "--nps-weight": NON_NEGATIVE,
     "--holdout": FRACTION, "--holdout-frac": Range(0, 1, hi_open=True), "--patch-frac": FRACTION,
     "--val-frac": FRACTION, "--roi-frac": Range(0, 1, lo_open=True), "--marker-ratio": FRACTION,
 }

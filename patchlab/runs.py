@@ -64,7 +64,7 @@ def read_run(run_dir: str | Path, *, warn: bool = True) -> dict[str, Any]:
     p = Path(run_dir)
     if not p.is_dir():
         raise ConfigError(f"run folder not found: {p}")
-    if not (p / RUN_JSON).is_file():
+    if not (p / RUN_JSON).exists():
         raise ConfigError(f"{p} is not a patchlab run folder (no {RUN_JSON}); make one with `patchlab optimize`")
     rec = read_json_object(p / RUN_JSON, "run record")
     if warn:

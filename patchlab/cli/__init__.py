@@ -147,22 +147,30 @@ class _Frame:
 _FRAMES: list[_Frame] = []
 
 
+#: Video files patchlab writes (OpenCV's mp4v and MJPG writers).
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv")
+
+
 def _beside(*suffixes: str):
     return lambda out, params: [out.with_name(out.stem + s) for s in suffixes]
 
 
-#: Commands that write files and have no ``--overwrite`` of their own: the option that
-#: names the file, and the files written beside it. The boundary gives each an
-#: ``--overwrite`` flag and refuses to start when one of them exists without it
-#: (:func:`patchlab.checks.check_overwrite`: one convention for every command).
+#: Files commands write, checked before the command runs: per command, the option that
+#: names the file, the files written beside it, and the suffixes it may have. An
+#: existing file is refused without ``--overwrite`` (:func:`patchlab.checks.check_overwrite`:
+#: one convention for every command; commands without the flag are given one), and the
+#: file's suffix and place are checked (:func:`patchlab.checks.check_output_file`) so a
+#: wrong ``--record x.txt`` fails before the first frame, not after the last.
 FILE_WRITERS = {
-    "print patch": ("--out", _beside(".layout.json")),
-    "print chart": ("--out", _beside(".layout.json")),
-    "print board": ("--out", _beside(".layout.json")),
-    "print check": ("--json", _beside()),
-    "simulate capture": ("--out", lambda out, params: [out.with_name(out.stem + s) for s in (
-        ".truth.jsonl", ".sim.json", ".camera.json") + (() if params.get("layout") else (".layout.json",))]),
-    "eval physical": ("--json", _beside()),
+    "print patch": [("--out", _beside(".layout.json"), (".pdf",))],
+    "print chart": [("--out", _beside(".layout.json"), (".pdf",))],
+    "print board": [("--out", _beside(".layout.json"), (".pdf",))],
+    "print check": [("--json", _beside(), (".json",))],
+    "simulate capture": [("--out", lambda out, params: [out.with_name(out.stem + s) for s in (
+        ".truth.jsonl", ".sim.json", ".camera.json") + (() if params.get("layout") else (".layout.json",))],
+        VIDEO_SUFFIXES)],
+    "eval physical": [("--json", _beside(), (".json",))],
+    "capture run": [("--record", _beside(), VIDEO_SUFFIXES)],
 }
 
 
@@ -178,7 +186,7 @@ def _install_checks(cmd, path: str = "") -> None:
     for param in cmd.params:
         param.callback = _checked_callback(param, param.callback)
     if path in FILE_WRITERS:
-        _guard_file_outputs(cmd, *FILE_WRITERS[path])
+        _guard_file_outputs(cmd, FILE_WRITERS[path])
 
 
 def _command_key(ctx) -> str:
@@ -202,14 +210,16 @@ def _overwrite_option():
     return typer.main.get_command(t).params[0]
 
 
-def _guard_file_outputs(cmd, option: str, companions) -> None:
-    """Refuse to run ``cmd`` when an output it would write exists and ``--overwrite`` is not given."""
+def _guard_file_outputs(cmd, outputs) -> None:
+    """Before ``cmd`` runs: check each output file's place and suffix, and refuse to replace
+    one that exists (or a file written beside it) unless ``--overwrite`` is given."""
     from pathlib import Path
 
-    from ..checks import check_overwrite
+    from ..checks import check_output_file, check_overwrite
 
-    pname = next((p.name for p in cmd.params if option in (getattr(p, "opts", None) or [])), None)
-    if pname is None:
+    names = {o: p.name for p in cmd.params for o in (getattr(p, "opts", None) or [])}
+    outputs = [(names[opt], opt, companions, suffixes) for opt, companions, suffixes in outputs if opt in names]
+    if not outputs:
         return
     injected = not any(p.name == "overwrite" for p in cmd.params)
     if injected:
@@ -218,9 +228,11 @@ def _guard_file_outputs(cmd, option: str, companions) -> None:
 
     def callback(*args, **kwargs):
         overwrite = kwargs.pop("overwrite", False) if injected else kwargs.get("overwrite", False)
-        out = kwargs.get(pname)
-        if out is not None:
-            out = Path(out)
+        for pname, opt, companions, suffixes in outputs:
+            out = kwargs.get(pname)
+            if out is None:
+                continue
+            out = check_output_file(Path(out), option=opt, suffixes=suffixes)
             check_overwrite([out, *companions(out, kwargs)], bool(overwrite))
         return inner(*args, **kwargs)
 
