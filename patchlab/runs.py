@@ -90,8 +90,11 @@ def read_patch(run_dir: str | Path) -> np.ndarray:
 
 
 # ----------------------------------------------------------- status of run and capture folders
-#: Statuses of a run or capture record whose results are partial.
+#: Statuses of a run record whose results are partial.
 UNFINISHED_STATUSES = ("running", "error", "interrupted", "diverged")
+#: ... and of a capture record: a live camera is normally stopped by hand (``interrupted``),
+#: which ends a capture, not spoils it.
+UNFINISHED_CAPTURE_STATUSES = ("running", "error")
 
 
 class UnfinishedResultWarning(UserWarning):
@@ -105,7 +108,7 @@ def status_note(record: dict[str, Any], folder: str | Path, what: str = "run") -
     still being written by a live process, or left by one that died (killed).
     """
     status = str(record.get("status") or "")
-    if status not in UNFINISHED_STATUSES:
+    if status not in (UNFINISHED_CAPTURE_STATUSES if "capture" in what else UNFINISHED_STATUSES):
         return None
     folder = Path(folder)
     msg = str(record.get("message") or record.get("error") or "").strip()
@@ -268,3 +271,18 @@ class OutputWatch:
                 marked.append(p)
         self._before.clear()
         return marked
+
+
+def folder_status_note(path: str | Path) -> str | None:
+    """:func:`status_note` of a run folder (``run.json``) or capture folder (``summary.json``),
+    or None for anything else (a file, a folder of images, a record that cannot be read)."""
+    p = Path(path)
+    for name, what in ((RUN_JSON, "run"), ("summary.json", "capture")):
+        rec = p / name
+        if rec.is_file():
+            try:
+                d = json.loads(rec.read_bytes())
+            except (OSError, ValueError):
+                return None
+            return status_note(d, p, what) if isinstance(d, dict) else None
+    return None

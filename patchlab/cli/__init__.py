@@ -76,6 +76,7 @@ class _Frame:
 
         self.watch = OutputWatch()
         self.locks: list = []
+        self.shown: set[str] = set()
 
     def lock(self, folder, what: str) -> None:
         from ..locks import FolderLock
@@ -123,6 +124,7 @@ class _Frame:
 
         self.watch = OutputWatch()
         self.locks: list = []
+        self.shown: set[str] = set()
 
     def lock(self, folder, what: str) -> None:
         from ..locks import FolderLock
@@ -252,6 +254,7 @@ def _checked_callback(param, inner):
         rng = Range(param.min, param.max)
 
     watch = is_option and "--out" in opts
+    is_output = is_option and any(o in ("--out", "--json", "--record", "--plots", "--palette") for o in opts)
 
     def check(ctx, value):
         if isinstance(value, bool) or value is None:
@@ -260,6 +263,8 @@ def _checked_callback(param, inner):
             check_number(value, name, rng)
         elif isinstance(value, (str, PurePath)):
             check_input_path(value, name)
+            if not is_output:
+                _warn_if_unfinished(value)
             if watch and _FRAMES:
                 frame = _FRAMES[-1]
                 what = FOLDER_WRITERS.get(_command_key(ctx))
@@ -276,11 +281,34 @@ def _checked_callback(param, inner):
     return callback
 
 
+def _warn_if_unfinished(value) -> None:
+    """Any run or capture folder given as input whose record says it did not finish: one warning line."""
+    import os
+    import warnings
+
+    from ..runs import UnfinishedResultWarning, folder_status_note
+
+    try:
+        if not os.path.isdir(value):
+            return
+    except (TypeError, ValueError):
+        return
+    note = folder_status_note(value)
+    if note:
+        warnings.warn(note, UnfinishedResultWarning, stacklevel=2)
+
+
 def _route_warnings() -> None:
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
         from rich.markup import escape
 
-        err_console.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+        text = str(message)
+        shown = _FRAMES[0].shown if _FRAMES else set()
+        if text in shown:  # the boundary and the library may both say it: once is enough
+            return
+        shown.add(text)
+
+        err_console.print(f"[yellow]warning:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
     warnings.showwarning = show
 
