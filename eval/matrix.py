@@ -17,9 +17,10 @@ import torch
 from patchlab.data import ImageSet
 from patchlab.eot import PRESETS, EOTConfig
 from patchlab.models.wrapper import WrappedModel
-from patchlab.optimize import OptimizeConfig
+from patchlab.optimize.config import OptimizeConfig
 from patchlab.runs import read_run
-from patchlab.utils import atomic_write_json, atomic_write_text
+from patchlab.errors import ConfigError
+from patchlab.utils import atomic_write_json, atomic_write_text, read_json_object
 
 from .transfer import CleanCache, TransferResult, evaluate_run
 
@@ -45,6 +46,11 @@ class MatrixRow:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MatrixRow":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
 
 @dataclass(frozen=True)
 class MatrixResult:
@@ -59,6 +65,21 @@ class MatrixResult:
     def to_dict(self) -> dict[str, Any]:
         return {"models": self.models, "placement": self.placement, "eot": self.eot, "seed": self.seed,
                 "runs": [r.to_dict() for r in self.rows]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MatrixResult":
+        return cls(models=list(d["models"]), rows=[MatrixRow.from_dict(r) for r in d.get("runs", [])],
+                   placement=d.get("placement"), eot=dict(d.get("eot", {})), seed=int(d.get("seed", 0)))
+
+    @classmethod
+    def read(cls, path: str | Path) -> "MatrixResult":
+        """A ``matrix.json`` (or the folder holding one)."""
+        p = Path(path)
+        p = p / "matrix.json" if p.is_dir() else p
+        d = read_json_object(p, "transfer matrix", missing="make one with `patchlab eval matrix`")
+        if "runs" not in d or "models" not in d:
+            raise ConfigError(f"{p} is not a transfer matrix (no 'runs'/'models'): make one with `patchlab eval matrix`")
+        return cls.from_dict(d)
 
     def to_markdown(self) -> str:
         """A markdown table: one row per patch, tSuc per model (source cells marked *), then mean/min/max."""
@@ -128,7 +149,7 @@ def row_label(record: dict[str, Any]) -> str:
     cfg = record.get("config", {})
     src = "+".join(_short(s["name"]) for s in record.get("sources", []))
     label = f"{cfg.get('loss', '?')} {float(cfg.get('frac', 0)):.0%} {src}->{record.get('target_class', '?')}"
-    if cfg.get("loss") != "ce" and cfg.get("layers", "auto") != "auto":
+    if cfg.get("loss") != "ce" and cfg.get("layers", _DEFAULTS["layers"]) != _DEFAULTS["layers"]:
         label += f" [{cfg['layers']}]"
     if cfg.get("eot_name", "none") != "none":
         label += f" eot={Path(str(cfg['eot_name'])).stem}"

@@ -19,6 +19,11 @@ import torch
 from .errors import ConfigError, WriteError
 
 
+def now_iso() -> str:
+    """The current time as patchlab writes it in every record: UTC, ISO 8601, whole seconds."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
 def resolve_device(spec: "str | torch.device | None" = "auto") -> torch.device:
     """Turn ``auto|cpu|cuda[:N]|mps`` into a :class:`torch.device`.
 
@@ -241,12 +246,6 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike, what: str = "") -> Path
     with atomic_output(path, what) as tmp:
         torch.save(obj, tmp)
     return path
-
-
-def now_iso() -> str:
-    """The one timestamp convention of patchlab records: UTC, ISO 8601, to the second,
-    with its offset (``2026-12-01T20:45:19+00:00``)."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def read_json_object(path: str | os.PathLike, what: str = "file", *, error: type[Exception] = ConfigError,
