@@ -41,6 +41,10 @@ LOCK_SUFFIX = ".patchlab-lock"
 LOCK_NAME = ".patchlab.lock"
 
 
+#: lock files this process holds, with how many FolderLock objects hold each
+_HELD: dict[Path, int] = {}
+
+
 def lock_path(folder: str | os.PathLike) -> Path:
     """The lock file of ``folder``: ``PARENT/.NAME.patchlab-lock``."""
     p = Path(os.path.abspath(folder))
@@ -59,11 +63,15 @@ class FolderLock:
         WriteError: the folder or its lock file cannot be created.
     """
 
-    def __init__(self, folder: str | os.PathLike, what: str = "folder") -> None:
+    def __init__(self, folder: str | os.PathLike, what: str = "folder", *, reentrant: bool = False) -> None:
         self.folder = Path(folder)
         self.what = what
         self.path = lock_path(self.folder)
+        #: join a lock this process already holds on the folder (the CLI takes it as ``--out`` is
+        #: parsed; the library writer inside the command then joins it instead of meeting itself)
+        self.reentrant = reentrant
         self._fd: int | None = None
+        self._joined = False
         #: process id of a dead previous holder whose stale lock was taken over, if any
         self.took_over_from: int | None = None
 
@@ -72,10 +80,13 @@ class FolderLock:
 
     @property
     def held(self) -> bool:
-        return self._fd is not None
+        return self._fd is not None or self._joined
 
     def acquire(self) -> "FolderLock":
-        if self._fd is not None:
+        if self.held:
+            return self
+        if self.reentrant and _HELD.get(self.path):
+            self._joined = True
             return self
         if self.folder.exists() and not self.folder.is_dir():
             return self._file_in_the_way()
@@ -107,6 +118,7 @@ class FolderLock:
         except OSError:  # a full disk: the lock holds all the same, only the id is not shown
             pass
         self._fd = fd
+        _HELD[self.path] = _HELD.get(self.path, 0) + 1
         return self
 
     def _file_in_the_way(self) -> "FolderLock":
@@ -115,9 +127,15 @@ class FolderLock:
         raise WriteError(f"cannot write {self.what} {self.folder}: it exists and is not a folder")
 
     def release(self) -> None:
+        if self._joined:
+            self._joined = False
+            return
         if self._fd is None:
             return
         fd, self._fd = self._fd, None
+        _HELD[self.path] = _HELD.get(self.path, 1) - 1
+        if _HELD[self.path] <= 0:
+            del _HELD[self.path]
         try:
             if _same_file(fd, self.path):
                 self.path.unlink()  # still locked: a writer that opened it meanwhile sees it gone and retries

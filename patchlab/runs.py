@@ -271,17 +271,20 @@ def writing_folder(folder: str | Path, *, record: str = RUN_JSON, what: str = "r
     record left saying ``running`` after its writer failed.
 
     Takes the folder's :class:`~patchlab.locks.FolderLock` (a second writer gets
-    :class:`~patchlab.errors.FolderInUse`: "... in use by process N"), and when the
+    :class:`~patchlab.errors.FolderInUse`: "... in use by process N"; a lock this
+    process already holds, the CLI's, is joined), and when the
     body raises while ``record`` still says ``running``, records ``error`` (or
     ``interrupted`` for Ctrl-C) with the reason through :func:`mark_stopped`.
     """
-    with FolderLock(folder, what) as lock:
+    rp = Path(folder) / record
+    with FolderLock(folder, what, reentrant=True) as lock:
+        before = _identity(rp)  # a record this writer did not write (a killed run's) is never touched
         try:
             yield lock
         except BaseException as exc:
-            rp = Path(folder) / record
             try:
-                running = rp.is_file() and json.loads(rp.read_bytes()).get("status") == "running"
+                running = (_identity(rp) not in (before, None)
+                           and json.loads(rp.read_bytes()).get("status") == "running")
             except (OSError, ValueError, AttributeError):
                 running = False
             if running:
@@ -290,6 +293,14 @@ def writing_folder(folder: str | Path, *, record: str = RUN_JSON, what: str = "r
                 else:
                     mark_stopped(rp, _one_line(exc), status="error")
             raise
+
+
+def _identity(p: Path) -> tuple[int, int] | None:
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
 
 
 def _one_line(exc: BaseException) -> str:

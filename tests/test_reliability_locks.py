@@ -24,6 +24,7 @@ from conftest import CIFAR_TEST, card
 from patchlab.cli import FOLDER_WRITERS, app
 from patchlab.errors import FolderInUse
 from patchlab.locks import FolderLock, lock_holder, lock_path
+from patchlab.models import load_model
 from patchlab.runs import read_run, writing_folder
 from test_capture_helpers import TARGET, video
 
@@ -157,20 +158,57 @@ def test_two_real_processes_one_run_folder(tmp_path):
     assert lock_holder(out) is None
 
 
-def test_library_writers_lock_too(tmp_path):
+def test_library_writers_lock_too_and_join_the_clis_lock(tmp_path):
     out = tmp_path / "cap"
-    with writing_folder(out, record="summary.json", what="capture folder"):
-        with pytest.raises(FolderInUse, match="capture folder"):
+    child = hold_in_child(out)
+    try:
+        with pytest.raises(FolderInUse, match=f"capture folder {out} is in use by process {child.pid}"):
             with writing_folder(out, record="summary.json", what="capture folder"):
                 pass
+    finally:
+        child.kill()
+        child.wait()
+    with FolderLock(out, "capture folder"):  # what the CLI holds while the command runs
+        with writing_folder(out, record="summary.json", what="capture folder") as lock:
+            assert lock.held
+        assert lock_holder(out) == os.getpid()  # the command's lock outlives the library writer's
+
+
+def test_a_run_started_from_python_is_locked(tmp_path):
+    """The library call (no CLI) takes the run folder's lock itself."""
+    from patchlab.data import load_folder
+    from patchlab.optimize import OptimizeConfig, prepare_run, run_optimization
+
+    out = tmp_path / "run"
+    m = load_model(R20)
+    images = load_folder(CIFAR_TEST, limit_per_class=5)
+    prepared = prepare_run(OptimizeConfig(target="frog", steps=1, batch_size=4), [m], images, cache=False)
+    child = hold_in_child(out)
+    try:
+        with pytest.raises(FolderInUse, match=f"in use by process {child.pid}"):
+            run_optimization(prepared, out)
+    finally:
+        child.kill()
+        child.wait()
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_a_killed_runs_record_is_not_touched_by_a_refused_writer(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"status": "running", "message": ""}))
+    (out / "checkpoint.pt").write_bytes(b"x")
+    res = invoke(*OPTIMIZE, "--out", out)
+    assert res.exit_code == 1 and "not empty" in res.output
+    assert json.loads((out / "run.json").read_text()) == {"status": "running", "message": ""}
 
 
 def test_a_failure_inside_a_library_writer_is_recorded(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / "run.json").write_text(json.dumps({"status": "running", "message": ""}))
     with pytest.raises(RuntimeError):
         with writing_folder(out):
+            (out / "run.json").write_text(json.dumps({"status": "running", "message": ""}))
             raise RuntimeError("the GPU fell off")
     d = json.loads((out / "run.json").read_text())
     assert d["status"] == "error" and d["message"] == "the GPU fell off"
