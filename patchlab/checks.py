@@ -161,7 +161,8 @@ def check_output_file(path: str | os.PathLike, *, option: str = "--out", suffixe
     """
     p = Path(path)
     if suffixes and p.suffix.lower() not in {s.lower() for s in suffixes}:
-        raise ConfigError(f"{option} must end in {', '.join(suffixes)}, got {p}")
+        names = suffixes[0] if len(suffixes) == 1 else f"{', '.join(suffixes[:-1])} or {suffixes[-1]}"
+        raise ConfigError(f"{option} must name a {names} file, got {p}")
     if p.is_dir():
         raise ConfigError(f"{option} {p} is a folder; name a file")
     for parent in [p.parent, *p.parent.parents]:

@@ -88,11 +88,12 @@ def _folder_commands(tmp: Path) -> dict[str, list]:
         "world make": ["world", "make", "--n-per-class", "2", "--size", "16", "--scenes-per-class", "0",
                        "--workers", "1"],
         "world train": ["world", "train", "--data", tmp / "no-world", "--device", "cpu"],
+        "demo": ["demo", "--device", "cpu"],
     }
 
 
 def test_every_folder_writer_is_in_the_table():
-    assert set(FOLDER_WRITERS) == {"optimize", "capture run", "eval matrix", "world make", "world train"}
+    assert set(FOLDER_WRITERS) == {"optimize", "capture run", "eval matrix", "world make", "world train", "demo"}
 
 
 @pytest.mark.parametrize("command", sorted(FOLDER_WRITERS))

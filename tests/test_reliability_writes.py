@@ -268,7 +268,7 @@ def test_a_file_output_that_is_a_folder_is_one_line(writers, tmp_path, command):
     out = tmp_path / NAMES[command]
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    res = invoke(*writers[command](out), *(["--overwrite"] if command != "eval transfer --json" else []))
+    res = invoke(*writers[command](out), "--overwrite")
     one_line_error(res)
     assert (out / "keep.txt").read_text() == "mine"
 

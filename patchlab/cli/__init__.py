@@ -65,7 +65,7 @@ class _PatchlabGroup(typer.core.TyperGroup):
 #: (:class:`patchlab.locks.FolderLock`) as soon as ``--out`` is parsed, so a second
 #: writer is turned away before any work ("... is in use by process N").
 FOLDER_WRITERS = {"optimize": "run folder", "capture run": "capture folder", "eval matrix": "matrix folder",
-                  "world make": "world folder", "world train": "zoo folder"}
+                  "world make": "world folder", "world train": "zoo folder", "demo": "demo folder"}
 
 
 class _Frame:
@@ -113,7 +113,7 @@ def _error(message: str):
 #: (:class:`patchlab.locks.FolderLock`) as soon as ``--out`` is parsed, so a second
 #: writer is turned away before any work ("... is in use by process N").
 FOLDER_WRITERS = {"optimize": "run folder", "capture run": "capture folder", "eval matrix": "matrix folder",
-                  "world make": "world folder", "world train": "zoo folder"}
+                  "world make": "world folder", "world train": "zoo folder", "demo": "demo folder"}
 
 
 class _Frame:
@@ -172,6 +172,8 @@ FILE_WRITERS = {
         ".truth.jsonl", ".sim.json", ".camera.json") + (() if params.get("layout") else (".layout.json",))],
         VIDEO_SUFFIXES)],
     "eval physical": [("--json", _beside(), (".json",))],
+    "eval transfer": [("--json", _beside(), (".json",))],
+    "eval compare": [("--json", _beside(), (".json",))],
     "capture run": [("--record", _beside(), VIDEO_SUFFIXES)],
 }
 

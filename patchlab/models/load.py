@@ -122,8 +122,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 raise ModelLoadError(f"cannot read weights file {p}: it is damaged or not a torch checkpoint "
                                      f"({_first_line(exc)})") from exc
             raise ModelLoadError(
-                f"refusing to load {p}: it is a pickle that needs more than tensors to load, and running its "
-                "code could execute anything. Re-save only the state dict (torch.save(model.state_dict(), ...)) "
+                f"refusing to load {p}: it is a pickle that needs more than tensors to load (weights_only=True "
+                "failed), and running its code could execute anything. Re-save only the state dict (torch.save(model.state_dict(), ...)) "
                 f"or convert it to safetensors{_unpickle_detail(exc)}") from exc
         except Exception as exc:  # torch raises RuntimeError, EOFError, ValueError... for a damaged file
             raise ModelLoadError(f"cannot read weights file {p}: it is damaged or cut short "

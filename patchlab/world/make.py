@@ -312,7 +312,11 @@ def read_world(root: str | os.PathLike, *, verify: bool = True) -> WorldInfo:
     if not wj.is_file():
         raise DataError(f"{root} is not a patchlab world (no {WORLD_JSON}); make one with "
                         f"`patchlab world make --out DIR`")
-    meta = read_json_object(wj, "world manifest", error=DataError)
+    try:
+        meta = read_json_object(wj, "world manifest", error=DataError)
+    except DataError as exc:
+        raise DataError(f"{wj} is not a valid world manifest ({str(exc).split(': ', 1)[-1]}); remake the world") \
+            from exc
     try:
         cfg_d = dict(meta["config"])
         cfg_d["scene_size"] = tuple(cfg_d["scene_size"])

@@ -444,7 +444,11 @@ def read_zoo(root: str | os.PathLike, *, verify: bool = True) -> ZooInfo:
     if not zj.is_file():
         raise ModelLoadError(f"{root} is not a patchlab model zoo (no {ZOO_JSON}); train one with "
                              "`patchlab world train --data WORLD --out DIR`")
-    meta = read_json_object(zj, "zoo manifest", error=ModelLoadError)
+    try:
+        meta = read_json_object(zj, "zoo manifest", error=ModelLoadError)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{zj} is not a valid zoo manifest ({str(exc).split(': ', 1)[-1]}); retrain the zoo") \
+            from exc
     try:
         entries = list(meta["models"])
         if meta.get("format") != ZOO_FORMAT:
