@@ -114,7 +114,7 @@ class StreamSource:
         return x, y
 
     def _next_raw(self, first: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        for restart in range(2):
+        for _attempt in range(2):
             if self._it is None:
                 self._it = iter(self.batches)
             for item in self._it:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
 #: two-sided 95% normal quantile
 Z95 = 1.959963984540054
 
@@ -49,13 +51,12 @@ class Rate:
         return d
 
 
-def mcnemar_exact(a: "np.ndarray", b: "np.ndarray") -> tuple[int, int, float]:
+def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> tuple[int, int, float]:
     """McNemar's exact test on paired binary outcomes (two-sided binomial test of the discordant pairs).
 
     Returns ``(a_only, b_only, p)``: the pairs where only ``a`` succeeded, only ``b``, and the
     p-value of "both succeed equally often".
     """
-    import numpy as np
     from scipy.stats import binomtest
 
     a, b = np.asarray(a, bool), np.asarray(b, bool)
@@ -65,7 +66,7 @@ def mcnemar_exact(a: "np.ndarray", b: "np.ndarray") -> tuple[int, int, float]:
     return a_only, b_only, p
 
 
-def paired_bootstrap(diff: "np.ndarray", strata: "np.ndarray | None" = None, *, n_boot: int = 2000,
+def paired_bootstrap(diff: np.ndarray, strata: np.ndarray | None = None, *, n_boot: int = 2000,
                      seed: int = 0, level: float = 0.95) -> tuple[float, tuple[float, float]]:
     """Mean of paired differences with a percentile bootstrap interval.
 
@@ -79,8 +80,6 @@ def paired_bootstrap(diff: "np.ndarray", strata: "np.ndarray | None" = None, *, 
 
     Returns ``(mean difference, (lo, hi))`` per statistic (arrays when ``diff`` is 2-D).
     """
-    import numpy as np
-
     d = np.atleast_2d(np.asarray(diff, dtype=np.float64))
     n = d.shape[1]
     if n == 0:
