@@ -17,7 +17,6 @@ as base64 PNG) or as a PDF through reportlab, by the file's suffix.
 from __future__ import annotations
 
 import base64
-import datetime as _dt
 import html
 import io
 import json
@@ -29,8 +28,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from patchlab.errors import ConfigError
-from patchlab.runs import PATCH_PNG, TRANSFER_JSON, read_run
-from patchlab.utils import atomic_write_bytes, atomic_write_text, read_json_object, versions
+from patchlab.runs import PATCH_PNG, TRANSFER_JSON, read_run, warn_if_unfinished
+from patchlab.utils import atomic_write_bytes, atomic_write_text, now_iso, read_json_object, versions
 
 from . import plots as P
 
@@ -47,7 +46,7 @@ REPORT_VERSION_MODULES = ("matplotlib", "reportlab", "numpy")
 @dataclass(frozen=True)
 class Text:
     text: str
-    kind: str = "p"  # p | note | missing
+    kind: str = "p"  # p | note | missing | warning (a partial result: a run or capture that did not finish)
 
 
 @dataclass(frozen=True)
@@ -108,7 +107,8 @@ class Report:
         return {"title": self.title, "subtitle": self.subtitle, "headline": self.headline, "generated": self.generated,
                 "sections": [{"key": s.key, "title": s.title,
                               "figures": [b.plot.to_dict() for b in s.blocks if isinstance(b, Figure)],
-                              "missing": [b.text for b in s.blocks if isinstance(b, Text) and b.kind == "missing"]}
+                              "missing": [b.text for b in s.blocks if isinstance(b, Text) and b.kind == "missing"],
+                              "warnings": [b.text for b in s.blocks if isinstance(b, Text) and b.kind == "warning"]}
                              for s in self.sections]}
 
 
@@ -193,8 +193,8 @@ def _compare_section(runs: Sequence[Path]) -> Section:
 
     images: list[tuple[bytes, str]] = []
     rows = []
-    for rd in runs:
-        run = read_run(rd)
+    for k, rd in enumerate(runs):
+        run = read_run(rd, warn=k > 0)  # the first is the report's own run, already checked
         cfg = run.get("config") or {}
         wb, tr = _transfer_figures(_read_json(rd / TRANSFER_JSON))
         rgb = np.clip(np.round(read_patch(rd).transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
@@ -253,6 +253,7 @@ def _matrix_section(matrix_path: Path | None) -> Section:
     m = _read_json(Path(matrix_path))
     if m is None:
         raise ConfigError(f"matrix file not found: {matrix_path}")
+    check_matrix_record(m, matrix_path)
     plot = P.matrix_heatmap(m)
     if plot is None:
         return Section("matrix", "Transfer matrix", [Text(f"Transfer matrix: {matrix_path} holds no measured cell.",
@@ -265,6 +266,20 @@ def _matrix_section(matrix_path: Path | None) -> Section:
         Figure(plot, f"{matrix_path}"),
         TableBlock(["run", "loss", "mean transfer", "min", "max"], rows, caption="transfer = tSuc on models the patch "
                                                                                "was not optimised on")])
+
+
+def check_matrix_record(m: dict[str, Any], path: str | Path) -> None:
+    """Refuse a JSON file that is not a ``matrix.json`` of ``patchlab eval matrix`` (a run record,
+    a capture summary, a transfer.json...), naming what it looks like."""
+    runs, models = m.get("runs"), m.get("models")
+    if isinstance(runs, list) and isinstance(models, list) and all(isinstance(r, dict) for r in runs):
+        return
+    looks = ("a run record (run.json)" if "run_id" in m or "history" in m
+             else "a capture summary (summary.json)" if "capture_dir" in m or "end_reason" in m
+             else "a transfer record (transfer.json)" if "is_source" in json.dumps(models)[:100000]
+             else "another kind of file")
+    raise ConfigError(f"--matrix {path} is not a matrix.json from `patchlab eval matrix` (it looks like {looks}; "
+                      "it has no 'runs' and 'models' lists)")
 
 
 def _defense_text(d: Any) -> str:
@@ -297,6 +312,9 @@ def _capture_section(k: int, capture_dir: Path, control: Path | None, n_bins: in
 
     res = evaluate_capture(capture_dir, control=control, bins=DEFAULT_BINS + ("roll",), n_bins=n_bins)
     summ = res.capture
+    partial = _partial_notes([(summ, capture_dir, "capture")]
+                             + ([] if control is None else [(_read_json(control / "summary.json") or {}, control,
+                                                             "control capture")]))
     names = res.model_names
     cfg = summ.get("config") or {}
     src = summ.get("source") or {}
@@ -317,6 +335,7 @@ def _capture_section(k: int, capture_dir: Path, control: Path | None, n_bins: in
                      _pct(m.untargeted_error) if res.truth else "no ground truth"])
     blocks.append(TableBlock(["model", "tSuc [95% CI]", "n", "mean p(target)", "clean accuracy", "untargeted error"],
                              rows, caption=f"physical/hybrid tSuc = top-1 is '{res.target_class}'; Wilson 95 % intervals"))
+    blocks[:0] = [Text(f"Partial result: {n}", "warning") for n in partial]
     plot = P.rate_bars([(m.model, m.tsuc["rate"], tuple(m.tsuc["ci95"])) for m in res.models if m.tsuc["n"]],
                        title=f"capture {capture_dir.name}: tSuc per model", name=f"capture{k}-tsuc")
     if plot is not None:
@@ -472,12 +491,14 @@ def build_report(run_dir: str | Path, captures: Sequence[str | Path] = (), *, ma
 
     if is_attack_run(run_dir) and not (run_dir / "run.json").is_file():
         return build_attack_report(run_dir, argv=argv)
-    run = read_run(run_dir)
+    run = read_run(run_dir, warn=False)
+    run_partial = _partial_notes([(run, run_dir, "run")])
     if len(controls) > len(captures):
         raise ConfigError(f"{len(controls)} --control folders for {len(captures)} captures: give one capture per control")
     transfer = _read_json(run_dir / TRANSFER_JSON)
     sections = []
     patch_sec, _ = _patch_section(run_dir, run)
+    patch_sec.blocks[:0] = [Text(f"Partial result: {n}", "warning") for n in run_partial]
     sections.append(patch_sec)
     if compare:
         sections.append(_compare_section([run_dir, *map(Path, compare)]))
@@ -496,6 +517,8 @@ def build_report(run_dir: str | Path, captures: Sequence[str | Path] = (), *, ma
             "`patchlab simulate capture` -- and pass the capture folders).", "missing")]))
     sections.append(_provenance(run_dir, run, transfer, None if matrix is None else Path(matrix), done, argv))
     headline = _headline(run, transfer, done)
+    headline += [f"Partial result: {t.text.split(': ', 1)[1]}" for s in sections for t in s.blocks
+                 if isinstance(t, Text) and t.kind == "warning"]
     summary = Section("summary", "Summary", [Text(s) for s in headline])
     overview = _overview_plot(transfer, done)
     if overview is not None:
@@ -503,7 +526,17 @@ def build_report(run_dir: str | Path, captures: Sequence[str | Path] = (), *, ma
     return Report(title=f"patchlab report: run {run.get('run_id', run_dir.name)}",
                   subtitle=f"target '{run.get('target_class', '?')}' - {run_dir.resolve()}",
                   headline=headline, sections=[summary] + sections,
-                  generated=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+                  generated=now_iso())
+
+
+def _partial_notes(items: Sequence[tuple[dict[str, Any], Path, str]]) -> list[str]:
+    """A warning line (and the note for the report) for each run or capture that did not finish."""
+    notes = []
+    for record, folder, what in items:
+        note = warn_if_unfinished(record, folder, what)
+        if note:
+            notes.append(note)
+    return notes
 
 
 # -- attack runs (``patchlab attack``): a self-contained section set ------------------------
@@ -636,7 +669,7 @@ def render_html(report: Report) -> str:
             out.append("<div class='headline'>")
         for b in s.blocks:
             if isinstance(b, Text):
-                cls = " class='missing'" if b.kind == "missing" else ""
+                cls = " class='missing'" if b.kind in ("missing", "warning") else ""
                 out.append(f"<p{cls}>{e(b.text)}</p>")
             elif isinstance(b, KeyValues):
                 out.append("<table class='kv'>" + "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in b.items)
@@ -717,7 +750,7 @@ def render_pdf(report: Report) -> bytes:
             if k == 1:  # the title stays on the page of the section's first block
                 story[head:] = [KeepTogether(story[head:])]
             if isinstance(b, Text):
-                story.append(Paragraph(e(b.text), missing if b.kind == "missing" else body))
+                story.append(Paragraph(e(b.text), missing if b.kind in ("missing", "warning") else body))
                 story.append(Spacer(1, 2 * mm))
             elif isinstance(b, KeyValues):
                 story.append(table(None, [[k, v] for k, v in b.items], col0=35 * mm) if b.items else Spacer(1, 1))
