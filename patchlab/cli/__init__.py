@@ -61,11 +61,6 @@ class _PatchlabGroup(typer.core.TyperGroup):
             _FRAMES.remove(frame)
 
 
-#: Commands whose ``--out`` is a folder they write for a while: the boundary locks it
-#: (:class:`patchlab.locks.FolderLock`) as soon as ``--out`` is parsed, so a second
-#: writer is turned away before any work ("... is in use by process N").
-FOLDER_WRITERS = {"optimize": "run folder", "capture run": "capture folder", "eval matrix": "matrix folder",
-                  "world make": "world folder", "world train": "zoo folder", "demo": "demo folder"}
 
 
 class _Frame:
@@ -113,7 +108,8 @@ def _error(message: str):
 #: (:class:`patchlab.locks.FolderLock`) as soon as ``--out`` is parsed, so a second
 #: writer is turned away before any work ("... is in use by process N").
 FOLDER_WRITERS = {"optimize": "run folder", "capture run": "capture folder", "eval matrix": "matrix folder",
-                  "world make": "world folder", "world train": "zoo folder", "demo": "demo folder"}
+                  "world make": "world folder", "world train": "zoo folder", "demo": "demo folder",
+                  "attack": "attack run folder"}
 
 
 class _Frame:
