@@ -168,6 +168,25 @@ def test_lbfgs_coroutine_stops_at_a_stationary_start():
     assert torch.equal(stop.value.value, x)
 
 
+def test_budget_is_a_hard_cap_and_restarts_use_it():
+    a = torch.tensor([1.0, 100.0], dtype=torch.float64)
+
+    def evaluate(idx, X):
+        X = X.detach().requires_grad_(True)
+        loss = _rosenbrock(X, a[idx])
+        (grad,) = torch.autograd.grad(loss.sum(), X)
+        return loss.detach(), grad
+
+    x0 = torch.full((2, 4), -1.0, dtype=torch.float64)
+    _, evals = run_lbfgs_batched(x0, evaluate, budget=[7, 0], max_iter=100)
+    assert evals.tolist() == [7, 0]
+    # a run that stops early (max_iter 2) is restarted until the budget is spent
+    _, evals = run_lbfgs_batched(x0, evaluate, budget=25, max_iter=2, restart=lambda i: i == 0)
+    assert int(evals[0]) == 25 and int(evals[1]) < 25
+    _, evals = run_lbfgs_batched(x0, evaluate, budget=25, stop=lambda i: True)
+    assert evals.tolist() == [1, 1]
+
+
 # -- the attack ------------------------------------------------------------
 class _Stubborn(nn.Module):
     """Logits that ignore the input: class 0 always wins, no attack can succeed."""
@@ -234,9 +253,15 @@ def test_stadv_fools_resnet20_targeted(resnet20, correct_few):
     r = stadv(resnet20, x, "random", labels=y, generator=torch.Generator().manual_seed(0), steps=60)
     assert isinstance(r, AttackResult) and r.attack == "stadv"
     assert r.success_rate >= 7 / 8, r.success.tolist()
+    assert (r.extras["evaluations"] <= 60).all()
     with torch.no_grad():
-        pred = resnet20(r.adversarial).argmax(1)
-    assert torch.equal(pred[r.success], r.target[r.success])  # judged again from the returned images
+        z = resnet20(r.adversarial)
+        pred = z.argmax(1)
+        # judged again from the returned images, one at a time: the lead survives another batch
+        single = torch.cat([resnet20(r.adversarial[i:i + 1]) for i in range(8)])
+    assert torch.equal(pred[r.success], r.target[r.success])
+    lead = -adversarial_margin(single, r.target, targeted=True, kappa=math.inf)
+    assert (lead[r.success] > 5e-4).all(), lead
     assert torch.equal(r.predictions, pred)
     assert (r.target != y).all()
     e = r.extras
@@ -255,10 +280,11 @@ def test_stadv_fools_resnet20_targeted(resnet20, correct_few):
     assert "flow_loss" in d["extras"] and "flow" not in d["extras"]
 
 
-def test_stadv_untargeted_ensemble_and_other_size(resnet20, correct_few):
+@pytest.mark.parametrize("init,optimizer", [("zero", "lbfgs"), ("adversarial", "adam")])
+def test_stadv_untargeted_ensemble_and_other_size(resnet20, correct_few, init, optimizer):
     x, y = correct_few
     x = torch.nn.functional.interpolate(x[:4], size=(40, 36), mode="bilinear", align_corners=False)
-    r = stadv([resnet20, resnet20], x, None, labels=y[:4], steps=30)
+    r = stadv([resnet20, resnet20], x, None, labels=y[:4], steps=30, init=init, optimizer=optimizer)
     assert r.target is None and "untargeted_success" not in r.extras
     assert r.extras["flow"].shape == (4, 2, 40, 36)
     assert r.success_rate >= 3 / 4
