@@ -11,7 +11,7 @@ from torch import nn
 
 from patchlab.attacks import ATTACKS, AttackResult
 from patchlab.attacks.stadv import (adversarial_margin, flow_loss, flow_warp, lbfgs_coroutine,
-                                    run_lbfgs_batched, stadv)
+                                    run_lbfgs_batched, smooth_margin, stadv)
 from patchlab.errors import ConfigError
 from patchlab.models import ModelInfo, Preprocess, WrappedModel
 
@@ -120,6 +120,18 @@ def test_margin_on_logits_with_the_papers_sign_of_kappa():
     assert adversarial_margin(z, t, targeted=True, kappa=10.0).tolist() == [1.0, -4.0]
     # untargeted: Z_y - max_{i != y} Z_i
     assert adversarial_margin(z, t, targeted=False, kappa=10.0).tolist() == [-1.0, 4.0]
+
+
+def test_smooth_margin_bounds_eq3_and_is_smooth_at_ties():
+    z = torch.tensor([[1.0, 3.0, 3.0], [0.0, 0.0, 9.0]], dtype=torch.float64, requires_grad=True)
+    t = torch.tensor([0, 2])
+    sm = smooth_margin(z, t, targeted=True)
+    hard = adversarial_margin(z, t, targeted=True, kappa=math.inf)
+    assert (sm >= hard).all()  # negative smooth margin => adversarial
+    assert sm[0].item() == pytest.approx(math.log(2 * math.exp(3.0)) - 1.0)
+    (g,) = torch.autograd.grad(sm[0], z)
+    assert g[0].tolist() == pytest.approx([-1.0, 0.5, 0.5])  # both tied classes get a share
+    assert (smooth_margin(z, t, targeted=False) <= -hard).all()
 
 
 # -- per-image L-BFGS ------------------------------------------------------
