@@ -132,6 +132,29 @@ def measure(model, x, y, args, name: str) -> dict:
     return out
 
 
+def summarise(folder: Path) -> str:
+    """A markdown table of every ``*.json`` the driver wrote into ``folder``."""
+    rows = ["| model | n | targeted success (95% CI) | untargeted | mean flow loss | mean / max displacement (px) "
+            "| evaluations | s / image | blur: clean acc / stAdv kept / PGD kept | advertorch success, s / image |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
+    for f in sorted(folder.glob("*.json")):
+        r = json.loads(f.read_text())
+        if "model" not in r:
+            continue
+        lo, hi = r["success_ci95"]
+        blur = (f"{r['blur_clean_accuracy']:.1%} / {r['blur_stadv_success']:.1%} of {r['success']:.1%} / "
+                f"{r['blur_pgd_success']:.1%} of {r['pgd_success']:.1%}") if "blur_pgd_success" in r else "-"
+        adv = r.get("advertorch")
+        advs = (f"{adv['success']:.1%} (n={adv['n']}, zeros {adv['zeros_returned']}), {adv['seconds_per_image']:.2f} "
+                f"[patchlab on the same: {r['patchlab_on_advertorch_images']['success']:.1%}]") if adv else "-"
+        fl = r["flow_loss_mean_successful"]
+        rows.append(f"| {r['model']} | {r['n']} | {r['success']:.1%} ({lo:.1%}-{hi:.1%}) | {r['untargeted_success']:.1%} "
+                    f"| {fl:.1f} | {r['displacement_mean_successful']:.3f} / {r['displacement_max_successful']:.2f} "
+                    f"| {r['evaluations_mean']:.0f} | {r['seconds_per_image']:.2f} | {blur} | {advs} |"
+                    if fl is not None else f"| {r['model']} | {r['n']} | {r['success']:.1%} | - | - | - | - | - | - | - |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", nargs="*", default=[])
@@ -149,7 +172,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--advertorch-batch", type=int, default=10)
     ap.add_argument("--advertorch-iterations", type=int, default=1000)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--summarise", action="store_true", help="print the table of --out and stop")
     args = ap.parse_args(argv)
+    if args.summarise:
+        print(summarise(Path(args.out)))
+        return
     torch.set_num_threads(default_threads())
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

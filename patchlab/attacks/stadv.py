@@ -337,7 +337,8 @@ def lbfgs_coroutine(x0: torch.Tensor, *, max_iter: int = 20, max_eval: int | Non
     return x
 
 
-def run_lbfgs_batched(x0: torch.Tensor, evaluate: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+def run_lbfgs_batched(x0: torch.Tensor,
+                      evaluate: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
                       *, budget: int | Sequence[int] | None = None, restart: Callable[[int], bool] | None = None,
                       stop: Callable[[int], bool] | None = None, **lbfgs_kw: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimise ``N`` independent problems with one L-BFGS each, evaluating them together.
@@ -518,8 +519,8 @@ def stadv(models: nn.Module | Sequence[nn.Module], images: torch.Tensor, target:
     if steps < 1 or history_size < 1 or batch_size < 1 or lr <= 0 or (patience is not None and patience < 1):
         raise ConfigError("stadv needs steps, history_size, batch_size, patience >= 1 and lr > 0")
     config = {"tau": tau, "kappa": kappa, "steps": steps, "optimizer": optimizer, "neighbourhood": neighbourhood,
-              "eps": eps, "history_size": history_size, "restarts": restarts, "patience": patience, "init": init, "lr": lr, "decision_tol": decision_tol,
-              "batch_size": batch_size}
+              "eps": eps, "init": init, "history_size": history_size, "restarts": restarts, "patience": patience,
+              "decision_tol": decision_tol, "lr": lr, "batch_size": batch_size}
     floor = kappa + 2 * decision_tol  # eq. 3's -kappa, lifted so the optimum lies inside the kept region
     device = _device_of(ms)
     x_all = x_all.detach().to(device)
@@ -581,15 +582,16 @@ def stadv(models: nn.Module | Sequence[nn.Module], images: torch.Tensor, target:
         return evaluate
 
     def patient(i: int) -> bool:
-        return patience is not None and bool(torch.isfinite(best_loss[i])) and int(evals[i] - improved_at[i]) >= patience
+        return (patience is not None and bool(torch.isfinite(best_loss[i]))
+                and int(evals[i] - improved_at[i]) >= patience)
 
     for s in range(0, n, batch_size):
         x, cls = x_all[s:s + batch_size], cls_all[s:s + batch_size]
         k = x.shape[0]
         start = x.new_zeros(k, 2 * h * w)
         if init == "adversarial":  # L_adv alone (tau = 0) from zero flow, until the image is adversarial
-            start, _ = run_lbfgs_batched(start, make_evaluate(s, x, cls, 0.0, smooth_margin), budget=steps, max_iter=steps,
-                                         history_size=history_size,
+            start, _ = run_lbfgs_batched(start, make_evaluate(s, x, cls, 0.0, smooth_margin), budget=steps,
+                                         max_iter=steps, history_size=history_size,
                                          restart=lambda i, s=s: restarts and bool(torch.isinf(best_loss[s + i])),
                                          stop=lambda i, s=s: bool(torch.isfinite(best_loss[s + i])))
             improved_at[s:s + k] = evals[s:s + k]
