@@ -1,28 +1,30 @@
-"""The transfer experiment of the OT patch paper on the shared CIFAR-10 zoo, from the CLI.
+"""The transfer experiment of the OT patch paper on the shared CIFAR-10 zoo, through the library.
 
-Optimises one patch per (source, target, loss, area) with ``patchlab optimize``,
-judges all of them on every model with ``patchlab eval matrix``, and prints, side
-by side per source and area, each loss's white-box tSuc and mean transfer tSuc
-(over the models other than the source), averaged over the targets.
+Optimises one patch per (source, target, loss, area, seed) with
+:func:`patchlab.optimize.prepare_run` / :func:`~patchlab.optimize.run_optimization`
+(the same calls ``patchlab optimize`` makes), judges all of them on every model with
+:func:`patchlab.eval.matrix.transfer_matrix`, and prints, per source and area, each
+loss's white-box tSuc and mean transfer tSuc (over the models other than the source),
+averaged over targets and seeds, plus the paired sw-vs-ce difference on the same
+held-out images (:func:`patchlab.eval.compare.compare_runs`).
 
-Re-running skips finished runs and resumes stopped ones, so it can be interrupted.
+Re-running skips finished runs and resumes stopped ones, so it can be interrupted;
+``--shard K/N`` runs every N-th optimisation so several processes can share a grid.
 
-    python benchmarks/transfer_matrix.py --out runs/matrix \\
-        --sources mobilenetv2_100 vit_tiny_p4 --targets frog ship truck \\
-        --losses sw w2 quantile ce l2 --fracs 0.1 0.2 --steps 200 -- --placement random
-
-Everything after ``--`` goes to every ``patchlab optimize`` call unchanged.
+    python benchmarks/transfer_matrix.py --out runs/study --sources mobilenetv2_100 \\
+        --targets frog airplane truck --losses sw w2 l2 ce --fracs 0.2 --seeds 0 1 2 --steps 300 \\
+        --set eot=digital --set placement=random --set lr_schedule=cosine
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from pathlib import Path
+
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -35,84 +37,130 @@ def card(name: str) -> str:
     return str(p if p.suffix == ".json" else MODELS / f"{name}.json")
 
 
-def run(cmd: list[str]) -> None:
-    print("$", " ".join(cmd), flush=True)
-    t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL if "optimize" in cmd else None)
-    print(f"  ({time.perf_counter() - t:.0f} s) {cmd[cmd.index('--out') + 1] if '--out' in cmd else ''}", flush=True)
+def parse_sets(items: list[str]) -> dict:
+    """``key=value`` settings of :class:`~patchlab.optimize.OptimizeConfig` (numbers and booleans parsed)."""
+    from dataclasses import fields
+
+    from patchlab.eot import load_eot
+    from patchlab.optimize import OptimizeConfig
+
+    known = {f.name: f for f in fields(OptimizeConfig)}
+    out: dict = {}
+    for it in items:
+        k, v = it.split("=", 1)
+        if k == "eot":
+            out["eot"], out["eot_name"] = load_eot(v), v
+            continue
+        if k not in known:
+            raise SystemExit(f"unknown setting {k!r}; known: {sorted(known)}")
+        val: object = v
+        for cast in (int, float):
+            try:
+                val = cast(v)
+                break
+            except ValueError:
+                pass
+        if v in ("true", "false"):
+            val = v == "true"
+        if v == "none":
+            val = None
+        out[k] = val
+    return out
+
+
+def run_grid(args: argparse.Namespace) -> list[Path]:
+    from patchlab.data import load_folder
+    from patchlab.models import load_model
+    from patchlab.optimize import OptimizeConfig, prepare_run, run_optimization
+    from patchlab.utils import resolve_device
+
+    dev = resolve_device(args.device)
+    sets = parse_sets(args.set)
+    data = load_folder(DATA)
+    runs, todo = [], []
+    for src in args.sources:
+        for frac in args.fracs:
+            for tgt in args.targets:
+                for loss in args.losses:
+                    for seed in args.seeds:
+                        d = args.out / f"{Path(src).stem}_{tgt}_{loss}_{int(round(frac * 100))}_s{seed}{args.tag}"
+                        runs.append(d)
+                        todo.append((src, frac, tgt, loss, seed, d))
+    k, n = (int(x) for x in args.shard.split("/"))
+    models: dict[str, object] = {}
+    for i, (src, frac, tgt, loss, seed, d) in enumerate(todo):
+        if args.eval_only or i % n != k:
+            continue
+        rec = d / "run.json"
+        status = json.loads(rec.read_text()).get("status") if rec.is_file() else None
+        if status == "finished":
+            continue
+        resume = status is not None and (d / "checkpoint.pt").is_file()
+        if not resume and d.exists():
+            import shutil
+
+            shutil.rmtree(d)
+        if src not in models:
+            models[src] = load_model(card(src), device=dev)
+        config = OptimizeConfig(**{**sets, "target": tgt, "loss": loss, "frac": frac, "steps": args.steps,
+                                   "seed": seed})
+        t = time.perf_counter()
+        prepared = prepare_run(config, [models[src]], data, device=dev, cache=True)
+        res = run_optimization(prepared, d, resume=resume, command=["benchmarks/transfer_matrix.py"])
+        print(f"{d.name}: {res.steps} steps, running white-box tSuc {res.final_tsuc:.1%} "
+              f"({time.perf_counter() - t:.0f} s)", flush=True)
+    return runs
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path)
-    ap.add_argument("--sources", nargs="+", default=["mobilenetv2_100", "vit_tiny_p4"])
-    ap.add_argument("--targets", nargs="+", default=["frog", "ship", "truck"])
-    ap.add_argument("--losses", nargs="+", default=["sw", "w2", "quantile", "ce", "l2"])
-    ap.add_argument("--fracs", nargs="+", type=float, default=[0.1, 0.2])
-    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--sources", nargs="+", default=["mobilenetv2_100"])
+    ap.add_argument("--targets", nargs="+", default=["frog", "airplane", "truck"])
+    ap.add_argument("--losses", nargs="+", default=["sw", "w2", "l2", "ce"])
+    ap.add_argument("--fracs", nargs="+", type=float, default=[0.2])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an OptimizeConfig setting for every run (eot=digital, placement=random, tv=0, ...)")
     ap.add_argument("--models", nargs="+", default=None, help="judged models (default: every card in shared)")
     ap.add_argument("--eval-only", action="store_true")
+    ap.add_argument("--no-eval", action="store_true", help="optimise only")
+    ap.add_argument("--shard", default="0/1", help="K/N: run every N-th optimisation, starting at K")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--tag", default="", help="suffix of the run folder names (one per configuration)")
-    ap.add_argument("--jobs", type=int, default=1, help="optimisations run at once (one torch thread each)")
     ap.add_argument("--summarise", nargs="+", type=Path, default=None, metavar="MATRIX_JSON",
                     help="only print the summary of these matrix.json files (merged)")
-    args, extra = ap.parse_known_args()
+    args = ap.parse_args()
+    torch.set_num_threads(1)
     if args.summarise:
         merged: dict = {"runs": []}
         for f in args.summarise:
             merged["runs"] += json.loads(f.read_text())["runs"]
         summarise(merged)
         return
-    extra = [a for a in extra if a != "--"]
     if args.out is None:
         ap.error("--out is required")
-    patchlab = [sys.executable, "-m", "patchlab"] + (["--threads", "1"] if args.jobs > 1 else [])
-    runs = []
-    todo: list[list[str]] = []
-    for src in args.sources:
-        for frac in args.fracs:
-            for tgt in args.targets:
-                for loss in args.losses:
-                    d = args.out / f"{Path(src).stem}_{tgt}_{loss}_{int(round(frac * 100))}{args.tag}"
-                    runs.append(d)
-                    if args.eval_only:
-                        continue
-                    rec = d / "run.json"
-                    status = json.loads(rec.read_text()).get("status") if rec.is_file() else None
-                    if status == "finished":
-                        continue
-                    cmd = [*patchlab, "optimize", "--out", str(d), "--device", args.device]
-                    if status is not None and (d / "checkpoint.pt").is_file():
-                        cmd += ["--resume"]
-                    else:
-                        if d.exists():
-                            import shutil
+    runs = run_grid(args)
+    if args.no_eval:
+        return
+    from patchlab.eval.matrix import transfer_matrix
+    from patchlab.models import load_model
+    from patchlab.utils import resolve_device
 
-                            shutil.rmtree(d)
-                        cmd += ["--source", card(src), "--data", str(DATA), "--target", tgt, "--loss", loss,
-                                "--patch-frac", str(frac), "--steps", str(args.steps), *extra]
-                    todo.append(cmd)
-    if args.jobs > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(run, todo))
-    else:
-        for cmd in todo:
-            run(cmd)
-    models = [card(m) for m in args.models] if args.models else sorted(str(p) for p in MODELS.glob("*.json"))
-    done = [str(d) for d in runs if (d / "run.json").is_file()]
-    mdir = args.out / f"matrix{args.tag}"
-    run([*patchlab, "eval", "matrix", *done, "--models", *models, "--out", str(mdir), "--device", args.device])
-    summarise(json.loads((mdir / "matrix.json").read_text()))
+    dev = resolve_device(args.device)
+    judged = [load_model(card(m), device=dev) for m in (args.models or sorted(p.stem for p in MODELS.glob("*.json")))]
+    done = [d for d in runs if (d / "run.json").is_file()]
+    res = transfer_matrix(done, judged, device=dev)
+    res.write(args.out / f"matrix{args.tag}")
+    summarise(res.to_dict())
 
 
 def summarise(m: dict) -> None:
     """Per source, area and configuration: each loss's white-box and mean transfer tSuc.
 
-    Averaged over the targets; min/max of the per-target mean transfer show the
-    spread, and the per-target values are listed so no cell hides behind a mean.
+    Averaged over targets and seeds; the per-target values (mean over seeds) are
+    listed so no cell hides behind a mean.
     """
     cells: dict[tuple[str, float, str], list[tuple[str, float, float]]] = defaultdict(list)
     from patchlab.eval.matrix import row_label
@@ -126,13 +174,17 @@ def summarise(m: dict) -> None:
         key = ("+".join(r["sources"]), r["frac"], f"{r['loss']} {config}".strip())
         cells[key].append((r["target_class"], r["white_box"] or 0.0, r["mean_transfer"] or 0.0))
     print()
-    print("| source | area | loss / config | white-box tSuc | mean transfer tSuc | per target (wb / transfer) |")
-    print("|---|---|---|---|---|---|")
+    print("| source | area | loss / config | runs | white-box tSuc | mean transfer tSuc | per target (wb / transfer) |")
+    print("|---|---|---|---|---|---|---|")
     for (src, frac, loss), v in sorted(cells.items()):
         wb = sum(a for _, a, _ in v) / len(v)
         tr = sum(b for _, _, b in v) / len(v)
-        per = ", ".join(f"{t} {a:.0%}/{b:.1%}" for t, a, b in sorted(v))
-        print(f"| {src.removeprefix('cifar10-')} | {frac:.0%} | {loss} | {wb:.1%} | {tr:.1%} | {per} |")
+        per_t: dict[str, list[tuple[float, float]]] = defaultdict(list)
+        for t, a, b in v:
+            per_t[t].append((a, b))
+        per = ", ".join(f"{t} {sum(a for a, _ in x) / len(x):.0%}/{sum(b for _, b in x) / len(x):.1%}"
+                        for t, x in sorted(per_t.items()))
+        print(f"| {src.removeprefix('cifar10-')} | {frac:.0%} | {loss} | {len(v)} | {wb:.1%} | {tr:.1%} | {per} |")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ stratified, so "optimise on one part, judge on another" is reproducible.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -256,3 +257,11 @@ def split_indices(labels: torch.Tensor | Sequence[int], *, holdout_frac: float =
         hold.extend(idx[:k].tolist())
         train.extend(idx[k:].tolist())
     return Split(sorted(train), sorted(hold), seed, holdout_frac)
+
+
+def paths_digest(paths: Sequence[str], root: str) -> str:
+    """A digest of a data set's file list (paths relative to ``root``), to recognise it later."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(str(Path(p).relative_to(root)).encode() + b"\n")
+    return h.hexdigest()[:16]

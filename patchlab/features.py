@@ -217,13 +217,18 @@ class FeatureExtractor(nn.Module):
 
 
 # ---------------------------------------------------------------- target features
-def _model_fingerprint(model: WrappedModel) -> str:
+def model_fingerprint(model: WrappedModel) -> str:
+    """What a model's features depend on: its architecture, its preprocessing (size, resize,
+    mean, std) and a digest of its weights' values — not a file's name, size or date, so an
+    edited weights file or an in-memory network with other weights never shares a key."""
     h = hashlib.sha256()
-    h.update(repr(model.info.to_dict() | {"card": None}).encode())
-    w = model.info.weights
-    if w and w != "hub" and Path(w).is_file():
-        st = Path(w).stat()
-        h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    h.update(type(model.net).__name__.encode())
+    h.update(repr(model.preprocess.to_dict()).encode())
+    for k, v in model.net.state_dict().items():
+        t = v.detach().cpu().contiguous()
+        h.update(f"{k}:{tuple(t.shape)}:{t.dtype}".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -246,13 +251,13 @@ def target_features(extractor: FeatureExtractor, images: torch.Tensor, *, batch_
                     cache_dir: Path | None = None) -> dict[str, torch.Tensor]:
     """Features of the target-class images, extracted once and cached on disk.
 
-    The cache key is the model's provenance (reference, weights file size and
-    modification time), the layers and the image bytes, so a changed model, layer
-    or image set never reuses stale features. Cached under
+    The cache key is :func:`model_fingerprint` (architecture, preprocessing, weight
+    values), the layers and the image bytes, so a changed model, layer or image set
+    never reuses stale features. Cached under
     ``user_cache_dir()/features`` (``$PATCHLAB_CACHE`` overrides it).
     """
     key = hashlib.sha256()
-    key.update(_model_fingerprint(extractor.model).encode())
+    key.update(model_fingerprint(extractor.model).encode())
     key.update(repr([r.to_dict() for r in extractor.layers]).encode())
     key.update(str(tuple(images.shape)).encode())
     key.update(images.contiguous().cpu().numpy().tobytes())

@@ -30,13 +30,16 @@ A run folder (``patchlab optimize --out RUN_DIR``) holds::
 
 from __future__ import annotations
 
+import io
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .errors import ConfigError
-from .utils import read_json_object
+from .utils import atomic_write_bytes, read_json_object
 
 PATCH_PNG = "patch.png"
 PATCH_FLOAT = "patch.npy"
@@ -55,6 +58,84 @@ def read_run(run_dir: str | Path) -> dict[str, Any]:
     return read_json_object(p / RUN_JSON, "run record")
 
 
+#: run statuses after which nothing more will be written
+FINAL_STATUSES = ("finished", "interrupted", "diverged", "error")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run folder's ``run.json`` as an object (see the module docstring for the keys).
+
+    Built by :meth:`from_dict` from what :func:`patchlab.optimize.run_optimization`
+    writes; keys it does not know are kept in ``extra``, so :meth:`to_dict` gives back
+    what was read.
+    """
+
+    run_id: str
+    status: str
+    target_class: str | None
+    seed: int
+    config: dict[str, Any]
+    sources: list[dict[str, Any]]
+    patch: dict[str, Any]
+    data: dict[str, Any]
+    split: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    message: str = ""
+    target_index: int | None = None
+    layers: dict[str, Any] = field(default_factory=dict)
+    step: int = 0
+    seconds: float = 0.0
+    started: str | None = None
+    finished: str | None = None
+    versions: dict[str, Any] = field(default_factory=dict)
+    command: list[str] = field(default_factory=list)
+    attack: str = ""
+    limit_per_class: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def source_names(self) -> list[str]:
+        return [str(s.get("name")) for s in self.sources]
+
+    @property
+    def holdout(self) -> list[int]:
+        return [int(i) for i in self.split.get("holdout", [])]
+
+    @property
+    def frac(self) -> float:
+        return float(self.config.get("frac", self.patch.get("frac", 0.0)))
+
+    @property
+    def final_tsuc(self) -> float | None:
+        return float(self.history[-1]["tsuc"]) if self.history else None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        if d["limit_per_class"] is None:  # written only by runs that limited their data
+            del d["limit_per_class"]
+        return {**d, **self.extra}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunRecord":
+        known = {f.name for f in fields(cls)} - {"extra"}
+        missing = [k for k in ("target_class", "config") if k not in d]
+        if missing:
+            raise ConfigError(f"run record lacks {', '.join(missing)}: not a patchlab run.json")
+        kw: dict[str, Any] = {k: d[k] for k in known if k in d and d[k] is not None or k in ("target_class",)}
+        kw.setdefault("run_id", str(d.get("run_id", "")))
+        kw.setdefault("status", str(d.get("status", "unknown")))
+        kw.setdefault("seed", int(d.get("config", {}).get("seed", 0)))
+        for k in ("sources", "data", "split", "patch"):
+            kw.setdefault(k, [] if k == "sources" else {})
+        return cls(**kw, extra={k: v for k, v in d.items() if k not in known})
+
+
+def load_run(run_dir: str | Path) -> RunRecord:
+    """The run record of a run folder as a :class:`RunRecord` (clear errors as :func:`read_run`)."""
+    return RunRecord.from_dict(read_run(run_dir))
+
+
 def read_patch(run_dir: str | Path) -> np.ndarray:
     """The run's patch as ``(3, h, w)`` float32 in [0, 1]: the float file when present, else the PNG."""
     p = Path(run_dir)
@@ -70,3 +151,23 @@ def read_patch(run_dir: str | Path) -> np.ndarray:
     from .data import read_image
 
     return read_image(png).numpy()
+
+
+def patch_to_png(patch: np.ndarray) -> bytes:
+    """``(3, h, w)`` float in [0, 1] -> lossless 8-bit PNG bytes."""
+    from PIL import Image
+
+    arr = np.clip(np.round(np.transpose(patch, (1, 2, 0)) * 255.0), 0, 255).astype(np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGB").save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_patch(run_dir: str | Path, patch: torch.Tensor | np.ndarray) -> None:
+    """Write ``patch.png`` and ``patch.npy`` (``(3, h, w)`` in [0, 1]) atomically: :func:`read_patch`'s twin."""
+    t = torch.as_tensor(patch)
+    arr = t.detach().cpu().float().clamp(0, 1).numpy()
+    atomic_write_bytes(Path(run_dir) / PATCH_PNG, patch_to_png(arr))
+    buf = io.BytesIO()
+    np.save(buf, arr.astype(np.float32), allow_pickle=False)
+    atomic_write_bytes(Path(run_dir) / PATCH_FLOAT, buf.getvalue())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
 import platform
@@ -12,6 +13,11 @@ from typing import Any
 import torch
 
 from .errors import ConfigError
+
+
+def now_iso() -> str:
+    """The current time as patchlab writes it in every record: UTC, ISO 8601, whole seconds."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def resolve_device(spec: "str | torch.device | None" = "auto") -> torch.device:

@@ -140,10 +140,13 @@ def test_optimize_through_a_colour_transform_with_nps_and_tv(tmp_path):
 def test_matrix_row_label_names_the_knobs_a_study_varies():
     """Runs that differ only in projections or target images must not share a matrix label."""
     from patchlab.eval.matrix import row_label
+    from patchlab.optimize import OptimizeConfig
+
     rec = {"sources": [{"name": "cifar10-resnet20"}], "target_class": "frog",
-           "config": {"loss": "sw", "frac": 0.1, "layers": "auto", "eot_name": "none", "projections": 500,
-                      "target_images": None, "tv": 0.0, "nps": 0.0}}
+           "config": OptimizeConfig(target="frog", loss="sw", frac=0.1).to_dict()}
     assert row_label(rec) == "sw 10% resnet20->frog"
+    assert row_label({**rec, "config": {**rec["config"], "layers": "auto", "tv": 0.0}}) == \
+        "sw 10% resnet20->frog [auto] tv=0.0"
     rec["config"].update(projections=50, target_images=200)
     assert row_label(rec) == "sw 10% resnet20->frog proj=50 timg=200"
     rec["config"].update(loss="ce")  # neither knob means anything to CE

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from patchlab.cli import app
-from patchlab.cli import demo as demo_mod
+from patchlab import pipeline
 
 STAGES = ["OT patch (sw)", "CE patch", "transfer matrix", "print", "film (simulated)", "capture loop",
           "physical tSuc", "report"]
@@ -74,7 +74,7 @@ def test_interrupted_demo_resumes_from_the_finished_stages(cache, tmp_path, monk
     def ctrl_c(self):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(demo_mod.Demo, "stage_film", ctrl_c)
+    monkeypatch.setattr(pipeline.DemoPipeline, "stage_film", ctrl_c)
     cut = demo(out, cache)
     assert cut.exit_code == 130 and "resume" in cut.output
     state = json.loads((out / "demo.json").read_text())

@@ -150,7 +150,64 @@ def matrix_cmd(
     err_console.print(f"{len(res.rows)} patches judged on {len(res.models)} models")
 
 
+def compare_cmd(
+    args: Annotated[list[str], typer.Argument(help="RUN_A RUN_B (two run folders made with the same --seed on "
+                                                   "the same data).", show_default=False)],
+    models: Annotated[Optional[list[str]], typer.Option("--models", help=MODELS_HELP)] = None,
+    also: Annotated[Optional[list[str]], typer.Option("--also", help="Another pair A2:B2 pooled in (e.g. the "
+                                                                     "same two losses at another seed); repeat.")] = None,
+    placement: Annotated[Optional[str], typer.Option(help="side, random or center (default: the runs').")] = None,
+    eot: Annotated[str, typer.Option(help="EOT at judging time (default none: digital paste).")] = "none",
+    seed: Annotated[int, typer.Option(help="Seed of the placements and of the bootstrap.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
+    device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the comparison here.")] = None,
+) -> None:
+    """Does patch A beat patch B? tSuc of A minus B on the same held-out images, per model and on mean
+    transfer, with a paired bootstrap 95% interval and McNemar's exact test."""
+    from ..eot import load_eot
+    from ..errors import ConfigError
+    from ..eval.compare import compare_runs
+    from ..models import load_model
+    from ..runs import load_run
+    from ..utils import atomic_write_json, resolve_device
+
+    runs, refs = split_runs_and_models(list(args), models, want_runs=True)
+    if len(runs) != 2:
+        raise ConfigError(f"give two run folders, RUN_A RUN_B (got {len(runs)}); pool more pairs with --also A:B")
+    pairs = [(runs[0], runs[1])]
+    for item in also or []:
+        a, sep, b = item.partition(":")
+        if not sep or not a or not b:
+            raise ConfigError(f"--also takes RUN_A:RUN_B, got {item!r}")
+        pairs.append((a, b))
+    dev = resolve_device(device)
+    judged = [load_model(r, device=dev) for r in refs]
+    total = sum(2 * len(load_run(a).holdout) for a, _ in pairs)
+    with progress_bar(f"{len(pairs)} pair(s) x {len(judged)} models", total) as adv:
+        res = compare_runs([a for a, _ in pairs], [b for _, b in pairs], judged, placement=placement,
+                           eot=load_eot(eot), seed=seed, batch_size=batch_size, device=dev, progress=adv)
+    t = Table("model", "A tSuc", "B tSuc", "A - B", "95% CI (paired bootstrap)", "only A", "only B", "McNemar p",
+              "n", "", title=f"A = {', '.join(res.runs_a)}\nB = {', '.join(res.runs_b)}")
+    rows = list(res.models) + ([res.mean_transfer] if res.mean_transfer else [])
+    for m in rows:
+        t.add_row(m.name, f"{m.a:.1%}", f"{m.b:.1%}", f"{m.diff:+.1%}", f"{m.ci95[0]:+.1%} .. {m.ci95[1]:+.1%}",
+                  "" if m.a_only is None else str(m.a_only), "" if m.b_only is None else str(m.b_only),
+                  "" if m.p_mcnemar is None else f"{m.p_mcnemar:.3g}", str(m.n),
+                  "source" if m.is_source else ("*" if m.significant else ""))
+    console.print(t)
+    if res.mean_transfer:
+        mt = res.mean_transfer
+        verdict = ("A transfers better" if mt.ci95[0] > 0 else "B transfers better" if mt.ci95[1] < 0
+                   else "no difference shown")
+        console.print(f"mean transfer A - B: {mt.diff:+.1%} (95% CI {mt.ci95[0]:+.1%} .. {mt.ci95[1]:+.1%}): {verdict}")
+    if json_path is not None:
+        atomic_write_json(json_path, res.to_dict())
+        console.print(f"wrote {json_path}")
+
+
 def register(app: typer.Typer) -> None:
     """Attach this module's commands to the ``eval`` sub-app."""
     app.command("transfer")(transfer_cmd)
     app.command("matrix")(matrix_cmd)
+    app.command("compare")(compare_cmd)

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ..optimize.config import PAPER_LAYERS
 from ._common import DEVICE_HELP, command_line, console, err_console, from_command_line
 
 LOSS_HELP = ("sw (sliced Wasserstein, random projections), w2 (exact Wasserstein, POT), quantile (per-feature 1-D OT), "
@@ -35,12 +36,14 @@ def optimize_cmd(
     patch_px: Annotated[Optional[int], typer.Option(help="Patch resolution in pixels (default: one per image "
                                                          "pixel).")] = None,
     layers: Annotated[str, typer.Option(help="Feature layers: auto (classifier input), depth:F (block at relative "
-                                             "depth F), layer names; comma separated.")] = "auto",
+                                             "depth F), layer names; comma separated. Default: the paper's "
+                                             "several depths plus the pre-logit features.")] = PAPER_LAYERS,
     projections: Annotated[int, typer.Option(help="Random projections per step for --loss sw.")] = 500,
-    tv: Annotated[float, typer.Option("--tv", help="Total-variation weight.")] = 0.0,
+    tv: Annotated[float, typer.Option("--tv", help="Total-variation weight: w adds w/10 of a (unit) attack step "
+                                                   "of smoothing, at any patch size.")] = 1.0,
     nps: Annotated[Optional[Path], typer.Option("--nps", help="Printable palette file (r g b lines, "
                                                               "from `patchlab calib color`).")] = None,
-    nps_weight: Annotated[float, typer.Option(help="Non-printability weight (with --nps).")] = 0.1,
+    nps_weight: Annotated[float, typer.Option(help="Non-printability weight (with --nps; same units as --tv).")] = 1.0,
     calib: Annotated[Optional[Path], typer.Option(help="color.json: render through the printer-to-camera "
                                                        "colour transform.")] = None,
     frame_markers: Annotated[bool, typer.Option("--frame-markers", help="Render the printed ArUco marker frame "

@@ -9,8 +9,9 @@ preprocessing, timm's ``pretrained_cfg``).
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +66,18 @@ class ModelInfo:
                 "weights": self.weights, "card": self.card}
 
 
+@contextmanager
+def _eval_mode(net: nn.Module) -> Iterator[None]:
+    """Run ``net`` in eval mode and give every sub-module its own mode back afterwards."""
+    modes = [(m, m.training) for m in net.modules()]
+    net.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
 class WrappedModel(nn.Module):
     """A frozen classifier in eval mode that takes ``[0, 1]`` images of any size.
 
@@ -73,14 +86,20 @@ class WrappedModel(nn.Module):
         labels: class names in output order.
         preprocess: input size, resize mode and normalisation of ``net``.
         info: provenance (reference, card, weights path).
+        owns_net: the wrapper owns ``net`` (a loaded model): it is put in eval mode and
+            its parameters frozen once. A network the caller keeps (``patchlab.wrap``) is
+            left as it is: each call runs it in eval mode and with detached parameters,
+            then restores its modes, so the caller's module is never changed.
 
     ``forward(x)`` takes ``(B, 3, H, W)`` float in ``[0, 1]`` and returns logits
     ``(B, num_classes)``; gradients flow to ``x`` but never into parameters.
     """
 
-    def __init__(self, net: nn.Module, *, labels: Sequence[str], preprocess: Preprocess, info: ModelInfo):
+    def __init__(self, net: nn.Module, *, labels: Sequence[str], preprocess: Preprocess, info: ModelInfo,
+                 owns_net: bool = True):
         super().__init__()
         self.net = net
+        self.owns_net = owns_net
         self.labels = list(labels)
         self.preprocess = preprocess
         self.info = info
@@ -89,9 +108,10 @@ class WrappedModel(nn.Module):
                              persistent=False)
         self.register_buffer("std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, c, 1, 1),
                              persistent=False)
-        self.net.eval()
-        for p in self.net.parameters():
-            p.requires_grad_(False)
+        if owns_net:
+            self.net.eval()
+            for p in self.net.parameters():
+                p.requires_grad_(False)
 
     # -- nn.Module API -------------------------------------------------------
     def train(self, mode: bool = True) -> "WrappedModel":
@@ -119,11 +139,16 @@ class WrappedModel(nn.Module):
             if mode in ("bilinear", "bicubic"):
                 kwargs = {"align_corners": False, "antialias": antialias}
             x = F.interpolate(x, size=(h, w), mode=mode, **kwargs)
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        mean, std = self.get_buffer("mean"), self.get_buffer("std")
+        return (x - mean.to(x.dtype)) / std.to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_images(x)
-        return self.net(self.normalize(x))
+        if self.owns_net:
+            return self.net(self.normalize(x))
+        with _eval_mode(self.net):
+            params = {k: v.detach() for k, v in self.net.named_parameters()}
+            return torch.func.functional_call(self.net, params, (self.normalize(x),), strict=False)
 
     # -- layers for feature hooks --------------------------------------------
     def layer_names(self) -> list[str]:

@@ -1,0 +1,213 @@
+"""The data an attack takes, whatever form it comes in: one interface to draw batches from.
+
+An attack's ``images`` may be
+
+* a float or uint8 tensor ``(N, 3, H, W)`` (unlabelled: the first model's clean
+  predictions stand in for labels where labels are needed),
+* a pair ``(images, labels)`` of tensors (labels are the models' output indices),
+* a :class:`patchlab.data.ImageSet` (its class names are matched to the models' labels),
+* any iterable of ``(images, labels)`` batches, such as a torch ``DataLoader``; when its
+  dataset has ``classes`` (torchvision's ``ImageFolder``) they are matched by name.
+
+In-memory data is drawn at random (seeded by the run's generator); an iterable is
+streamed, cycled when it ends, and never held in memory as a whole, so folders of
+ImageNet size work.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
+
+import torch
+
+from .data import ImageSet, match_labels
+from .errors import DataError
+
+
+def _check_batch(x: Any, what: str = "images") -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise DataError(f"expected {what} as a (N, 3, H, W) tensor (float in [0, 1] or uint8), got {got}")
+    if x.dtype != torch.uint8 and not x.is_floating_point():
+        raise DataError(f"expected {what} as float in [0, 1] or uint8, got dtype {x.dtype}")
+    return x
+
+
+def to_float(x: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
+    """uint8 or float images -> float32 in [0, 1] on ``device``."""
+    x = x.to(device) if device is not None else x
+    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+
+
+class ImageSource(Protocol):
+    """Where an attack draws its batches from."""
+
+    image_hw: tuple[int, int]
+
+    def draw(self, n: int, generator: torch.Generator, device: torch.device | str
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``n`` images as float ``(n, 3, H, W)`` on ``device`` and their labels (or ``None``)."""
+        ...
+
+
+class TensorSource:
+    """Images in memory (uint8 kept as uint8), drawn uniformly at random with replacement.
+
+    Args:
+        images: ``(N, 3, H, W)`` uint8 or float in [0, 1].
+        labels: ``(N,)`` output indices of the first model, or ``None``.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None = None):
+        self.images = _check_batch(images)
+        if labels is not None:
+            labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+            if labels.shape[0] != images.shape[0]:
+                raise DataError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+        self.labels = labels
+        self.image_hw = (int(images.shape[-2]), int(images.shape[-1]))
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def where(self, keep: torch.Tensor) -> "TensorSource":
+        """The images where the boolean mask ``keep`` holds."""
+        return TensorSource(self.images[keep], None if self.labels is None else self.labels[keep])
+
+    def draw(self, n: int, generator: torch.Generator, device: torch.device | str
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if len(self) == 0:
+            raise DataError("no images to draw from")
+        idx = torch.randint(0, len(self), (n,), generator=generator)
+        y = None if self.labels is None else self.labels[idx].to(device)
+        return to_float(self.images[idx], device), y
+
+
+class StreamSource:
+    """Batches streamed from an iterable (a ``DataLoader``), regrouped to the asked size.
+
+    Args:
+        batches: an iterable of ``(images, labels)`` (or bare images) batches; iterated
+            again from the start when it ends.
+        label_map: maps the iterable's labels to the first model's output indices.
+        keep: ``labels -> bool mask`` of the images to use (e.g. not the target class).
+    """
+
+    def __init__(self, batches: Iterable[Any], *, label_map: torch.Tensor | None = None,
+                 keep: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        self.batches = batches
+        self.label_map = label_map
+        self.keep = keep
+        self._it: Iterator[Any] | None = None
+        self._buf: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        first = self._next_raw(first=True)
+        self._buf.append(first)
+        self.image_hw = (int(first[0].shape[-2]), int(first[0].shape[-1]))
+
+    def _split(self, item: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if isinstance(item, (tuple, list)) and len(item) >= 2:
+            x, y = _check_batch(item[0]), torch.as_tensor(item[1], dtype=torch.long).reshape(-1)
+        else:
+            x, y = _check_batch(item), None
+        if y is not None and self.label_map is not None:
+            y = self.label_map[y]
+        return x, y
+
+    def _next_raw(self, first: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        for _attempt in range(2):
+            if self._it is None:
+                self._it = iter(self.batches)
+            for item in self._it:
+                x, y = self._split(item)
+                if self.keep is not None and y is not None:
+                    m = self.keep(y)
+                    x, y = x[m], y[m]
+                if x.shape[0]:
+                    return x, y
+            self._it = None  # ended: start again (cycle), once per call
+        raise DataError("the data stream yields no usable images" + (" (is it empty?)" if first else ""))
+
+    def draw(self, n: int, generator: torch.Generator, device: torch.device | str
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        del generator  # the stream's own order (a DataLoader's shuffle) is the randomness
+        have = sum(int(b[0].shape[0]) for b in self._buf)
+        while have < n:
+            self._buf.append(self._next_raw())
+            have += int(self._buf[-1][0].shape[0])
+        xs = torch.cat([to_float(b[0]) for b in self._buf])
+        ys = None if any(b[1] is None for b in self._buf) else torch.cat([b[1] for b in self._buf])  # type: ignore[misc]
+        self._buf = [(xs[n:], None if ys is None else ys[n:])] if xs.shape[0] > n else []
+        return xs[:n].to(device), None if ys is None else ys[:n].to(device)
+
+
+def data_classes(data: Any) -> list[str] | None:
+    """The class names a data object carries (an ImageSet's, a DataLoader's dataset's), if any."""
+    if isinstance(data, ImageSet):
+        return list(data.classes) or None
+    ds = getattr(data, "dataset", None)
+    classes = getattr(ds, "classes", None) if ds is not None else getattr(data, "classes", None)
+    return list(classes) if classes else None
+
+
+def as_source(data: Any, model_labels: Sequence[str], *, model_name: str = "model",
+              keep: Callable[[torch.Tensor], torch.Tensor] | None = None
+              ) -> tuple[TensorSource | StreamSource, list[str] | None]:
+    """Any accepted data form -> an image source with labels in the model's output indices.
+
+    Args:
+        data: see the module docstring.
+        model_labels: the (first) model's class names.
+        model_name: for messages.
+        keep: ``labels -> bool mask`` of the images to use (where labels are known).
+
+    Returns the source and the data's own class names (``None`` when it has none).
+    """
+    def kept(src: TensorSource) -> TensorSource:
+        return src.where(keep(src.labels)) if keep is not None and src.labels is not None else src
+
+    if isinstance(data, ImageSet):
+        if len(data) == 0:
+            raise DataError("the image set is empty")
+        labels = None
+        if data.classes:
+            labels = match_labels(data.classes, model_labels, model_name=model_name)[data.labels]
+        return kept(TensorSource(data.images, labels)), list(data.classes) or None
+    if isinstance(data, torch.Tensor):
+        return TensorSource(data), None
+    if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        return kept(TensorSource(data[0], data[1])), None
+    if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
+        raise DataError(f"expected images as a tensor, an (images, labels) pair, an ImageSet or an iterable of "
+                        f"(images, labels) batches such as a DataLoader, got {type(data).__name__}")
+    classes = data_classes(data)
+    label_map = match_labels(classes, model_labels, model_name=model_name) if classes else None
+    return StreamSource(data, label_map=label_map, keep=keep), classes
+
+
+def collect(data: Iterable[Any], *, keep: Callable[[torch.Tensor], torch.Tensor] | None = None,
+            label_map: torch.Tensor | None = None, limit: int | None = None) -> torch.Tensor:
+    """One pass over a stream, keeping the images whose labels pass ``keep`` (at most ``limit``)."""
+    out: list[torch.Tensor] = []
+    n = 0
+    for item in data:
+        if isinstance(item, (tuple, list)) and len(item) >= 2:
+            x, y = _check_batch(item[0]), torch.as_tensor(item[1], dtype=torch.long).reshape(-1)
+            if label_map is not None:
+                y = label_map[y]
+            if keep is not None:
+                x = x[keep(y)]
+        else:
+            x = _check_batch(item)
+        if x.shape[0]:
+            out.append(x if x.dtype == torch.uint8 else x.float())
+            n += int(x.shape[0])
+        if limit is not None and n >= limit:
+            break
+    if not out:
+        raise DataError("the data stream holds no image of the asked class")
+    x = torch.cat([o.float().div(255.0) if o.dtype == torch.uint8 and any(p.dtype != torch.uint8 for p in out)
+                   else o for o in out])
+    return x[:limit] if limit is not None else x
+
+
+__all__ = ["ImageSource", "StreamSource", "TensorSource", "as_source", "collect", "data_classes", "to_float"]
