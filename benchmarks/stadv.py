@@ -101,7 +101,7 @@ def run_advertorch(model, x, y, target, *, tau: float, batch: int, max_iteration
 
 
 def measure(model, x, y, args, name: str) -> dict:
-    kw = dict(tau=args.tau, kappa=args.kappa, steps=args.steps)
+    kw = dict(tau=args.tau, kappa=args.kappa, steps=args.steps, **args.extra)
     t0 = time.perf_counter()
     r = ATTACKS["stadv"](model, x, "random", labels=y, generator=torch.Generator().manual_seed(args.seed), **kw)
     dt = time.perf_counter() - t0
@@ -130,6 +130,15 @@ def measure(model, x, y, args, name: str) -> dict:
                                            batch=args.advertorch_batch, max_iterations=args.advertorch_iterations)
         out["patchlab_on_advertorch_images"] = {"n": k, "success": float(r.success[:k].float().mean())}
     return out
+
+
+def _value(text: str):
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False, "none": None}.get(text.lower(), text)
 
 
 def summarise(folder: Path) -> str:
@@ -173,7 +182,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--advertorch-iterations", type=int, default=1000)
     ap.add_argument("--out", required=True)
     ap.add_argument("--summarise", action="store_true", help="print the table of --out and stop")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="another keyword of stadv (int, float, true/false or text), e.g. --set patience=2")
     args = ap.parse_args(argv)
+    args.extra = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.summarise:
         print(summarise(Path(args.out)))
         return

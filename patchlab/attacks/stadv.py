@@ -507,6 +507,7 @@ def stadv(models: nn.Module | Sequence[nn.Module], images: torch.Tensor, target:
     """
     ms = as_model_list(models)
     x_all = as_float_images(images)
+    neighbourhood = str(neighbourhood)  # "--set neighbourhood=8" may arrive as a number
     if init not in INITS:
         raise ConfigError(f"init must be one of {', '.join(INITS)}, got {init!r}")
     if optimizer not in OPTIMIZERS:
