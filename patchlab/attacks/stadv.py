@@ -566,9 +566,9 @@ def stadv(models: nn.Module | Sequence[nn.Module], images: torch.Tensor, target:
                 loss = l_adv + tau * l_flow
                 (grad,) = torch.autograd.grad(loss.sum(), flow)  # images are independent: row i = dL_i/df_i
             with torch.no_grad():
-                lead = adversarial_margin(torch.stack(logits).mean(0), cls[idx], targeted=targeted,
-                                          kappa=math.inf)
-                ok = lead < -(kappa + decision_tol)
+                m_mean = adversarial_margin(torch.stack(logits).mean(0), cls[idx], targeted=targeted,
+                                            kappa=math.inf)  # unfloored; < 0: adversarial
+                ok = m_mean < -(kappa + decision_tol)
                 gi = idx + off
                 better = ok & (l_flow < best_loss[gi])
                 if bool(better.any()):
