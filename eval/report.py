@@ -283,15 +283,15 @@ def _samples(capture_dir: Path, frames_by_index: dict[int, dict[str, Any]], name
         idx = int(f.stem.split("_")[1])
         rec = frames_by_index.get(idx, {})
         tops = ", ".join(f"{_short(n, names)}: {rec['models'][n]['top5'][0][0]}" for n in names
-                         if n in rec.get("models", {}))
+                         if n in (rec.get("models") or {})) or "not scored"
         pose = rec.get("pose")
-        where = f"patch {pose['size_px']:.0f} px" if pose else "no markers"
+        where = f"patch {pose['size_px']:.0f} px, {rec.get('pose_source', 'detected')}" if pose else "patch lost"
         out.append((f.read_bytes(), f"frame {idx} ({where}) - {tops}"))
     return Gallery(out, caption=f"annotated frames from {capture_dir / 'samples'}")
 
 
 def _capture_section(k: int, capture_dir: Path, control: Path | None, n_bins: int) -> tuple[Section, Any]:
-    from patchlab.capture.loop import load_capture
+    from patchlab.captures import load_capture
 
     from .physical import BIN_QUANTITIES, DEFAULT_BINS, evaluate_capture
 
@@ -348,10 +348,37 @@ def _capture_section(k: int, capture_dir: Path, control: Path | None, n_bins: in
         trows = [[r.label, str(r.n), *(_pct(r.rates[n]) for n in names)]
                  for r in tab.rows + ([tab.unbinned] if tab.unbinned else [])]
         blocks.append(TableBlock([f"{label} ({unit})", "n", *[_short(n, names) for n in names]], trows))
+    blocks += _pose_blocks(res, names)
     _, frames = load_capture(capture_dir)
     g = _samples(capture_dir, {f["index"]: f for f in frames}, names)
     blocks.append(g if g is not None else Text("Sample frames: none kept (samples/ is empty).", "missing"))
     return Section(f"capture-{k}", f"Physical: {capture_dir.name}", blocks), res
+
+
+def _pose_blocks(res: Any, names: Sequence[str]) -> list[Block]:
+    """Issue 15: where the patch's pose came from (detected / tracked / lost), tSuc on
+    frames with a pose, and the detection rate by distance bin."""
+    ps = res.pose_sources or {}
+    n = max(res.frames, 1)
+    out: list[Block] = [KeyValues([
+        ("patch pose", f"detected on {ps.get('detected', 0)} frames ({ps.get('detected', 0) / n:.0%}), tracked on "
+                       f"{ps.get('tracked', 0)} ({ps.get('tracked', 0) / n:.0%}), lost on {ps.get('lost', 0)} "
+                       f"({ps.get('lost', 0) / n:.0%})"),
+        ("lost frames", f"--on-lost {res.on_lost} (crop roi)" if res.on_lost else "scored on the same crop as all "
+                        "others (crop is not roi)")])]
+    rows = [[m.model, _pct(m.tsuc), _pct(m.tsuc_with_pose), _pct(m.tsuc_detected)] for m in res.models]
+    out.append(TableBlock(["model", "tSuc, all counted frames", "tSuc, frames with a pose", "tSuc, detected frames"],
+                          rows, caption="frames not scored (--on-lost skip) count as misses in the first column"))
+    for q, pr in (res.pose_rates or {}).items():
+        if not pr.rows:
+            out.append(Text(f"Detection rate by {q}: {pr.note or 'not measured'}.", "missing"))
+            continue
+        trows = [[r.label, str(r.n), f"{r.detection_rate:.0%}", f"{r.tracked / r.n:.0%}", f"{r.lost / r.n:.0%}"]
+                 for r in pr.rows]
+        out.append(TableBlock([f"{q} ({pr.unit})", "frames", "detected", "tracked", "lost"], trows,
+                              caption=f"detection rate by {q}; {pr.note}; {pr.unplaced} lost frames could not be "
+                                      "placed"))
+    return out
 
 
 def _provenance(run_dir: Path, run: dict[str, Any], transfer: dict | None, matrix: Path | None,
@@ -385,7 +412,7 @@ def _simulation_of(summary: dict[str, Any]) -> dict[str, Any] | None:
     desc = (summary.get("source") or {}).get("description")
     if not desc:
         return None
-    from patchlab.capture.simulate import sim_path_for
+    from patchlab.captures import sim_path_for
 
     p = sim_path_for(desc)
     try:
@@ -441,6 +468,10 @@ def build_report(run_dir: str | Path, captures: Sequence[str | Path] = (), *, ma
         compare: other run folders whose patches are shown side by side with this one.
     """
     run_dir = Path(run_dir)
+    from patchlab.attacks.record import is_attack_run
+
+    if is_attack_run(run_dir) and not (run_dir / "run.json").is_file():
+        return build_attack_report(run_dir, argv=argv)
     run = read_run(run_dir)
     if len(controls) > len(captures):
         raise ConfigError(f"{len(controls)} --control folders for {len(captures)} captures: give one capture per control")
@@ -473,6 +504,60 @@ def build_report(run_dir: str | Path, captures: Sequence[str | Path] = (), *, ma
                   subtitle=f"target '{run.get('target_class', '?')}' - {run_dir.resolve()}",
                   headline=headline, sections=[summary] + sections,
                   generated=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+
+
+# -- attack runs (``patchlab attack``): a self-contained section set ------------------------
+
+def build_attack_report(run_dir: str | Path, *, argv: Sequence[str] | None = None) -> Report:
+    """A report of an attack run folder (``attack.json``, ``grid.png``): success, Lp norms,
+    per-image scalar extras, the transfer table, the picture grid and the provenance."""
+    from patchlab.attacks.record import GRID_PNG, read_attack_run
+
+    run_dir = Path(run_dir)
+    doc = read_attack_run(run_dir)
+    s = doc.get("summary") or {}
+    cfg = doc.get("config") or {}
+    name = str(doc.get("attack", "?"))
+    sel = (doc.get("data") or {}).get("selection") or {}
+    ci = s.get("success_ci95")
+    src = ", ".join(str(m.get("name", m.get("ref", "?"))) for m in doc.get("sources") or []) or "not recorded"
+    mean_std = lambda k: f"{s[k]['mean']:.4g} ± {s[k]['std']:.4g}" if isinstance(s.get(k), dict) else "-"  # noqa: E731
+    headline = [f"{name} on {src}, target {doc.get('target', 'none')}: success {_rate_ci(s.get('success_rate'), ci)} "
+                f"over {s.get('n', '?')} images the source classified correctly "
+                f"({sel.get('correct', '?')} correct of {sel.get('scanned', '?')} scanned)."]
+    overview = [KeyValues([("attack", name), ("source models", src), ("target", str(doc.get("target", "none"))),
+                           ("hyperparameters", ", ".join(f"{k}={v}" for k, v in cfg.items())),
+                           ("success", _rate_ci(s.get("success_rate"), ci)),
+                           ("success after 8-bit PNG", "-" if doc.get("success_png_rate") is None
+                            else f"{float(doc['success_png_rate']):.1%}"),
+                           ("L0 (fraction of pixels)", mean_std("l0")), ("L2", mean_std("l2")),
+                           ("Linf", mean_std("linf")),
+                           *[(f"mean {k}", f"{float(v):.4g}") for k, v in (s.get("extras") or {}).items()]])]
+    grid = run_dir / (doc.get("grid") or GRID_PNG)
+    if grid.is_file():
+        overview.append(Gallery([(grid.read_bytes(), "originals / amplified perturbations / adversarials")],
+                                caption=f"source: {grid}"))
+    else:
+        overview.append(Text(f"Picture grid: not found ({grid}).", "missing"))
+    rows = [[t["model"], "-" if t.get("clean_accuracy") is None else f"{float(t['clean_accuracy']):.1%}",
+             _rate_ci(t.get("untargeted"), t.get("untargeted_ci95")) + f" (n={t.get('untargeted_n', '?')})",
+             "-" if t.get("targeted") is None else f"{float(t['targeted']):.1%} (n={t.get('targeted_n', '?')})",
+             "-" if t.get("error") is None else f"{float(t['error']):.1%}"] for t in doc.get("transfer") or []]
+    transfer: list[Block] = [TableBlock(["target model", "clean accuracy", "untargeted transfer [95% CI]",
+                                         "targeted transfer", "error on all"], rows,
+                                        caption="of the images that fooled the source (Ozbulak et al. 2020); "
+                                                f"source: {run_dir / 'attack.json'}")] if rows else \
+        [Text("Transfer: not measured (rerun `patchlab attack` with --transfer MODEL).", "missing")]
+    prov = Section("provenance", "Commands, configs and versions", [
+        Code(_cmd(doc.get("command")), f"attack run ({run_dir / 'attack.json'})"),
+        Code(json.dumps(cfg, sort_keys=True, default=str), "attack config"),
+        Code(json.dumps(doc.get("versions") or {}, sort_keys=True), "attack versions"),
+        Code(_cmd(list(argv) if argv else None), "this report"),
+        Code(json.dumps(versions(REPORT_VERSION_MODULES), sort_keys=True), "report versions")])
+    sections = [Section("summary", "Summary", [Text(h) for h in headline]),
+                Section("attack", f"Attack: {name}", overview), Section("attack-transfer", "Transfer", transfer), prov]
+    return Report(title=f"patchlab report: attack {name}", subtitle=str(run_dir.resolve()), headline=headline,
+                  sections=sections, generated=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
 
 
 def _overview_plot(transfer: dict | None, captures: list[tuple[Path, Any]]) -> P.Plot | None:

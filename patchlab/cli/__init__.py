@@ -69,6 +69,9 @@ app.add_typer(_simulate.app, name="simulate")
 _report.register(app)
 app.add_typer(_world.app, name="world")
 _demo.register(app)
+from . import attack as _attack  # noqa: E402
+
+_attack.register(app)
 
 
 @app.callback()
