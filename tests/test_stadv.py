@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -302,3 +303,26 @@ def test_stadv_untargeted_ensemble_and_other_size(resnet20, correct_few, init, o
     assert r.success_rate >= 3 / 4
     with torch.no_grad():
         assert (resnet20(r.adversarial).argmax(1)[r.success] != y[:4][r.success]).all()
+
+
+def test_cli_attack_stadv_reports_flow_and_draws_it(tmp_path, shared):
+    from typer.testing import CliRunner
+
+    from conftest import CIFAR_TEST, card
+    from patchlab.cli import app
+
+    data = tmp_path / "data"
+    for cls in sorted(p.name for p in CIFAR_TEST.iterdir() if p.is_dir())[:3]:
+        (data / cls).mkdir(parents=True)
+        for f in sorted((CIFAR_TEST / cls).iterdir())[:2]:
+            (data / cls / f.name).symlink_to(f)
+    out = tmp_path / "run"
+    r = CliRunner().invoke(app, ["attack", "stadv", "--model", card("resnet20"), "--data", str(data), "--out", str(out),
+                                 "--n", "3", "--device", "cpu", "--target", "random", "--steps", "40",
+                                 "--set", "tau=0.05", "--set", "kappa=0", "--set", "neighbourhood=4"])
+    assert r.exit_code == 0, r.output
+    for name in ("flow_loss", "displacement_mean", "displacement_max", "untargeted_success"):
+        assert f"mean {name}" in r.output
+    rec = json.loads((out / "attack.json").read_text())
+    assert json.dumps(rec).count("flow_loss") >= 1
+    assert (out / "grid.png").is_file()
