@@ -9,9 +9,11 @@ from __future__ import annotations
 from typing import Callable
 
 from .base import AttackResult, as_float_images, as_model_list, lp_norms, resolve_target
+from .stadv import stadv as _stadv
 
 #: name -> attack function ``fn(models, images, target, *, labels=None, generator=None, **kw) -> AttackResult``
 ATTACKS: dict[str, Callable[..., AttackResult]] = {}
+ATTACKS["stadv"] = _stadv
 
 # -- gradient attacks and regional masks (issue 12) --
 from .gradient import bim, fgsm, fgvm, pgd, smoothness_loss, total_variation  # noqa: E402
