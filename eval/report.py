@@ -590,7 +590,7 @@ def build_attack_report(run_dir: str | Path, *, argv: Sequence[str] | None = Non
     sections = [Section("summary", "Summary", [Text(h) for h in headline]),
                 Section("attack", f"Attack: {name}", overview), Section("attack-transfer", "Transfer", transfer), prov]
     return Report(title=f"patchlab report: attack {name}", subtitle=str(run_dir.resolve()), headline=headline,
-                  sections=sections, generated=_dt.datetime.now().astimezone().isoformat(timespec="seconds"))
+                  sections=sections, generated=now_iso())
 
 
 def _overview_plot(transfer: dict | None, captures: list[tuple[Path, Any]]) -> P.Plot | None:

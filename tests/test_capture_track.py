@@ -14,9 +14,9 @@ import pytest
 
 from conftest import CIFAR_TEST
 from patchlab.capture.loop import build_tracker
-from patchlab.capture.pose import MarkerDetector, MarkerPose, PatchTarget
+from patchlab.capture.pose import MarkerDetector, MarkerPose
 from patchlab.capture.simulate import SimConfig, read_truth, simulate_capture
-from patchlab.capture.track import PatchTracker, TrackerConfig
+from patchlab.capture.track import TrackerConfig
 from patchlab.captures import DETECTED, LOST, TRACKED
 from patchlab.eval.physical import pose_accuracy
 from test_capture_helpers import _TMP, TARGET, printed

@@ -31,7 +31,7 @@ from patchlab.cli import app
 from patchlab.errors import DataError, ModelLoadError
 from patchlab.models import load_model
 from patchlab.models.load import read_state_dict
-from test_capture_helpers import TARGET, capture, fake_run, video
+from test_capture_helpers import TARGET, fake_run, video
 
 R20 = card("resnet20")
 HANG_S = 10.0
