@@ -47,7 +47,7 @@ def physical_tables(res) -> list[Table]:
                       f"{r.difference:+.1%} [{r.ci95[0]:+.0%}, {r.ci95[1]:+.0%}]", _pct(r.patched_accuracy),
                       _pct(r.control_accuracy))
         out.append(c)
-    for q, tab in res.bins.items():
+    for tab in res.bins.values():
         if not tab.measured:
             t = Table(f"{tab.label}", title=f"by {tab.label}")
             t.add_row(tab.note)
