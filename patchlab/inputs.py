@@ -44,9 +44,13 @@ class ImageSource(Protocol):
 
     image_hw: tuple[int, int]
 
-    def draw(self, n: int, generator: torch.Generator, device: torch.device | str
+    def draw(self, n: int, generator: torch.Generator, device: torch.device | str, *, rows: slice | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``n`` images as float ``(n, 3, H, W)`` on ``device`` and their labels (or ``None``)."""
+        """``n`` images as float ``(n, 3, H, W)`` on ``device`` and their labels (or ``None``).
+
+        ``rows``: only those rows of the ``n`` drawn (a data-parallel rank's share); the
+        generator advances as for all ``n``, so every rank stays in step.
+        """
         ...
 
 
@@ -74,13 +78,19 @@ class TensorSource:
         """The images where the boolean mask ``keep`` holds."""
         return TensorSource(self.images[keep], None if self.labels is None else self.labels[keep])
 
-    def draw(self, n: int, generator: torch.Generator, device: torch.device | str
+    def draw(self, n: int, generator: torch.Generator, device: torch.device | str, *, rows: slice | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if len(self) == 0:
             raise DataError("no images to draw from")
         idx = torch.randint(0, len(self), (n,), generator=generator)
-        y = None if self.labels is None else self.labels[idx].to(device)
-        return to_float(self.images[idx], device), y
+        if rows is not None:  # a rank's share of the global draw: only these rows are decoded and moved
+            idx = idx[rows]
+        dev = torch.device(device)
+        x = self.images[idx]
+        if dev.type == "cuda":  # an asynchronous copy from pinned memory; the step does not wait for it
+            x = x.pin_memory().to(dev, non_blocking=True)
+        y = None if self.labels is None else self.labels[idx].to(dev, non_blocking=dev.type == "cuda")
+        return to_float(x, dev), y
 
 
 class StreamSource:
@@ -127,17 +137,26 @@ class StreamSource:
             self._it = None  # ended: start again (cycle), once per call
         raise DataError("the data stream yields no usable images" + (" (is it empty?)" if first else ""))
 
-    def draw(self, n: int, generator: torch.Generator, device: torch.device | str
+    def draw(self, n: int, generator: torch.Generator, device: torch.device | str, *, rows: slice | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
         del generator  # the stream's own order (a DataLoader's shuffle) is the randomness
+        if rows is not None:  # the stream is this rank's shard (a DistributedSampler): take its share
+            n = len(range(*rows.indices(n)))
         have = sum(int(b[0].shape[0]) for b in self._buf)
         while have < n:
             self._buf.append(self._next_raw())
             have += int(self._buf[-1][0].shape[0])
-        xs = torch.cat([to_float(b[0]) for b in self._buf])
+        raw = [b[0] for b in self._buf]
+        # uint8 batches stay uint8 until they are on the device (a quarter of the bytes to copy)
+        xs = torch.cat(raw) if all(r.dtype == torch.uint8 for r in raw) else torch.cat([to_float(r) for r in raw])
         ys = None if any(b[1] is None for b in self._buf) else torch.cat([b[1] for b in self._buf])  # type: ignore[misc]
         self._buf = [(xs[n:], None if ys is None else ys[n:])] if xs.shape[0] > n else []
-        return xs[:n].to(device), None if ys is None else ys[:n].to(device)
+        dev = torch.device(device)
+        x = xs[:n]
+        nb = dev.type == "cuda"
+        if nb and not x.is_pinned():
+            x = x.pin_memory()  # an asynchronous copy: the step does not wait for it
+        return to_float(x.to(dev, non_blocking=nb), dev), None if ys is None else ys[:n].to(dev)
 
 
 def data_classes(data: Any) -> list[str] | None:

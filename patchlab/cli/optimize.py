@@ -164,7 +164,6 @@ class _StepBar:
                                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                                  console=err_console)
         self.total = total
-        self.ema: float | None = None
 
     def __enter__(self) -> "_StepBar":
         self.progress.__enter__()
@@ -172,10 +171,15 @@ class _StepBar:
         return self
 
     def update(self, info) -> None:
-        self.ema = info.tsuc if self.ema is None else 0.9 * self.ema + 0.1 * info.tsuc
-        terms = " ".join(f"{k.split('[')[0]}={v:.3g}" for k, v in list(info.terms.items())[:4])
+        # the figures are read only when the loop logged them (every --log-every steps): reading
+        # them at every step would make the host wait for the device at every step
+        if info.logged is None:
+            self.progress.update(self.task, completed=info.step)
+            return
+        e = info.logged
+        terms = " ".join(f"{k.split('[')[0]}={v:.3g}" for k, v in list(e["terms"].items())[:4])
         self.progress.update(self.task, completed=info.step,
-                             info=f"loss {info.loss:.4g} ({terms}) tSuc~{self.ema:.0%}")
+                             info=f"loss {e['loss']:.4g} ({terms}) tSuc~{e['tsuc']:.0%}")
 
     def __exit__(self, *exc) -> None:
         self.progress.__exit__(*exc)
