@@ -62,8 +62,20 @@ def optimize_cmd(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the stopped run in --out (its options are "
                                                           "reused; only --steps may grow).")] = False,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Cache target-class features.")] = True,
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA devices that support it), fp32 or "
+                                                "bf16; the patch itself stays float32.")] = "auto",
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last",
+                                                          help="Channels-last batches and models (default: on "
+                                                               "CUDA).")] = None,
+    compile_models: Annotated[bool, typer.Option("--compile", help="Run the source models through "
+                                                                   "torch.compile.")] = False,
 ) -> None:
-    """Optimise a universal targeted patch against one or more source models."""
+    """Optimise a universal targeted patch against one or more source models.
+
+    Under ``torchrun --nproc_per_node N -m patchlab optimize ...`` the processes share
+    each step's global batch (--batch-size, a multiple of N) and keep one patch; rank 0
+    writes the run folder.
+    """
     from ..data import limit_items, load_folder, scan_folder
     from ..eot import load_eot
     from ..errors import ConfigError
@@ -82,8 +94,10 @@ def optimize_cmd(
         nps=nps_weight if nps else 0.0, palette=str(nps.resolve()) if nps else None,
         calib=str(calib.resolve()) if calib else None, frame_markers=frame_markers, seed=seed,
         holdout_frac=holdout_frac, target_images=target_images, grad_norm=grad_norm, init=init,
-        checkpoint_every=checkpoint_every, log_every=log_every)
-    cli_to_cfg = {"patch_frac": "frac", "eot": "eot_name", "nps": "palette", "nps_weight": "nps"}
+        checkpoint_every=checkpoint_every, log_every=log_every, precision=precision, channels_last=channels_last,
+        compile=compile_models)
+    cli_to_cfg = {"patch_frac": "frac", "eot": "eot_name", "nps": "palette", "nps_weight": "nps",
+                  "compile_models": "compile"}
     sources, data_root, limit = list(source or []), data, limit_per_class
     if resume:
         rec = read_run(out)
@@ -105,17 +119,39 @@ def optimize_cmd(
         raise ConfigError("give --target CLASS")
     opts["eot"] = load_eot(opts["eot_name"])
     config = OptimizeConfig(**opts)
-    dev = resolve_device(device)
+    from ..distributed import init_from_env, launched
+
+    if launched():  # torchrun: join the group, one device per local rank
+        dist, dev = init_from_env(device)
+    else:
+        from ..distributed import current
+
+        dist, dev = current(), resolve_device(device)
+    quiet = not dist.is_main
     color, palette = _load_calibration(config)
     models = [load_model(ref, device=dev) for ref in sources]
+    if config.channels_last or (config.channels_last is None and dev.type == "cuda"):
+        import torch
+
+        for m in models:  # the CLI owns these models; the library only lays out the batches
+            m.to(memory_format=torch.channels_last)
     n_files = len(limit_items(scan_folder(data_root)[0], limit))
-    with progress_bar("loading images", n_files) as adv:
+    import contextlib
+
+    bar = contextlib.nullcontext(lambda n=1: None) if quiet else progress_bar("loading images", n_files)
+    with bar as adv:
         images = load_folder(data_root, limit_per_class=limit, progress=adv)
-    with console.status("target-class features"):
+    with contextlib.nullcontext() if quiet else console.status("target-class features"):
         prepared = prepare_run(config, models, images, device=dev, cache=cache, color=color, palette=palette)
     prepared.record["limit_per_class"] = limit
     prepared.record["device"] = str(dev)
     names = ", ".join(m.name for m in models)
+    if quiet:  # ranks other than 0 step silently; rank 0 reports and writes
+        run_optimization(prepared, out, resume=resume, command=command_line(ctx))
+        return
+    if dist.active:
+        err_console.print(f"data-parallel over {dist.world} processes: {config.batch_size // dist.world} of the "
+                          f"{config.batch_size} images of each step per process")
     err_console.print(f"optimising a {config.loss} patch ({prepared.record['patch']['pixels'][0]} px, "
                       f"{config.frac:.0%} of the image) towards {prepared.record['target_class']!r} on {names}; "
                       f"{prepared.record['data']['n_attack']} attack images, "

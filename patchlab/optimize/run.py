@@ -142,6 +142,9 @@ def run_optimization(prepared: PreparedRun, out: str | Path, *, resume: bool = F
     raises :class:`OptimizationDiverged`; Ctrl-C saves the state reached (status
     ``interrupted``) and re-raises ``KeyboardInterrupt``. A prepared run is run once:
     its feature hooks are removed from the source models on return.
+
+    Under torchrun every rank calls this with the same arguments; every rank steps
+    (and, on ``resume``, reads the checkpoint), rank 0 alone writes the folder.
     """
     try:
         return _run(prepared, Path(out), resume=resume, on_step=on_step, command=command)
@@ -177,8 +180,12 @@ def _start_state(prepared: PreparedRun, out: Path, resume: bool) -> tuple[LoopSt
 def _run(prepared: PreparedRun, out: Path, *, resume: bool, on_step: Callable[[StepInfo], None] | None,
          command: Sequence[str] | None) -> RunResult:
     cfg = prepared.config
+    dist = prepared.attack.optimizer.dist
     state, started, seconds_before = _start_state(prepared, out, resume)
-    out.mkdir(parents=True, exist_ok=True)
+    dist.barrier()  # every rank has checked --out before rank 0 writes into it
+    writes = dist.is_main
+    if writes:
+        out.mkdir(parents=True, exist_ok=True)
     record = {"run_id": out.resolve().name, "status": "running", "message": "", **prepared.record,
               "command": list(command) if command is not None else list(sys.argv), "versions": versions(),
               "started": started, "finished": None, "seconds": seconds_before, "history": state.history,
@@ -190,12 +197,17 @@ def _run(prepared: PreparedRun, out: Path, *, resume: bool, on_step: Callable[[S
                       seconds=round(seconds_before + time.perf_counter() - t0, 3))
         if status != "running":
             record["finished"] = now_iso()
+        if not writes:
+            return
         write_patch(out, state.patch)
         if with_checkpoint:
             atomic_torch_save(state.checkpoint(cfg), out / CHECKPOINT)
         atomic_write_json(out / RUN_JSON, record)
 
-    atomic_write_json(out / RUN_JSON, record)
+    if dist.active:
+        record["world_size"] = dist.world
+    if writes:
+        atomic_write_json(out / RUN_JSON, record)
     clean = {"at": state.step}
 
     def checkpoint(s: LoopState) -> None:
