@@ -361,12 +361,12 @@ class PatchRenderer(nn.Module):
         s = s.unsqueeze(0).expand(B, -1, -1, -1)
         if self.color is not None:
             s = self.color(s)
-        sig = params.blur_sigma.to(dev, dt) / self.px_scale  # sticker pixels
         if blur_k:
             import kornia
 
             k = blur_k
-            sigma = sig.clamp_min(1e-3)[:, None].expand(B, 2)
+            # sigma stays a host tensor: kornia checks it there and copies it without waiting for the device
+            sigma = (params.blur_sigma.to(dt) / self.px_scale).clamp_min(1e-3)[:, None].expand(B, 2).contiguous()
             s = kornia.filters.gaussian_blur2d(s, (k, k), sigma, border_type="replicate")
         c = params.contrast.to(dev, dt)[:, None, None, None]
         b = params.brightness.to(dev, dt)[:, None, None, None]
@@ -374,7 +374,8 @@ class PatchRenderer(nn.Module):
         if noisy:
             # the noise field is drawn on the device (no host-side field, no copy), for the
             # whole draw so a rank's rows match the single-process render
-            gen = torch.Generator(device=dev).manual_seed(params.noise_seed)
+            # (the meta device, shapes without data, has no generator: the no-sync test runs there)
+            gen = None if dev.type == "meta" else torch.Generator(device=dev).manual_seed(params.noise_seed)
             z = torch.randn((n_all,) + tuple(s.shape[1:]), generator=gen, device=dev, dtype=torch.float32)
             if rows is not None:
                 z = z[rows]

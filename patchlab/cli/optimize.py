@@ -69,6 +69,10 @@ def optimize_cmd(
                                                                "CUDA).")] = None,
     compile_models: Annotated[bool, typer.Option("--compile", help="Run the source models through "
                                                                    "torch.compile.")] = False,
+    workers: Annotated[Optional[int], typer.Option(help="Stream the images from disk, decoded in N DataLoader "
+                                                        "worker processes (pinned memory on CUDA, prefetch; 0: "
+                                                        "in this process) instead of loading the data set into "
+                                                        "memory.")] = None,
 ) -> None:
     """Optimise a universal targeted patch against one or more source models.
 
@@ -80,7 +84,7 @@ def optimize_cmd(
     from ..eot import load_eot
     from ..errors import ConfigError
     from ..models import load_model
-    from ..optimize import OptimizeConfig, prepare_run, run_optimization
+    from ..optimize import OptimizeConfig, prepare_run, prepare_stream_run, run_optimization
     from ..runs import read_run
     from ..utils import resolve_device
     from ._common import progress_bar
@@ -135,14 +139,21 @@ def optimize_cmd(
 
         for m in models:  # the CLI owns these models; the library only lays out the batches
             m.to(memory_format=torch.channels_last)
-    n_files = len(limit_items(scan_folder(data_root)[0], limit))
     import contextlib
 
-    bar = contextlib.nullcontext(lambda n=1: None) if quiet else progress_bar("loading images", n_files)
-    with bar as adv:
-        images = load_folder(data_root, limit_per_class=limit, progress=adv)
-    with contextlib.nullcontext() if quiet else console.status("target-class features"):
-        prepared = prepare_run(config, models, images, device=dev, cache=cache, color=color, palette=palette)
+    if workers is not None:  # streamed: only the target class's images are read up front
+        if workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {workers}")
+        with contextlib.nullcontext() if quiet else console.status("target-class images and features"):
+            prepared = prepare_stream_run(config, models, data_root, workers=workers, limit_per_class=limit,
+                                          device=dev, cache=cache, color=color, palette=palette)
+    else:
+        n_files = len(limit_items(scan_folder(data_root)[0], limit))
+        bar = contextlib.nullcontext(lambda n=1: None) if quiet else progress_bar("loading images", n_files)
+        with bar as adv:
+            images = load_folder(data_root, limit_per_class=limit, progress=adv)
+        with contextlib.nullcontext() if quiet else console.status("target-class features"):
+            prepared = prepare_run(config, models, images, device=dev, cache=cache, color=color, palette=palette)
     prepared.record["limit_per_class"] = limit
     prepared.record["device"] = str(dev)
     names = ", ".join(m.name for m in models)

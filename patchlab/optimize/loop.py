@@ -34,6 +34,7 @@ every rank takes the same step as one process on the whole batch would.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
@@ -178,7 +179,9 @@ class PatchOptimizer:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _autocast(self):
-        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
 
     def close(self) -> None:
         """Remove the feature hooks from the source models (they are shared, never mutated)."""
