@@ -159,6 +159,7 @@ def optimize_cmd(
     names = ", ".join(m.name for m in models)
     if quiet:  # ranks other than 0 step silently; rank 0 reports and writes
         run_optimization(prepared, out, resume=resume, command=command_line(ctx))
+        _leave_group(dist)
         return
     if dist.active:
         err_console.print(f"data-parallel over {dist.world} processes: {config.batch_size // dist.world} of the "
@@ -172,6 +173,16 @@ def optimize_cmd(
     console.print(f"finished {res.steps} steps in {res.seconds:.0f} s; running white-box tSuc {res.final_tsuc:.1%}")
     console.print(f"wrote {Path(out) / 'patch.png'} and {Path(out) / 'run.json'}")
     console.print(f"next: patchlab eval transfer {out} --models MODEL...")
+    _leave_group(dist)
+
+
+def _leave_group(dist) -> None:
+    """Leave torchrun's process group cleanly once every rank is done."""
+    if dist.active:
+        import torch.distributed
+
+        dist.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def _parse_position(s: str | None) -> tuple[float, float] | None:
