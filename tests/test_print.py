@@ -19,7 +19,7 @@ from patchlab.layout import load_layout
 from patchlab.markers import charuco_board, detect_markers, marker_bits, marker_frame
 from patchlab.print.sheets import (black_squares, layout_path_for, load_patch_source, make_board_pdf, make_chart_pdf,
                                    make_patch_pdf)
-from patchlab.print.verify import measure_patch, psnr_db, read_cells, render_pdf
+from patchlab.print.verify import measure_patch, read_cells, render_pdf
 
 DPI = 600
 PPM = DPI / 25.4

@@ -11,7 +11,6 @@ import torch
 from typer.testing import CliRunner
 
 from patchlab.cli import app
-from patchlab.data import load_folder
 from patchlab.errors import ConfigError, DataError, ModelLoadError
 from patchlab.models import load_model, read_card
 from patchlab.models.load import build_network
