@@ -187,6 +187,13 @@ class EOTParams:
         return cls(**kw)
 
 
+def params_rows(params: EOTParams, rows: slice) -> EOTParams:
+    """The transforms of rows ``rows`` of a draw (the noise seed stays the draw's)."""
+    kw = {f.name: (getattr(params, f.name)[rows] if isinstance(getattr(params, f.name), torch.Tensor)
+                   else getattr(params, f.name)) for f in fields(params)}
+    return EOTParams(**kw)
+
+
 def footprint(image_hw: tuple[int, int], patch_hw: tuple[int, int], frac: float) -> tuple[int, int]:
     """Patch size ``(h, w)`` in image pixels for an area fraction ``frac`` (aspect kept)."""
     H, W = image_hw
@@ -330,12 +337,24 @@ class PatchRenderer(nn.Module):
         )
 
     # ----------------------------------------------------------------- rendering
-    def stickers(self, patch: torch.Tensor, params: EOTParams) -> tuple[torch.Tensor, torch.Tensor]:
-        """The transformed stickers before placement: colour ``(B, 3, sh, sw)`` and alpha ``(B, 1, sh, sw)``."""
+    def stickers(self, patch: torch.Tensor, params: EOTParams, *, rows: slice | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The transformed stickers before placement: colour ``(B, 3, sh, sw)`` and alpha ``(B, 1, sh, sw)``.
+
+        ``rows`` renders only those rows of the draw ``params`` (a data-parallel rank's
+        share of the global batch), bit for bit as the whole draw would render them: the
+        blur kernel's size and the noise field are those of the whole draw.
+        """
         check_patch(patch)
         if tuple(patch.shape[1:]) != self.patch_hw:
             raise ValueError(f"expected a patch of shape (3, {self.patch_hw[0]}, {self.patch_hw[1]}), "
                              f"got {tuple(patch.shape)}")
+        sig_all = params.blur_sigma / self.px_scale  # sticker pixels; params live on the CPU (no device sync)
+        blur_k = 2 * int(math.ceil(3 * float(sig_all.max()))) + 1 if float(sig_all.max()) > 0 else 0
+        noisy = float(params.noise_sigma.max()) > 0
+        n_all = len(params)
+        if rows is not None:
+            params = params_rows(params, rows)
         B = len(params)
         dev, dt = patch.device, patch.dtype
         x0, y0, x1, y1 = self.inner
@@ -348,20 +367,25 @@ class PatchRenderer(nn.Module):
         s = s.unsqueeze(0).expand(B, -1, -1, -1)
         if self.color is not None:
             s = self.color(s)
-        sig = params.blur_sigma.to(dev, dt) / self.px_scale  # sticker pixels
-        if float(sig.max()) > 0:
+        if blur_k:
             import kornia
 
-            k = 2 * int(math.ceil(3 * float(sig.max()))) + 1
-            sigma = sig.clamp_min(1e-3)[:, None].expand(B, 2)
+            k = blur_k
+            # sigma stays a host tensor: kornia checks it there and copies it without waiting for the device
+            sigma = (params.blur_sigma.to(dt) / self.px_scale).clamp_min(1e-3)[:, None].expand(B, 2).contiguous()
             s = kornia.filters.gaussian_blur2d(s, (k, k), sigma, border_type="replicate")
         c = params.contrast.to(dev, dt)[:, None, None, None]
         b = params.brightness.to(dev, dt)[:, None, None, None]
         s = (s - 0.5) * c + 0.5 + b
-        if float(params.noise_sigma.max()) > 0:
-            gen = torch.Generator(device="cpu").manual_seed(params.noise_seed)
-            z = torch.randn(s.shape, generator=gen, dtype=torch.float32).to(dev, dt)
-            s = s + z * params.noise_sigma.to(dev, dt)[:, None, None, None]
+        if noisy:
+            # the noise field is drawn on the device (no host-side field, no copy), for the
+            # whole draw so a rank's rows match the single-process render
+            # (the meta device, shapes without data, has no generator: the no-sync test runs there)
+            gen = None if dev.type == "meta" else torch.Generator(device=dev).manual_seed(params.noise_seed)
+            z = torch.randn((n_all,) + tuple(s.shape[1:]), generator=gen, device=dev, dtype=torch.float32)
+            if rows is not None:
+                z = z[rows]
+            s = s + z.to(dt) * params.noise_sigma.to(dev, dt)[:, None, None, None]
         s = s.clamp(0.0, 1.0)
         return s, self.alpha.to(dev, dt).unsqueeze(0).expand(B, -1, -1, -1)
 
@@ -386,16 +410,24 @@ class PatchRenderer(nn.Module):
         Hm = get_perspective_transform(src[None].expand(B, 4, 2).contiguous(), dst)
         return Hm.to(device=device, dtype=dtype)
 
-    def forward(self, images: torch.Tensor, patch: torch.Tensor, params: EOTParams) -> torch.Tensor:
+    def forward(self, images: torch.Tensor, patch: torch.Tensor, params: EOTParams, *,
+                rows: slice | None = None) -> torch.Tensor:
+        """Paste ``patch`` into ``images`` with the transforms ``params``.
+
+        ``rows``: ``images`` are only those rows of the batch ``params`` was drawn for
+        (a data-parallel rank's share); they render exactly as in the whole batch.
+        """
         from kornia.geometry.transform import warp_perspective
 
         check_images(images)
         if images.shape[-2:] != self.image_hw:
             raise ValueError(f"expected images of size {self.image_hw}, got {tuple(images.shape[-2:])}")
-        if images.shape[0] != len(params):
-            raise ValueError(f"expected {len(params)} images for these params, got {images.shape[0]}")
-        s, alpha = self.stickers(patch.to(images.dtype), params)
-        Hm = self.homographies(params, device=images.device, dtype=images.dtype)
+        n = len(params) if rows is None else len(range(*rows.indices(len(params))))
+        if images.shape[0] != n:
+            raise ValueError(f"expected {n} images for these params, got {images.shape[0]}")
+        s, alpha = self.stickers(patch.to(images.dtype), params, rows=rows)
+        Hm = self.homographies(params if rows is None else params_rows(params, rows), device=images.device,
+                               dtype=images.dtype)
         both = torch.cat([s * alpha, alpha], 1)
         warped = warp_perspective(both, Hm, self.image_hw, mode="bilinear", padding_mode="zeros", align_corners=True)
         color, m = warped[:, :3], warped[:, 3:].clamp(0.0, 1.0)
@@ -408,4 +440,4 @@ class PatchRenderer(nn.Module):
         return self(images, patch, params), params
 
 
-__all__ = ["EOTConfig", "EOTParams", "PLACEMENTS", "PRESETS", "PatchRenderer", "SHAPES", "footprint", "load_eot"]
+__all__ = ["EOTConfig", "EOTParams", "PLACEMENTS", "PRESETS", "PatchRenderer", "SHAPES", "footprint", "load_eot", "params_rows"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import torch
+import torch.utils.data
 
 from .data import ImageSet, match_labels
 from .errors import DataError
@@ -44,9 +45,13 @@ class ImageSource(Protocol):
 
     image_hw: tuple[int, int]
 
-    def draw(self, n: int, generator: torch.Generator, device: torch.device | str
+    def draw(self, n: int, generator: torch.Generator, device: torch.device | str, *, rows: slice | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``n`` images as float ``(n, 3, H, W)`` on ``device`` and their labels (or ``None``)."""
+        """``n`` images as float ``(n, 3, H, W)`` on ``device`` and their labels (or ``None``).
+
+        ``rows``: only those rows of the ``n`` drawn (a data-parallel rank's share); the
+        generator advances as for all ``n``, so every rank stays in step.
+        """
         ...
 
 
@@ -74,13 +79,19 @@ class TensorSource:
         """The images where the boolean mask ``keep`` holds."""
         return TensorSource(self.images[keep], None if self.labels is None else self.labels[keep])
 
-    def draw(self, n: int, generator: torch.Generator, device: torch.device | str
+    def draw(self, n: int, generator: torch.Generator, device: torch.device | str, *, rows: slice | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if len(self) == 0:
             raise DataError("no images to draw from")
         idx = torch.randint(0, len(self), (n,), generator=generator)
-        y = None if self.labels is None else self.labels[idx].to(device)
-        return to_float(self.images[idx], device), y
+        if rows is not None:  # a rank's share of the global draw: only these rows are decoded and moved
+            idx = idx[rows]
+        dev = torch.device(device)
+        x = self.images[idx]
+        if dev.type == "cuda":  # an asynchronous copy from pinned memory; the step does not wait for it
+            x = x.pin_memory().to(dev, non_blocking=True)
+        y = None if self.labels is None else self.labels[idx].to(dev, non_blocking=dev.type == "cuda")
+        return to_float(x, dev), y
 
 
 class StreamSource:
@@ -125,19 +136,72 @@ class StreamSource:
                 if x.shape[0]:
                     return x, y
             self._it = None  # ended: start again (cycle), once per call
+            self._epoch = getattr(self, "_epoch", 0) + 1
+            sampler = getattr(self.batches, "sampler", None)
+            if hasattr(sampler, "set_epoch"):  # a DistributedSampler: a new shuffle each pass
+                sampler.set_epoch(self._epoch)
         raise DataError("the data stream yields no usable images" + (" (is it empty?)" if first else ""))
 
-    def draw(self, n: int, generator: torch.Generator, device: torch.device | str
+    def draw(self, n: int, generator: torch.Generator, device: torch.device | str, *, rows: slice | None = None
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
         del generator  # the stream's own order (a DataLoader's shuffle) is the randomness
+        if rows is not None:  # the stream is this rank's shard (a DistributedSampler): take its share
+            n = len(range(*rows.indices(n)))
         have = sum(int(b[0].shape[0]) for b in self._buf)
         while have < n:
             self._buf.append(self._next_raw())
             have += int(self._buf[-1][0].shape[0])
-        xs = torch.cat([to_float(b[0]) for b in self._buf])
+        raw = [b[0] for b in self._buf]
+        # uint8 batches stay uint8 until they are on the device (a quarter of the bytes to copy)
+        xs = torch.cat(raw) if all(r.dtype == torch.uint8 for r in raw) else torch.cat([to_float(r) for r in raw])
         ys = None if any(b[1] is None for b in self._buf) else torch.cat([b[1] for b in self._buf])  # type: ignore[misc]
         self._buf = [(xs[n:], None if ys is None else ys[n:])] if xs.shape[0] > n else []
-        return xs[:n].to(device), None if ys is None else ys[:n].to(device)
+        dev = torch.device(device)
+        x = xs[:n]
+        nb = dev.type == "cuda"
+        if nb and not x.is_pinned():
+            x = x.pin_memory()  # an asynchronous copy: the step does not wait for it
+        return to_float(x.to(dev, non_blocking=nb), dev), None if ys is None else ys[:n].to(dev)
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """Image files decoded on demand (in DataLoader workers): ``(uint8 (3, H, W), label)`` items."""
+
+    def __init__(self, items: Sequence[tuple[Any, int]], classes: Sequence[str] = ()):
+        self.items = [(str(p), int(c)) for p, c in items]
+        self.classes = list(classes)  # matched to the models' labels by name (as_source)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from .data import read_image
+
+        path, label = self.items[i]
+        return (read_image(path) * 255.0).round_().to(torch.uint8), label
+
+
+def folder_loader(items: Sequence[tuple[Any, int]], *, classes: Sequence[str] = (), batch_size: int, workers: int = 0, seed: int = 0,
+                  device: torch.device | str = "cpu", rank: int = 0, world: int = 1,
+                  prefetch: int = 4) -> torch.utils.data.DataLoader:
+    """A shuffled, seeded DataLoader over image files, decoded in ``workers`` processes.
+
+    Pinned memory on CUDA (asynchronous copies), ``prefetch`` batches per worker ready
+    ahead of the step, and a ``DistributedSampler`` shard per rank under torchrun. Only
+    the batches in flight are ever in memory.
+    """
+    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+    ds = FolderDataset(items, classes)
+    if world > 1:
+        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    else:
+        sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(seed))
+    kw: dict[str, Any] = {}
+    if workers > 0:
+        kw = dict(prefetch_factor=prefetch, persistent_workers=True)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                      pin_memory=torch.device(device).type == "cuda", drop_last=False, **kw)
 
 
 def data_classes(data: Any) -> list[str] | None:
@@ -210,4 +274,4 @@ def collect(data: Iterable[Any], *, keep: Callable[[torch.Tensor], torch.Tensor]
     return x[:limit] if limit is not None else x
 
 
-__all__ = ["ImageSource", "StreamSource", "TensorSource", "as_source", "collect", "data_classes", "to_float"]
+__all__ = ["FolderDataset", "ImageSource", "folder_loader", "StreamSource", "TensorSource", "as_source", "collect", "data_classes", "to_float"]

@@ -62,13 +62,29 @@ def optimize_cmd(
     resume: Annotated[bool, typer.Option("--resume", help="Continue the stopped run in --out (its options are "
                                                           "reused; only --steps may grow).")] = False,
     cache: Annotated[bool, typer.Option("--cache/--no-cache", help="Cache target-class features.")] = True,
+    precision: Annotated[str, typer.Option(help="auto (bf16 autocast on CUDA devices that support it), fp32 or "
+                                                "bf16; the patch itself stays float32.")] = "auto",
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last",
+                                                          help="Channels-last batches and models (default: on "
+                                                               "CUDA).")] = None,
+    compile_models: Annotated[bool, typer.Option("--compile", help="Run the source models through "
+                                                                   "torch.compile.")] = False,
+    workers: Annotated[Optional[int], typer.Option(help="Stream the images from disk, decoded in N DataLoader "
+                                                        "worker processes (pinned memory on CUDA, prefetch; 0: "
+                                                        "in this process) instead of loading the data set into "
+                                                        "memory.")] = None,
 ) -> None:
-    """Optimise a universal targeted patch against one or more source models."""
+    """Optimise a universal targeted patch against one or more source models.
+
+    Under ``torchrun --nproc_per_node N -m patchlab optimize ...`` the processes share
+    each step's global batch (--batch-size, a multiple of N) and keep one patch; rank 0
+    writes the run folder.
+    """
     from ..data import limit_items, load_folder, scan_folder
     from ..eot import load_eot
     from ..errors import ConfigError
     from ..models import load_model
-    from ..optimize import OptimizeConfig, prepare_run, run_optimization
+    from ..optimize import OptimizeConfig, prepare_run, prepare_stream_run, run_optimization
     from ..runs import read_run
     from ..utils import resolve_device
     from ._common import progress_bar
@@ -82,8 +98,10 @@ def optimize_cmd(
         nps=nps_weight if nps else 0.0, palette=str(nps.resolve()) if nps else None,
         calib=str(calib.resolve()) if calib else None, frame_markers=frame_markers, seed=seed,
         holdout_frac=holdout_frac, target_images=target_images, grad_norm=grad_norm, init=init,
-        checkpoint_every=checkpoint_every, log_every=log_every)
-    cli_to_cfg = {"patch_frac": "frac", "eot": "eot_name", "nps": "palette", "nps_weight": "nps"}
+        checkpoint_every=checkpoint_every, log_every=log_every, precision=precision, channels_last=channels_last,
+        compile=compile_models)
+    cli_to_cfg = {"patch_frac": "frac", "eot": "eot_name", "nps": "palette", "nps_weight": "nps",
+                  "compile_models": "compile"}
     sources, data_root, limit = list(source or []), data, limit_per_class
     if resume:
         rec = read_run(out)
@@ -105,17 +123,47 @@ def optimize_cmd(
         raise ConfigError("give --target CLASS")
     opts["eot"] = load_eot(opts["eot_name"])
     config = OptimizeConfig(**opts)
-    dev = resolve_device(device)
+    from ..distributed import init_from_env, launched
+
+    if launched():  # torchrun: join the group, one device per local rank
+        dist, dev = init_from_env(device)
+    else:
+        from ..distributed import current
+
+        dist, dev = current(), resolve_device(device)
+    quiet = not dist.is_main
     color, palette = _load_calibration(config)
     models = [load_model(ref, device=dev) for ref in sources]
-    n_files = len(limit_items(scan_folder(data_root)[0], limit))
-    with progress_bar("loading images", n_files) as adv:
-        images = load_folder(data_root, limit_per_class=limit, progress=adv)
-    with console.status("target-class features"):
-        prepared = prepare_run(config, models, images, device=dev, cache=cache, color=color, palette=palette)
+    if config.channels_last or (config.channels_last is None and dev.type == "cuda"):
+        import torch
+
+        for m in models:  # the CLI owns these models; the library only lays out the batches
+            m.to(memory_format=torch.channels_last)
+    import contextlib
+
+    if workers is not None:  # streamed: only the target class's images are read up front
+        if workers < 0:
+            raise ConfigError(f"--workers must be >= 0, got {workers}")
+        with contextlib.nullcontext() if quiet else console.status("target-class images and features"):
+            prepared = prepare_stream_run(config, models, data_root, workers=workers, limit_per_class=limit,
+                                          device=dev, cache=cache, color=color, palette=palette)
+    else:
+        n_files = len(limit_items(scan_folder(data_root)[0], limit))
+        bar = contextlib.nullcontext(lambda n=1: None) if quiet else progress_bar("loading images", n_files)
+        with bar as adv:
+            images = load_folder(data_root, limit_per_class=limit, progress=adv)
+        with contextlib.nullcontext() if quiet else console.status("target-class features"):
+            prepared = prepare_run(config, models, images, device=dev, cache=cache, color=color, palette=palette)
     prepared.record["limit_per_class"] = limit
     prepared.record["device"] = str(dev)
     names = ", ".join(m.name for m in models)
+    if quiet:  # ranks other than 0 step silently; rank 0 reports and writes
+        run_optimization(prepared, out, resume=resume, command=command_line(ctx))
+        _leave_group(dist)
+        return
+    if dist.active:
+        err_console.print(f"data-parallel over {dist.world} processes: {config.batch_size // dist.world} of the "
+                          f"{config.batch_size} images of each step per process")
     err_console.print(f"optimising a {config.loss} patch ({prepared.record['patch']['pixels'][0]} px, "
                       f"{config.frac:.0%} of the image) towards {prepared.record['target_class']!r} on {names}; "
                       f"{prepared.record['data']['n_attack']} attack images, "
@@ -125,6 +173,16 @@ def optimize_cmd(
     console.print(f"finished {res.steps} steps in {res.seconds:.0f} s; running white-box tSuc {res.final_tsuc:.1%}")
     console.print(f"wrote {Path(out) / 'patch.png'} and {Path(out) / 'run.json'}")
     console.print(f"next: patchlab eval transfer {out} --models MODEL...")
+    _leave_group(dist)
+
+
+def _leave_group(dist) -> None:
+    """Leave torchrun's process group cleanly once every rank is done."""
+    if dist.active:
+        import torch.distributed
+
+        dist.barrier()
+        torch.distributed.destroy_process_group()
 
 
 def _parse_position(s: str | None) -> tuple[float, float] | None:
@@ -164,7 +222,6 @@ class _StepBar:
                                  TimeElapsedColumn(), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),
                                  console=err_console)
         self.total = total
-        self.ema: float | None = None
 
     def __enter__(self) -> "_StepBar":
         self.progress.__enter__()
@@ -172,10 +229,15 @@ class _StepBar:
         return self
 
     def update(self, info) -> None:
-        self.ema = info.tsuc if self.ema is None else 0.9 * self.ema + 0.1 * info.tsuc
-        terms = " ".join(f"{k.split('[')[0]}={v:.3g}" for k, v in list(info.terms.items())[:4])
+        # the figures are read only when the loop logged them (every --log-every steps): reading
+        # them at every step would make the host wait for the device at every step
+        if info.logged is None:
+            self.progress.update(self.task, completed=info.step)
+            return
+        e = info.logged
+        terms = " ".join(f"{k.split('[')[0]}={v:.3g}" for k, v in list(e["terms"].items())[:4])
         self.progress.update(self.task, completed=info.step,
-                             info=f"loss {info.loss:.4g} ({terms}) tSuc~{self.ema:.0%}")
+                             info=f"loss {e['loss']:.4g} ({terms}) tSuc~{e['tsuc']:.0%}")
 
     def __exit__(self, *exc) -> None:
         self.progress.__exit__(*exc)

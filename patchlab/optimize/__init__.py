@@ -9,8 +9,8 @@
 from .attack import PatchAttack, PatchResult, PreparedAttack, resolve_target
 from .config import PAPER_LAYERS, REGULARIZER_UNIT, OptimizeConfig
 from .loop import LoopState, OptimizationDiverged, PatchOptimizer, StepInfo
-from .run import PreparedRun, RunResult, prepare_run, run_optimization
+from .run import PreparedRun, RunResult, prepare_run, prepare_stream_run, run_optimization
 
 __all__ = ["LoopState", "OptimizationDiverged", "OptimizeConfig", "PAPER_LAYERS", "PatchAttack", "PatchOptimizer",
            "PatchResult", "PreparedAttack", "PreparedRun", "REGULARIZER_UNIT", "RunResult", "StepInfo",
-           "prepare_run", "resolve_target", "run_optimization"]
+           "prepare_run", "prepare_stream_run", "resolve_target", "run_optimization"]

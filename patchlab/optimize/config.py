@@ -17,10 +17,12 @@ from ..errors import ConfigError
 OPTIMIZERS = ("adam", "sgd")
 INITS = ("random", "gray")
 LR_SCHEDULES = ("constant", "cosine")
+#: ``auto``: bfloat16 autocast on a CUDA device that supports it, float32 elsewhere.
+PRECISIONS = ("auto", "fp32", "bf16")
 #: the cosine schedule ends at this fraction of the initial learning rate
 COSINE_FLOOR = 0.01
 #: Config fields that may change when a run is resumed (they do not change the patch's path).
-RESUMABLE_FIELDS = ("steps", "checkpoint_every", "log_every")
+RESUMABLE_FIELDS = ("steps", "checkpoint_every", "log_every", "precision", "channels_last", "compile")
 #: The OT patch paper's layers (eq. 3 sums the OT distance over several encoder depths
 #: and the pre-logit features): half-way, three quarters of the way, and the classifier's input.
 PAPER_LAYERS = "depth:0.5,depth:0.75,auto"
@@ -59,7 +61,14 @@ class OptimizeConfig:
         target_images: at most this many target-class images for the target features.
         grad_norm: normalise each source model's gradient to unit norm before averaging.
         init: ``random`` (uniform) or ``gray`` (0.5) initial patch.
-        checkpoint_every, log_every: checkpoint / history period in steps.
+        checkpoint_every, log_every: checkpoint / history period in steps. The loop reads
+            nothing back from the device between these points (no per-step sync): the
+            loss, success and NaN checks are device tensors read every ``log_every`` steps.
+        precision: ``fp32``, ``bf16`` (the models run under bfloat16 autocast; the patch,
+            the rendering and the losses stay float32) or ``auto`` (bf16 on CUDA devices
+            that support it).
+        channels_last: feed the models channels-last batches (``None``: on CUDA).
+        compile: run the source models through ``torch.compile``.
     """
 
     target: str | None = None
@@ -90,6 +99,9 @@ class OptimizeConfig:
     init: str = "random"
     checkpoint_every: int = 50
     log_every: int = 10
+    precision: str = "auto"
+    channels_last: bool | None = None
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.loss not in L.LOSS_NAMES:
@@ -98,6 +110,8 @@ class OptimizeConfig:
             raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose {' or '.join(OPTIMIZERS)}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"unknown lr schedule {self.lr_schedule!r}; choose {' or '.join(LR_SCHEDULES)}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.init not in INITS:
             raise ConfigError(f"unknown init {self.init!r}; choose {' or '.join(INITS)}")
         for name in ("steps", "batch_size", "projections", "checkpoint_every", "log_every"):
@@ -136,5 +150,5 @@ class OptimizeConfig:
         return cls(**kw)
 
 
-__all__ = ["COSINE_FLOOR", "INITS", "LR_SCHEDULES", "OPTIMIZERS", "OptimizeConfig", "PAPER_LAYERS",
+__all__ = ["COSINE_FLOOR", "INITS", "LR_SCHEDULES", "OPTIMIZERS", "OptimizeConfig", "PAPER_LAYERS", "PRECISIONS",
            "REGULARIZER_UNIT", "RESUMABLE_FIELDS"]

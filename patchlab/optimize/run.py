@@ -119,6 +119,72 @@ def prepare_run(config: OptimizeConfig, sources: Sequence[WrappedModel], data: I
                        record=record)
 
 
+def prepare_stream_run(config: OptimizeConfig, sources: Sequence[WrappedModel], root: str | Path, *,
+                       workers: int = 0, limit_per_class: int | None = None, device: torch.device | str = "cpu",
+                       cache: bool = True, color: nn.Module | None = None, palette: torch.Tensor | None = None,
+                       progress: Callable[[int], None] | None = None) -> PreparedRun:
+    """:func:`prepare_run` for a folder streamed from disk: the data set is never held in memory.
+
+    The split is made on the file list (the same seeded split as :func:`prepare_run`);
+    the attack images of the training part stream through a DataLoader decoding in
+    ``workers`` processes (pinned memory on CUDA, prefetch, a ``DistributedSampler``
+    shard per rank under torchrun); only the target class's training images (at most
+    ``config.target_images``) are read, once, for the target features.
+    """
+    from ..data import read_image, scan_folder
+    from ..distributed import current
+    from ..inputs import folder_loader
+
+    if config.target is None:
+        raise ConfigError("a run folder needs a target class (--target)")
+    if config.calib and color is None:
+        raise ConfigError("config.calib is set but no colour transform was passed in")
+    if config.nps > 0 and palette is None:
+        raise ConfigError("an NPS weight needs the palette colours")
+    items, classes = scan_folder(root)
+    from ..data import limit_items
+
+    items = limit_items(items, limit_per_class)
+    if not classes or not items:
+        raise DataError(f"{root} has no class sub-folders with images: the optimiser needs an ImageFolder tree "
+                        "with the target class in it")
+    labels = torch.tensor([c for _p, c in items], dtype=torch.long)
+    split = split_indices(labels, holdout_frac=config.holdout_frac, seed=config.seed)
+    t = classes.index(classes[class_index(config.target, classes)])
+    train = [items[int(i)] for i in split.train]
+    attack_items = [it for it in train if it[1] != t]
+    target_items = [it for it in train if it[1] == t]
+    if not attack_items:
+        raise DataError(f"no attack images in the training part of {root}")
+    timgs = None
+    if config.loss != "ce":
+        if not target_items:
+            raise DataError(f"no images of the target class {classes[t]!r} in the training part of {root}")
+        if config.target_images is not None:
+            target_items = target_items[:config.target_images]
+        timgs = torch.stack([read_image(p) for p, _c in target_items])
+        if progress is not None:
+            progress(len(target_items))
+    dist = current()
+    loader = folder_loader(attack_items, classes=classes, batch_size=max(1, config.batch_size // dist.world),
+                           workers=workers, seed=config.seed, device=device, rank=dist.rank, world=dist.world)
+    attack = PatchAttack.from_config(config, palette=palette, color=color, device=device, cache=cache)
+    prepared = attack.prepare(list(sources), loader, classes[t], target_images=timgs)
+    H, W = prepared.optimizer.source.image_hw
+    record = {
+        "target_class": prepared.target_class, "target_index": prepared.target_index, "seed": config.seed,
+        "attack": repr(attack), "config": prepared.config.to_dict(), "sources": [m.info.to_dict() for m in sources],
+        "layers": prepared.layers, "patch": prepared.patch_info,
+        "data": {"root": str(Path(root).resolve()), "n_images": len(items), "image_size": [int(H), int(W)],
+                 "classes": list(classes), "paths_digest": paths_digest([str(p) for p, _c in items], str(root)),
+                 "n_attack": len(attack_items), "n_target_images": prepared.n_target_images,
+                 "streamed": {"workers": workers}},
+        "split": split.to_dict(),
+    }
+    return PreparedRun(config=prepared.config, sources=list(sources), attack=prepared, data=None,  # type: ignore
+                       split=split, record=record)
+
+
 def _check_resume(ckpt: dict[str, Any], config: OptimizeConfig, path: Path) -> None:
     old = dict(ckpt.get("config", {}))
     new = config.to_dict()
@@ -143,6 +209,9 @@ def run_optimization(prepared: PreparedRun, out: str | Path, *, resume: bool = F
     raises :class:`OptimizationDiverged`; Ctrl-C saves the state reached (status
     ``interrupted``) and re-raises ``KeyboardInterrupt``. A prepared run is run once:
     its feature hooks are removed from the source models on return.
+
+    Under torchrun every rank calls this with the same arguments; every rank steps
+    (and, on ``resume``, reads the checkpoint), rank 0 alone writes the folder.
     """
     try:
         # one writer per run folder (FolderInUse names the other's process), and a run that
@@ -181,8 +250,12 @@ def _start_state(prepared: PreparedRun, out: Path, resume: bool) -> tuple[LoopSt
 def _run(prepared: PreparedRun, out: Path, *, resume: bool, on_step: Callable[[StepInfo], None] | None,
          command: Sequence[str] | None) -> RunResult:
     cfg = prepared.config
+    dist = prepared.attack.optimizer.dist
     state, started, seconds_before = _start_state(prepared, out, resume)
-    out.mkdir(parents=True, exist_ok=True)
+    dist.barrier()  # every rank has checked --out before rank 0 writes into it
+    writes = dist.is_main
+    if writes:
+        out.mkdir(parents=True, exist_ok=True)
     record = {"run_id": out.resolve().name, "status": "running", "message": "", **prepared.record,
               "command": list(command) if command is not None else list(sys.argv), "versions": versions(),
               "started": started, "finished": None, "seconds": seconds_before, "history": state.history,
@@ -194,12 +267,17 @@ def _run(prepared: PreparedRun, out: Path, *, resume: bool, on_step: Callable[[S
                       seconds=round(seconds_before + time.perf_counter() - t0, 3))
         if status != "running":
             record["finished"] = now_iso()
+        if not writes:
+            return
         write_patch(out, state.patch)
         if with_checkpoint:
             atomic_torch_save(state.checkpoint(cfg), out / CHECKPOINT)
         atomic_write_json(out / RUN_JSON, record)
 
-    atomic_write_json(out / RUN_JSON, record)
+    if dist.active:
+        record["world_size"] = dist.world
+    if writes:
+        atomic_write_json(out / RUN_JSON, record)
     clean = {"at": state.step}
 
     def checkpoint(s: LoopState) -> None:
@@ -227,4 +305,4 @@ def _run(prepared: PreparedRun, out: Path, *, resume: bool, on_step: Callable[[S
                      seconds=record["seconds"], result=result)
 
 
-__all__ = ["PreparedRun", "RunResult", "prepare_run", "run_optimization"]
+__all__ = ["PreparedRun", "RunResult", "prepare_run", "prepare_stream_run", "run_optimization"]

@@ -1,0 +1,80 @@
+"""Worker for test_distributed.py: optimise patches with the library, in one process or under torchrun.
+
+``python tests/dist_patch_worker.py OUT_DIR`` (under torchrun every rank runs it; rank 0 writes).
+The test imports :func:`run_specs` to compute the single-process reference in its own process.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+if str(HERE) not in sys.path:
+    sys.path.insert(0, str(HERE))
+
+from conftest import CIFAR_TEST, card  # noqa: E402
+
+from patchlab.optimize import PatchAttack  # noqa: E402
+
+#: (name, steps, settings, checkpoint at): ce is smooth, so 20 steps stay at rounding level; sw's sort
+#: makes its gradient jump where two projected features swap order, which rounding can trigger, so it is
+#: compared over the first steps (the all-gather path).
+SPECS = [
+    ("ce", 20, dict(loss="ce"), 10),
+    ("sw", 5, dict(loss="sw", projections=64, layers="auto,depth:0.5"), None),
+]
+BASE = dict(batch_size=16, eot="physical", seed=3, placement="random", log_every=5)
+
+
+def prepare(spec, model, data):
+    _name, steps, kw, _ck = spec
+    return PatchAttack(steps=steps, cache=False, **{**BASE, **kw}).prepare(model, data, "frog")
+
+
+def load_inputs():
+    from patchlab.data import load_folder
+    from patchlab.models import load_model
+
+    return load_model(card("resnet20")), load_folder(CIFAR_TEST, limit_per_class=8)
+
+
+def run_specs(model, data, ctx=None):
+    """Every spec's patch after each step ``{name: (steps, 3, h, w)}`` and the checkpoints taken."""
+    out, ckpts = {}, {}
+    for spec in SPECS:
+        name, steps, _kw, ck_at = spec
+        prep = prepare(spec, model, data)
+        state = prep.new_state()
+        patches = []
+        for s in range(1, steps + 1):
+            prep.optimizer.run(state, s)
+            patches.append(state.patch.detach().cpu().numpy().copy())
+            if s == ck_at:
+                ckpts[name] = copy.deepcopy(state.checkpoint(prep.config))  # as saved to disk
+        prep.close()
+        if ctx is not None:
+            ctx.check_identical(state.patch)
+        out[name] = np.stack(patches)
+    return out, ckpts
+
+
+def main() -> None:
+    from patchlab.distributed import init_from_env
+
+    torch.set_num_threads(1)
+    out = Path(sys.argv[1])
+    ctx, _dev = init_from_env("cpu")
+    model, data = load_inputs()
+    patches, ckpts = run_specs(model, data, ctx)
+    if ctx.is_main:
+        np.savez(out / "patches.npz", world=ctx.world, **patches)
+        torch.save(ckpts, out / "checkpoints.pt")
+
+
+if __name__ == "__main__":
+    main()
