@@ -137,7 +137,7 @@ class StreamSource:
                     return x, y
             self._it = None  # ended: start again (cycle), once per call
             self._epoch = getattr(self, "_epoch", 0) + 1
-            sampler = getattr(self.batches, "sampler", None)
+            sampler: Any = getattr(self.batches, "sampler", None)
             if hasattr(sampler, "set_epoch"):  # a DistributedSampler: a new shuffle each pass
                 sampler.set_epoch(self._epoch)
         raise DataError("the data stream yields no usable images" + (" (is it empty?)" if first else ""))
@@ -193,6 +193,7 @@ def folder_loader(items: Sequence[tuple[Any, int]], *, classes: Sequence[str] = 
     from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 
     ds = FolderDataset(items, classes)
+    sampler: torch.utils.data.Sampler[Any]
     if world > 1:
         sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
     else:

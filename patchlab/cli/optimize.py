@@ -168,8 +168,8 @@ def optimize_cmd(
                       f"{config.frac:.0%} of the image) towards {prepared.record['target_class']!r} on {names}; "
                       f"{prepared.record['data']['n_attack']} attack images, "
                       f"{prepared.record['data']['n_target_images']} target images")
-    with _StepBar(config.steps) as bar:
-        res = run_optimization(prepared, out, resume=resume, on_step=bar.update, command=command_line(ctx))
+    with _StepBar(config.steps) as step_bar:
+        res = run_optimization(prepared, out, resume=resume, on_step=step_bar.update, command=command_line(ctx))
     console.print(f"finished {res.steps} steps in {res.seconds:.0f} s; running white-box tSuc {res.final_tsuc:.1%}")
     console.print(f"wrote {Path(out) / 'patch.png'} and {Path(out) / 'run.json'}")
     console.print(f"next: patchlab eval transfer {out} --models MODEL...")
