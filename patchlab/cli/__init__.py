@@ -70,6 +70,10 @@ _report.register(app)
 app.add_typer(_world.app, name="world")
 _demo.register(app)
 
+from . import defend as _defend  # noqa: E402
+
+app.add_typer(_defend.app, name="defend")
+
 
 @app.callback()
 def _root(
