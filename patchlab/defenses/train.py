@@ -292,14 +292,15 @@ def _check(f: Logits, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> tup
 
 
 def overfit_reason(rec: EpochRecord, best_pgd: float, cfg: TrainConfig) -> str:
-    """Why ``rec`` is catastrophic overfitting, or ``""``."""
+    """Why ``rec`` is catastrophic overfitting (each rule that fired, joined by ``"; "``), or ``""``."""
+    why = []
     if rec.check_pgd < best_pgd - cfg.overfit_drop:
-        return (f"PGD accuracy on the check batch fell from {best_pgd:.1%} to {rec.check_pgd:.1%} "
-                f"(more than {cfg.overfit_drop:.0%})")
+        why.append(f"PGD accuracy on the check batch fell from {best_pgd:.1%} to {rec.check_pgd:.1%} "
+                   f"(more than {cfg.overfit_drop:.0%})")
     if rec.check_pgd < cfg.overfit_floor and rec.check_fgsm - rec.check_pgd > cfg.overfit_gap:
-        return (f"FGSM accuracy {rec.check_fgsm:.1%} but PGD accuracy {rec.check_pgd:.1%} on the check batch "
-                "(the model learned to defeat FGSM only)")
-    return ""
+        why.append(f"FGSM accuracy {rec.check_fgsm:.1%} but PGD accuracy {rec.check_pgd:.1%} on the check batch "
+                   "(the model learned to defeat FGSM only)")
+    return "; ".join(why)
 
 
 def adversarial_finetune(model: WrappedModel, x: torch.Tensor, y: torch.Tensor, *, config: TrainConfig,
@@ -346,6 +347,7 @@ def adversarial_finetune(model: WrappedModel, x: torch.Tensor, y: torch.Tensor, 
     t_start = time.perf_counter()
     wall0 = 0.0
     if state is not None:
+        state = copy.deepcopy(state)  # the optimiser would otherwise share (and mutate) the caller's buffers
         if state.get("config") != cfg.to_dict():
             raise ConfigError("the saved training state was made with other settings; start again with --restart")
         net.net.load_state_dict(state["net"])
@@ -413,7 +415,7 @@ def adversarial_finetune(model: WrappedModel, x: torch.Tensor, y: torch.Tensor, 
             overfit_epoch = epoch
         wall = wall0 + time.perf_counter() - t_start
         if save_state is not None:
-            save_state({"config": cfg.to_dict(), "net": snapshot(), "opt": opt.state_dict(),
+            save_state({"config": cfg.to_dict(), "net": snapshot(), "opt": copy.deepcopy(opt.state_dict()),
                         "sched": sched.state_dict(), "gen": gen.get_state(), "history": [h.to_dict() for h in history],
                         "best": best_state, "best_epoch": best_epoch, "best_pgd": best_pgd, "wall_s": wall,
                         "overfit_epoch": overfit_epoch, "overfit_reason": reason})
