@@ -18,7 +18,7 @@ from patchlab.data import ImageSet
 from patchlab.eot import PRESETS, EOTConfig
 from patchlab.models.wrapper import WrappedModel
 from patchlab.optimize.config import OptimizeConfig
-from patchlab.runs import read_run
+from patchlab.runs import RunRecord, load_run
 from patchlab.errors import ConfigError
 from patchlab.utils import atomic_write_json, atomic_write_text, read_json_object
 
@@ -144,11 +144,12 @@ def _short(name: str) -> str:
     return name.split("-", 1)[1] if name.startswith("cifar10-") else name
 
 
-def row_label(record: dict[str, Any]) -> str:
-    """``loss frac% source -> target`` for a run record."""
-    cfg = record.get("config", {})
-    src = "+".join(_short(s["name"]) for s in record.get("sources", []))
-    label = f"{cfg.get('loss', '?')} {float(cfg.get('frac', 0)):.0%} {src}->{record.get('target_class', '?')}"
+def row_label(record: RunRecord | dict[str, Any]) -> str:
+    """``loss frac% source -> target`` (plus the knobs that differ from the defaults) for a run record."""
+    rec = record if isinstance(record, RunRecord) else RunRecord.from_dict(record)
+    cfg = rec.config
+    src = "+".join(_short(n) for n in rec.source_names)
+    label = f"{cfg.get('loss', '?')} {rec.frac:.0%} {src}->{rec.target_class or 'untargeted'}"
     if cfg.get("loss") != "ce" and cfg.get("layers", _DEFAULTS["layers"]) != _DEFAULTS["layers"]:
         label += f" [{cfg['layers']}]"
     if cfg.get("eot_name", "none") != "none":
@@ -162,14 +163,14 @@ def row_label(record: dict[str, Any]) -> str:
     return label
 
 
-def matrix_row(run_dir: str | Path, result: TransferResult, record: dict[str, Any]) -> MatrixRow:
+def matrix_row(run_dir: str | Path, result: TransferResult, record: RunRecord) -> MatrixRow:
     by = result.by_name()
-    sources = [s["name"] for s in record.get("sources", [])]
+    sources = record.source_names
     others = [m.tsuc for m in result.models if not m.is_source]
     wb = [m.tsuc for m in result.models if m.is_source]
-    cfg = record.get("config", {})
-    return MatrixRow(run_id=result.run_id, run_dir=str(run_dir), label=row_label(record), loss=str(cfg.get("loss")),
-                     sources=sources, target_class=result.target_class, frac=float(cfg.get("frac", 0.0)),
+    return MatrixRow(run_id=result.run_id, run_dir=str(run_dir), label=row_label(record),
+                     loss=str(record.config.get("loss")), sources=sources, target_class=result.target_class,
+                     frac=record.frac,
                      tsuc={n: m.tsuc for n, m in by.items()}, ci95={n: list(m.ci95) for n, m in by.items()},
                      white_box=float(np.mean(wb)) if wb else None,
                      mean_transfer=float(np.mean(others)) if others else None,
@@ -189,7 +190,7 @@ def transfer_matrix(run_dirs: Sequence[str | Path], models: Sequence[WrappedMode
     for i, rd in enumerate(run_dirs):
         if on_run is not None:
             on_run(i, str(rd))
-        rec = read_run(rd)
+        rec = load_run(rd)
         res = evaluate_run(rd, models, placement=placement, eot=eot, eot_name=eot_name, seed=seed,
                            batch_size=batch_size, device=device, clean_cache=clean, data_cache=data,
                            progress=progress)

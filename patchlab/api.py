@@ -24,7 +24,7 @@ from torch import nn
 from .data import ImageSet
 from .eot import PRESETS, EOTConfig, load_eot
 from .errors import ConfigError, DataError
-from .inputs import as_source
+from .inputs import TensorSource
 from .models.wrapper import ModelInfo, Preprocess, WrappedModel
 from .optimize.attack import PatchResult
 from .transfer import TransferResult, evaluate_patch, render_patch
@@ -112,33 +112,36 @@ def evaluate(patch: Any, models: nn.Module | Sequence[nn.Module], images: Any, l
         sources: names of models the patch was optimised on (flagged in the result;
             default: a PatchResult's models).
     """
-    ms = [models] if isinstance(models, nn.Module) else list(models)
-    if not ms or not all(isinstance(m, WrappedModel) for m in ms):
+    given = [models] if isinstance(models, nn.Module) else list(models)
+    ms = [m for m in given if isinstance(m, WrappedModel)]
+    if not ms or len(ms) != len(given):
         raise ConfigError("evaluate takes wrapped models (patchlab.wrap / patchlab.load_model)")
     p, cfg = _patch_of(patch)
-    labels0 = ms[0].labels
+    labels0: list[str] = list(ms[0].labels)
     if isinstance(images, ImageSet):
         data = images
     else:
         if labels is None:
             raise DataError("tSuc needs the images' true labels: pass labels=(N,) class indices, or an ImageSet")
-        src, _ = as_source((images, torch.as_tensor(labels)), labels0)
-        if src.labels is None or int(src.labels.max()) >= len(labels0) or int(src.labels.min()) < 0:
+        src = TensorSource(images, torch.as_tensor(labels))
+        assert src.labels is not None
+        if int(src.labels.max()) >= len(labels0) or int(src.labels.min()) < 0:
             raise DataError(f"labels must be class indices in [0, {len(labels0)})")
-        data = ImageSet(src.images, src.labels, list(labels0), [], "<tensor>")
+        data = ImageSet(src.images, src.labels, labels0, [], "<tensor>")
+    target_name = str(target)
     if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
         if not 0 <= int(target) < len(labels0):
             raise ConfigError(f"target class index {target} is out of range for {len(labels0)} classes")
-        target = labels0[int(target)]
+        target_name = labels0[int(target)]
     H, W = data.images.shape[-2:]
     fr = frac if frac is not None else cfg.get("frac") or float(p.shape[1] * p.shape[2]) / float(H * W)
     e = PRESETS["none"] if eot is None else (load_eot(eot) if isinstance(eot, str) else eot)
     dev = next(ms[0].parameters()).device if next(ms[0].parameters(), None) is not None else torch.device("cpu")
     src_names = list(sources) or (list(patch.models) if isinstance(patch, PatchResult) else [])
-    res = evaluate_patch(p, data, str(target), ms, frac=float(fr), shape=cfg.get("shape", shape),
+    res = evaluate_patch(p, data, target_name, ms, frac=float(fr), shape=cfg.get("shape", shape),
                          placement=placement, position=position, eot=e, seed=seed, frame=frame,
                          batch_size=batch_size, device=dev, source_names=src_names)
-    return TransferResult(run_id=name, target_class=str(target), placement=placement,
+    return TransferResult(run_id=name, target_class=target_name, placement=placement,
                           eot={"name": eot if isinstance(eot, str) else ("none" if eot is None else "custom"),
                                **e.to_dict()}, seed=seed, n_images=len(data), models=res)
 

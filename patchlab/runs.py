@@ -119,14 +119,14 @@ class RunRecord:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunRecord":
         known = {f.name for f in fields(cls)} - {"extra"}
-        missing = [k for k in ("target_class", "config", "patch") if k not in d]
+        missing = [k for k in ("target_class", "config") if k not in d]
         if missing:
             raise ConfigError(f"run record lacks {', '.join(missing)}: not a patchlab run.json")
         kw: dict[str, Any] = {k: d[k] for k in known if k in d and d[k] is not None or k in ("target_class",)}
         kw.setdefault("run_id", str(d.get("run_id", "")))
         kw.setdefault("status", str(d.get("status", "unknown")))
         kw.setdefault("seed", int(d.get("config", {}).get("seed", 0)))
-        for k in ("sources", "data", "split"):
+        for k in ("sources", "data", "split", "patch"):
             kw.setdefault(k, [] if k == "sources" else {})
         return cls(**kw, extra={k: v for k, v in d.items() if k not in known})
 

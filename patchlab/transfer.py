@@ -127,7 +127,7 @@ def render_patch(images: torch.Tensor, patch: torch.Tensor, *, frac: float | Non
     if frac is None:
         frac = float(patch.shape[1] * patch.shape[2]) / float(H * W)
     e = PRESETS["none"] if eot is None else (load_eot(eot) if isinstance(eot, str) else eot)
-    r = PatchRenderer((H, W), tuple(patch.shape[1:]), frac=frac, shape=shape, placement=placement,  # type: ignore[arg-type]
+    r = PatchRenderer((H, W), (int(patch.shape[1]), int(patch.shape[2])), frac=frac, shape=shape, placement=placement,  # type: ignore[arg-type]
                       position=position, eot=e, frame=frame).to(x.device)
     return r.paste(x, patch.to(x.device, x.dtype), generator)[0]
 
@@ -161,7 +161,7 @@ def judge_patch(patch: torch.Tensor, images: ImageSet, target_class: str, models
     maps = [match_labels(images.classes, m.labels, model_name=m.name) for m in models]
     t_model = [int(mp[t_data]) for mp in maps]
     H, W = images.images.shape[-2:]
-    renderer = PatchRenderer((int(H), int(W)), tuple(patch.shape[1:]), frac=frac, shape=shape, placement=placement,
+    renderer = PatchRenderer((int(H), int(W)), (int(patch.shape[1]), int(patch.shape[2])), frac=frac, shape=shape, placement=placement,
                              position=position, eot=eot, frame=frame).to(device)
     patch = patch.to(device).float()
     g = torch.Generator().manual_seed(seed)
@@ -177,7 +177,8 @@ def judge_patch(patch: torch.Tensor, images: ImageSet, target_class: str, models
         xp = renderer(x, patch, params)
         for i, m in enumerate(models):
             truth = maps[i].to(device)[y]
-            pc = cached[i][s:s + batch_size].to(device) if cached[i] is not None else m(x).argmax(1)
+            c = cached[i]
+            pc = c[s:s + batch_size].to(device) if c is not None else m(x).argmax(1)
             clean_preds[i].append(pc.cpu())
             pp = m(xp).argmax(1)
             hit[i].append((pp == t_model[i]).cpu())

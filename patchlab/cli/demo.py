@@ -33,8 +33,10 @@ def demo_cmd(
     from ..utils import resolve_device
 
     resolve_device(device)
-    kw = dict(seed=seed, device=device, target=target, source=source)
-    cfg = DemoConfig.quick(**kw) if quick else DemoConfig(**kw, steps=steps, frames=frames)
+    if quick:
+        cfg = DemoConfig.quick(seed=seed, device=device, target=target, source=source)
+    else:
+        cfg = DemoConfig(seed=seed, device=device, target=target, source=source, steps=steps, frames=frames)
 
     def announce(cmd: str) -> None:
         console.print(f"[dim]$ {cmd}[/]", highlight=False, soft_wrap=True)

@@ -139,7 +139,8 @@ class WrappedModel(nn.Module):
             if mode in ("bilinear", "bicubic"):
                 kwargs = {"align_corners": False, "antialias": antialias}
             x = F.interpolate(x, size=(h, w), mode=mode, **kwargs)
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        mean, std = self.get_buffer("mean"), self.get_buffer("std")
+        return (x - mean.to(x.dtype)) / std.to(x.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_images(x)
