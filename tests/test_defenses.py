@@ -3,6 +3,8 @@ filters against OpenCV and the capture loop's registry, BPDA, defended models.""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -250,3 +252,55 @@ def test_defences_on_real_images_keep_most_clean_accuracy(resnet20, cifar_small)
     for spec in ("blur:0.5", "median", "jpeg", "bitdepth", "lgs"):
         acc = (defend(resnet20, spec)(x).argmax(1) == y).float().mean().item()
         assert acc > base - 0.35, (spec, acc, base)
+
+
+# ------------------------------------------------------------ --defense in eval
+def test_eval_transfer_with_a_defense_names_it(tmp_path):
+    """`eval transfer --defense` judges patched and clean images behind the same defence and names it."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from patchlab.cli import app
+    from patchlab.transfer import TransferResult
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "p.png")
+    out = tmp_path / "t.json"
+    base = ["eval", "transfer", "--patch", str(tmp_path / "p.png"), "--data", str(CIFAR_TEST), "--target", "frog",
+            "--limit-per-class", "2", "--patch-frac", "0.2", "--models", card("resnet20"), "--device", "cpu"]
+    r = CliRunner().invoke(app, base + ["--defense", "lgs", "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    res = TransferResult.from_dict(json.loads(out.read_text()))
+    assert [m.name for m in res.models] == ["cifar10-resnet20+lgs"]
+    assert res.eot["defense"].startswith("lgs:window=15")
+    plain = tmp_path / "plain.json"
+    assert CliRunner().invoke(app, base + ["--json", str(plain)]).exit_code == 0
+    p = TransferResult.from_dict(json.loads(plain.read_text()))
+    assert "defense" not in p.eot and p.models[0].name == "cifar10-resnet20"
+    assert p.models[0].n_clean == res.models[0].n_clean
+    r = CliRunner().invoke(app, base + ["--defense", "sharpen"])
+    assert r.exit_code == 1 and "unknown defence" in r.output
+
+
+def test_eval_matrix_with_a_defense_counts_the_defended_source_as_white_box(tmp_path):
+    from typer.testing import CliRunner
+
+    from patchlab.cli import app
+    from patchlab.eval.matrix import MatrixResult
+
+    run = tmp_path / "run"
+    r = CliRunner().invoke(app, ["optimize", "--source", card("resnet20"), "--data", str(CIFAR_TEST), "--target",
+                                 "frog", "--limit-per-class", "5", "--batch-size", "8", "--device", "cpu", "--loss",
+                                 "ce", "--steps", "2", "--no-cache", "--out", str(run)])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["eval", "matrix", str(run), "--models", card("resnet20"), card("resnet32"),
+                                 "--defense", "jpeg:50", "--device", "cpu", "--out", str(tmp_path / "m")])
+    assert r.exit_code == 0, r.output
+    m = MatrixResult.read(tmp_path / "m")
+    assert m.models == ["cifar10-resnet20+jpeg:quality=50", "cifar10-resnet32+jpeg:quality=50"]
+    assert m.eot["defense"] == "jpeg:quality=50"
+    (row,) = m.rows
+    assert "cifar10-resnet20+jpeg:quality=50" in row.sources
+    assert row.white_box == row.tsuc["cifar10-resnet20+jpeg:quality=50"]
+    assert row.mean_transfer == row.tsuc["cifar10-resnet32+jpeg:quality=50"]
+    assert "*" in (tmp_path / "m" / "matrix.md").read_text()
