@@ -213,6 +213,7 @@ def compare_cmd(
                                                                      "same two losses at another seed); repeat.")] = None,
     placement: Annotated[Optional[str], typer.Option(help="side, random or center (default: the runs').")] = None,
     eot: Annotated[str, typer.Option(help="EOT at judging time (default none: digital paste).")] = "none",
+    defense: Annotated[str, typer.Option("--defense", help=DEFENSE_HELP)] = "none",
     seed: Annotated[int, typer.Option(help="Seed of the placements and of the bootstrap.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
@@ -237,7 +238,7 @@ def compare_cmd(
             raise ConfigError(f"--also takes RUN_A:RUN_B, got {item!r}")
         pairs.append((a, b))
     dev = resolve_device(device)
-    judged = [load_model(r, device=dev) for r in refs]
+    judged = _defended([load_model(r, device=dev) for r in refs], defense)
     total = sum(2 * len(load_run(a).holdout) for a, _ in pairs)
     with progress_bar(f"{len(pairs)} pair(s) x {len(judged)} models", total) as adv:
         res = compare_runs([a for a, _ in pairs], [b for _, b in pairs], judged, placement=placement,
