@@ -57,8 +57,8 @@ def train_cmd(
     batch_size: Annotated[int, typer.Option(help="Training batch size.")] = 128,
     split: Annotated[float, typer.Option(help="Held-out fraction (stratified, seeded); trained on the rest.")] = 0.5,
     limit_per_class: Annotated[Optional[int], typer.Option(help="Use at most N images per class.")] = None,
-    eval_n: Annotated[Optional[int], typer.Option(help="Judge before/after on the first N held-out images "
-                                                       "(default: all).")] = None,
+    eval_n: Annotated[Optional[int], typer.Option(help="Judge before/after on N held-out images drawn at random "
+                                                       "with --seed (default: all).")] = None,
     eval_steps: Annotated[int, typer.Option(help="PGD steps of the held-out robust accuracy.")] = 10,
     check_n: Annotated[int, typer.Option(help="Fixed training batch checked with PGD each epoch.")] = 256,
     seed: Annotated[int, typer.Option(help="Seed of the split, shuffling, augmentation and attack starts.")] = 0,
@@ -91,7 +91,10 @@ def train_cmd(
     images, y, sp, tr, ho = _load_split(base, data, split, seed, limit_per_class)
     if len(tr) == 0 or len(ho) == 0:
         raise ConfigError(f"--split {split} leaves no training or no held-out images")
-    ho_eval = ho[:eval_n] if eval_n else ho
+    if eval_n:  # a seeded random subset: the held-out indices are sorted by class
+        ho_eval = ho[torch.randperm(len(ho), generator=torch.Generator().manual_seed(seed))[:eval_n]]
+    else:
+        ho_eval = ho
     x_ho, y_ho = images.images[ho_eval], y[ho_eval]
     state_path = out.with_suffix(".train.pt")
     state = None
