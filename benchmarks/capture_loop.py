@@ -6,7 +6,8 @@ Without ``--video`` it first simulates a 640x480 video of a printed patch in
 front of CIFAR-10 test photographs (``patchlab simulate capture``). Then, on the
 same file: (1) bare decode -- ``cv2.VideoCapture.read`` as fast as it goes, the
 upper limit for any loop; (2) the capture loop -- ``run_capture`` with the
-models, markers, pose, crops and the log, as ``patchlab capture run`` runs it.
+models, markers, pose, tracking between detections (``--no-track``: off), crops
+and the log, as ``patchlab capture run`` runs it.
 It prints both rates, their ratio, the machine load, and the pose errors against
 the simulator's ground truth (apparent size, in-plane angle) on frames with a pose.
 """
@@ -69,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=1, help="measure this many times, report each and the best")
     ap.add_argument("--json", type=Path, help="write the numbers here")
+    ap.add_argument("--no-track", action="store_true", help="detection only (tracking is on by default, as in "
+                                                             "`patchlab capture run`)")
     args = ap.parse_args(argv)
 
     from patchlab.capture.loop import CaptureConfig, load_capture, run_capture
@@ -100,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         n_dec, dec_fps = decode_rate(video)
         out = work / f"capture{k}"
         t0 = time.perf_counter()
-        summ = run_capture(open_source(str(video)), models, out, CaptureConfig(target="cat", batch_size=args.batch_size),
+        summ = run_capture(open_source(str(video)), models, out,
+                           CaptureConfig(target="cat", batch_size=args.batch_size, track=not args.no_track),
                            layout=layout, truth=truth, overwrite=True)
         wall = time.perf_counter() - t0
         loop_fps = summ.frames / wall
@@ -108,13 +112,16 @@ def main(argv: list[str] | None = None) -> int:
         r = {"frames_decoded": n_dec, "decode_fps": dec_fps, "frames_scored": summ.frames, "loop_fps": loop_fps,
              "ratio": loop_fps / dec_fps, "load_avg_before": load0, "load_avg_after": os.getloadavg(),
              "cpus": os.cpu_count(), "torch_threads": threads, "models": [m.name for m in models],
-             "timing_ms_per_frame": summ.timing_ms, "end_reason": summ.end_reason}
+             "timing_ms_per_frame": summ.timing_ms, "end_reason": summ.end_reason,
+             "tracking": not args.no_track, "pose_sources": summ.pose_sources}
         if truth:
             r.update(pose_errors(frames, truth))
         results.append(r)
         print(f"[{k + 1}/{args.repeat}] decode {dec_fps:.1f} fps ({n_dec} frames) | capture loop {loop_fps:.1f} fps "
               f"({summ.frames} frames, {len(models)} models) | ratio {r['ratio']:.2f} | "
-              f"load {load0[0]:.2f} -> {r['load_avg_after'][0]:.2f} on {r['cpus']} cores")
+              f"load {load0[0]:.2f} -> {r['load_avg_after'][0]:.2f} on {r['cpus']} cores | tracking "
+              f"{'off' if args.no_track else 'on'}: patch detected {summ.pose_sources['detected']}, tracked "
+              f"{summ.pose_sources['tracked']}, lost {summ.pose_sources['lost']}")
         if truth:
             print(f"      pose on {r['frames_with_pose']} frames: apparent size error max {r['size_err_max']:.2%} "
                   f"mean {r['size_err_mean']:.3%}; in-plane angle error max {r['angle_err_max_deg']:.2f} deg "

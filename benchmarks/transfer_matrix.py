@@ -129,6 +129,9 @@ def main() -> None:
     ap.add_argument("--shard", default="0/1", help="K/N: run every N-th optimisation, starting at K")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--tag", default="", help="suffix of the run folder names (one per configuration)")
+    ap.add_argument("--compare", nargs=2, default=None, metavar=("LOSS_A", "LOSS_B"),
+                    help="instead of the matrix: pair the finished runs of two losses (same source, target, area, "
+                         "seed) and print their paired difference on the same held-out images")
     ap.add_argument("--summarise", nargs="+", type=Path, default=None, metavar="MATRIX_JSON",
                     help="only print the summary of these matrix.json files (merged)")
     args = ap.parse_args()
@@ -144,6 +147,9 @@ def main() -> None:
     runs = run_grid(args)
     if args.no_eval:
         return
+    if args.compare:
+        compare(args, runs)
+        return
     from patchlab.eval.matrix import transfer_matrix
     from patchlab.models import load_model
     from patchlab.utils import resolve_device
@@ -154,6 +160,57 @@ def main() -> None:
     res = transfer_matrix(done, judged, device=dev)
     res.write(args.out / f"matrix{args.tag}")
     summarise(res.to_dict())
+
+
+def compare(args: argparse.Namespace, runs: list[Path]) -> None:
+    """Loss A against loss B on the same held-out images, pooled over targets and seeds, and per target."""
+    from patchlab.eval.compare import compare_runs
+    from patchlab.models import load_model
+    from patchlab.runs import load_run
+    from patchlab.utils import atomic_write_json, resolve_device
+
+    a_loss, b_loss = args.compare
+    finished = {d.name: d for d in runs if (d / "run.json").is_file() and load_run(d).status == "finished"}
+    pairs = []
+    for name, d in sorted(finished.items()):
+        if f"_{a_loss}_" in name:
+            other = name.replace(f"_{a_loss}_", f"_{b_loss}_")
+            if other in finished:
+                pairs.append((d, finished[other]))
+    if not pairs:
+        raise SystemExit(f"no finished pair of {a_loss} and {b_loss} runs in {args.out}")
+    dev = resolve_device(args.device)
+    judged = [load_model(card(m), device=dev) for m in (args.models or sorted(p.stem for p in MODELS.glob("*.json")))]
+    t = time.perf_counter()
+    res = compare_runs([a for a, _ in pairs], [b for _, b in pairs], judged, device=dev)
+    atomic_write_json(args.out / f"compare_{a_loss}_{b_loss}{args.tag}.json", res.to_dict())
+    print(f"\n{len(pairs)} pairs judged on {len(judged)} models in {time.perf_counter() - t:.0f} s")
+    print(f"\n| target | pairs (seeds) | {a_loss} white-box | {b_loss} white-box | {a_loss} mean transfer | "
+          f"{b_loss} mean transfer |")
+    print("|---|---|---|---|---|---|")
+    by_t: dict[str, list[dict]] = defaultdict(list)
+    for p in res.pairs:
+        by_t[p["target"]].append(p)
+
+    def wb_tr(p: dict, key: str) -> tuple[float, float]:
+        src = set(p["sources"])
+        wb = [v for m, v in p[key].items() if m in src]
+        tr = [v for m, v in p[key].items() if m not in src]
+        return sum(wb) / len(wb), sum(tr) / len(tr)
+
+    for target, ps in sorted(by_t.items()):
+        va = [wb_tr(p, "tsuc_a") for p in ps]
+        vb = [wb_tr(p, "tsuc_b") for p in ps]
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        print(f"| {target} | {len(ps)} | {mean([w for w, _ in va]):.1%} | {mean([w for w, _ in vb]):.1%} | "
+              f"{mean([t for _, t in va]):.1%} | {mean([t for _, t in vb]):.1%} |")
+    print(f"\npooled over {len(pairs)} pairs ({res.models[0].n} image pairs), {a_loss} - {b_loss}:")
+    print("| model | " + a_loss + " | " + b_loss + " | difference [95 % CI, paired bootstrap] | McNemar p |")
+    print("|---|---|---|---|---|")
+    for m in [*res.models, *([res.mean_transfer] if res.mean_transfer else [])]:
+        p = "" if m.p_mcnemar is None else f"{m.p_mcnemar:.2g}"
+        print(f"| {m.name.removeprefix('cifar10-')}{' (source)' if m.is_source else ''} | {m.a:.1%} | {m.b:.1%} | "
+              f"{m.diff:+.1%} [{m.ci95[0]:+.1%}, {m.ci95[1]:+.1%}] | {p} |")
 
 
 def summarise(m: dict) -> None:

@@ -7,7 +7,6 @@ calibration is in millimetres of the printed board.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,15 +15,26 @@ from typing import Callable, Iterable, Iterator
 import cv2
 import numpy as np
 
+from patchlab.checks import COUNT, POSITIVE, check_number, check_numbers
 from patchlab.data import IMAGE_EXTENSIONS, is_image_file
 from patchlab.errors import ConfigError, DataError
 from patchlab.layout import Layout
 from patchlab.markers import charuco_board
+from patchlab.utils import read_json_object
 
 #: Fewest ChArUco corners a view needs to count, and fewest views for a calibration.
 MIN_CORNERS, MIN_VIEWS = 8, 5
 #: A view whose RMS reprojection error exceeds this many times the median is dropped once.
 OUTLIER_FACTOR = 3.0
+#: Views must see the board at orientations at least this far apart (degrees between
+#: board normals). Zhang's method (Zhang 2000, "A flexible new technique for camera
+#: calibration", sec. 3.3) gets the focal length from the change of orientation:
+#: boards parallel to each other (a copied view, a board only slid around) leave it
+#: undetermined and ``calibrateCamera`` returns an arbitrary number.
+MIN_POSE_SPREAD_DEG = 10.0
+#: Largest relative standard deviation of fx or fy (OpenCV's estimate from the
+#: Jacobian) accepted; above it the solve is ill-conditioned.
+MAX_F_REL_STD = 0.05
 
 
 def board_from_layout(layout: Layout) -> "cv2.aruco.CharucoBoard":
@@ -71,6 +81,10 @@ class CameraCalibration:
     per_view_rms_px: list[float] = field(default_factory=list)
     corners_per_view: list[int] = field(default_factory=list)
     dropped_outliers: list[str] = field(default_factory=list)
+    #: largest angle between the board's orientations in two used views, degrees
+    pose_spread_deg: float | None = None
+    #: OpenCV's standard deviation of fx and fy over their values (how well they are determined)
+    f_rel_std: float | None = None
 
     @property
     def fx(self) -> float:
@@ -142,22 +156,82 @@ def calibrate_camera(frames: Iterable[tuple[str, np.ndarray]], layout: Layout, *
         cal, errs = _calibrate(views, size)
     else:
         dropped = []
-    rms, K, dist = cal
+    rms, K, dist, rvecs, f_rel_std = cal
+    spread = pose_spread_deg(nominal_rvecs(views, size))
+    _check_conditioning(views, spread, f_rel_std, K, min_views)
     return CameraCalibration(camera_matrix=K.tolist(), dist_coeffs=dist.ravel().tolist(), rms_px=float(rms),
                              image_size=size, views_used=len(views), views_total=total, used=[v.name for v in views],
                              per_view_rms_px=[float(e) for e in errs],
-                             corners_per_view=[len(v.image_points) for v in views], dropped_outliers=dropped)
+                             corners_per_view=[len(v.image_points) for v in views], dropped_outliers=dropped,
+                             pose_spread_deg=round(spread, 3), f_rel_std=float(f_rel_std))
+
+
+def distinct_views(views: list[BoardView], tol_px: float = 0.5) -> int:
+    """How many views are not copies of an earlier one (same corners within ``tol_px``)."""
+    kept: list[BoardView] = []
+    for v in views:
+        if not any(len(k.image_points) == len(v.image_points)
+                   and np.allclose(k.object_points, v.object_points)
+                   and float(np.max(np.abs(k.image_points - v.image_points))) <= tol_px for k in kept):
+            kept.append(v)
+    return len(kept)
+
+
+def nominal_rvecs(views: list[BoardView], size: tuple[int, int]) -> list[np.ndarray]:
+    """Each view's board orientation, seen through a nominal camera (focal length = the image's
+    longer side, centred, no distortion): independent of the calibration being judged, so
+    views that cannot determine it are not judged by its own garbage estimate."""
+    w, h = size
+    f = float(max(w, h))
+    K = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]], np.float64)
+    out = []
+    for v in views:
+        ok, rvec, _ = cv2.solvePnP(v.object_points.astype(np.float64), v.image_points.astype(np.float64), K, None,
+                                   flags=cv2.SOLVEPNP_IPPE)
+        if ok:
+            out.append(rvec)
+    return out
+
+
+def pose_spread_deg(rvecs) -> float:
+    """Largest angle (degrees) between the board normals of any two views."""
+    normals = [cv2.Rodrigues(np.asarray(r, np.float64))[0][:, 2] for r in rvecs]
+    best = 0.0
+    for i in range(len(normals)):
+        for j in range(i + 1, len(normals)):
+            c = float(np.clip(np.dot(normals[i], normals[j]), -1.0, 1.0))
+            best = max(best, math.degrees(math.acos(c)))
+    return best
+
+
+def _check_conditioning(views: list[BoardView], spread: float, f_rel_std: float, K: np.ndarray,
+                        min_views: int) -> None:
+    """Refuse a calibration whose views cannot determine the intrinsics (see :data:`MIN_POSE_SPREAD_DEG`)."""
+    n = distinct_views(views)
+    if n < min_views:
+        raise DataError(f"only {n} of {len(views)} usable views differ from one another (the others are copies); "
+                        f"need at least {min_views} distinct views: film the board from several angles")
+    if spread < MIN_POSE_SPREAD_DEG:
+        raise DataError(f"degenerate views: the board is tilted by at most {spread:.1f} deg between views "
+                        f"(need >= {MIN_POSE_SPREAD_DEG:.0f} deg), so the focal length cannot be measured: "
+                        "film the board tilted left, right, up and down, not only moved")
+    if not np.all(np.isfinite(K)) or not math.isfinite(f_rel_std) or f_rel_std > MAX_F_REL_STD:
+        raise DataError(f"ill-conditioned calibration: the focal length is uncertain to {f_rel_std:.0%} "
+                        f"(more than {MAX_F_REL_STD:.0%}): add views with more tilt, nearer the image corners")
 
 
 def _calibrate(views: list[BoardView], size: tuple[int, int]):
     obj = [v.object_points for v in views]
     img = [v.image_points for v in views]
-    rms, K, dist, rvecs, tvecs = cv2.calibrateCamera(obj, img, size, None, None)
+    rms, K, dist, rvecs, tvecs, std_int, _, _ = cv2.calibrateCameraExtended(obj, img, size, None, None)
+    std = np.asarray(std_int, np.float64).ravel()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f_rel = float(max(std[0] / abs(K[0, 0]), std[1] / abs(K[1, 1]))) if std.size >= 2 else float("nan")
     errs = []
     for o, i, r, t in zip(obj, img, rvecs, tvecs):
         proj, _ = cv2.projectPoints(o, r, t, K, dist)
         errs.append(float(np.sqrt(np.mean(np.sum((proj.reshape(-1, 2) - i) ** 2, axis=1)))))
-    return (rms, K, dist), errs
+    return (rms, K, dist, rvecs, f_rel), errs
 
 
 def iter_image_dir(folder: str | Path) -> tuple[int, Iterator[tuple[str, np.ndarray]]]:
@@ -218,9 +292,16 @@ def load_camera(path: str | Path) -> tuple[np.ndarray, np.ndarray, tuple[int, in
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"camera file not found: {p} (write one with `patchlab calib camera`)")
+    d = read_json_object(p, "camera file")
     try:
-        d = json.loads(p.read_text())
-        return (np.asarray(d["camera_matrix"], np.float64), np.asarray(d["dist_coeffs"], np.float64),
-                (int(d["image_size"][0]), int(d["image_size"][1])))
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        K = np.asarray(d["camera_matrix"], np.float64)
+        dist = np.asarray(d["dist_coeffs"], np.float64)
+        size = (int(d["image_size"][0]), int(d["image_size"][1]))
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise ConfigError(f"{p} is not a patchlab camera file: {exc!r}") from exc
+    if K.shape != (3, 3) or not np.all(np.isfinite(K)) or not np.all(np.isfinite(dist)):
+        raise ConfigError(f"{p} is not a patchlab camera file: camera_matrix must be 3x3 finite numbers")
+    check_number(float(K[0, 0]), f"camera file {p}: fx", POSITIVE)
+    check_number(float(K[1, 1]), f"camera file {p}: fy", POSITIVE)
+    check_numbers(size, f"camera file {p}: image_size", COUNT)
+    return K, dist, size

@@ -24,7 +24,6 @@ colour per line, ``r g b`` as integers 0-255 (sRGB), ``#`` comment lines allowed
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +32,7 @@ from torch import nn
 
 from patchlab.color import linear_to_srgb, srgb_to_lab, srgb_to_linear
 from patchlab.errors import ConfigError
-from patchlab.utils import atomic_write_text, check_images
+from patchlab.utils import atomic_write_text, check_images, read_json_object
 
 #: Name of the transform family in color.json.
 TRANSFORM_TYPE = "tone_curves+matrix"
@@ -112,7 +111,10 @@ class ColorTransform(nn.Module):
             if d.get("type") != TRANSFORM_TYPE:
                 raise ConfigError(f"{source}: unknown colour transform type {d.get('type')!r} "
                                   f"(this patchlab reads {TRANSFORM_TYPE!r})")
-            return cls(torch.tensor(d["curves"]), torch.tensor(d["matrix"]), torch.tensor(d["offset"]))
+            parts = [torch.tensor(d["curves"]), torch.tensor(d["matrix"]), torch.tensor(d["offset"])]
+            if not all(bool(torch.isfinite(t).all()) for t in parts):
+                raise ValueError("it holds numbers that are not finite")
+            return cls(*parts)
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ConfigError(f"{source} holds no valid colour transform: {exc}") from exc
 
@@ -120,13 +122,8 @@ class ColorTransform(nn.Module):
     def from_json(cls, path: str | Path) -> "ColorTransform":
         """Load the transform of a ``color.json`` written by ``patchlab calib color``."""
         p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"colour calibration not found: {p} (write one with `patchlab calib color`)")
-        try:
-            d = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{p} is not valid JSON: {exc}") from exc
-        if not isinstance(d, dict) or "transform" not in d:
+        d = read_json_object(p, "colour calibration", missing="write one with `patchlab calib color`")
+        if "transform" not in d:
             raise ConfigError(f"{p} is not a patchlab colour calibration (no 'transform' key)")
         return cls.from_dict(d["transform"], source=str(p))
 
@@ -237,8 +234,10 @@ def load_palette(path: str | Path) -> torch.Tensor:
         raise ConfigError(f"palette file not found: {p} (write one with `patchlab calib color`)")
     try:
         arr = np.loadtxt(p, comments="#", ndmin=2, dtype=np.float64)
+    except OSError as exc:
+        raise ConfigError(f"cannot read palette file {p}: {exc.strerror or exc}") from exc
     except ValueError as exc:
         raise ConfigError(f"{p} is not a palette file ('r g b' integers 0-255 per line): {exc}") from exc
-    if arr.shape[1] != 3 or arr.shape[0] == 0 or arr.min() < 0 or arr.max() > 255:
+    if arr.shape[1] != 3 or arr.shape[0] == 0 or not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 255:
         raise ConfigError(f"{p} is not a palette file: expected rows of 3 values in 0-255, got shape {arr.shape}")
     return torch.from_numpy(arr / 255.0).float()

@@ -1,9 +1,7 @@
-"""Errors of the capture stage."""
+"""Errors of the capture stage (the class lives in core with the capture-folder format)."""
 
 from __future__ import annotations
 
-from patchlab.errors import PatchlabError
+from patchlab.captures import CaptureError
 
-
-class CaptureError(PatchlabError):
-    """A frame source cannot be opened or read, or a capture folder cannot be used."""
+__all__ = ["CaptureError"]

@@ -67,13 +67,23 @@ def draw_hud(frame: np.ndarray, record: dict[str, Any], model_names: Sequence[st
     if box:
         cv2.rectangle(img, (int(box[0]), int(box[1])), (int(box[2]) - 1, int(box[3]) - 1), _YELLOW, 1, cv2.LINE_AA)
     pose = record.get("pose")
+    source = record.get("pose_source") or ("detected" if pose else "lost")
     if pose:
         q = np.round(np.asarray(pose["quad_px"], np.float64) * 16).astype(np.int32)
-        cv2.polylines(img, [q.reshape(-1, 1, 2)], True, _CYAN, 2, cv2.LINE_AA, shift=4)
+        colour = _CYAN if source == "detected" else _YELLOW  # a tracked outline never looks like a detection
+        cv2.polylines(img, [q.reshape(-1, 1, 2)], True, colour, 2, cv2.LINE_AA, shift=4)
+        conf = pose.get("confidence")
+        label = source + ("" if conf is None else f" {float(conf):.2f}")
+        x, y = np.asarray(pose["quad_px"], np.float64).min(0)
+        cv2.putText(img, label, (int(x), max(ch + 2, int(y) - 4)), _FONT, fs * 0.8, colour, 1, cv2.LINE_AA)
     short = short_names(model_names)
     lines = []
+    models = record.get("models") or {}
     for name, sn in zip(model_names, short):
-        m = record["models"][name]
+        m = models.get(name)
+        if m is None:  # not scored (--on-lost skip)
+            lines.append((f"{sn}: not scored (lost)", {"hit": False, "p_target": 0.0}))
+            continue
         top, p = m["top5"][0]
         lines.append((f"{sn}: {top} {p:.2f}", m))
     tw = max(cv2.getTextSize(t, _FONT, fs, th)[0][0] for t, _ in lines)
@@ -90,7 +100,7 @@ def draw_hud(frame: np.ndarray, record: dict[str, Any], model_names: Sequence[st
         cv2.rectangle(img, (x0, y - ch), (x0 + int(bar_w * float(m["p_target"])), y),
                       _GREEN if m["hit"] else _RED, -1)
     rates = "  ".join(f"{sn} {h_ / n_:.0%}" if n_ else f"{sn} -" for sn, (h_, n_) in zip(short, running.values()))
-    foot = f"#{record['index']}" + (f"  {fps:.1f} fps" if fps else "") + f"  tSuc {rates}"
+    foot = f"#{record['index']} {source}" + (f"  {fps:.1f} fps" if fps else "") + f"  tSuc {rates}"
     fw = cv2.getTextSize(foot, _FONT, fs * 0.85, 1)[0][0]
     _panel(img, 0, h - lh - pad, fw + 2 * pad, h)
     cv2.putText(img, foot, (pad, h - pad - int(lh * 0.25)), _FONT, fs * 0.85, _WHITE, 1, cv2.LINE_AA)

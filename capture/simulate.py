@@ -21,10 +21,10 @@ How a frame is made (everything random is drawn from one seed, see :class:`SimCo
    the frame height), +-45 degree tilts and +-35 degree roll. Without lens
    distortion the card is warped by its exact homography (supersampled 2x, from
    a mip level that never magnifies); with distortion by
-   :func:`patchlab.calib.synth.render_plane_view`.
+   :func:`patchlab.synth.render_plane_view`.
 4. **Light and sensor.** Motion blur along the card's image velocity, a smooth
    lighting change (exposure 0.55-1.25 and a colour cast, in linear light),
-   defocus, vignetting and sensor noise (:func:`patchlab.calib.synth.photograph`),
+   defocus, vignetting and sensor noise (:func:`patchlab.synth.photograph`),
    then the video codec's compression (``.mp4``: MPEG-4 part 2; ``.avi``: MJPEG).
 
 Ground truth, one JSON line per frame in ``<video stem>.truth.jsonl`` beside the
@@ -32,8 +32,9 @@ video: ``index``, ``timestamp``, ``object_class``, ``scene``, ``has_patch`` and 
 card's pose -- ``quad_px``, ``size_px`` and ``angle_deg`` exactly as capture
 computes them (:func:`patchlab.capture.pose.quad_metrics`), ``distance_mm``,
 ``tilt_x_deg``, ``tilt_y_deg``, ``roll_deg``, ``view_angle_deg``, the apparent
-marker sides and whether all markers are inside the frame -- and the conditions
-(``exposure``, ``motion_blur_px``, ``noise_sigma``). ``<stem>.sim.json`` holds the
+marker sides, whether all markers are inside the frame (``markers_in_frame``) and
+whether the patch is (``patch_in_view``) -- and the conditions (``exposure``,
+``motion_blur_px``, ``noise_sigma``, ``defocus_sigma``, ``glare``). ``<stem>.sim.json`` holds the
 configuration, the sampled sweep parameters, the scenes and library versions;
 ``<stem>.camera.json`` the simulated camera in ``camera.json`` form (``capture run
 --camera``: distances and angles).
@@ -47,6 +48,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -54,11 +56,13 @@ from typing import Any, Callable
 import cv2
 import numpy as np
 
+from patchlab.captures import camera_path_for, read_truth, sim_path_for, truth_path_for
 from patchlab.data import scan_folder
 from patchlab.errors import ConfigError
 from patchlab.layout import Layout, MarkerSpec, PatchSpec
 from patchlab.sheet import render_sheet
-from patchlab.utils import atomic_write_json, versions
+from patchlab.synth import Pose, look_at, photograph, render_plane_view
+from patchlab.utils import atomic_write_json, atomic_write_text, versions
 
 from .pose import euler_from_rotation, quad_metrics
 
@@ -76,38 +80,6 @@ SUPERSAMPLE = 2
 #: Generator stream ids (with the seed) of the scene draws and the per-frame sensor noise.
 _SCENE_STREAM, _NOISE_STREAM = 1, 2
 
-
-def truth_path_for(video: str | Path) -> Path:
-    """``clip.mp4`` -> ``clip.truth.jsonl``: per-frame ground truth beside a video."""
-    p = Path(video)
-    return p.with_name(p.stem + ".truth.jsonl")
-
-
-def sim_path_for(video: str | Path) -> Path:
-    """``clip.mp4`` -> ``clip.sim.json``: the simulator's configuration beside a video."""
-    p = Path(video)
-    return p.with_name(p.stem + ".sim.json")
-
-
-def camera_path_for(video: str | Path) -> Path:
-    """``clip.mp4`` -> ``clip.camera.json``: the simulated camera, as ``patchlab calib camera`` writes one."""
-    p = Path(video)
-    return p.with_name(p.stem + ".camera.json")
-
-
-def read_truth(path: str | Path) -> list[dict[str, Any]]:
-    """Read a ``.truth.jsonl`` file (one dict per frame, in frame order)."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"ground truth not found: {p}")
-    out = []
-    for k, line in enumerate(p.read_text().splitlines()):
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ConfigError(f"{p}:{k + 1} is not JSON: {exc}") from exc
-    return out
 
 
 # --------------------------------------------------------------------------------------
@@ -197,6 +169,14 @@ class SimConfig:
     exposure_time: float = 0.5  # fraction of the frame interval the shutter is open (motion blur)
     control: str | None = None
     printer: PrinterModel = field(default_factory=PrinterModel)
+    speed: float = 1.0  # how fast the sweeps run (2 = twice the motion)
+    wander_frac: float = 0.07  # how far the card's centre wanders, as a fraction of the frame height
+    defocus_max: float | None = None  # defocus swings between defocus_sigma and this (px)
+    shake_px: float = 0.0  # hand shake: random jitter per frame (px at the card), blurred along its direction
+    rolling_shutter: float = 0.0  # sensor readout time as a fraction of the frame interval (row skew)
+    glare: float = 0.0  # peak strength (0-1) of a specular highlight moving over the paper
+    ae_swing: float = 0.0  # auto-exposure hunting: relative size of sudden exposure jumps and their overshoot
+    clutter: int = 0  # distractor shapes drawn on each scene (bars, checkers, marker-like squares)
 
     def __post_init__(self) -> None:
         if self.frames < 1:
@@ -209,8 +189,14 @@ class SimConfig:
             raise ConfigError(f"--scene-frames must be >= 1, got {self.scene_frames}")
         if self.control not in (None, "blank", "none"):
             raise ConfigError(f"--control must be 'blank' or 'none', got {self.control!r}")
-        if not 0 < self.far_side_frac < self.near_side_frac:
-            raise ConfigError("far_side_frac must be in (0, near_side_frac)")
+        if not 0 < self.far_side_frac <= self.near_side_frac:
+            raise ConfigError("far_side_frac must be in (0, near_side_frac]")
+        if self.speed <= 0:
+            raise ConfigError(f"--speed must be > 0, got {self.speed}")
+        if min(self.shake_px, self.rolling_shutter, self.glare, self.ae_swing, self.clutter, self.wander_frac) < 0:
+            raise ConfigError("shake, rolling shutter, glare, auto-exposure swing, clutter and wander must be >= 0")
+        if self.defocus_max is not None and self.defocus_max < self.defocus_sigma:
+            raise ConfigError("defocus_max must be >= defocus_sigma")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -240,6 +226,10 @@ class Sweep:
         phases = {k: float(rng.uniform(0, 2 * math.pi)) for k in keys}
         side = 1.0 if rng.random() < 0.5 else -1.0
         tint = tuple(float(v) for v in rng.uniform(-0.08, 0.08, 3))
+        # drawn after the original ones, so older videos keep their sweeps
+        for k in ("defocus", "glare", "glare_u", "glare_v"):
+            periods[k] = float(rng.uniform(3.0, 9.0))
+            phases[k] = float(rng.uniform(0, 2 * math.pi))
         return cls(periods=periods, phases=phases, anchor=(0.5 + side * 0.12, 0.56), tint=tint)  # type: ignore[arg-type]
 
     def wave(self, key: str, t: float) -> float:
@@ -259,8 +249,6 @@ def default_camera(size: tuple[int, int]) -> np.ndarray:
 
 
 def _rotation(tx: float, ty: float, roll: float) -> np.ndarray:
-    from patchlab.calib.synth import look_at
-
     return cv2.Rodrigues(look_at((0.0, 0.0), 1.0, tilt_x_deg=tx, tilt_y_deg=ty, roll_deg=roll).rvec)[0]
 
 
@@ -368,8 +356,6 @@ def _render_card(card: Card, K: np.ndarray, dist: np.ndarray | None, R: np.ndarr
                                   borderValue=(0, 0, 0, 0))
         img = cv2.resize(big, (w, h), interpolation=cv2.INTER_AREA)
     else:
-        from patchlab.calib.synth import Pose, render_plane_view
-
         ox, oy = card.origin_mm
         t2 = t + R @ np.array([ox, oy, 0.0])
         img = render_plane_view(src, card.px_per_mm / 2 ** level, K, dist, Pose(cv2.Rodrigues(R)[0].ravel(), t2),
@@ -447,6 +433,7 @@ class SimResult:
     markers_in_frame: int  # frames whose four markers are all inside the image (and >= 8 px)
     scenes: list[dict[str, Any]]
     seconds: float
+    patch_in_view: int = 0  # frames whose patch corners are all inside the image
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -463,6 +450,258 @@ def _pick_scenes(root: str | Path, n: int, seed: int, exclude: str | None) -> li
         kept = [it for it in pool if it[1] is None or it[1].lower() != exclude.lower()]
         pool = kept or pool
     return [pool[int(np.random.default_rng([seed, _SCENE_STREAM, k]).integers(len(pool)))] for k in range(n)]
+
+
+#: Generator stream ids of the clutter, the hand shake and the auto-exposure jumps.
+_CLUTTER_STREAM, _SHAKE_STREAM, _AE_STREAM = 3, 4, 5
+
+
+def add_clutter(img_bgr: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Draw ``n`` distractors on a scene: bars, checkerboards and marker-like squares
+    (a black border around random cells) -- what a real background offers a detector."""
+    out = img_bgr.copy()
+    h, w = out.shape[:2]
+    for _ in range(n):
+        kind = int(rng.integers(3))
+        s = int(rng.uniform(0.04, 0.2) * h)
+        x, y = int(rng.integers(0, max(1, w - s))), int(rng.integers(0, max(1, h - s)))
+        if kind == 0:
+            c = tuple(int(v) for v in rng.integers(0, 256, 3))
+            cv2.line(out, (x, y), (x + int(rng.integers(-s, s)) + s, y + int(rng.integers(-s, s))), c,
+                     int(rng.integers(1, 6)))
+        else:
+            cells = 6 if kind == 2 else int(rng.integers(3, 8))
+            bits = rng.integers(0, 2, (cells, cells)).astype(np.uint8) * 255
+            if kind == 2:
+                bits[0, :] = bits[-1, :] = bits[:, 0] = bits[:, -1] = 0
+            tile = cv2.resize(bits, (s, s), interpolation=cv2.INTER_NEAREST)
+            out[y:y + s, x:x + s] = tile[..., None]
+    return out
+
+
+@dataclass(frozen=True)
+class CardPose:
+    """Where the card is in one frame: distance, tilts, roll, rotation and translation."""
+
+    distance: float
+    tilt_x: float
+    tilt_y: float
+    roll: float
+    R: np.ndarray
+    t: np.ndarray
+    centre_cam: np.ndarray  # card centre in camera coordinates (mm)
+
+    def view_angle_deg(self) -> float:
+        cc = self.centre_cam
+        return math.degrees(math.acos(min(1.0, abs(float(self.R[:, 2] @ cc)) / float(np.linalg.norm(cc)))))
+
+
+class CardMotion:
+    """The card's smooth seeded path through distances, tilts, rolls and positions,
+    plus optional hand shake; :meth:`project` maps printed mm to image pixels."""
+
+    def __init__(self, cfg: SimConfig, sweep: Sweep, K: np.ndarray, dist: np.ndarray | None, centre_mm: np.ndarray,
+                 d_near: float, d_far: float) -> None:
+        self.cfg, self.sweep, self.K, self.dist = cfg, sweep, K, dist
+        self.centre_mm, self.d_near, self.d_far = centre_mm, d_near, d_far
+
+    def _time(self, i: int) -> float:
+        return i / self.cfg.fps * self.cfg.speed
+
+    def shake(self, i: int) -> tuple[float, float]:
+        """Hand-shake offset (px) of frame ``i``: independent jitter, so it blurs along its own direction."""
+        if self.cfg.shake_px <= 0:
+            return 0.0, 0.0
+        r = np.random.default_rng([self.cfg.seed, _SHAKE_STREAM, i]).normal(0.0, self.cfg.shake_px, 2)
+        return float(r[0]), float(r[1])
+
+    def pose(self, i: int) -> CardPose:
+        cfg, sw = self.cfg, self.sweep
+        W, H = cfg.size
+        s = self._time(i)
+        sd = 0.5 - 0.5 * sw.wave("distance", s)
+        d = math.exp(math.log(self.d_near) + sd * (math.log(self.d_far) - math.log(self.d_near)))
+        tx = cfg.tilt_max_deg * sw.wave("tilt_x", s)
+        ty = cfg.tilt_max_deg * sw.wave("tilt_y", s)
+        roll = cfg.roll_max_deg * sw.wave("roll", s)
+        jx, jy = self.shake(i)
+        u = W * sw.anchor[0] + cfg.wander_frac * H * sw.wave("u", s) + jx
+        v = H * sw.anchor[1] + cfg.wander_frac * H * sw.wave("v", s) + jy
+        R = _rotation(tx, ty, roll)
+        # camera-frame position of the card centre: depth d along the ray through (u, v)
+        ray = np.linalg.solve(self.K, [u, v, 1.0])
+        cc = d * ray / np.linalg.norm(ray)
+        t = cc - R @ np.array([self.centre_mm[0], self.centre_mm[1], 0.0])
+        return CardPose(distance=d, tilt_x=tx, tilt_y=ty, roll=roll, R=R, t=t, centre_cam=cc)
+
+    def project(self, P: CardPose, pts: np.ndarray) -> np.ndarray:
+        obj = np.column_stack([pts, np.zeros(len(pts))])
+        if self.dist is None:
+            cam = (P.R @ obj.T).T + P.t
+            uv = (self.K @ cam.T).T
+            return uv[:, :2] / uv[:, 2:3]
+        return cv2.projectPoints(obj, cv2.Rodrigues(P.R)[0], P.t, self.K, self.dist)[0].reshape(-1, 2)
+
+
+class Lighting:
+    """Exposure (smooth sweep times auto-exposure jumps), colour cast, glare strength
+    and defocus of each frame."""
+
+    def __init__(self, cfg: SimConfig, sweep: Sweep) -> None:
+        self.cfg, self.sweep = cfg, sweep
+        self._jumps: list[tuple[float, float]] = []  # (time s, relative jump)
+        if cfg.ae_swing > 0:
+            rng = np.random.default_rng([cfg.seed, _AE_STREAM])
+            t, end = 0.0, cfg.frames / cfg.fps + 1.0
+            while t < end:
+                t += float(rng.uniform(1.0, 3.0))
+                self._jumps.append((t, float(rng.uniform(-1.0, 1.0)) * cfg.ae_swing))
+
+    def exposure(self, i: int) -> float:
+        cfg = self.cfg
+        s = i / cfg.fps * cfg.speed
+        lo, hi = cfg.exposure_range
+        e = math.exp(math.log(lo) + (0.5 + 0.5 * self.sweep.wave("exposure", s)) * (math.log(hi) - math.log(lo)))
+        t = i / cfg.fps
+        for tj, a in self._jumps:  # light changes at tj; the camera over-corrects, then settles (~0.3 s)
+            if t >= tj:
+                dt = t - tj
+                e *= 1.0 + a * math.exp(-dt / 0.3) * math.cos(2 * math.pi * dt / 0.8)
+        return float(np.clip(e, 0.05, 4.0))
+
+    def tint(self, i: int) -> np.ndarray:
+        return np.array(self.sweep.tint) * self.sweep.wave("tint", i / self.cfg.fps * self.cfg.speed)
+
+    def glare(self, i: int) -> tuple[float, float, float]:
+        """``(strength, u, v)``: the highlight's strength and its centre on the card (0-1 across)."""
+        if self.cfg.glare <= 0:
+            return 0.0, 0.5, 0.5
+        s = i / self.cfg.fps * self.cfg.speed
+        g = self.cfg.glare * max(0.0, self.sweep.wave("glare", s))
+        return g, 0.5 + 0.4 * self.sweep.wave("glare_u", s), 0.5 + 0.4 * self.sweep.wave("glare_v", s)
+
+    def defocus(self, i: int) -> float:
+        cfg = self.cfg
+        if cfg.defocus_max is None:
+            return cfg.defocus_sigma
+        w = 0.5 + 0.5 * self.sweep.wave("defocus", i / cfg.fps * cfg.speed)
+        return cfg.defocus_sigma + w * (cfg.defocus_max - cfg.defocus_sigma)
+
+
+def _skew(quad: np.ndarray, vx: float, vy: float, rs: float, H: int) -> np.ndarray:
+    """Rolling shutter: row ``y`` is read ``rs * (y - H/2) / H`` frames after the middle row."""
+    q = quad.copy()
+    f = rs * (quad[:, 1] - H / 2) / H
+    q[:, 0] += vx * f
+    q[:, 1] += vy * f
+    return q
+
+
+def _glare_blob(shape: tuple[int, int], centre: tuple[float, float], sigma: float) -> np.ndarray:
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    return np.exp(-((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2) / (2 * sigma ** 2)).astype(np.float32)
+
+
+class _VideoOut:
+    """A video written to a hidden partial file, renamed into place when complete."""
+
+    def __init__(self, out: Path, codec: str, fps: float, size: tuple[int, int]) -> None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self.out = out
+        self.tmp = out.with_name(f".{out.stem}.partial{out.suffix}")
+        self.writer = cv2.VideoWriter(str(self.tmp), cv2.VideoWriter_fourcc(*codec), float(fps), size)
+        if not self.writer.isOpened():
+            raise ConfigError(f"cannot write video {out} with codec {codec} (OpenCV has no encoder for it here)")
+
+    def write(self, img: np.ndarray) -> None:
+        self.writer.write(img)
+
+    def abort(self) -> None:
+        self.writer.release()
+        self.tmp.unlink(missing_ok=True)
+
+    def finish(self) -> None:
+        self.writer.release()
+        os.replace(self.tmp, self.out)
+
+
+class FrameRenderer:
+    """Renders frame after frame: scene, card (motion blur, rolling shutter, glare),
+    light and sensor; returns the image and its ground-truth record."""
+
+    def __init__(self, cfg: SimConfig, motion: CardMotion, light: Lighting, card: Card | None,
+                 scenes: list[np.ndarray], scene_items: list[tuple[Path, str | None]],
+                 patch_corners: np.ndarray, markers: dict[int, np.ndarray]) -> None:
+        self.cfg, self.motion, self.light, self.card = cfg, motion, light, card
+        self.scenes, self.scene_items = scenes, scene_items
+        self.patch_corners, self.markers = patch_corners, markers
+        self._prev_centre: tuple[float, float] | None = None
+
+    def render(self, i: int) -> tuple[np.ndarray, dict[str, Any]]:
+        cfg, W, H = self.cfg, self.cfg.size[0], self.cfg.size[1]
+        k_scene = min(i // cfg.scene_frames, len(self.scenes) - 1)
+        frame = self.scenes[k_scene].astype(np.float32)
+        P = self.motion.pose(i)
+        quad0 = self.motion.project(P, self.patch_corners)
+        _, _, centre0 = quad_metrics(quad0)
+        vx = vy = 0.0
+        if self._prev_centre is not None:
+            vx, vy = centre0[0] - self._prev_centre[0], centre0[1] - self._prev_centre[1]
+        self._prev_centre = centre0
+        rs = cfg.rolling_shutter
+        quad = _skew(quad0, vx, vy, rs, H) if rs > 0 else quad0
+        size_px, angle, centre = quad_metrics(quad)
+        bx, by = vx * cfg.exposure_time, vy * cfg.exposure_time
+        mk_sides, inside = [], True
+        for corners in self.markers.values():
+            q = self.motion.project(P, corners)
+            mk_sides.append(float(np.mean([np.linalg.norm(q[j] - q[(j + 1) % 4]) for j in range(4)])))
+            inside &= bool(np.all((q[:, 0] >= 1) & (q[:, 0] <= W - 2) & (q[:, 1] >= 1) & (q[:, 1] <= H - 2)))
+        patch_inside = bool(np.all((quad[:, 0] >= 0) & (quad[:, 0] <= W - 1) & (quad[:, 1] >= 0) & (quad[:, 1] <= H - 1)))
+        visible = self.card is not None and inside and min(mk_sides) >= 8.0
+        glare = 0.0
+        if self.card is not None:
+            prem, a = _render_card(self.card, self.motion.K, self.motion.dist, P.R, P.t, cfg.size)
+            if rs > 0 and (vx or vy):
+                M = np.array([[1.0, vx * rs / H, -vx * rs / 2], [0.0, 1.0 + vy * rs / H, -vy * rs / 2]], np.float32)
+                prem = cv2.warpAffine(prem, M, (W, H), flags=cv2.INTER_LINEAR)
+                a = cv2.warpAffine(a, M, (W, H), flags=cv2.INTER_LINEAR)
+            kern = _motion_kernel(bx, by)
+            if kern is not None:
+                prem = cv2.filter2D(prem, -1, kern, borderType=cv2.BORDER_CONSTANT)
+                a = cv2.filter2D(a, -1, kern, borderType=cv2.BORDER_CONSTANT)
+            glare, gu, gv = self.light.glare(i)
+            if glare > 0:
+                q = quad
+                c = (1 - gv) * ((1 - gu) * q[0] + gu * q[1]) + gv * ((1 - gu) * q[3] + gu * q[2])
+                blob = _glare_blob((H, W), (float(c[0]), float(c[1])), 0.35 * size_px) * (glare * a)
+                paper = prem  # premultiplied card colour: screen-blend the highlight over it
+                prem = paper + (255.0 * a[..., None] - paper) * blob[..., None]
+            frame = frame * (1.0 - a[..., None]) + prem[..., ::-1]  # card is RGB, frame BGR
+        exposure = self.light.exposure(i)
+        gain_rgb = exposure * (1.0 + self.light.tint(i))
+        img8 = np.clip(np.round(frame), 0, 255).astype(np.uint8)
+        img8 = cv2.LUT(img8, _light_lut(gain_rgb[::-1]))
+        frng = np.random.default_rng([cfg.seed, _NOISE_STREAM, i])
+        sigma = cfg.noise_sigma / math.sqrt(min(exposure, 1.0))
+        defocus = self.light.defocus(i)
+        img8 = photograph(img8, rng=frng, vignetting=cfg.vignetting, noise_sigma=sigma, blur_sigma=defocus)
+        tx, ty, roll = euler_from_rotation(P.R)
+        path, cls = self.scene_items[k_scene]
+        rec = {"index": i, "timestamp": round(i / cfg.fps, 6), "object_class": cls,
+               "scene": str(path), "has_patch": self.card is not None and cfg.control is None,
+               "card": self.card is not None,
+               "quad_px": [[round(float(x), 3), round(float(y), 3)] for x, y in quad],
+               "size_px": round(size_px, 4), "angle_deg": round(angle, 4),
+               "center_px": [round(centre[0], 3), round(centre[1], 3)],
+               "distance_mm": round(float(np.linalg.norm(P.centre_cam)), 3), "tilt_x_deg": round(tx, 4),
+               "tilt_y_deg": round(ty, 4), "roll_deg": round(roll, 4), "view_angle_deg": round(P.view_angle_deg(), 4),
+               "marker_side_px": [round(v_, 3) for v_ in mk_sides], "markers_in_frame": visible,
+               "patch_in_view": self.card is not None and patch_inside,
+               "exposure": round(exposure, 4), "motion_blur_px": round(math.hypot(bx, by), 3),
+               "noise_sigma": round(sigma, 3), "defocus_sigma": round(defocus, 3), "glare": round(glare, 3)}
+        return img8, rec
 
 
 def simulate_capture(patch: np.ndarray | None, layout: Layout, scenes: str | Path, out: str | Path, *,
@@ -486,10 +725,6 @@ def simulate_capture(patch: np.ndarray | None, layout: Layout, scenes: str | Pat
     Raises:
         ConfigError: bad options, an unwritable video or an unusable layout.
     """
-    import time
-
-    from patchlab.calib.synth import photograph
-
     t_start = time.perf_counter()
     out = Path(out)
     codec = CODECS.get(out.suffix.lower())
@@ -499,16 +734,17 @@ def simulate_capture(patch: np.ndarray | None, layout: Layout, scenes: str | Pat
         raise ConfigError(f"patch image must be (h, w, 3) uint8, got {patch.shape} {patch.dtype}")
     cfg = config
     W, H = cfg.size
-    rng = np.random.default_rng(cfg.seed)
-    sweep = Sweep.sample(rng)
-    n_scenes = -(-cfg.frames // cfg.scene_frames)
-    scene_items = _pick_scenes(scenes, n_scenes, cfg.seed, target_class)
+    sweep = Sweep.sample(np.random.default_rng(cfg.seed))
+    scene_items = _pick_scenes(scenes, -(-cfg.frames // cfg.scene_frames), cfg.seed, target_class)
     scene_imgs = []
-    for p, _ in scene_items:
+    for k, (p, _) in enumerate(scene_items):
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if img is None:
             raise ConfigError(f"cannot read scene image {p}")
-        scene_imgs.append(scene_frame(img, cfg.size))
+        img = scene_frame(img, cfg.size)
+        if cfg.clutter:
+            img = add_clutter(img, cfg.clutter, np.random.default_rng([cfg.seed, _CLUTTER_STREAM, k]))
+        scene_imgs.append(img)
 
     K, dist = (default_camera(cfg.size), None) if camera is None else (np.asarray(camera[0], np.float64),
                                                                         np.asarray(camera[1], np.float64))
@@ -526,107 +762,28 @@ def simulate_capture(patch: np.ndarray | None, layout: Layout, scenes: str | Pat
         card = make_card(layout, None if cfg.control == "blank" else patch, px_per_mm=ppm, printer=cfg.printer,
                          calib=calib)
     centre_mm = np.asarray(p0.corners_mm, np.float64).mean(0)
-    patch_corners = np.asarray(p0.corners_mm, np.float64)
-    markers = {m.id: np.asarray(m.corners_mm, np.float64) for m in layout.markers_of(0)}
-
-    def pose_at(i: int) -> dict[str, Any]:
-        s = i / cfg.fps
-        sd = 0.5 - 0.5 * sweep.wave("distance", s)
-        d = math.exp(math.log(d_near) + sd * (math.log(d_far) - math.log(d_near)))
-        tx = cfg.tilt_max_deg * sweep.wave("tilt_x", s)
-        ty = cfg.tilt_max_deg * sweep.wave("tilt_y", s)
-        roll = cfg.roll_max_deg * sweep.wave("roll", s)
-        u = W * sweep.anchor[0] + 0.07 * H * sweep.wave("u", s)
-        v = H * sweep.anchor[1] + 0.07 * H * sweep.wave("v", s)
-        R = _rotation(tx, ty, roll)
-        # camera-frame position of the card centre: depth d along the ray through (u, v)
-        ray = np.linalg.solve(K, [u, v, 1.0])
-        cc = d * ray / np.linalg.norm(ray)
-        t = cc - R @ np.array([centre_mm[0], centre_mm[1], 0.0])
-        return {"d": d, "tx": tx, "ty": ty, "roll": roll, "R": R, "t": t, "cc": cc}
-
-    def project(P: dict[str, Any], pts: np.ndarray) -> np.ndarray:
-        obj = np.column_stack([pts, np.zeros(len(pts))])
-        if dist is None:
-            cam = (P["R"] @ obj.T).T + P["t"]
-            uv = (K @ cam.T).T
-            return uv[:, :2] / uv[:, 2:3]
-        return cv2.projectPoints(obj, cv2.Rodrigues(P["R"])[0], P["t"], K, dist)[0].reshape(-1, 2)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_video = out.with_name(f".{out.stem}.partial{out.suffix}")
-    writer = cv2.VideoWriter(str(tmp_video), cv2.VideoWriter_fourcc(*codec), float(cfg.fps), (W, H))
-    if not writer.isOpened():
-        raise ConfigError(f"cannot write video {out} with codec {codec} (OpenCV has no encoder for it here)")
+    motion = CardMotion(cfg, sweep, K, dist, centre_mm, d_near, d_far)
+    renderer = FrameRenderer(cfg, motion, Lighting(cfg, sweep), card, scene_imgs, scene_items,
+                             np.asarray(p0.corners_mm, np.float64),
+                             {m.id: np.asarray(m.corners_mm, np.float64) for m in layout.markers_of(0)})
+    video = _VideoOut(out, codec, cfg.fps, (W, H))
     truth_lines: list[str] = []
-    markers_in_frame = 0
+    markers_in_frame = in_view = 0
     try:
-        prev_centre = None
         for i in range(cfg.frames):
-            s = i / cfg.fps
-            k_scene = min(i // cfg.scene_frames, len(scene_imgs) - 1)
-            frame = scene_imgs[k_scene].astype(np.float32)
-            P = pose_at(i)
-            quad = project(P, patch_corners)
-            size_px, angle, centre = quad_metrics(quad)
-            vx = vy = 0.0
-            if prev_centre is not None:
-                vx, vy = (centre[0] - prev_centre[0]) * cfg.exposure_time, (centre[1] - prev_centre[1]) * cfg.exposure_time
-            prev_centre = centre
-            mk_sides, inside = [], True
-            for mid, corners in markers.items():
-                q = project(P, corners)
-                mk_sides.append(float(np.mean([np.linalg.norm(q[j] - q[(j + 1) % 4]) for j in range(4)])))
-                inside &= bool(np.all((q[:, 0] >= 1) & (q[:, 0] <= W - 2) & (q[:, 1] >= 1) & (q[:, 1] <= H - 2)))
-            visible = card is not None and inside and min(mk_sides) >= 8.0
-            markers_in_frame += int(visible)
-            if card is not None:
-                prem, a = _render_card(card, K, dist, P["R"], P["t"], cfg.size)
-                kern = _motion_kernel(vx, vy)
-                if kern is not None:
-                    prem = cv2.filter2D(prem, -1, kern, borderType=cv2.BORDER_CONSTANT)
-                    a = cv2.filter2D(a, -1, kern, borderType=cv2.BORDER_CONSTANT)
-                frame = frame * (1.0 - a[..., None]) + prem[..., ::-1]  # card is RGB, frame BGR
-            lo, hi = cfg.exposure_range
-            exposure = math.exp(math.log(lo) + (0.5 + 0.5 * sweep.wave("exposure", s)) * (math.log(hi) - math.log(lo)))
-            tint = np.array(sweep.tint) * sweep.wave("tint", s)
-            gain_rgb = exposure * (1.0 + tint)
-            img8 = np.clip(np.round(frame), 0, 255).astype(np.uint8)
-            img8 = cv2.LUT(img8, _light_lut(gain_rgb[::-1]))
-            frng = np.random.default_rng([cfg.seed, _NOISE_STREAM, i])
-            sigma = cfg.noise_sigma / math.sqrt(min(exposure, 1.0))
-            img8 = photograph(img8, rng=frng, vignetting=cfg.vignetting, noise_sigma=sigma,
-                              blur_sigma=cfg.defocus_sigma)
-            writer.write(img8)
-            cls = scene_items[k_scene][1]
-            tx, ty, roll = euler_from_rotation(P["R"])
-            cc = P["cc"]
-            view = math.degrees(math.acos(min(1.0, abs(float(P["R"][:, 2] @ cc)) / float(np.linalg.norm(cc)))))
-            rec = {"index": i, "timestamp": round(i / cfg.fps, 6), "object_class": cls,
-                   "scene": str(scene_items[k_scene][0]), "has_patch": card is not None and cfg.control is None,
-                   "card": card is not None,
-                   "quad_px": [[round(float(x), 3), round(float(y), 3)] for x, y in quad],
-                   "size_px": round(size_px, 4), "angle_deg": round(angle, 4),
-                   "center_px": [round(centre[0], 3), round(centre[1], 3)],
-                   "distance_mm": round(float(np.linalg.norm(cc)), 3), "tilt_x_deg": round(tx, 4),
-                   "tilt_y_deg": round(ty, 4), "roll_deg": round(roll, 4), "view_angle_deg": round(view, 4),
-                   "marker_side_px": [round(v_, 3) for v_ in mk_sides], "markers_in_frame": visible,
-                   "exposure": round(exposure, 4), "motion_blur_px": round(math.hypot(vx, vy), 3),
-                   "noise_sigma": round(sigma, 3)}
+            img8, rec = renderer.render(i)
+            video.write(img8)
+            markers_in_frame += int(rec["markers_in_frame"])
+            in_view += int(rec["patch_in_view"])
             truth_lines.append(json.dumps(rec))
             if progress is not None:
                 progress(1)
     except BaseException:
-        writer.release()
-        if tmp_video.exists():
-            tmp_video.unlink()
+        video.abort()
         raise
-    writer.release()
+    video.finish()
     truth = truth_path_for(out)
-    from patchlab.utils import atomic_write_text
-
     atomic_write_text(truth, "\n".join(truth_lines) + "\n")
-    os.replace(tmp_video, out)
     scenes_rec = [{"path": str(p), "object_class": c, "frames": [k * cfg.scene_frames,
                                                                   min((k + 1) * cfg.scene_frames, cfg.frames)]}
                   for k, (p, c) in enumerate(scene_items)]
@@ -640,13 +797,15 @@ def simulate_capture(patch: np.ndarray | None, layout: Layout, scenes: str | Pat
         "created_by": "patchlab simulate capture", "video": str(out), "truth": str(truth), "codec": codec,
         "config": cfg.to_dict(), "sweep": sweep.to_dict(), "camera_matrix": K.tolist(),
         "dist_coeffs": None if dist is None else np.asarray(dist).ravel().tolist(),
-        "distance_range_mm": [d_near, d_far], "print_px_per_mm": ppm, "printer": "calib" if calib is not None else asdict(cfg.printer),
+        "distance_range_mm": [d_near, d_far], "print_px_per_mm": ppm,
+        "printer": "calib" if calib is not None else asdict(cfg.printer),
         "patch": source or {}, "target_class": target_class, "layout": layout.to_dict(), "scenes": scenes_rec,
-        "frames": cfg.frames, "markers_in_frame": markers_in_frame, "seconds": round(seconds, 2),
-        "versions": versions(SIM_VERSION_MODULES)})
-    return SimResult(video=out, truth=truth, sim=sim, camera=cam_file, frames=cfg.frames, markers_in_frame=markers_in_frame,
-                     scenes=scenes_rec, seconds=seconds)
+        "frames": cfg.frames, "markers_in_frame": markers_in_frame, "patch_in_view": in_view,
+        "seconds": round(seconds, 2), "versions": versions(SIM_VERSION_MODULES)})
+    return SimResult(video=out, truth=truth, sim=sim, camera=cam_file, frames=cfg.frames,
+                     markers_in_frame=markers_in_frame, scenes=scenes_rec, seconds=seconds, patch_in_view=in_view)
 
 
-__all__ = ["PrinterModel", "SimConfig", "SimResult", "Sweep", "Card", "make_card", "cutout_layout",
-           "simulate_capture", "read_truth", "truth_path_for", "sim_path_for", "camera_path_for", "default_camera"]
+__all__ = ["CardMotion", "CardPose", "FrameRenderer", "Lighting", "PrinterModel", "SimConfig", "SimResult", "Sweep",
+           "Card", "make_card", "cutout_layout", "add_clutter", "simulate_capture", "read_truth", "truth_path_for",
+           "sim_path_for", "camera_path_for", "default_camera"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import queue
 import re
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -228,25 +229,42 @@ def _camera_index(spec: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def open_source(spec: str | int, *, lost_after_s: float = LOST_AFTER_S, realtime: bool = False) -> FrameSource:
+def open_source(spec: str | int, *, lost_after_s: float = LOST_AFTER_S, realtime: bool = False,
+                stall_timeout_s: float = 2.0, stream_lost_after_s: float = 20.0) -> FrameSource:
     """Open ``--source``: a camera index (``0``), ``/dev/videoN``, a video file, a
-    folder of images or a stream URL (``rtsp://``, ``http://`` ...).
+    folder of images or a stream URL (``http://`` MJPEG or snapshot camera,
+    ``rtsp://``; see :mod:`patchlab.capture.netsources`: stalls longer than
+    ``stall_timeout_s`` reconnect, ``stream_lost_after_s`` without a frame ends it).
 
     Raises:
         CaptureError: the camera, file or stream cannot be opened.
     """
+    from .netsources import StreamSource, quiet_opencv
+
     text = str(spec).strip()
     cam = _camera_index(text)
     if cam is not None:
         target: int | str = text if text.startswith("/dev/") else cam
-        cap = cv2.VideoCapture(target)
+        if sys.platform.startswith("linux"):
+            dev = Path(text if text.startswith("/dev/") else f"/dev/video{cam}")
+            if not dev.exists():
+                have = sorted(p.name for p in Path("/dev").glob("video*"))
+                raise CaptureError(f"cannot open camera {text}: no such device ({dev} does not exist; "
+                                   + (f"this machine has {', '.join(have)}" if have else "this machine has no camera")
+                                   + "); pass a video file, a folder of images or a stream URL as --source")
+        with quiet_opencv():  # OpenCV prints several lines while probing backends
+            cap = cv2.VideoCapture(target)
         if not cap.isOpened():
             cap.release()
             raise CaptureError(f"cannot open camera {text}: no such device, or it is busy or not permitted "
                                "(list cameras with `v4l2-ctl --list-devices` on Linux; try another --source index)")
         return VideoSource(cap, f"camera {text}", live=True, lost_after_s=lost_after_s)
     if _URL.match(text):
-        cap = cv2.VideoCapture(text)
+        if text.split(":", 1)[0].lower() in ("http", "https", "rtsp", "rtsps"):
+            return StreamSource(text, stall_timeout_s=stall_timeout_s,
+                                lost_after_s=max(lost_after_s, stream_lost_after_s))
+        with quiet_opencv():
+            cap = cv2.VideoCapture(text)
         if not cap.isOpened():
             cap.release()
             raise CaptureError(f"cannot open stream {text}: check the URL and that the stream is up")
@@ -288,6 +306,7 @@ class ThreadedReader:
         self.prepare = prepare
         self.max_frames = max_frames
         self.dropped = 0
+        self.dropped_frames: list[dict[str, Any]] = []  # index, timestamp of each (the first 1000)
         self.error: BaseException | None = None
         self._q: queue.Queue[Any] = queue.Queue(maxsize=max(1, queue_size))
         self._stop = threading.Event()
@@ -303,8 +322,12 @@ class ThreadedReader:
             except queue.Full:
                 if self.source.live and item is not None:
                     try:
-                        self._q.get_nowait()
+                        old = self._q.get_nowait()
                         self.dropped += 1
+                        f = getattr(old, "frame", old)
+                        if len(self.dropped_frames) < 1000 and isinstance(f, Frame):
+                            self.dropped_frames.append({"index": f.index, "timestamp": round(f.timestamp, 4),
+                                                        "reason": "scoring fell behind"})
                     except queue.Empty:
                         pass
 

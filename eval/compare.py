@@ -71,18 +71,20 @@ class Comparison:
     seed: int
     models: list[PairedDifference] = field(default_factory=list)
     mean_transfer: PairedDifference | None = None
+    pairs: list[dict[str, Any]] = field(default_factory=list)  # per run pair: target, n, tSuc of A and B per model
 
     def to_dict(self) -> dict[str, Any]:
         return {"runs_a": self.runs_a, "runs_b": self.runs_b, "placement": self.placement, "seed": self.seed,
                 "models": [m.to_dict() for m in self.models],
-                "mean_transfer": self.mean_transfer.to_dict() if self.mean_transfer else None}
+                "mean_transfer": self.mean_transfer.to_dict() if self.mean_transfer else None,
+                "pairs": self.pairs}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Comparison":
         mt = d.get("mean_transfer")
         return cls(runs_a=list(d["runs_a"]), runs_b=list(d["runs_b"]), placement=str(d["placement"]),
                    seed=int(d["seed"]), models=[PairedDifference.from_dict(m) for m in d.get("models", [])],
-                   mean_transfer=PairedDifference.from_dict(mt) if mt else None)
+                   mean_transfer=PairedDifference.from_dict(mt) if mt else None, pairs=list(d.get("pairs", [])))
 
 
 def compare_runs(runs_a: Sequence[str | Path], runs_b: Sequence[str | Path], models: Sequence[WrappedModel], *,
@@ -99,6 +101,7 @@ def compare_runs(runs_a: Sequence[str | Path], runs_b: Sequence[str | Path], mod
     clean: CleanCache = {}
     data: dict[str, ImageSet] = {}
     hits_a, hits_b, strata, sources = [], [], [], set()
+    per_pair: list[dict[str, Any]] = []
     placements = set()
     for j, (ra, rb) in enumerate(zip(runs_a, runs_b)):
         rec_a, imgs_a, pl_a, oa = judge_run(ra, models, placement=placement, eot=eot, seed=seed,
@@ -116,6 +119,10 @@ def compare_runs(runs_a: Sequence[str | Path], runs_b: Sequence[str | Path], mod
         keep = oa.non_target
         hits_a.append(oa.hit[:, keep].numpy())
         hits_b.append(ob.hit[:, keep].numpy())
+        per_pair.append({"run_a": str(ra), "run_b": str(rb), "target": rec_a.target_class, "n": int(keep.sum()),
+                         "sources": sorted(set(rec_a.source_names) | set(rec_b.source_names)),
+                         "tsuc_a": dict(zip(oa.models, hits_a[-1].mean(1).tolist())),
+                         "tsuc_b": dict(zip(ob.models, hits_b[-1].mean(1).tolist()))})
         strata.append(np.full(int(keep.sum()), j))
         sources |= set(rec_a.source_names) | set(rec_b.source_names)
         placements.add(pl_a)
@@ -136,7 +143,8 @@ def compare_runs(runs_a: Sequence[str | Path], runs_b: Sequence[str | Path], mod
         mt = PairedDifference(name="mean transfer", a=float(ta.mean()), b=float(tb.mean()), diff=d, ci95=ci,
                               n=int(A.shape[1]))
     return Comparison(runs_a=[str(r) for r in runs_a], runs_b=[str(r) for r in runs_b],
-                      placement="/".join(sorted(placements)), seed=seed, models=rows, mean_transfer=mt)
+                      placement="/".join(sorted(placements)), seed=seed, models=rows, mean_transfer=mt,
+                      pairs=per_pair)
 
 
 __all__ = ["Comparison", "N_BOOT", "PairedDifference", "compare_runs"]

@@ -184,7 +184,7 @@ def load_folder(root: str | Path, *, limit_per_class: int | None = None, size: i
                 shape = tuple(x.shape)
             elif tuple(x.shape) != shape:
                 raise DataError(f"images in {root} differ in size ({shape[1:]} vs {tuple(x.shape[1:])} at {p}); "
-                                "pass a common size (e.g. --image-size 32)")
+                                "resize them to one size first, or load them with load_folder(..., size=N)")
             imgs.append((x * 255.0).round_().to(torch.uint8))
             labels.append(c)
             paths.append(str(p))

@@ -212,7 +212,10 @@ class PatchRenderer(nn.Module):
         color: optional differentiable ``(B, 3, h, w) -> (B, 3, h, w)`` printer-to-camera
             colour transform (``patchlab.calib.ColorTransform``), applied to the sticker.
         frame: render the printed marker frame around the patch (``patchlab.markers.marker_frame``),
-            so EOT trains on what the camera sees of the cut-out.
+            so EOT trains on what the camera sees of the cut-out; or a
+            :class:`patchlab.markers.CarrierGeometry` (``print patch --carrier``, e.g.
+            ``CarrierGeometry.from_dict(layout.meta["carrier"])``) to render the whole
+            carrier card around it (``patchlab.markers.carrier_frame``).
         marker_ratio: marker side over patch side for the frame.
 
     ``forward(images, patch, params)``: images ``(B, 3, H, W)`` in [0, 1], patch
@@ -221,7 +224,7 @@ class PatchRenderer(nn.Module):
 
     def __init__(self, image_hw: tuple[int, int], patch_hw: tuple[int, int], *, frac: float = 0.1,
                  shape: str = "square", placement: str = "side", position: tuple[float, float] | None = None,
-                 eot: EOTConfig = PRESETS["none"], color: nn.Module | None = None, frame: bool = False,
+                 eot: EOTConfig = PRESETS["none"], color: nn.Module | None = None, frame: Any = False,
                  marker_ratio: float | None = None):
         super().__init__()
         if shape not in SHAPES:
@@ -246,9 +249,12 @@ class PatchRenderer(nn.Module):
         self.px_scale = fw / (w * self.up)  # image pixels per sticker pixel
         u = self.up
         if frame:
-            from .markers import FRAME_MARKER_RATIO, marker_frame
+            from .markers import FRAME_MARKER_RATIO, CarrierGeometry, carrier_frame, marker_frame
 
-            mf = marker_frame((w, h), scale=u, marker_ratio=marker_ratio or FRAME_MARKER_RATIO)
+            if isinstance(frame, CarrierGeometry):
+                mf = carrier_frame(frame, (w, h), scale=u)
+            else:
+                mf = marker_frame((w, h), scale=u, marker_ratio=marker_ratio or FRAME_MARKER_RATIO)
             self.inner = mf.inner_box
             sticker = torch.from_numpy(mf.image.astype(np.float32) / 255.0).permute(2, 0, 1)
         else:

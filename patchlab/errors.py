@@ -21,3 +21,15 @@ class DataError(PatchlabError):
 
 class ConfigError(PatchlabError):
     """An option, config file or combination of options is invalid."""
+
+
+class WriteError(PatchlabError):
+    """An output cannot be written (full disk, no permission, a file where a folder should be...).
+
+    The message names the path and the cause in one line; see
+    :func:`patchlab.utils.writing`, which turns every ``OSError`` into one.
+    """
+
+
+class FolderInUse(PatchlabError):
+    """A run or capture folder is held by another live process (see :mod:`patchlab.locks`)."""

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+import warnings
+
 import cv2
 import numpy as np
 
@@ -16,9 +19,20 @@ from .errors import ConfigError
 from .layout import DEFAULT_ARUCO_DICT
 
 
+#: Short names accepted for the dictionaries patchlab documents (``--dictionary``).
+DICTIONARY_ALIASES = {"aruco4x4": "DICT_4X4_50", "4x4": "DICT_4X4_50", "apriltag36h11": "DICT_APRILTAG_36h11",
+                      "36h11": "DICT_APRILTAG_36h11"}
+
+
+def dictionary_name(name: str) -> str:
+    """The canonical OpenCV name of a dictionary (``aruco4x4`` -> ``DICT_4X4_50``)."""
+    return DICTIONARY_ALIASES.get(name.strip().lower(), name.strip())
+
+
 def get_dictionary(name: str = DEFAULT_ARUCO_DICT) -> "cv2.aruco.Dictionary":
-    """An OpenCV predefined ArUco dictionary by name, e.g. ``DICT_4X4_50``."""
-    key = name.upper()
+    """An OpenCV predefined ArUco dictionary by name, e.g. ``DICT_4X4_50``,
+    ``DICT_APRILTAG_36h11`` or an alias of :data:`DICTIONARY_ALIASES`."""
+    key = dictionary_name(name).upper()
     if not key.startswith("DICT_"):
         key = "DICT_" + key
     if not hasattr(cv2.aruco, key):
@@ -51,6 +65,37 @@ def charuco_board(spec: dict) -> "cv2.aruco.CharucoBoard":
     except (KeyError, TypeError, ValueError, cv2.error) as exc:
         raise ConfigError(f"invalid ChArUco board description {spec!r}: {exc}") from exc
     return board
+
+
+def detector_parameters(*, small: bool = True) -> "cv2.aruco.DetectorParameters":
+    """ArUco detector parameters for small, blurred, unevenly lit markers.
+
+    Against OpenCV's defaults (measured on simulated films with blur, glare and
+    exposure swings; each change kept only if it found more markers for its cost):
+    one more adaptive-threshold window (3..33 px in steps of 10, so a window fits
+    both a 10 px and a 30 px marker whatever the light around it), smaller markers
+    accepted (perimeter 1.5 % of the image's larger side, about 2.5 px a side at
+    640 px), a slightly looser polygon fit (blurred corners round off), bits read
+    from the middle half of each cell (blur bleeds across cell edges), more
+    border errors tolerated, and sub-pixel corner refinement. The id check (Hamming
+    distance within the dictionary) is unchanged, and callers keep only the ids they
+    expect and drop markers that disagree with the others, so false positives stay rare.
+    """
+    p = cv2.aruco.DetectorParameters()
+    p.cornerRefinementMethod = cv2.aruco.CORNER_REFINE_SUBPIX
+    p.cornerRefinementWinSize = 3
+    p.relativeCornerRefinmentWinSize = 0.3
+    if small:
+        p.adaptiveThreshWinSizeMin = 3
+        p.adaptiveThreshWinSizeMax = 33
+        p.adaptiveThreshWinSizeStep = 10
+        p.minMarkerPerimeterRate = 0.015
+        p.minDistanceToBorder = 2
+        p.polygonalApproxAccuracyRate = 0.045
+        p.perspectiveRemoveIgnoredMarginPerCell = 0.25
+        p.maxErroneousBitsInBorderRate = 0.45
+        p.minOtsuStdDev = 3.0
+    return p
 
 
 def marker_bits(marker_id: int, dictionary: str = DEFAULT_ARUCO_DICT) -> np.ndarray:
@@ -250,3 +295,195 @@ def marker_frame(patch_px: int | tuple[int, int], *, scale: int = 1, marker_rati
     mask[y0:y1, x0:x1] = False
     image[~mask] = paper
     return MarkerFrame(image=image, mask=mask, inner_box=(x0, y0, x1, y1), geometry=g, scale=scale)
+
+
+# --------------------------------------------------------------------------------------
+# The carrier card: the patch in the middle of a rigid card with four large markers
+# --------------------------------------------------------------------------------------
+
+#: Carrier card sizes (short side, long side) in mm: ISO A6, A5, and an ID-1 (credit) card.
+CARRIERS: dict[str, tuple[float, float]] = {"A6": (105.0, 148.0), "A5": (148.0, 210.0), "CARD": (53.98, 85.6)}
+#: Distance the markers are sized for when none is asked (m), and the documented
+#: default camera: a 640 px wide webcam with a 60 degree horizontal field of view.
+DEFAULT_MAX_DISTANCE_M = 2.0
+DEFAULT_CAMERA_WIDTH_PX, DEFAULT_CAMERA_HFOV_DEG = 640, 60.0
+#: Image pixels per marker cell (border included) a marker needs to be decoded.
+MIN_PX_PER_CELL = 2.0
+#: Smallest quiet zone (mm) between a marker and the card edge or the patch.
+MIN_QUIET_MM = 2.0
+
+
+def default_focal_px(width_px: int = DEFAULT_CAMERA_WIDTH_PX, hfov_deg: float = DEFAULT_CAMERA_HFOV_DEG) -> float:
+    """Focal length in pixels of a pinhole camera ``width_px`` wide with ``hfov_deg`` field of view."""
+    return (width_px / 2) / math.tan(math.radians(hfov_deg) / 2)
+
+
+@dataclass(frozen=True)
+class CarrierGeometry:
+    """A carrier card in card millimetres (origin at its top-left corner, x right, y down).
+
+    The patch is centred; a marker of side ``marker_mm`` sits in each corner, a
+    ``quiet_mm`` white margin from the card edge and from the patch. ``reach_m`` is
+    the farthest distance at which the markers keep :data:`MIN_PX_PER_CELL` pixels
+    per cell for a camera of focal length ``focal_px``.
+    """
+
+    name: str
+    card_mm: tuple[float, float]  # (width, height) as printed (orientation chosen for the patch)
+    patch_mm: tuple[float, float]
+    marker_mm: float
+    quiet_mm: float
+    marker_ids: tuple[int, int, int, int]  # TL, TR, BR, BL
+    dictionary: str
+    max_distance_m: float  # asked for
+    reach_m: float  # achieved
+    focal_px: float
+
+    @property
+    def patch_box(self) -> tuple[float, float, float, float]:
+        """``(x0, y0, x1, y1)`` of the patch on the card (mm)."""
+        (W, H), (w, h) = self.card_mm, self.patch_mm
+        x0, y0 = (W - w) / 2, (H - h) / 2
+        return x0, y0, x0 + w, y0 + h
+
+    def marker_origins(self) -> list[tuple[float, float]]:
+        W, H = self.card_mm
+        q, m = self.quiet_mm, self.marker_mm
+        return [(q, q), (W - q - m, q), (W - q - m, H - q - m), (q, H - q - m)]
+
+    def marker_corners(self) -> list[np.ndarray]:
+        """Corners ``(4, 2)`` of each marker in card mm (TL, TR, BR, BL)."""
+        m = self.marker_mm
+        return [np.array([[x, y], [x + m, y], [x + m, y + m], [x, y + m]], np.float64)
+                for x, y in self.marker_origins()]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "CarrierGeometry":
+        """Inverse of :meth:`to_dict` (a layout's ``meta["carrier"]``)."""
+        try:
+            return cls(name=str(d["name"]), card_mm=(float(d["card_mm"][0]), float(d["card_mm"][1])),
+                       patch_mm=(float(d["patch_mm"][0]), float(d["patch_mm"][1])), marker_mm=float(d["marker_mm"]),
+                       quiet_mm=float(d["quiet_mm"]), marker_ids=tuple(int(i) for i in d["marker_ids"]),  # type: ignore[arg-type]
+                       dictionary=str(d["dictionary"]), max_distance_m=float(d["max_distance_m"]),
+                       reach_m=float(d["reach_m"]), focal_px=float(d["focal_px"]))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ConfigError(f"not a carrier description: {exc!r}") from exc
+
+    def to_dict(self) -> dict[str, object]:
+        return {"name": self.name, "card_mm": list(self.card_mm), "patch_mm": list(self.patch_mm),
+                "marker_mm": self.marker_mm, "quiet_mm": self.quiet_mm, "marker_ids": list(self.marker_ids),
+                "dictionary": self.dictionary, "max_distance_m": self.max_distance_m, "reach_m": self.reach_m,
+                "focal_px": self.focal_px, "min_px_per_cell": MIN_PX_PER_CELL}
+
+
+def _marker_room(card: tuple[float, float], patch: tuple[float, float], cells: int) -> float:
+    """Largest marker side (mm) that fits in the card's corners around a centred patch."""
+    (W, H), (w, h) = card, patch
+    if w > W or h > H:
+        return 0.0
+    px0, py0 = (W - w) / 2, (H - h) / 2
+
+    def fits(m: float) -> bool:
+        q = max(MIN_QUIET_MM, m / cells)
+        clear = q + m + q <= max(px0, py0)  # beside or above the patch, with a quiet zone both sides
+        apart = 2 * (q + m) + q <= min(W, H) or 2 * (q + m) + q <= max(W, H)
+        return clear and 2 * (q + m) + q <= W and 2 * (q + m) + q <= H and apart
+
+    lo, hi = 0.0, min(W, H)
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
+    return lo
+
+
+def carrier_geometry(name: str, patch_mm: float | tuple[float, float], *, max_distance_m: float | None = None,
+                     focal_px: float | None = None, copy: int = 0,
+                     dictionary: str = DEFAULT_ARUCO_DICT) -> CarrierGeometry:
+    """Lay out a carrier card: the card's orientation, the marker side, its reach.
+
+    The marker side is what the farthest distance needs --
+    ``cells * MIN_PX_PER_CELL * distance / focal_px`` -- capped by the room left in
+    the card's corners; when capped, a warning says how far the markers will reach
+    and that a larger carrier reaches farther.
+
+    Args:
+        name: one of :data:`CARRIERS` (case-insensitive).
+        patch_mm: patch width (square) or ``(width, height)`` in mm.
+        max_distance_m: farthest camera distance to plan for (default
+            :data:`DEFAULT_MAX_DISTANCE_M`).
+        focal_px: the camera's focal length in pixels (``camera.json``'s ``K[0, 0]``;
+            default :func:`default_focal_px`, a 640 px, 60 degree webcam).
+        copy, dictionary: marker ids and dictionary (see :func:`copy_marker_ids`).
+
+    Raises:
+        ConfigError: unknown carrier, or the patch leaves no room for markers.
+    """
+    key = name.strip().upper()
+    if key not in CARRIERS:
+        raise ConfigError(f"unknown carrier {name!r}; choose one of {', '.join(CARRIERS)}")
+    pw, ph = (float(patch_mm), float(patch_mm)) if isinstance(patch_mm, (int, float)) else map(float, patch_mm)
+    d_m = DEFAULT_MAX_DISTANCE_M if max_distance_m is None else float(max_distance_m)
+    f = default_focal_px() if focal_px is None else float(focal_px)
+    if d_m <= 0 or f <= 0:
+        raise ConfigError(f"--max-distance-m and the focal length must be > 0, got {d_m}, {f}")
+    cells = get_dictionary(dictionary).markerSize + 2
+    short, long_ = CARRIERS[key]
+    options = [(short, long_), (long_, short)]
+    card = max(options, key=lambda c: _marker_room(c, (pw, ph), cells))
+    room = _marker_room(card, (pw, ph), cells)
+    min_marker = cells * 1.0  # 1 mm per cell: below that a printer cannot draw the cells cleanly
+    if room < min_marker:
+        raise ConfigError(f"a {pw:g} x {ph:g} mm patch leaves no room for markers on a {key} carrier "
+                          f"({card[0]:g} x {card[1]:g} mm): choose a larger --carrier or a smaller --size-mm")
+    need = cells * MIN_PX_PER_CELL * d_m * 1000.0 / f
+    marker = max(min(need, room), min_marker)
+    reach = marker * f / (cells * MIN_PX_PER_CELL) / 1000.0
+    if need > room:
+        bigger = [k for k, (a, b) in CARRIERS.items() if _marker_room((b, a), (pw, ph), cells) > room
+                  or _marker_room((a, b), (pw, ph), cells) > room]
+        warnings.warn(f"the {key} carrier has room for {room:.1f} mm markers: they decode to {reach:.2f} m, not "
+                      f"{d_m:g} m (they would need {need:.1f} mm)"
+                      + (f"; --carrier {bigger[0]} reaches farther" if bigger else ""), stacklevel=2)
+    return CarrierGeometry(name=key, card_mm=card, patch_mm=(pw, ph), marker_mm=float(marker),
+                           quiet_mm=max(MIN_QUIET_MM, marker / cells), marker_ids=copy_marker_ids(copy, dictionary),
+                           dictionary=dictionary, max_distance_m=d_m, reach_m=float(reach), focal_px=f)
+
+
+def carrier_frame(geometry: CarrierGeometry, patch_px: int | tuple[int, int], *, scale: int = 1,
+                  paper: tuple[int, int, int] = (255, 255, 255), supersample: int = 4) -> MarkerFrame:
+    """Draw a carrier card around a ``patch_px`` patch, as ``print patch --carrier`` prints it.
+
+    The card is drawn on the patch's pixel grid (``patch_px`` pixels across the
+    patch's width), the patch area left white at a whole-pixel ``inner_box``; the
+    optimiser composites it around the patch exactly as :func:`marker_frame` (the
+    card's margins are rounded to whole patch pixels, within half a pixel of print).
+
+    Returns:
+        :class:`MarkerFrame` (its ``geometry`` is the :class:`CarrierGeometry`).
+    """
+    if scale < 1 or supersample < 1:
+        raise ConfigError(f"scale and supersample must be >= 1, got {scale}, {supersample}")
+    w, h = (patch_px, patch_px) if isinstance(patch_px, (int, np.integer)) else (int(patch_px[0]), int(patch_px[1]))
+    ppm = w / geometry.patch_mm[0]  # patch pixels per mm
+    W, H = (int(round(v * ppm)) for v in geometry.card_mm)
+    x0, y0 = (W - w) // 2, (H - h) // 2
+    s = scale * supersample
+    big = np.empty((H * s, W * s, 3), np.uint8)
+    big[:] = paper
+    for mid, (mx, my) in zip(geometry.marker_ids, geometry.marker_origins()):
+        bits = marker_bits(mid, geometry.dictionary)
+        n = bits.shape[0]
+        step = geometry.marker_mm / n
+        edges_x = np.round((mx + np.arange(n + 1) * step) * ppm * s).astype(int)
+        edges_y = np.round((my + np.arange(n + 1) * step) * ppm * s).astype(int)
+        for i in range(n):
+            for j in range(n):
+                if not bits[i, j]:
+                    big[edges_y[i]:edges_y[i + 1], edges_x[j]:edges_x[j + 1]] = 0
+    image = cv2.resize(big, (W * scale, H * scale), interpolation=cv2.INTER_AREA) if supersample > 1 else big
+    bx0, by0, bx1, by1 = x0 * scale, y0 * scale, (x0 + w) * scale, (y0 + h) * scale
+    mask = np.ones(image.shape[:2], bool)
+    mask[by0:by1, bx0:bx1] = False
+    image[~mask] = paper
+    return MarkerFrame(image=image, mask=mask, inner_box=(bx0, by0, bx1, by1), geometry=geometry,  # type: ignore[arg-type]
+                       scale=scale)

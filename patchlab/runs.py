@@ -11,7 +11,8 @@ A run folder (``patchlab optimize --out RUN_DIR``) holds::
 ``run.json`` keys (all present once a run has started):
 
 * ``run_id`` (the folder name), ``status`` (``running`` | ``finished`` |
-  ``interrupted`` | ``diverged``), ``message`` (why it stopped, for the latter two);
+  ``interrupted`` | ``diverged`` | ``error``), ``message`` (why it stopped, for the
+  last three);
 * ``target_class`` (name), ``target_index`` (index in the first source's labels),
   ``seed``;
 * ``config``: every resolved option of the command (loss, steps, patch size,
@@ -31,15 +32,20 @@ A run folder (``patchlab optimize --out RUN_DIR``) holds::
 from __future__ import annotations
 
 import io
+import json
+import os
+import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
 from .errors import ConfigError
-from .utils import atomic_write_bytes, read_json_object
+from .locks import FolderLock, lock_holder
+from .utils import atomic_write_bytes, atomic_write_json, json_dumps, now_iso, read_json_object
 
 PATCH_PNG = "patch.png"
 PATCH_FLOAT = "patch.npy"
@@ -48,14 +54,25 @@ CHECKPOINT = "checkpoint.pt"
 TRANSFER_JSON = "transfer.json"
 
 
-def read_run(run_dir: str | Path) -> dict[str, Any]:
-    """The ``run.json`` of a run folder, with a clear error if it is not one."""
+def read_run(run_dir: str | Path, *, warn: bool = True) -> dict[str, Any]:
+    """The ``run.json`` of a run folder, with a clear error if it is not one.
+
+    Args:
+        run_dir: the run folder.
+        warn: say in one warning line (:func:`warn_if_unfinished`) when the run is
+            not ``finished`` (still running, killed, interrupted, diverged, failed):
+            every command that uses a run's results reads it here, so none of them
+            uses a partial result without a word.
+    """
     p = Path(run_dir)
     if not p.is_dir():
         raise ConfigError(f"run folder not found: {p}")
-    if not (p / RUN_JSON).is_file():
+    if not (p / RUN_JSON).exists():
         raise ConfigError(f"{p} is not a patchlab run folder (no {RUN_JSON}); make one with `patchlab optimize`")
-    return read_json_object(p / RUN_JSON, "run record")
+    rec = read_json_object(p / RUN_JSON, "run record")
+    if warn:
+        warn_if_unfinished(rec, p, "run")
+    return rec
 
 
 #: run statuses after which nothing more will be written
@@ -153,6 +170,214 @@ def read_patch(run_dir: str | Path) -> np.ndarray:
     return read_image(png).numpy()
 
 
+# ----------------------------------------------------------- status of run and capture folders
+#: Statuses of a run record whose results are partial.
+UNFINISHED_STATUSES = ("running", "error", "interrupted", "diverged")
+#: ... and of a capture record: a live camera is normally stopped by hand (``interrupted``),
+#: which ends a capture, not spoils it.
+UNFINISHED_CAPTURE_STATUSES = ("running", "error")
+
+
+class UnfinishedResultWarning(UserWarning):
+    """A run or capture that did not finish is being used (its results are partial)."""
+
+
+def status_note(record: dict[str, Any], folder: str | Path, what: str = "run") -> str | None:
+    """One line saying why ``record``'s results are partial, or None when it finished.
+
+    ``running`` is told apart by the folder's lock (:func:`patchlab.locks.lock_holder`):
+    still being written by a live process, or left by one that died (killed).
+    """
+    status = str(record.get("status") or "")
+    if status not in (UNFINISHED_CAPTURE_STATUSES if "capture" in what else UNFINISHED_STATUSES):
+        return None
+    folder = Path(folder)
+    msg = str(record.get("message") or record.get("error") or "").strip()
+    why = f" ({msg})" if msg else ""
+    if status == "running":
+        pid = lock_holder(folder)
+        if pid:
+            who = f"process {pid}" if pid > 0 else "another process"
+            return f"{what} {folder} is still being written by {who}: its results so far are partial"
+        hint = "; continue it with --resume" if (folder / CHECKPOINT).is_file() else ""
+        return (f"{what} {folder} says 'running' but no process is writing it (killed or crashed): "
+                f"its results are partial{hint}")
+    if status == "error":
+        return f"{what} {folder} failed{why}: its results are partial"
+    if status == "interrupted":
+        return f"{what} {folder} was interrupted{why}: its results are partial"
+    return f"{what} {folder} {status}{why}: its results are those of the last good step"
+
+
+def warn_if_unfinished(record: dict[str, Any], folder: str | Path, what: str = "run") -> str | None:
+    """:func:`status_note` as a warning (the CLI prints it as one ``warning:`` line); returns the note."""
+    note = status_note(record, folder, what)
+    if note:
+        warnings.warn(note, UnfinishedResultWarning, stacklevel=3)
+    return note
+
+
+def mark_stopped(record_path: str | Path, reason: str, *, status: str = "error") -> bool:
+    """Record in ``record_path`` (``run.json``, ``summary.json``) that its writer stopped: ``status``,
+    ``message`` (and ``error``/``end_reason`` where the record has them), ``finished``.
+
+    Made for the worst case, a full disk: the record is rewritten atomically when
+    possible, else in place over its own bytes (no new blocks needed; the JSON is
+    padded with spaces), else left as it is. Returns whether the status was recorded.
+    """
+    path = Path(record_path)
+    try:
+        rec = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(rec, dict):
+        return False
+    rec.update(status=status, message=reason, finished=now_iso())
+    if "error" in rec and status == "error":
+        rec["error"] = reason
+    if "end_reason" in rec:
+        rec["end_reason"] = status
+    try:
+        atomic_write_json(path, rec)
+        return True
+    except Exception:  # noqa: BLE001 - the fallback below is the point
+        pass
+    for shrink in (False, True):
+        if shrink and isinstance(rec.get("history"), list):
+            rec["history"] = rec["history"][-1:]
+        if _rewrite_in_place(path, json_dumps(rec)):
+            return True
+    return False
+
+
+def _rewrite_in_place(path: Path, text: str) -> bool:
+    data = text.encode("utf-8")
+    try:
+        size = path.stat().st_size
+        if len(data) + 1 > size:
+            return False
+        with open(path, "r+b") as fh:
+            fh.write(data + b" " * (size - len(data) - 1) + b"\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        return True
+    except OSError:
+        return False
+
+
+@contextmanager
+def writing_folder(folder: str | Path, *, record: str = RUN_JSON, what: str = "run folder") -> Iterator[FolderLock]:
+    """The writer's side of a run or capture folder: one writer at a time, and never a
+    record left saying ``running`` after its writer failed.
+
+    Takes the folder's :class:`~patchlab.locks.FolderLock` (a second writer gets
+    :class:`~patchlab.errors.FolderInUse`: "... in use by process N"; a lock this
+    process already holds, the CLI's, is joined), and when the
+    body raises while ``record`` still says ``running``, records ``error`` (or
+    ``interrupted`` for Ctrl-C) with the reason through :func:`mark_stopped`.
+    """
+    rp = Path(folder) / record
+    with FolderLock(folder, what, reentrant=True) as lock:
+        before = _identity(rp)  # a record this writer did not write (a killed run's) is never touched
+        try:
+            yield lock
+        except BaseException as exc:
+            try:
+                running = (_identity(rp) not in (before, None)
+                           and json.loads(rp.read_bytes()).get("status") == "running")
+            except (OSError, ValueError, AttributeError):
+                running = False
+            if running:
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    mark_stopped(rp, "interrupted", status="interrupted")
+                else:
+                    mark_stopped(rp, _one_line(exc), status="error")
+            raise
+
+
+def _identity(p: Path) -> tuple[int, int] | None:
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+# ------------------------------------------------- the CLI's safety net for output folders
+#: Records whose ``status`` says whether a folder's writer finished: a run's and a capture's.
+STATUS_RECORDS = (RUN_JSON, "summary.json")
+
+
+class OutputWatch:
+    """What the CLI's error boundary knows about a command's ``--out`` folders.
+
+    :meth:`watch` notes each record's identity (inode, mtime) before the command runs;
+    when the command fails, :meth:`settle` marks every record that this command wrote
+    and left saying ``running`` as ``error`` (or ``interrupted``) with the reason, so a
+    failure a writer did not handle itself (a full disk while checkpointing) never
+    leaves a folder claiming to run. A record another live process holds (its folder
+    lock, :mod:`patchlab.locks`) or that this command did not touch is left alone.
+    """
+
+    def __init__(self) -> None:
+        self._before: dict[Path, tuple[int, int] | None] = {}
+
+    def watch(self, folder: str | Path) -> None:
+        for name in STATUS_RECORDS:
+            p = Path(folder) / name
+            try:
+                st = p.stat()
+                self._before.setdefault(p, (st.st_ino, st.st_mtime_ns))
+            except OSError:
+                self._before.setdefault(p, None)
+
+    def settle(self, exc: BaseException) -> list[Path]:
+        """Mark the records this command left ``running``; returns those marked."""
+        marked = []
+        for p, before in self._before.items():
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            if (st.st_ino, st.st_mtime_ns) == before:
+                continue  # not written by this command
+            holder = lock_holder(p.parent)
+            if holder and holder != os.getpid():
+                continue
+            try:
+                running = json.loads(p.read_bytes()).get("status") == "running"
+            except (OSError, ValueError, AttributeError):
+                continue
+            if not running:
+                continue
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                ok = mark_stopped(p, "interrupted", status="interrupted")
+            else:
+                ok = mark_stopped(p, _one_line(exc), status="error")
+            if ok:
+                marked.append(p)
+        self._before.clear()
+        return marked
+
+
+def folder_status_note(path: str | Path) -> str | None:
+    """:func:`status_note` of a run folder (``run.json``) or capture folder (``summary.json``),
+    or None for anything else (a file, a folder of images, a record that cannot be read)."""
+    p = Path(path)
+    for name, what in ((RUN_JSON, "run"), ("summary.json", "capture")):
+        rec = p / name
+        if rec.is_file():
+            try:
+                d = json.loads(rec.read_bytes())
+            except (OSError, ValueError):
+                return None
+            return status_note(d, p, what) if isinstance(d, dict) else None
+    return None
 def patch_to_png(patch: np.ndarray) -> bytes:
     """``(3, h, w)`` float in [0, 1] -> lossless 8-bit PNG bytes."""
     from PIL import Image

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
+import math
 import os
 import platform
+import stat
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
-from .errors import ConfigError
+from .errors import ConfigError, WriteError
 
 
 def now_iso() -> str:
@@ -89,48 +93,158 @@ def check_patch(p: torch.Tensor, name: str = "patch") -> None:
         raise ValueError(f"expected {name} of shape (3, h, w) float in [0, 1], got {got}")
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file and an atomic rename.
+def os_error_text(exc: OSError, path: str | os.PathLike | None = None) -> str:
+    """One line for an ``OSError``: the path it concerns and the cause, in words.
 
-    A crash leaves either the old file or the new one, never half of one.
+    ``ENOSPC`` reads "no space left on device", ``ENOTDIR`` "a parent is a file, not
+    a folder", and so on, from the C library's own ``strerror``.
+    """
+    where = path if path is not None else (exc.filename if exc.filename is not None else "")
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    extra = {errno.ENOTDIR: " (a parent of it is a file, not a folder)",
+             errno.EISDIR: " (it is a folder; name a file)",
+             errno.EEXIST: " (something else already has that name)",
+             errno.EROFS: " (read-only file system)",
+             errno.ENOSPC: " (free some space, or write elsewhere)",
+             errno.EDQUOT: " (disk quota exceeded: free some space, or write elsewhere)",
+             }.get(exc.errno or 0, "")
+    return f"{where}: {cause}{extra}" if where != "" else f"{cause}{extra}"
+
+
+@contextmanager
+def writing(path: str | os.PathLike, what: str = "") -> Iterator[Path]:
+    """Context for code that writes ``path``: any ``OSError`` becomes one :class:`WriteError` line.
+
+    Every writer of an output goes through this (the atomic writers below use it),
+    so a full disk, a missing permission, ``--out`` under a regular file or in
+    ``/proc``, or a folder where a file is expected all end as ``error: cannot
+    write PATH: CAUSE`` and never as a traceback.
+    """
+    p = Path(path)
+    try:
+        yield p
+    except WriteError:
+        raise
+    except OSError as exc:
+        label = f"cannot write {what} " if what else "cannot write "
+        raise WriteError(label + os_error_text(exc, p if exc.filename is None or _is_tmp(exc.filename) else None)) \
+            from exc
+
+
+def _is_tmp(name: Any) -> bool:
+    return isinstance(name, (str, os.PathLike)) and Path(name).name.startswith(".") and str(name).endswith(".tmp")
+
+
+def make_folder(path: str | os.PathLike, what: str = "folder") -> Path:
+    """``mkdir -p`` with one clear line when it cannot be done (a file in the way, no permission)."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise WriteError(f"cannot write {what} {p}: it exists and is not a folder")
+    with writing(p, what):
+        p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike, what: str = "") -> Iterator[Path]:
+    """The one atomic-file helper: yields a temporary path beside ``path``; on success
+    it is fsynced and renamed onto ``path``, on any failure it is removed.
+
+    A crash, a full disk or Ctrl-C leave either the old file or the new one, never
+    half of one; an ``OSError`` becomes a one-line :class:`WriteError` naming ``path``.
+    Use it for writers that want a file name (``torch.save``, ``cv2.VideoWriter``,
+    ``fig.savefig``); :func:`atomic_write_bytes` covers bytes in memory.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    if path.is_dir():
+        raise WriteError(f"cannot write {what + ' ' if what else ''}{path}: it is a folder; name a file")
+    with writing(path, what):
+        make_folder(path.parent)
+        fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make every output private
+        try:
+            yield tmp
+            _fsync_path(tmp)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
+def _fsync_path(p: Path) -> None:
+    fd = os.open(p, os.O_RDONLY)
     try:
-        with os.fdopen(fd, "wb") as fh:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, what: str = "") -> Path:
+    """Write ``data`` to ``path`` through :func:`atomic_output` (temporary file + atomic rename).
+
+    Raises:
+        WriteError: one line naming ``path`` and the cause (full disk, permission...).
+    """
+    path = Path(path)
+    with atomic_output(path, what) as tmp:
+        with open(tmp, "wb") as fh:
             fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def atomic_write_text(path: str | os.PathLike, text: str, what: str = "") -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"), what)
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, +-inf) replaced by ``None``.
 
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` through a temporary file and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    ``json.dumps`` writes a bare ``NaN``, which is not JSON; patchlab's files hold
+    ``null`` instead (a loss that diverged, a rate over zero frames), which every
+    JSON reader accepts. Tensors, arrays and numpy scalars are converted first.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
     try:
+        return json_safe(_json_default(obj))
+    except TypeError:
+        return obj
+
+
+def json_dumps(obj: Any, *, indent: int | None = None) -> str:
+    """The one JSON encoder for patchlab files: non-finite numbers become ``null``
+    (:func:`json_safe`), paths and tensors are converted, and a bare ``NaN`` can never
+    be written (``allow_nan=False`` checks it)."""
+    return json.dumps(json_safe(obj), indent=indent, sort_keys=False, default=_json_default, allow_nan=False)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, what: str = "") -> Path:
+    """Write ``obj`` as indented JSON (see :func:`json_dumps`) atomically."""
+    return atomic_write_text(path, json_dumps(obj, indent=2) + "\n", what)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike, what: str = "") -> Path:
+    """``torch.save`` through :func:`atomic_output`."""
+    path = Path(path)
+    with atomic_output(path, what) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return path
 
 
@@ -146,14 +260,30 @@ def read_json_object(path: str | os.PathLike, what: str = "file", *, error: type
     """
     p = Path(path)
     if not p.is_file():
+        if p.exists() or p.is_symlink():
+            kind = "a folder" if p.is_dir() else "not a regular file (a pipe, socket or device?)"
+            raise error(f"{what} {p} is {kind}")
         raise error(f"{what} not found: {p}" + (f" ({missing})" if missing else ""))
     try:
-        d = json.loads(p.read_text())
+        d = json.loads(p.read_bytes())
+    except OSError as exc:
+        raise error(f"cannot read {what} {os_error_text(exc, p)}") from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise error(f"{what} {p} is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise error(f"{what} {p} is nested too deeply to be a patchlab file") from exc
     if not isinstance(d, dict):
-        raise error(f"{what} {p} must hold a JSON object")
+        raise error(f"{what} {p} must hold a JSON object, not a {type(d).__name__}")
     return d
+
+
+def is_special_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a FIFO or a socket: opening one for reading can block forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def _json_default(obj: Any) -> Any:

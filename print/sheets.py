@@ -24,7 +24,9 @@ from reportlab.pdfbase.pdfmetrics import stringWidth
 
 from patchlab.errors import ConfigError
 from patchlab.layout import DEFAULT_ARUCO_DICT, Layout, MarkerSpec, PatchSpec, SwatchSpec
-from patchlab.markers import FRAME_MARKER_RATIO, MARKERS_PER_COPY, charuco_board, frame_geometry, get_dictionary
+from patchlab.markers import (FRAME_MARKER_RATIO, MARKERS_PER_COPY, CarrierGeometry, carrier_geometry, charuco_board,
+                              dictionary_name,
+                              frame_geometry, get_dictionary)
 from patchlab.runs import RUN_JSON, read_run
 from patchlab.utils import atomic_write_bytes, versions
 
@@ -253,9 +255,46 @@ def load_patch_source(src: str | Path) -> PatchSource:
                        sha256=hashlib.sha256(data).hexdigest())
 
 
+@dataclass(frozen=True)
+class _Cutout:
+    """What one copy's cut-out holds, relative to its cut corner (mm)."""
+
+    size: tuple[float, float]
+    patch_offset: tuple[float, float]
+    markers: list[tuple[int, np.ndarray]]  # (id, (4, 2) corners)
+    carrier: CarrierGeometry | None = None
+
+
+def _cutouts(w_px: int, h_px: int, mm_px: float, copies: int, *, markers: bool, marker_ratio: float,
+             dictionary: str, carrier: str | None, max_distance_m: float | None,
+             focal_px: float | None) -> list[_Cutout]:
+    out = []
+    for c in range(copies):
+        if carrier is not None:
+            import warnings
+
+            with warnings.catch_warnings():
+                if c > 0:  # one warning per sheet
+                    warnings.simplefilter("ignore")
+                g = carrier_geometry(carrier, (w_px * mm_px, h_px * mm_px), max_distance_m=max_distance_m,
+                                     focal_px=focal_px, copy=c, dictionary=dictionary)
+            x0, y0, _, _ = g.patch_box
+            out.append(_Cutout(g.card_mm, (x0, y0), list(zip(g.marker_ids, g.marker_corners())), g))
+            continue
+        if not markers:
+            out.append(_Cutout((w_px * mm_px, h_px * mm_px), (0.0, 0.0), []))
+            continue
+        fg = frame_geometry((w_px, h_px), marker_ratio=marker_ratio, copy=c, dictionary=dictionary)
+        b = fg.band_px * mm_px
+        out.append(_Cutout(((w_px + 2 * fg.band_px) * mm_px, (h_px + 2 * fg.band_px) * mm_px), (b, b),
+                           [(mid, corners * mm_px) for mid, corners in zip(fg.marker_ids, fg.marker_corners())]))
+    return out
+
+
 def make_patch_pdf(source: PatchSource, *, size_mm: float, paper: str = "a4", copies: int = 1, markers: bool = True,
                    chart: bool = False, marker_ratio: float = FRAME_MARKER_RATIO,
-                   dictionary: str = DEFAULT_ARUCO_DICT, date: str | None = None) -> PrintResult:
+                   dictionary: str = DEFAULT_ARUCO_DICT, date: str | None = None, carrier: str | None = None,
+                   max_distance_m: float | None = None, focal_px: float | None = None) -> PrintResult:
     """Lay out ``copies`` copies of a patch at ``size_mm`` wide and draw the PDF.
 
     Each copy is the patch (exact cells, ``size_mm`` wide, height by aspect
@@ -263,11 +302,18 @@ def make_patch_pdf(source: PatchSource, *, size_mm: float, paper: str = "a4", co
     the frame is ``band_px`` patch pixels wide, so it scales with the patch), with
     crop marks on the cut line and a caption below. Copies tile row by row.
 
+    With ``carrier`` (``A6``, ``A5`` or ``CARD``) each copy is instead a rigid card of
+    that size with the patch in the middle and four large corner markers sized for
+    ``max_distance_m`` with a camera of focal length ``focal_px``
+    (:func:`patchlab.markers.carrier_geometry`); the layout's ``meta["carrier"]``
+    records the card, the marker side and the distance it reaches.
+
     Raises:
         ConfigError: the patch (with its frame) or the copies do not fit the paper,
             or too many copies for distinct marker ids.
     """
     page = _Page(paper.lower(), paper_size(paper))
+    dictionary = dictionary_name(dictionary)
     img = source.image
     h_px, w_px = img.shape[:2]
     if size_mm <= 0:
@@ -278,16 +324,23 @@ def make_patch_pdf(source: PatchSource, *, size_mm: float, paper: str = "a4", co
         raise ConfigError(f"{copies} copies need {4 * copies} marker ids; {dictionary} has room for "
                           f"{max_copies(dictionary)} copies besides a chart")
     mm_px = size_mm / w_px
-    geos = [frame_geometry((w_px, h_px), marker_ratio=marker_ratio, copy=c, dictionary=dictionary) if markers else None
-            for c in range(copies)]
-    band_px = geos[0].band_px if markers else 0
-    cut_w, cut_h = (w_px + 2 * band_px) * mm_px, (h_px + 2 * band_px) * mm_px
+    markers = markers or carrier is not None
+    cutouts = _cutouts(w_px, h_px, mm_px, copies, markers=markers, marker_ratio=marker_ratio, dictionary=dictionary,
+                       carrier=carrier, max_distance_m=max_distance_m, focal_px=focal_px)
+    geos = [frame_geometry((w_px, h_px), marker_ratio=marker_ratio, copy=0, dictionary=dictionary)
+            if markers and carrier is None else None]
+    band_px = geos[0].band_px if geos[0] is not None else 0
+    cut_w, cut_h = cutouts[0].size
     tile_w = cut_w + 2 * TILE_MARGIN_MM
     tile_h = cut_h + 2 * TILE_MARGIN_MM + CAPTION_MM
     strip_h = STRIP_ROWS * (STRIP_SWATCH_MM + STRIP_GAP_MM) - STRIP_GAP_MM
     avail_h = page.height - ((strip_h + 2 * TILE_SPACING_MM + CAPTION_MM) if chart else 0.0)
     cols = int((page.width + TILE_SPACING_MM) // (tile_w + TILE_SPACING_MM))
     rows = int((avail_h + TILE_SPACING_MM) // (tile_h + TILE_SPACING_MM))
+    if (cols < 1 or rows < 1) and carrier is not None:
+        raise ConfigError(f"a {cutouts[0].carrier.name} carrier ({cut_w:g} x {cut_h:g} mm) does not fit on "
+                          f"{page.paper.upper()} ({page.width:.0f} x {avail_h:.0f} mm printable): choose a larger "
+                          "--paper" + (" or --no-chart" if chart else ""))
     if cols < 1 or rows < 1:
         fit = min((page.width - 2 * TILE_MARGIN_MM) * w_px / (w_px + 2 * band_px),
                   (avail_h - 2 * TILE_MARGIN_MM - CAPTION_MM) * w_px / (h_px + 2 * band_px))
@@ -313,16 +366,14 @@ def make_patch_pdf(source: PatchSource, *, size_mm: float, paper: str = "a4", co
         r, k = divmod(c, used_cols)
         tx, ty = gx + k * (tile_w + TILE_SPACING_MM), page.y0 + r * (tile_h + TILE_SPACING_MM)
         cx, cy = tx + TILE_MARGIN_MM, ty + TILE_MARGIN_MM  # cut rectangle's corner
-        px, py = cx + band_px * mm_px, cy + band_px * mm_px  # patch corner
+        co = cutouts[c]
+        px, py = cx + co.patch_offset[0], cy + co.patch_offset[1]  # patch corner
         layout.patches.append(PatchSpec(x_mm=px, y_mm=py, width_mm=w_px * mm_px, height_mm=h_px * mm_px,
                                         pixels=(w_px, h_px), copy=c))
-        g = geos[c]
-        if g is not None:
-            for mid, corners in zip(g.marker_ids, g.marker_corners()):
-                layout.markers.append(MarkerSpec(id=mid, corners_mm=[(cx + u * mm_px, cy + v * mm_px)
-                                                                     for u, v in corners.tolist()], copy=c))
-        cuts.append({"copy": c, "cut_rect_mm": [cx, cy, cut_w, cut_h],
-                     "marker_ids": list(g.marker_ids) if g is not None else []})
+        for mid, corners in co.markers:
+            layout.markers.append(MarkerSpec(id=int(mid), corners_mm=[(cx + u, cy + v) for u, v in corners.tolist()],
+                                             copy=c))
+        cuts.append({"copy": c, "cut_rect_mm": [cx, cy, cut_w, cut_h], "marker_ids": [int(m) for m, _ in co.markers]})
         target = f" · target {source.target_class}" if source.target_class else ""
         lines = [f"patchlab · run {source.run_id}{target}",
                  f"{size_mm:g} mm ({w_px}x{h_px} px) · copy {c + 1}/{copies} · {date}"]
@@ -348,7 +399,8 @@ def make_patch_pdf(source: PatchSource, *, size_mm: float, paper: str = "a4", co
         "size_mm": size_mm, "patch_px": [w_px, h_px], "mm_per_px": mm_px,
         "markers": markers, "marker_ratio": marker_ratio if markers else None,
         "frame": ({"band_px": band_px, "band_mm": band_px * mm_px, "marker_mm": geos[0].marker_px * mm_px,
-                   "quiet_mm": geos[0].quiet_px * mm_px} if markers else None),
+                   "quiet_mm": geos[0].quiet_px * mm_px} if geos[0] is not None else None),
+        "carrier": None if carrier is None else cutouts[0].carrier.to_dict(),
         "copies": cuts, "chart_marker_ids": strip_ids, "versions": versions(PRINT_VERSION_MODULES),
     }
 

@@ -239,7 +239,8 @@ def test_cli_capture_run(tmp_path):
     assert r.exit_code == 0, r.output
     summ, frames = _check_log(out, 10)
     assert summ["truth"] and summ["config"]["defense"]["name"] == "jpeg"
-    assert {f["crop"] for f in frames} <= {"roi", "center (no markers)"} and "roi" in {f["crop"] for f in frames}
+    assert {f["crop"] for f in frames} <= {"roi", "skipped (lost)"} and "roi" in {f["crop"] for f in frames}
+    assert summ["config"]["on_lost"] == "skip" and all(f["scored"] == (f["pose"] is not None) for f in frames)
     bad = CliRunner().invoke(app, ["capture", "run", "--source", "/dev/video97", "--target", TARGET, "--out",
                                    str(tmp_path / "x"), "--models", card("resnet20")])
     assert bad.exit_code == 1 and "cannot open camera /dev/video97" in bad.output

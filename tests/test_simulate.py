@@ -157,5 +157,5 @@ def test_cli_simulate_capture(tmp_path):
     assert all(t["object_class"] is None for t in truth)
     assert (tmp_path / "clip.layout.json").is_file()
     bad = CliRunner().invoke(app, ["simulate", "capture", "--patch", str(tmp_path / "nope"), "--scenes",
-                                   str(CIFAR_TEST), "--out", str(out)])
+                                   str(CIFAR_TEST), "--out", str(out), "--overwrite"])
     assert bad.exit_code == 1 and "patch not found" in bad.output

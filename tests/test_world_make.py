@@ -166,7 +166,7 @@ def test_out_folder_rules(world, tmp_path):
     with pytest.raises(ConfigError, match="is not empty and is not a patchlab world"):
         make_world(busy, 4, force=True)
     assert (busy / "thesis.tex").read_text() == "precious"
-    with pytest.raises(ConfigError, match="already holds a world; pass --force"):
+    with pytest.raises(ConfigError, match="already holds a world; pass --overwrite"):
         make_world(world, 4)
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -244,4 +244,4 @@ def test_cli_make_bad_input_is_one_line_and_exit_1(tmp_path, args, match):
 
 def test_cli_make_refuses_a_world_without_force(world):
     res = runner.invoke(app, ["world", "make", "--out", str(world), "--n-per-class", "4"])
-    assert res.exit_code == 1 and "pass --force" in res.output
+    assert res.exit_code == 1 and "pass --overwrite" in res.output

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as _dt
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -17,13 +16,14 @@ app = typer.Typer(help="Measure the world: camera intrinsics from a ChArUco boar
 CALIB_VERSION_MODULES = ("cv2", "numpy", "torch")
 
 
-def _check_json_out(out: Path) -> None:
-    from ..errors import ConfigError
+OVERWRITE_HELP = "Replace outputs that already exist."
 
-    if out.suffix.lower() != ".json":
-        raise ConfigError(f"--out must name a .json file, got {out}")
-    if out.is_dir():
-        raise ConfigError(f"--out {out} is a directory")
+
+def _check_json_out(out: Path, overwrite: bool = True) -> None:
+    from ..checks import check_output_file, check_overwrite
+
+    check_output_file(out, suffixes=(".json",))
+    check_overwrite(out, overwrite)
 
 
 @app.command("camera")
@@ -35,14 +35,15 @@ def camera_cmd(
     max_frames: Annotated[int, typer.Option(help="Frames taken from --video, spread evenly.")] = 60,
     min_views: Annotated[int, typer.Option(help="Fewest usable views to accept a calibration.")] = 5,
     min_corners: Annotated[int, typer.Option(help="Fewest ChArUco corners for a view to count.")] = 8,
+    overwrite: Annotated[bool, typer.Option(help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Camera intrinsics and distortion from ChArUco board views (RMS reprojection error reported)."""
     from ..calib.camera import calibrate_camera, iter_image_dir, iter_video
     from ..errors import ConfigError
     from ..layout import load_layout
-    from ..utils import atomic_write_json, versions
+    from ..utils import atomic_write_json, now_iso, versions
 
-    _check_json_out(out)
+    _check_json_out(out, overwrite)
     if (images is None) == (video is None):
         raise ConfigError("pass exactly one of --images DIR or --video FILE")
     layout = load_layout(board)
@@ -54,7 +55,7 @@ def camera_cmd(
         cal = calibrate_camera(frames, layout, min_views=min_views, min_corners=min_corners, progress=adv)
     record = {"format": "patchlab.camera/1", **cal.to_dict(), "board": str(board),
               "source": str(images if images is not None else video),
-              "created": _dt.datetime.now().isoformat(timespec="seconds"),
+              "created": now_iso(),
               "versions": versions(CALIB_VERSION_MODULES)}
     atomic_write_json(out, record)
     console.print(f"{cal.views_used} of {cal.views_total} views used; RMS reprojection error {cal.rms_px:.3f} px")
@@ -78,6 +79,7 @@ def color_cmd(
     knots: Annotated[int, typer.Option(help="Tone-curve segments per channel.")] = 8,
     flat_field: Annotated[bool, typer.Option("--flat-field/--no-flat-field",
                                              help="Correct uneven light with the paper between swatches.")] = True,
+    overwrite: Annotated[bool, typer.Option(help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Fit the printer-to-camera colour transform and write the printable palette."""
     import cv2
@@ -86,11 +88,15 @@ def color_cmd(
     from ..calib.colorcal import calibrate_color
     from ..errors import ConfigError, DataError
     from ..layout import load_layout
-    from ..utils import atomic_write_json, atomic_write_text, versions
+    from ..checks import check_output_file, check_overwrite
+    from ..utils import atomic_write_json, atomic_write_text, now_iso, versions
 
-    _check_json_out(out)
+    _check_json_out(out, overwrite)
     if knots < 1:
         raise ConfigError(f"--knots must be >= 1, got {knots}")
+    pal_path = palette or palette_path_for(out)
+    check_output_file(pal_path, option="--palette")
+    check_overwrite(pal_path, overwrite)
     layout = load_layout(chart)
     if not photo.is_file():
         raise ConfigError(f"photo not found: {photo}")
@@ -99,10 +105,9 @@ def color_cmd(
         raise DataError(f"cannot read image {photo}")
     cal = calibrate_color(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), layout, holdout=holdout, seed=seed, knots=knots,
                           flat_field=flat_field, source=str(photo))
-    pal_path = palette or palette_path_for(out)
     record = cal.to_dict()
     record.update(palette_file=str(pal_path), photo=str(photo), layout=str(chart),
-                  created=_dt.datetime.now().isoformat(timespec="seconds"), versions=versions(CALIB_VERSION_MODULES))
+                  created=now_iso(), versions=versions(CALIB_VERSION_MODULES))
     text = palette_text(cal.palette, [f"from {photo} and {chart}: {len(cal.palette)} swatches"])
     atomic_write_text(pal_path, text)
     atomic_write_json(out, record)

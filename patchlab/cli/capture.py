@@ -18,11 +18,14 @@ MODELS_HELP = "Models to score every frame with (cards, timm:NAME, ...): --model
 
 
 def summary_table(summary) -> Table:
-    t = Table("model", "tSuc", "95% CI", "frames", "mean p(target)", title=f"target {summary.target_class}")
+    t = Table("model", "tSuc", "95% CI", "frames", "tSuc with pose", "mean p(target)",
+              title=f"target {summary.target_class}")
     for name, r in summary.tsuc.items():
         lo, hi = r["ci95"]
         rate = "n/a" if r["n"] == 0 else f"{r['rate']:.1%}"
-        t.add_row(name, rate, f"{lo:.1%}-{hi:.1%}", str(r["n"]), f"{summary.mean_p_target[name]:.3f}")
+        wp = (summary.tsuc_with_pose or {}).get(name) or {"n": 0}
+        wps = "n/a" if wp["n"] == 0 else f"{wp['rate']:.1%} (n={wp['n']})"
+        t.add_row(name, rate, f"{lo:.1%}-{hi:.1%}", str(r["n"]), wps, f"{summary.mean_p_target[name]:.3f}")
     return t
 
 
@@ -51,8 +54,16 @@ def run_cmd(
     max_frames: Annotated[Optional[int], typer.Option(help="Stop after N frames.")] = None,
     batch_size: Annotated[int, typer.Option(help="Most frames classified together (a live camera batches only what "
                                                  "is waiting).")] = 8,
-    min_markers: Annotated[int, typer.Option(help="Markers needed for a pose (2 leave the far side's perspective "
-                                                  "loose).")] = 3,
+    min_markers: Annotated[int, typer.Option(help="Markers needed for a detected pose (1-4; with 2 or 3 the "
+                                                  "tracked texture points join the fit).")] = 2,
+    track: Annotated[bool, typer.Option("--track/--no-track", help="Follow the patch between detections (Lucas-"
+                                                                   "Kanade); tracked frames are marked 'tracked'.")] = True,
+    on_lost: Annotated[str, typer.Option("--on-lost", help="With --crop roi, frames where the patch is lost: skip "
+                                                           "(logged, not scored), center (score the centre square) "
+                                                           "or last (the last pose's square).")] = "skip",
+    stall_timeout: Annotated[float, typer.Option(help="Network cameras: seconds without data before reconnecting.")] = 2.0,
+    lost_after: Annotated[float, typer.Option(help="Network cameras: seconds without a frame before the capture ends "
+                                                   "('camera lost').")] = 20.0,
     truth: Annotated[Optional[Path], typer.Option(help="Per-frame ground truth (default: VIDEO.truth.jsonl beside a "
                                                        "simulated video).")] = None,
     realtime: Annotated[bool, typer.Option(help="Replay a video file at its frame rate, as a live camera.")] = False,
@@ -71,7 +82,7 @@ def run_cmd(
     import torch
 
     from ..capture.loop import CaptureConfig, run_capture
-    from ..capture.simulate import read_truth, truth_path_for
+    from ..captures import read_truth, truth_path_for
     from ..capture.sources import open_source
     from ..errors import ConfigError
     from ..layout import load_layout
@@ -85,7 +96,7 @@ def run_cmd(
         raise ConfigError("give the models with --models MODEL...")
     cfg = CaptureConfig(target=target, crop=crop, roi_frac=roi_frac, defense=defense, batch_size=batch_size,
                         max_frames=max_frames, hud=hud, record=None if record is None else str(record),
-                        min_markers=min_markers)
+                        min_markers=min_markers, on_lost=on_lost, track=track)
     lay = load_layout(layout) if layout is not None else None
     cam = None
     if camera is not None:
@@ -100,7 +111,7 @@ def run_cmd(
         raise ConfigError(f"ground truth not found: {truth}")
     dev = resolve_device(device)
     nets = [load_model(r, device=dev) for r in refs]
-    src = open_source(source, realtime=realtime)
+    src = open_source(source, realtime=realtime, stall_timeout_s=stall_timeout, stream_lost_after_s=lost_after)
     stop = threading.Event()
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads or default_threads())
@@ -116,8 +127,18 @@ def run_cmd(
     extra_info = f", {summ.dropped} dropped" if summ.dropped else ""
     if summ.skipped:
         extra_info += f", {len(summ.skipped)} non-image file(s) skipped"
-    console.print(f"{summ.frames} frames ({summ.frames_with_pose} with the patch's pose{extra_info}) at "
-                  f"{summ.fps:.1f} fps; ended: {summ.end_reason}")
+    ps = summ.pose_sources
+    console.print(f"{summ.frames} frames: patch detected on {ps.get('detected', 0)}, tracked on "
+                  f"{ps.get('tracked', 0)}, lost on {ps.get('lost', 0)}{extra_info}")
+    console.print(f"{summ.fps:.1f} fps; ended: {summ.end_reason}")
+    if summ.frames_scored is not None and summ.frames_scored < summ.frames:
+        console.print(f"{summ.frames - summ.frames_scored} frames without a pose not scored (--on-lost "
+                      f"{cfg.on_lost}); tSuc counts them as misses, tSuc on frames with a pose: "
+                      + ", ".join(f"{k} {v['rate']:.1%}" for k, v in summ.tsuc_with_pose.items() if v["n"]))
+    st = summ.stream
+    if st.get("stalls") or st.get("reconnects") or st.get("dropped"):
+        console.print(f"stream: {st.get('stalls', 0)} stalls, {st.get('reconnects', 0)} reconnects, "
+                      f"{st.get('dropped', 0)} frames dropped on the wire (listed in summary.json)")
     console.print(f"wrote {Path(summ.capture_dir) / 'frames.jsonl'} and summary.json")
     if record is not None and record.exists():
         console.print(f"wrote {record}")

@@ -20,13 +20,25 @@ def _pct(d: dict | None) -> str:
 def physical_tables(res) -> list[Table]:
     """Rich tables of a :class:`patchlab.eval.physical.PhysicalResult`."""
     out = []
-    t = Table("model", "tSuc [95% CI]", "n", "mean p(target)", "accuracy", "untargeted err",
-              title=f"{res.capture_dir}: target {res.target_class}, {res.counted} of {res.frames} frames counted, "
-                    f"{res.frames_with_pose} with pose")
+    ps = res.pose_sources or {}
+    policy = f"; lost frames with --crop roi: {res.on_lost}" if res.on_lost else ""
+    t = Table("model", "tSuc [95% CI]", "n", "tSuc with pose", "tSuc detected", "mean p(target)", "accuracy",
+              "untargeted err",
+              title=f"{res.capture_dir}: target {res.target_class}, {res.counted} of {res.frames} frames counted; "
+                    f"patch detected {ps.get('detected', 0)}, tracked {ps.get('tracked', 0)}, lost "
+                    f"{ps.get('lost', 0)}{policy}")
     for m in res.models:
-        t.add_row(m.model, _pct(m.tsuc), str(m.tsuc["n"]), f"{m.mean_p_target:.3f}", _pct(m.accuracy),
-                  _pct(m.untargeted_error))
+        t.add_row(m.model, _pct(m.tsuc), str(m.tsuc["n"]), _pct(m.tsuc_with_pose), _pct(m.tsuc_detected),
+                  f"{m.mean_p_target:.3f}", _pct(m.accuracy), _pct(m.untargeted_error))
     out.append(t)
+    for q, pr in (res.pose_rates or {}).items():
+        if not pr.rows:
+            continue
+        t = Table(f"{q} ({pr.unit})", "frames", "detected", "tracked", "lost",
+                  title=f"where the patch was found, by {q} ({pr.note}; {pr.unplaced} lost frames unplaced)")
+        for r in pr.rows:
+            t.add_row(r.label, str(r.n), f"{r.detected} ({r.detection_rate:.0%})", str(r.tracked), str(r.lost))
+        out.append(t)
     if res.control is not None:
         c = Table("model", "patched tSuc", "control rate", "difference [95% CI]", "patched acc", "control acc",
                   title=f"patched vs control ({res.control_dir})")
@@ -42,9 +54,10 @@ def physical_tables(res) -> list[Table]:
             out.append(t)
             continue
         names = list(tab.rows[0].rates)
-        t = Table(f"{tab.label} ({tab.unit})", "n", *names, title=f"tSuc by {tab.label}")
+        t = Table(f"{tab.label} ({tab.unit})", "n", "det/trk/lost", *names, title=f"tSuc by {tab.label}")
         for r in tab.rows + ([tab.unbinned] if tab.unbinned else []):
-            t.add_row(r.label, str(r.n), *(_pct(r.rates[n]) for n in names))
+            sp = "/".join(str(r.sources.get(k, 0)) for k in ("detected", "tracked", "lost")) if r.sources else "-"
+            t.add_row(r.label, str(r.n), sp, *(_pct(r.rates[n]) for n in names))
         out.append(t)
     return out
 

@@ -62,6 +62,7 @@ def check_cmd(
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
     weights: Annotated[Optional[Path], typer.Option(help="Local weights for a single timm:/torchvision:/patchlab: model.")] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write results as JSON here.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a --json file that already exists.")] = False,
 ) -> None:
     """Measure top-1 accuracy of each model on a labelled image folder."""
     from ..data import limit_items, load_folder, scan_folder
@@ -71,6 +72,11 @@ def check_cmd(
 
     if weights is not None and len(models) != 1:
         raise ConfigError("--weights applies to a single model; write a card per model instead")
+    if json_path is not None:  # checked before the work, not after it
+        from ..checks import check_output_file, check_overwrite
+
+        check_output_file(json_path, option="--json", suffixes=(".json",))
+        check_overwrite(json_path, overwrite)
     dev = resolve_device(device)
     n_files = len(limit_items(scan_folder(data)[0], limit_per_class))
     with progress_bar("loading images", n_files) as adv:

@@ -35,21 +35,46 @@ def patch_cmd(
     copies: Annotated[int, typer.Option(help="Copies on the page, each with its own marker ids.")] = 1,
     marker_ratio: Annotated[float, typer.Option(help="Marker side over the patch side (the optimiser's "
                                                      "--frame-markers must use the same).")] = FRAME_MARKER_RATIO,
-    aruco_dict: Annotated[str, typer.Option("--aruco-dict", help="OpenCV ArUco dictionary.")] = DEFAULT_ARUCO_DICT,
+    aruco_dict: Annotated[str, typer.Option("--aruco-dict", "--dictionary",
+                                            help="Marker dictionary: an OpenCV name (DICT_4X4_50, "
+                                                 "DICT_APRILTAG_36h11) or aruco4x4 / apriltag36h11.")] = DEFAULT_ARUCO_DICT,
+    carrier: Annotated[Optional[str], typer.Option(help="Print each copy on a rigid carrier card (A6, A5 or CARD) "
+                                                        "with four large corner markers, for filming at a distance.",
+                                                   show_default=False)] = None,
+    max_distance_m: Annotated[Optional[float], typer.Option("--max-distance-m", help="With --carrier: the farthest "
+                                                            "camera distance the markers must be decodable at "
+                                                            "(default 2 m).", show_default=False)] = None,
+    camera: Annotated[Optional[Path], typer.Option(help="With --carrier: camera.json whose focal length sizes the "
+                                                        "markers (default: a 640 px wide, 60 degree webcam).",
+                                                   show_default=False)] = None,
 ) -> None:
     """Print a patch at exactly --size-mm, pixel for pixel, with markers, cut marks and a caption."""
+    import warnings
+
     from ..print.sheets import check_pdf_path, load_patch_source, make_patch_pdf
 
     check_pdf_path(out)
     src = load_patch_source(source)
-    res = make_patch_pdf(src, size_mm=size_mm, paper=paper, copies=copies, markers=markers, chart=chart,
-                         marker_ratio=marker_ratio, dictionary=aruco_dict)
+    focal = None
+    if camera is not None:
+        from ..calib.camera import load_camera
+
+        focal = float(load_camera(camera)[0][0, 0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = make_patch_pdf(src, size_mm=size_mm, paper=paper, copies=copies, markers=markers, chart=chart,
+                             marker_ratio=marker_ratio, dictionary=aruco_dict, carrier=carrier,
+                             max_distance_m=max_distance_m, focal_px=focal)
+    for w in caught:
+        console.print(f"warning: {w.message}")
     pdf, lay = res.write(out)
     m = res.layout.meta
-    frame = m["frame"]
+    frame, card = m["frame"], m.get("carrier")
     console.print(f"{copies} cop{'y' if copies == 1 else 'ies'} of {src.run_id} ({m['patch_px'][0]}x{m['patch_px'][1]} px)"
                   f" at {size_mm:g} mm = {m['mm_per_px']:.3f} mm per pixel"
-                  + (f"; marker frame {frame['band_mm']:.1f} mm, markers {frame['marker_mm']:.1f} mm" if frame else ""))
+                  + (f"; marker frame {frame['band_mm']:.1f} mm, markers {frame['marker_mm']:.1f} mm" if frame else "")
+                  + (f"; {card['name']} carrier {card['card_mm'][0]:g} x {card['card_mm'][1]:g} mm, markers "
+                     f"{card['marker_mm']:.1f} mm, decodable to {card['reach_m']:.2f} m" if card else ""))
     _written(pdf, lay)
 
 

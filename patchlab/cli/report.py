@@ -21,15 +21,19 @@ def report_cmd(
     n_bins: Annotated[int, typer.Option(help="Bins per condition in the physical sections.")] = 5,
     compare: Annotated[Optional[list[Path]], typer.Option("--compare", help="Another run folder whose patch is shown "
                                                                             "side by side (repeat).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace a report already at --out.")] = False,
 ) -> None:
     """A report of a run: patch, loss curves, digital transfer, transfer matrix, physical tSuc by condition with
     intervals, sample frames, and the commands, configs and versions behind every figure."""
+    from ..checks import check_output_file, check_overwrite
     from ..eval.report import build_report, check_report_path, write_report
 
     check_report_path(out)
+    check_output_file(out)
     run_dir, captures = paths[0], paths[1:]
     rep = build_report(run_dir, captures, matrix=matrix, controls=control or [], n_bins=n_bins,
                        argv=command_line(ctx), compare=compare or [])
+    check_overwrite(out, overwrite)  # after the inputs are read: their errors come first
     path = write_report(rep, out)
     for line in rep.headline:
         console.print(line, highlight=False)

@@ -23,6 +23,20 @@ def _size(text: str) -> tuple[int, int]:
     return w, h
 
 
+def _range(text: str | None, name: str) -> tuple[float, float] | None:
+    from ..errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        lo, hi = (float(v) for v in text.replace(",", ":").split(":"))
+    except ValueError:
+        raise ConfigError(f"{name} must be LO:HI, e.g. 15:60, got {text!r}") from None
+    if lo > hi:
+        lo, hi = hi, lo
+    return lo, hi
+
+
 @app.command("capture")
 def capture_cmd(
     patch: Annotated[Path, typer.Option(help="Optimiser run folder (patch.png + run.json) or a patch image.")],
@@ -42,6 +56,20 @@ def capture_cmd(
     control: Annotated[Optional[str], typer.Option(help="Film a control instead: 'blank' (same card, blank patch) or "
                                                         "'none' (no card); same seed = same scenes and sweep.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the scenes, sweeps, light and noise.")] = 0,
+    side_px: Annotated[Optional[str], typer.Option(help="Apparent patch side range FAR:NEAR in pixels, seen face on "
+                                                        "(default: 17-45 % of the frame height), e.g. 15:60.",
+                                                   show_default=False)] = None,
+    exposure: Annotated[Optional[str], typer.Option(help="Exposure (gain) range LO:HI (default 0.55:1.25).",
+                                                    show_default=False)] = None,
+    noise: Annotated[float, typer.Option(help="Sensor noise sigma (0-255).")] = 2.5,
+    defocus: Annotated[Optional[str], typer.Option(help="Defocus blur sigma range LO:HI px, swinging over time "
+                                                        "(default 0.5).", show_default=False)] = None,
+    speed: Annotated[float, typer.Option(help="Speed of the motion (2 = twice as fast).")] = 1.0,
+    shake: Annotated[float, typer.Option(help="Hand shake: per-frame jitter sigma in px (blurred along it).")] = 0.0,
+    rolling_shutter: Annotated[float, typer.Option(help="Sensor readout time over the frame interval (row skew).")] = 0.0,
+    glare: Annotated[float, typer.Option(help="Peak strength (0-1) of a specular highlight moving on the paper.")] = 0.0,
+    ae_swing: Annotated[float, typer.Option(help="Auto-exposure hunting: relative size of sudden exposure jumps.")] = 0.0,
+    clutter: Annotated[int, typer.Option(help="Distractor shapes per scene (bars, checkers, marker-like squares).")] = 0,
 ) -> None:
     """Print a patch (printer model), hold it beside an object (scene image) and film it moving
     across distances, angles and light, with blur, noise and compression; ground truth per frame."""
@@ -63,14 +91,27 @@ def capture_cmd(
         from ..calib import ColorTransform
 
         transform = ColorTransform.from_json(calib)
-    cfg = SimConfig(frames=frames, fps=fps, size=frame_size, seed=seed, scene_frames=scene_frames, control=control)
+    extra: dict = {}
+    sides = _range(side_px, "--side-px")
+    if sides is not None:
+        extra.update(far_side_frac=sides[0] / frame_size[1], near_side_frac=sides[1] / frame_size[1])
+    exp = _range(exposure, "--exposure")
+    if exp is not None:
+        extra["exposure_range"] = exp
+    dfc = _range(defocus, "--defocus")
+    if dfc is not None:
+        extra.update(defocus_sigma=dfc[0], defocus_max=dfc[1])
+    cfg = SimConfig(frames=frames, fps=fps, size=frame_size, seed=seed, scene_frames=scene_frames, control=control,
+                    noise_sigma=noise, speed=speed, shake_px=shake, rolling_shutter=rolling_shutter, glare=glare,
+                    ae_swing=ae_swing, clutter=clutter, **extra)
     with progress_bar("simulating", frames) as advance:
         res = simulate_capture(src.image, lay, scenes, out, config=cfg, camera=cam, calib=transform,
                                target_class=src.target_class,
                                source={"path": src.path, "run_id": src.run_id, "sha256": src.sha256,
                                        "layout": None if layout is None else str(layout)},
                                progress=advance)
-    console.print(f"{res.frames} frames, all four markers in view on {res.markers_in_frame}; "
+    console.print(f"{res.frames} frames, the patch in view on {res.patch_in_view}, all four markers on "
+                  f"{res.markers_in_frame}; "
                   f"{len(res.scenes)} scene(s): {', '.join(str(s['object_class']) for s in res.scenes)}")
     console.print(f"wrote {res.video}")
     if layout is None:

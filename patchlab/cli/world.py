@@ -16,14 +16,15 @@ app = typer.Typer(help="The embedded default: a procedural traffic-sign data set
 
 @app.command("make")
 def make_cmd(
-    out: Annotated[Path, typer.Option("--out", help="World folder to write (new, empty, or a world with --force).")],
+    out: Annotated[Path, typer.Option("--out", help="World folder to write (new, empty, or a world with --overwrite).")],
     n_per_class: Annotated[int, typer.Option(help="Pictures per class, train + val.")] = 500,
     size: Annotated[int, typer.Option(help="Side of the classification pictures, pixels.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed: the same seed gives the same bytes.")] = 0,
     val_frac: Annotated[float, typer.Option(help="Fraction of each class held out in val/.")] = 0.2,
     scenes_per_class: Annotated[int, typer.Option(help="640x480 road-side frames per class (scenes/).")] = 4,
     workers: Annotated[Optional[int], typer.Option(help="Drawing processes (default: one per core, at most 8).")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Replace a world already at --out.")] = False,
+    force: Annotated[bool, typer.Option("--overwrite", "--force", help="Replace a world already at --out "
+                                                                      "(--force is the older spelling).")] = False,
 ) -> None:
     """Draw a procedural traffic-sign data set: ImageFolder train/ and val/ trees plus road scenes."""
     from ..world import make_world

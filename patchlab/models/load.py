@@ -16,7 +16,6 @@ says what to do.
 
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import socket
@@ -55,7 +54,27 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
     card.setdefault("kwargs", {})
     card.setdefault("resize", "bilinear-antialias")
     card["_dir"] = str(p.resolve().parent)
+    card_preprocess(card, p)  # the numbers are checked before any weights are read
+    if not isinstance(card["labels"], list) or not card["labels"]:
+        raise ModelLoadError(f"model card {p}: labels must be a non-empty list of class names")
     return card
+
+
+def card_preprocess(card: Mapping[str, Any], path: str | os.PathLike) -> Preprocess:
+    """The card's :class:`Preprocess`, its numbers checked (input_size whole and >= 1,
+    mean finite, std finite and > 0) with the card and field named in the error."""
+    def seq(key: str):
+        v = card[key]
+        if not isinstance(v, (list, tuple)):
+            raise ValueError(f"{key} must be a list of numbers, got {v!r}"
+                             + (" (input_size is [channels, height, width])" if key == "input_size" else ""))
+        return tuple(v)
+
+    try:
+        return Preprocess(input_size=seq("input_size"), mean=seq("mean"), std=seq("std"),
+                          resize=str(card.get("resize", "bilinear-antialias")))
+    except (ValueError, TypeError) as exc:
+        raise ModelLoadError(f"model card {path}: {exc}") from exc
 
 
 def find_cards(folder: str | os.PathLike) -> list[Path]:
@@ -63,10 +82,10 @@ def find_cards(folder: str | os.PathLike) -> list[Path]:
     out = []
     for p in sorted(Path(folder).glob("*.json")):
         try:
-            d = json.loads(p.read_text())
-        except (OSError, ValueError):
+            d = read_json_object(p, "model card", error=ModelLoadError)
+        except ModelLoadError:
             continue
-        if isinstance(d, dict) and "framework" in d and "arch" in d:
+        if "framework" in d and "arch" in d:
             out.append(p)
     return out
 
@@ -82,6 +101,8 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     p = Path(path)
     if not p.exists():
         raise ModelLoadError(f"weights file not found: {p}")
+    if not p.is_file():
+        raise ModelLoadError(f"weights file {p} is not a regular file")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -90,16 +111,23 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         except Exception as exc:  # safetensors raises its own error types
             raise ModelLoadError(f"cannot read safetensors file {p}: {exc}") from exc
     else:
+        kind = _torch_file_kind(p)
+        if kind is None:
+            raise ModelLoadError(f"{p} is not a weights file: neither safetensors nor a torch checkpoint "
+                                 "(its first bytes are not a zip archive or a pickle)")
         try:
             sd = torch.load(str(p), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
+            if not _unpickle_detail(exc):
+                raise ModelLoadError(f"cannot read weights file {p}: it is damaged or not a torch checkpoint "
+                                     f"({_first_line(exc)})") from exc
             raise ModelLoadError(
-                f"refusing to load {p}: it is a pickle that needs more than tensors to load "
-                "(weights_only=True failed), and running its code could execute anything. "
-                "Re-save only the state dict (torch.save(model.state_dict(), ...)) or convert it to "
-                f"safetensors. Detail: {str(exc).splitlines()[0]}") from exc
-        except (RuntimeError, EOFError, OSError) as exc:
-            raise ModelLoadError(f"cannot read weights file {p}: {str(exc).splitlines()[0]}") from exc
+                f"refusing to load {p}: it is a pickle that needs more than tensors to load (weights_only=True "
+                "failed), and running its code could execute anything. Re-save only the state dict (torch.save(model.state_dict(), ...)) "
+                f"or convert it to safetensors{_unpickle_detail(exc)}") from exc
+        except Exception as exc:  # torch raises RuntimeError, EOFError, ValueError... for a damaged file
+            raise ModelLoadError(f"cannot read weights file {p}: it is damaged or cut short "
+                                 f"({_first_line(exc)})") from exc
     if isinstance(sd, Mapping):
         for key in _STATE_DICT_KEYS:
             if key in sd and isinstance(sd[key], Mapping):
@@ -108,6 +136,43 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(sd, Mapping) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ModelLoadError(f"weights file {p} does not hold a state dict of tensors")
     return _strip_prefix(dict(sd), "module.")
+
+
+#: Opening bytes of the torch file formats: a zip archive (torch >= 1.6) or a legacy pickle.
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = b"\x80"
+
+
+def _torch_file_kind(p: Path) -> str | None:
+    """``"zip"`` or ``"pickle"`` by the file's first bytes, or None for anything else (random bytes, text)."""
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read weights file {p}: {exc.strerror or exc}") from exc
+    if head.startswith(_ZIP_MAGIC):
+        return "zip"
+    if head[:1] == _PICKLE_PROTO and len(head) >= 2 and 2 <= head[1] <= 5:
+        return "pickle"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first line of torch's message, without its advice to load with ``weights_only=False``
+    (that advice would run the file's code)."""
+    for line in str(exc).splitlines():
+        line = line.strip()
+        if line and "weights_only" not in line and "torch.serialization" not in line:
+            return line.rstrip(".")
+    return type(exc).__name__
+
+
+def _unpickle_detail(exc: BaseException) -> str:
+    """What the pickle asked for (``Unsupported global: GLOBAL os.system``), never torch's advice."""
+    import re
+
+    m = re.search(r"unsupported GLOBAL ([\w.]+)|Unsupported global: GLOBAL ([\w.]+)", str(exc))
+    return f" (it asks for {m.group(1) or m.group(2)})" if m else ""
 
 
 def _strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
@@ -333,11 +398,7 @@ def _load_card(path: str, weights: str | os.PathLike | None, labels: list[str] |
                              f"from card {p}: {exc}") from exc
     if wpath is not None:
         load_weights_into(net, read_state_dict(wpath), str(wpath))
-    try:
-        pre = Preprocess(input_size=tuple(card["input_size"]), mean=tuple(card["mean"]),
-                         std=tuple(card["std"]), resize=card.get("resize", "bilinear-antialias"))
-    except (ValueError, TypeError) as exc:
-        raise ModelLoadError(f"model card {p}: {exc}") from exc
+    pre = card_preprocess(card, p)
     lab = list(labels or card["labels"])
     n_out = _num_outputs(net)
     if n_out is not None and n_out != len(lab):

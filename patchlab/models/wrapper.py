@@ -36,8 +36,18 @@ class Preprocess:
         if mode not in _RESIZE_MODES:
             raise ValueError(f"unknown resize {self.resize!r}: expected one of {sorted(_RESIZE_MODES)} "
                              "optionally followed by '-antialias'")
-        if len(self.mean) != self.input_size[0] or len(self.std) != self.input_size[0]:
-            raise ValueError(f"mean/std must have {self.input_size[0]} entries, got {self.mean} / {self.std}")
+        from ..checks import COUNT, POSITIVE, Range, check_number, check_numbers
+
+        size = tuple(self.input_size) if isinstance(self.input_size, (list, tuple)) else (self.input_size,)
+        if len(size) != 3:
+            raise ValueError(f"input_size must be [channels, height, width], got {self.input_size!r}")
+        check_numbers(size, "input_size", COUNT, error=ValueError)
+        if len(self.mean) != size[0] or len(self.std) != size[0]:
+            raise ValueError(f"mean/std must have {size[0]} entries, got {self.mean} / {self.std}")
+        check_numbers(self.mean, "mean", Range(), error=ValueError)
+        # std 0 divides by zero: every input becomes inf/nan and one class wins on every image
+        check_numbers(self.std, "std", POSITIVE, error=ValueError)
+        check_number(float(size[1]) * float(size[2]), "input_size height x width", Range(1, 2 ** 28), error=ValueError)
 
     @property
     def mode_and_antialias(self) -> tuple[str, bool]:

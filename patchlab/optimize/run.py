@@ -22,7 +22,8 @@ from torch import nn
 from ..data import ImageSet, class_index, paths_digest, split_indices
 from ..errors import ConfigError, DataError
 from ..models.wrapper import WrappedModel
-from ..runs import CHECKPOINT, RUN_JSON, write_patch
+from ..locks import folder_is_empty
+from ..runs import CHECKPOINT, RUN_JSON, write_patch, writing_folder
 from ..utils import atomic_torch_save, atomic_write_json, now_iso, read_json_object, versions
 from .attack import PatchAttack, PatchResult, PreparedAttack
 from .config import RESUMABLE_FIELDS, OptimizeConfig
@@ -144,7 +145,10 @@ def run_optimization(prepared: PreparedRun, out: str | Path, *, resume: bool = F
     its feature hooks are removed from the source models on return.
     """
     try:
-        return _run(prepared, Path(out), resume=resume, on_step=on_step, command=command)
+        # one writer per run folder (FolderInUse names the other's process), and a run that
+        # fails for any reason (a full disk) is recorded as failed, never left 'running'
+        with writing_folder(out, record=RUN_JSON, what="run folder"):
+            return _run(prepared, Path(out), resume=resume, on_step=on_step, command=command)
     finally:
         prepared.attack.close()  # the source models leave without hooks, whatever happened
 
@@ -156,7 +160,7 @@ def _start_state(prepared: PreparedRun, out: Path, resume: bool) -> tuple[LoopSt
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out} exists and is not a folder")
     if not resume:
-        if out.is_dir() and any(out.iterdir()):
+        if not folder_is_empty(out):
             raise ConfigError(f"--out {out} exists and is not empty: choose a new folder, or --resume a stopped run")
         return prepared.attack.new_state(), now_iso(), 0.0
     if not ck_path.is_file():

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import ConfigError, DataError
-from ..utils import atomic_write_json, user_cache_dir, versions
+from ..utils import atomic_write_json, read_json_object, user_cache_dir, versions
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,7 @@ def _prepare_out(out: Path, force: bool) -> None:
         raise ConfigError(f"--out {out} exists, is not empty and is not a patchlab world: refusing to replace "
                           "it; choose a new or empty folder")
     if not force:
-        raise ConfigError(f"--out {out} already holds a world; pass --force to replace it")
+        raise ConfigError(f"--out {out} already holds a world; pass --overwrite (or --force) to replace it")
 
 
 def _alive(pid: int) -> bool:
@@ -313,7 +313,11 @@ def read_world(root: str | os.PathLike, *, verify: bool = True) -> WorldInfo:
         raise DataError(f"{root} is not a patchlab world (no {WORLD_JSON}); make one with "
                         f"`patchlab world make --out DIR`")
     try:
-        meta = json.loads(wj.read_text())
+        meta = read_json_object(wj, "world manifest", error=DataError)
+    except DataError as exc:
+        raise DataError(f"{wj} is not a valid world manifest ({str(exc).split(': ', 1)[-1]}); remake the world") \
+            from exc
+    try:
         cfg_d = dict(meta["config"])
         cfg_d["scene_size"] = tuple(cfg_d["scene_size"])
         cfg = WorldConfig(**cfg_d)
@@ -333,7 +337,7 @@ def read_world(root: str | os.PathLike, *, verify: bool = True) -> WorldInfo:
                 got = len(list(d.glob("*.png"))) if d.is_dir() else 0
                 if got != want:
                     raise DataError(f"world {root} is incomplete: {split}/{cls} holds {got} pictures, "
-                                    f"the manifest says {want}; remake it with --force")
+                                    f"the manifest says {want}; remake it with --overwrite")
         if splits.get("scenes") and not (root / "scenes" / SCENES_JSON).is_file():
             raise DataError(f"world {root} is incomplete: scenes/{SCENES_JSON} is missing")
     return WorldInfo(root=root, config=cfg, classes=tuple(classes), counts=dict(meta.get("counts", {})),

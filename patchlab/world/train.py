@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, DataError, ModelLoadError
-from ..utils import atomic_write_bytes, atomic_write_json, resolve_device, user_cache_dir, versions
+from ..utils import atomic_write_bytes, atomic_write_json, read_json_object, resolve_device, user_cache_dir, versions
 from .make import ProgressFactory, WorldInfo, ensure_world, read_world
 
 log = logging.getLogger(__name__)
@@ -322,11 +322,11 @@ def _valid_card(out: Path, spec: ModelSpec, seed: int, world: WorldInfo) -> ZooM
     if not (cp.is_file() and wp.is_file()):
         return None
     try:
-        card = json.loads(cp.read_text())
+        card = read_json_object(cp, "model card", error=ModelLoadError)
         ok = (card.get("train_config") == {**spec.to_dict(), "seed": seed}
               and card.get("world", {}).get("fingerprint") == world.fingerprint
               and card.get("weights_sha256") == _sha256(wp))
-    except (OSError, ValueError, AttributeError):
+    except (ModelLoadError, OSError, ValueError, AttributeError):
         return None
     if not ok:
         return None
@@ -445,7 +445,11 @@ def read_zoo(root: str | os.PathLike, *, verify: bool = True) -> ZooInfo:
         raise ModelLoadError(f"{root} is not a patchlab model zoo (no {ZOO_JSON}); train one with "
                              "`patchlab world train --data WORLD --out DIR`")
     try:
-        meta = json.loads(zj.read_text())
+        meta = read_json_object(zj, "zoo manifest", error=ModelLoadError)
+    except ModelLoadError as exc:
+        raise ModelLoadError(f"{zj} is not a valid zoo manifest ({str(exc).split(': ', 1)[-1]}); retrain the zoo") \
+            from exc
+    try:
         entries = list(meta["models"])
         if meta.get("format") != ZOO_FORMAT:
             raise ValueError(f"format {meta.get('format')!r}")
@@ -457,7 +461,7 @@ def read_zoo(root: str | os.PathLike, *, verify: bool = True) -> ZooInfo:
                     raise ModelLoadError(f"zoo {root} is incomplete: {e['card']} or {e['weights']} is missing")
                 if _sha256(wp) != e["weights_sha256"]:
                     raise ModelLoadError(f"zoo {root} is corrupt: {e['weights']} does not match its hash")
-                json.loads(cp.read_text())
+                read_json_object(cp, "model card", error=ModelLoadError)
             models.append(ZooModel(name=e["name"], card=cp, weights=wp, val_accuracy=float(e["val_accuracy"]),
                                    val_n=int(e.get("val_n", 0)), train_seconds=float(e["train_seconds"]),
                                    weights_sha256=e["weights_sha256"], cached=True))
