@@ -346,6 +346,10 @@ from . import attack as _attack  # noqa: E402
 
 _attack.register(app)
 
+from . import defend as _defend  # noqa: E402
+
+app.add_typer(_defend.app, name="defend")
+
 
 @app.callback()
 def _root(

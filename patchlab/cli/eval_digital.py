@@ -40,6 +40,56 @@ def split_runs_and_models(args: list[str], models: list[str] | None, *, want_run
     return runs, all_models
 
 
+# --- defences (issue 14): the same defence in front of every judged model, for patched and
+# clean images alike; named in the model names ("resnet20+lgs") and in the result's eot record.
+DEFENSE_HELP = ("Input defence in front of every judged model, for patched and clean images alike: none, "
+                "blur[:SIGMA], median[:K], jpeg[:Q], bitdepth[:BITS], lgs[:window=15,overlap=5,threshold=0.1,"
+                "smoothing=2.3] (see `patchlab defend list`).")
+
+
+def _defended(models: list, spec: str) -> list:
+    from ..defenses import defend
+
+    return [defend(m, spec) for m in models]
+
+
+def _name_defense(res, judged: list, spec: str):
+    from dataclasses import replace
+
+    from ..defenses import get_defense
+    from ..defenses.model import mark_defended_sources
+
+    d = get_defense(spec)
+    if d.spec == "none":
+        return res
+    return replace(mark_defended_sources(res, judged), eot={**res.eot, "defense": d.full_spec})
+
+
+def _name_defense_matrix(res, judged: list, spec: str):
+    """Defended copies of a run's source models count as its (white-box) sources."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from ..defenses import get_defense
+    from ..defenses.model import defended_names
+
+    d = get_defense(spec)
+    if d.spec == "none":
+        return res
+    names = defended_names(judged)
+    rows = []
+    for r in res.rows:
+        srcs = list(r.sources) + [n for n, b in names.items() if b in r.sources and n not in r.sources]
+        wb = [v for n, v in r.tsuc.items() if n in srcs]
+        others = [v for n, v in r.tsuc.items() if n not in srcs]
+        rows.append(replace(r, sources=srcs, white_box=float(np.mean(wb)) if wb else None,
+                            mean_transfer=float(np.mean(others)) if others else None,
+                            min_transfer=float(np.min(others)) if others else None,
+                            max_transfer=float(np.max(others)) if others else None))
+    return replace(res, rows=rows, eot={**res.eot, "defense": d.full_spec})
+
+
 def _table(title: str, result) -> Table:
     t = Table("model", "tSuc", "95% CI", "clean acc", "untargeted err", "n", "", title=title)
     for m in result.models:
@@ -62,6 +112,7 @@ def transfer_cmd(
                                                                         "marker frame.")] = False,
     placement: Annotated[Optional[str], typer.Option(help="side, random or center (default: the run's).")] = None,
     eot: Annotated[str, typer.Option(help="EOT at judging time: none (digital paste), digital, physical or TOML.")] = "none",
+    defense: Annotated[str, typer.Option("--defense", help=DEFENSE_HELP)] = "none",
     seed: Annotated[int, typer.Option(help="Seed of the placements (the same for every model).")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
@@ -87,7 +138,7 @@ def transfer_cmd(
             raise ConfigError("give one RUN_DIR (or --patch PNG --data DIR --target CLASS)")
     elif runs or data is None or target is None:
         raise ConfigError("--patch needs --data DIR and --target CLASS, and no RUN_DIR")
-    judged = [load_model(r, device=dev) for r in refs]
+    judged = _defended([load_model(r, device=dev) for r in refs], defense)
     if patch is None:
         run = Path(runs[0])
         from ..runs import read_run
@@ -96,6 +147,7 @@ def transfer_cmd(
         with progress_bar("patched images", n) as adv:
             res = evaluate_run(run, judged, placement=placement, eot=eot_cfg, eot_name=eot, seed=seed,
                                batch_size=batch_size, device=dev, progress=adv)
+        res = _name_defense(res, judged, defense)
         atomic_write_json(run / TRANSFER_JSON, res.to_dict())
         console.print(_table(f"{res.run_id}: patch -> {res.target_class!r}", res))
         console.print(f"wrote {run / TRANSFER_JSON}")
@@ -110,6 +162,7 @@ def transfer_cmd(
                                 progress=adv)
         res = TransferResult(run_id=Path(patch).stem, target_class=target, placement=placement or "side",
                              eot={"name": eot, **eot_cfg.to_dict()}, seed=seed, n_images=len(images), models=ms)
+        res = _name_defense(res, judged, defense)
         console.print(_table(f"{patch}: patch -> {target!r}", res))
     if json_path is not None:
         atomic_write_json(json_path, res.to_dict())
@@ -122,6 +175,7 @@ def matrix_cmd(
     out: Annotated[Path, typer.Option(help="Folder for matrix.json, matrix.md and matrix.png.")] = Path("matrix"),
     placement: Annotated[Optional[str], typer.Option(help="side, random or center (default: each run's).")] = None,
     eot: Annotated[str, typer.Option(help="EOT at judging time (default none: digital paste).")] = "none",
+    defense: Annotated[str, typer.Option("--defense", help=DEFENSE_HELP)] = "none",
     seed: Annotated[int, typer.Option(help="Seed of the placements.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
@@ -138,11 +192,12 @@ def matrix_cmd(
     if not runs:
         raise ConfigError("give at least one RUN_DIR (a folder with run.json)")
     dev = resolve_device(device)
-    judged = [load_model(r, device=dev) for r in refs]
+    judged = _defended([load_model(r, device=dev) for r in refs], defense)
     total = sum(len(read_run(r).get("split", {}).get("holdout", [])) for r in runs)
     with progress_bar(f"{len(runs)} patches x {len(judged)} models", total) as adv:
         res = transfer_matrix(runs, judged, placement=placement, eot=load_eot(eot), eot_name=eot, seed=seed,
                               batch_size=batch_size, device=dev, progress=adv)
+    res = _name_defense_matrix(res, judged, defense)
     paths = res.write(out)
     console.print(res.to_markdown(), markup=False, highlight=False)
     for p in paths.values():
@@ -158,6 +213,7 @@ def compare_cmd(
                                                                      "same two losses at another seed); repeat.")] = None,
     placement: Annotated[Optional[str], typer.Option(help="side, random or center (default: the runs').")] = None,
     eot: Annotated[str, typer.Option(help="EOT at judging time (default none: digital paste).")] = "none",
+    defense: Annotated[str, typer.Option("--defense", help=DEFENSE_HELP)] = "none",
     seed: Annotated[int, typer.Option(help="Seed of the placements and of the bootstrap.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
@@ -182,7 +238,7 @@ def compare_cmd(
             raise ConfigError(f"--also takes RUN_A:RUN_B, got {item!r}")
         pairs.append((a, b))
     dev = resolve_device(device)
-    judged = [load_model(r, device=dev) for r in refs]
+    judged = _defended([load_model(r, device=dev) for r in refs], defense)
     total = sum(2 * len(load_run(a).holdout) for a, _ in pairs)
     with progress_bar(f"{len(pairs)} pair(s) x {len(judged)} models", total) as adv:
         res = compare_runs([a for a, _ in pairs], [b for _, b in pairs], judged, placement=placement,
