@@ -91,13 +91,19 @@ def speed(args: argparse.Namespace) -> None:
         t_ours += [a1, a2]
         t_theirs += [b1, b2]
         ratios.append((a1 + a2) / (b1 + b2))
-    print(f"device {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{args.threads} thread(s)'}), "
-          f"load average {tuple(round(v, 2) for v in os.getloadavg())}, torch {torch.__version__}, "
-          f"torchattacks {torchattacks.__version__}")
-    print(f"PGD-{args.steps} on {args.model}, batch {args.batch}: patchlab median {statistics.median(t_ours):.3f} s, "
-          f"torchattacks median {statistics.median(t_theirs):.3f} s")
-    print(f"median of {args.repeat} paired ratios patchlab/torchattacks: {statistics.median(ratios):.3f}x "
-          f"(pairs: {', '.join(f'{r:.3f}' for r in ratios)})")
+    print(
+        f"device {dev} ({torch.cuda.get_device_name(dev) if dev.type == 'cuda' else f'{args.threads} thread(s)'}), "
+        f"load average {tuple(round(v, 2) for v in os.getloadavg())}, torch {torch.__version__}, "
+        f"torchattacks {torchattacks.__version__}"
+    )
+    print(
+        f"PGD-{args.steps} on {args.model}, batch {args.batch}: patchlab median {statistics.median(t_ours):.3f} s, "
+        f"torchattacks median {statistics.median(t_theirs):.3f} s"
+    )
+    print(
+        f"median of {args.repeat} paired ratios patchlab/torchattacks: {statistics.median(ratios):.3f}x "
+        f"(pairs: {', '.join(f'{r:.3f}' for r in ratios)})"
+    )
 
 
 def _run(cmd: list[str], log) -> None:
@@ -118,9 +124,25 @@ def regional(args: argparse.Namespace) -> None:
             js = out / f"{spec.replace(':', '_')}.json"
             if js.is_file() and not args.force:
                 continue
-            cmd = [exe, "attack", args.attack, "--model", str(MODELS / f"{args.source}.json"), "--data",
-                   str(args.data), "--n", str(args.n), "--seed", str(args.seed), "--device", args.device,
-                   "--out", str(out / spec.replace(":", "_")), "--json", str(js)]
+            cmd = [
+                exe,
+                "attack",
+                args.attack,
+                "--model",
+                str(MODELS / f"{args.source}.json"),
+                "--data",
+                str(args.data),
+                "--n",
+                str(args.n),
+                "--seed",
+                str(args.seed),
+                "--device",
+                args.device,
+                "--out",
+                str(out / spec.replace(":", "_")),
+                "--json",
+                str(js),
+            ]
             cmd += [a for t in targets for a in ("--transfer", str(MODELS / f"{t}.json"))]
             if spec != "none":
                 cmd += ["--mask", spec]
@@ -132,8 +154,11 @@ def table(out: Path, configs: list[str], targets: list[str]) -> str:
     """The markdown table of the finished configurations in ``out``."""
     from patchlab.attacks import build_mask
 
-    docs = {c: json.loads((out / f"{c.replace(':', '_')}.json").read_text()) for c in configs
-            if (out / f"{c.replace(':', '_')}.json").is_file()}
+    docs = {
+        c: json.loads((out / f"{c.replace(':', '_')}.json").read_text())
+        for c in configs
+        if (out / f"{c.replace(':', '_')}.json").is_file()
+    }
     base = docs.get("none")
     head = ["mask", "covers", "n", "success", "L0", "L2", "Linf", *[f"-> {t}" for t in targets], "mean transfer"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -153,9 +178,23 @@ def table(out: Path, configs: list[str], targets: list[str]) -> str:
         run = json.loads((out / c.replace(":", "_") / "attack.json").read_text())
         size = tuple(run["data"]["image_size"])
         cover = "100%" if c == "none" else f"{float(build_mask(c, size, n=1).mean()):.1%}"
-        lines.append("| " + " | ".join([c, cover, str(s["n"]), f"{s['success_rate']:.1%}", f"{s['l0']['mean']:.3f}",
-                                         f"{s['l2']['mean']:.3f}", f"{s['linf']['mean']:.4f}", *cells,
-                                         f"{mean:.0%}{mratio}"]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    c,
+                    cover,
+                    str(s["n"]),
+                    f"{s['success_rate']:.1%}",
+                    f"{s['l0']['mean']:.3f}",
+                    f"{s['l2']['mean']:.3f}",
+                    f"{s['linf']['mean']:.4f}",
+                    *cells,
+                    f"{mean:.0%}{mratio}",
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -173,16 +212,25 @@ def fgvm_tv(args: argparse.Namespace) -> None:
         doc = json.loads((d / "attack.json").read_text())
         ims = doc["images"]
         ok = [im["success"] and im["target_prob"] >= args.prob for im in ims]
-        runs[label] = {"doc": doc, "tv": np.array([im["tv"] for im in ims]), "ok": np.array(ok),
-                       "png": [np.asarray(Image.open(d / im["adversarial"])) for im in ims[:8]]}
+        runs[label] = {
+            "doc": doc,
+            "tv": np.array([im["tv"] for im in ims]),
+            "ok": np.array(ok),
+            "png": [np.asarray(Image.open(d / im["adversarial"])) for im in ims[:8]],
+        }
     (a, ra), (b, rb) = runs.items()
     both = ra["ok"] & rb["ok"]
     ratio = float(np.mean(rb["tv"][both]) / np.mean(ra["tv"][both])) if both.any() else float("nan")
     per = rb["tv"][both] / ra["tv"][both]
-    lines = [f"{k}: {int(r['ok'].sum())}/{len(r['ok'])} end '{args.target}' with p >= {args.prob}, "
-             f"mean TV {r['tv'].mean():.1f}" for k, r in runs.items()]
-    lines.append(f"on the {int(both.sum())} images both runs bring there: mean TV ratio (0 / 0.05) {ratio:.1f}x, "
-                 f"per-image ratio median {np.median(per):.1f}x, min {per.min():.1f}x")
+    lines = [
+        f"{k}: {int(r['ok'].sum())}/{len(r['ok'])} end '{args.target}' with p >= {args.prob}, "
+        f"mean TV {r['tv'].mean():.1f}"
+        for k, r in runs.items()
+    ]
+    lines.append(
+        f"on the {int(both.sum())} images both runs bring there: mean TV ratio (0 / 0.05) {ratio:.1f}x, "
+        f"per-image ratio median {np.median(per):.1f}x, min {per.min():.1f}x"
+    )
     print("\n".join(lines))
     fig, axes = plt.subplots(2, 8, figsize=(12, 3.6))
     for row, (k, r) in enumerate(runs.items()):
@@ -193,8 +241,10 @@ def fgvm_tv(args: argparse.Namespace) -> None:
                 ax.imshow(r["png"][j])
                 ax.set_title(f"TV {r['tv'][j]:.0f}", fontsize=8)
         axes[row, 0].text(-0.1, 0.5, k, transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=9)
-    fig.suptitle(f"FGVM from noise towards '{args.target}': total variation {ratio:.1f}x lower with the smoothness "
-                 "loss", fontsize=10)
+    fig.suptitle(
+        f"FGVM from noise towards '{args.target}': total variation {ratio:.1f}x lower with the smoothness loss",
+        fontsize=10,
+    )
     fig.savefig(args.out, dpi=110, bbox_inches="tight")
     print(f"wrote {args.out}")
 

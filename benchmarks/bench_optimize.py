@@ -49,15 +49,18 @@ def clock(dev: torch.device) -> Callable[[], float]:
     """Wall time on a GPU (synchronised); on a CPU the process's CPU time, which a busy shared
     machine does not inflate (one torch thread: the work runs in this process's threads only)."""
     if dev.type == "cuda":
+
         def wall() -> float:
             torch.cuda.synchronize(dev)
             return time.perf_counter()
+
         return wall
     return time.process_time
 
 
-def interleaved(fns: dict[str, Callable[[], None]], dev: torch.device, *, warmup: int, repeats: int
-                ) -> dict[str, float]:
+def interleaved(
+    fns: dict[str, Callable[[], None]], dev: torch.device, *, warmup: int, repeats: int
+) -> dict[str, float]:
     """Median seconds per call of each function, the functions taking turns in every round
     (so a change of load or clock speed hits all of them alike)."""
     now = clock(dev)
@@ -82,8 +85,9 @@ def make_model(name: str, size: int, dev: torch.device):
     for p in net.parameters():
         p.requires_grad_(False)
     labels = [f"c{i}" for i in range(1000)]
-    return net, patchlab.wrap(net, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
-                              input_size=(3, size, size), labels=labels, name=name)
+    return net, patchlab.wrap(
+        net, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), input_size=(3, size, size), labels=labels, name=name
+    )
 
 
 def bare_step(model, x: torch.Tensor, bf16: bool) -> Callable[[], None]:
@@ -92,15 +96,26 @@ def bare_step(model, x: torch.Tensor, bf16: bool) -> Callable[[], None]:
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=bf16):
             out = model(xi)
         (g,) = torch.autograd.grad(out.float().logsumexp(1).mean(), xi)
+
     return fn
 
 
-def patchlab_step(model, images, labels, target_images, loss: str, eot: str, batch: int, dev, precision: str,
-                  projections: int):
+def patchlab_step(
+    model, images, labels, target_images, loss: str, eot: str, batch: int, dev, precision: str, projections: int
+):
     from patchlab.optimize import PatchAttack
 
-    attack = PatchAttack(loss=loss, steps=10 ** 6, batch_size=batch, eot=eot, projections=projections,
-                         device=dev, cache=False, precision=precision, placement="random")
+    attack = PatchAttack(
+        loss=loss,
+        steps=10**6,
+        batch_size=batch,
+        eot=eot,
+        projections=projections,
+        device=dev,
+        cache=False,
+        precision=precision,
+        placement="random",
+    )
     prep = attack.prepare(model, (images, labels), "c1", target_images=target_images)
     state = prep.new_state()
     return (lambda: prep.optimizer.one_step(state)), prep
@@ -111,20 +126,36 @@ def art_step(net, size: int, batch: int, dev, iters: int, images: torch.Tensor):
     from art.attacks.evasion import AdversarialPatchPyTorch
     from art.estimators.classification import PyTorchClassifier
 
-    clf = PyTorchClassifier(model=net, loss=torch.nn.CrossEntropyLoss(), input_shape=(3, size, size),
-                            nb_classes=1000, clip_values=(0.0, 1.0),
-                            preprocessing=((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-                            device_type="gpu" if dev.type == "cuda" else "cpu")
-    side = int(round(size * 0.1 ** 0.5))
-    attack = AdversarialPatchPyTorch(clf, rotation_max=20.0, scale_min=0.8, scale_max=1.2,
-                                     distortion_scale_max=0.1, learning_rate=0.03, max_iter=iters,
-                                     batch_size=batch, patch_shape=(3, side, side), patch_type="square",
-                                     targeted=True, verbose=False)
+    clf = PyTorchClassifier(
+        model=net,
+        loss=torch.nn.CrossEntropyLoss(),
+        input_shape=(3, size, size),
+        nb_classes=1000,
+        clip_values=(0.0, 1.0),
+        preprocessing=((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+        device_type="gpu" if dev.type == "cuda" else "cpu",
+    )
+    side = int(round(size * 0.1**0.5))
+    attack = AdversarialPatchPyTorch(
+        clf,
+        rotation_max=20.0,
+        scale_min=0.8,
+        scale_max=1.2,
+        distortion_scale_max=0.1,
+        learning_rate=0.03,
+        max_iter=iters,
+        batch_size=batch,
+        patch_shape=(3, side, side),
+        patch_type="square",
+        targeted=True,
+        verbose=False,
+    )
     x = images[:batch].float().div(255).numpy()
     y = np.eye(1000, dtype=np.float32)[np.full(batch, 1)]
 
     def fn() -> None:
         attack.generate(x=x, y=y)
+
     return fn
 
 
@@ -145,8 +176,10 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("PATCHLAB_THREADS", "1")))
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
-    print(f"device: {device_name(dev)}; torch {torch.__version__}; load: {os.getloadavg()}; "
-          f"clock: {'wall, synchronised' if cuda else 'process CPU time'}")
+    print(
+        f"device: {device_name(dev)}; torch {torch.__version__}; load: {os.getloadavg()}; "
+        f"clock: {'wall, synchronised' if cuda else 'process CPU time'}"
+    )
     rows = []
     for name in args.models.split(","):
         net, model = make_model(name, args.size, dev)
@@ -156,16 +189,22 @@ def main() -> None:
             labels = torch.randint(2, 1000, (4 * batch,), generator=g)
             target_images = torch.rand(batch, 3, args.size, args.size, generator=g)
             x = images[:batch].to(dev).float().div(255)
-            row = {"model": name, "size": args.size, "batch": batch, "device": device_name(dev),
-                   "clock": "wall" if cuda else "process CPU time"}
+            row = {
+                "model": name,
+                "size": args.size,
+                "batch": batch,
+                "device": device_name(dev),
+                "clock": "wall" if cuda else "process CPU time",
+            }
             fns = {"bare_fp32": bare_step(model, x, False)}
             if cuda:
                 fns["bare_bf16"] = bare_step(model, x, True)
             precision = "bf16" if cuda else "fp32"
             preps = []
             for loss in args.losses.split(","):
-                fn, prep = patchlab_step(model, images, labels, target_images, loss, args.eot, batch, dev,
-                                         precision, args.projections)
+                fn, prep = patchlab_step(
+                    model, images, labels, target_images, loss, args.eot, batch, dev, precision, args.projections
+                )
                 fns[f"patchlab_{loss}"] = fn
                 preps.append(prep)
             if args.art_iters:
@@ -180,14 +219,18 @@ def main() -> None:
             if "art" in row:
                 row["art"] /= args.art_iters
             ref = row.get("bare_bf16", row["bare_fp32"])
-            print(f"\n{name} {args.size}px batch {batch}: bare fwd+bwd fp32 {row['bare_fp32'] * 1e3:.1f} ms"
-                  + (f", bf16 {row['bare_bf16'] * 1e3:.1f} ms" if cuda else ""))
+            print(
+                f"\n{name} {args.size}px batch {batch}: bare fwd+bwd fp32 {row['bare_fp32'] * 1e3:.1f} ms"
+                + (f", bf16 {row['bare_bf16'] * 1e3:.1f} ms" if cuda else "")
+            )
             for loss in args.losses.split(","):
                 t = row[f"patchlab_{loss}"]
                 print(f"  patchlab {loss:>3}: {t * 1e3:8.1f} ms  {t / ref:5.2f}x bare  {t / batch * 1e3:.2f} ms/image")
             if "art" in row:
-                print(f"  ART AdversarialPatchPyTorch: {row['art'] * 1e3:8.1f} ms  {row['art'] / ref:5.2f}x bare  "
-                      f"{row['art'] / batch * 1e3:.2f} ms/image")
+                print(
+                    f"  ART AdversarialPatchPyTorch: {row['art'] * 1e3:8.1f} ms  {row['art'] / ref:5.2f}x bare  "
+                    f"{row['art'] / batch * 1e3:.2f} ms/image"
+                )
                 for loss in args.losses.split(","):
                     print(f"    ART / patchlab {loss}: {row['art'] / row[f'patchlab_{loss}']:.2f}x")
             elif "art_error" in row:

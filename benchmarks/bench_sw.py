@@ -31,6 +31,7 @@ def timeit(fn, dev, warmup: int, repeats: int) -> float:
     """Median seconds per call: wall time (synchronised) on a GPU, process CPU time on a CPU
     (a busy shared machine does not inflate it)."""
     if dev.type == "cuda":
+
         def now() -> float:
             torch.cuda.synchronize(dev)
             return time.perf_counter()
@@ -73,10 +74,15 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("PATCHLAB_THREADS", "1")))
     dev = torch.device(args.device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else \
-        f"CPU {platform.machine()}, {torch.get_num_threads()} thread(s)"
-    print(f"device: {name}; torch {torch.__version__}; POT {ot.__version__}; load: {os.getloadavg()}; "
-          f"clock: {'wall, synchronised' if dev.type == 'cuda' else 'process CPU time'}")
+    name = (
+        torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else f"CPU {platform.machine()}, {torch.get_num_threads()} thread(s)"
+    )
+    print(
+        f"device: {name}; torch {torch.__version__}; POT {ot.__version__}; load: {os.getloadavg()}; "
+        f"clock: {'wall, synchronised' if dev.type == 'cuda' else 'process CPU time'}"
+    )
     print(f"\nsliced W2^2, {args.projections} projections, value + gradient")
     print(f"{'n':>6} {'m':>6} {'d':>6} {'rel. diff':>10} {'patchlab ms':>12} {'POT ms':>9} {'POT/patchlab':>13}")
     g = torch.Generator().manual_seed(0)
@@ -99,8 +105,9 @@ def main() -> None:
                 (gx,) = torch.autograd.grad(ot.sliced_wasserstein_distance(x, y, projections=P) ** 2, x)
 
             t_ours, t_pot = paired(run_ours, run_pot, dev, args.warmup, args.repeats)
-            print(f"{n:>6} {m:>6} {d:>6} {rel:>10.1e} {t_ours * 1e3:>12.2f} {t_pot * 1e3:>9.2f} "
-                  f"{t_pot / t_ours:>12.2f}x")
+            print(
+                f"{n:>6} {m:>6} {d:>6} {rel:>10.1e} {t_ours * 1e3:>12.2f} {t_pot * 1e3:>9.2f} {t_pot / t_ours:>12.2f}x"
+            )
     print(f"worst relative difference: {worst:.1e} ({'within' if worst <= 1e-4 else 'OUTSIDE'} 1e-4)")
     print("\nexact W2^2 (POT network simplex, gradient through the cost), value + gradient")
     print(f"{'n':>6} {'d':>6} {'ms':>9}")

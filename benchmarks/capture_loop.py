@@ -28,8 +28,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PATCHLAB_SHARED", REPO.parent / "shared"))
-DEFAULT_MODELS = [str(SHARED / "models" / "cifar10" / f"{n}.json") for n in ("resnet20", "mobilenetv2_100",
-                                                                               "vit_tiny_p4")]
+DEFAULT_MODELS = [
+    str(SHARED / "models" / "cifar10" / f"{n}.json") for n in ("resnet20", "mobilenetv2_100", "vit_tiny_p4")
+]
 
 
 def decode_rate(video: Path) -> tuple[int, float]:
@@ -56,8 +57,13 @@ def pose_errors(frames: list[dict], truth: list[dict]) -> dict:
         angle.append(abs((p["angle_deg"] - t["angle_deg"] + 180) % 360 - 180))
     if not size:
         return {"frames_with_pose": 0}
-    return {"frames_with_pose": len(size), "size_err_max": max(size), "size_err_mean": float(np.mean(size)),
-            "angle_err_max_deg": max(angle), "angle_err_mean_deg": float(np.mean(angle))}
+    return {
+        "frames_with_pose": len(size),
+        "size_err_max": max(size),
+        "size_err_mean": float(np.mean(size)),
+        "angle_err_max_deg": max(angle),
+        "angle_err_mean_deg": float(np.mean(angle)),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,8 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=1, help="measure this many times, report each and the best")
     ap.add_argument("--json", type=Path, help="write the numbers here")
-    ap.add_argument("--no-track", action="store_true", help="detection only (tracking is on by default, as in "
-                                                             "`patchlab capture run`)")
+    ap.add_argument(
+        "--no-track",
+        action="store_true",
+        help="detection only (tracking is on by default, as in `patchlab capture run`)",
+    )
     args = ap.parse_args(argv)
 
     from patchlab.capture.loop import CaptureConfig, load_capture, run_capture
@@ -83,14 +92,21 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(tempfile.mkdtemp(prefix="patchlab-bench-"))
     patch = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    layout = make_patch_pdf(PatchSource(image=patch, path="random.png", run_id="bench"), size_mm=50,
-                            date="2025-01-01").layout
+    layout = make_patch_pdf(
+        PatchSource(image=patch, path="random.png", run_id="bench"), size_mm=50, date="2025-01-01"
+    ).layout
     video = args.video
     if video is None:
         t0 = time.perf_counter()
         video = work / "clip.mp4"
-        simulate_capture(patch, layout, SHARED / "data" / "cifar10" / "test", video,
-                         config=SimConfig(frames=args.frames, seed=args.seed), target_class="cat")
+        simulate_capture(
+            patch,
+            layout,
+            SHARED / "data" / "cifar10" / "test",
+            video,
+            config=SimConfig(frames=args.frames, seed=args.seed),
+            target_class="cat",
+        )
         print(f"simulated {args.frames} frames 640x480 in {time.perf_counter() - t0:.1f} s: {video}")
     threads = args.threads or default_threads()
     torch.set_num_threads(threads)
@@ -103,29 +119,50 @@ def main(argv: list[str] | None = None) -> int:
         n_dec, dec_fps = decode_rate(video)
         out = work / f"capture{k}"
         t0 = time.perf_counter()
-        summ = run_capture(open_source(str(video)), models, out,
-                           CaptureConfig(target="cat", batch_size=args.batch_size, track=not args.no_track),
-                           layout=layout, truth=truth, overwrite=True)
+        summ = run_capture(
+            open_source(str(video)),
+            models,
+            out,
+            CaptureConfig(target="cat", batch_size=args.batch_size, track=not args.no_track),
+            layout=layout,
+            truth=truth,
+            overwrite=True,
+        )
         wall = time.perf_counter() - t0
         loop_fps = summ.frames / wall
         _, frames = load_capture(out)
-        r = {"frames_decoded": n_dec, "decode_fps": dec_fps, "frames_scored": summ.frames, "loop_fps": loop_fps,
-             "ratio": loop_fps / dec_fps, "load_avg_before": load0, "load_avg_after": os.getloadavg(),
-             "cpus": os.cpu_count(), "torch_threads": threads, "models": [m.name for m in models],
-             "timing_ms_per_frame": summ.timing_ms, "end_reason": summ.end_reason,
-             "tracking": not args.no_track, "pose_sources": summ.pose_sources}
+        r = {
+            "frames_decoded": n_dec,
+            "decode_fps": dec_fps,
+            "frames_scored": summ.frames,
+            "loop_fps": loop_fps,
+            "ratio": loop_fps / dec_fps,
+            "load_avg_before": load0,
+            "load_avg_after": os.getloadavg(),
+            "cpus": os.cpu_count(),
+            "torch_threads": threads,
+            "models": [m.name for m in models],
+            "timing_ms_per_frame": summ.timing_ms,
+            "end_reason": summ.end_reason,
+            "tracking": not args.no_track,
+            "pose_sources": summ.pose_sources,
+        }
         if truth:
             r.update(pose_errors(frames, truth))
         results.append(r)
-        print(f"[{k + 1}/{args.repeat}] decode {dec_fps:.1f} fps ({n_dec} frames) | capture loop {loop_fps:.1f} fps "
-              f"({summ.frames} frames, {len(models)} models) | ratio {r['ratio']:.2f} | "
-              f"load {load0[0]:.2f} -> {r['load_avg_after'][0]:.2f} on {r['cpus']} cores | tracking "
-              f"{'off' if args.no_track else 'on'}: patch detected {summ.pose_sources['detected']}, tracked "
-              f"{summ.pose_sources['tracked']}, lost {summ.pose_sources['lost']}")
+        print(
+            f"[{k + 1}/{args.repeat}] decode {dec_fps:.1f} fps ({n_dec} frames) | capture loop {loop_fps:.1f} fps "
+            f"({summ.frames} frames, {len(models)} models) | ratio {r['ratio']:.2f} | "
+            f"load {load0[0]:.2f} -> {r['load_avg_after'][0]:.2f} on {r['cpus']} cores | tracking "
+            f"{'off' if args.no_track else 'on'}: patch detected {summ.pose_sources['detected']}, tracked "
+            f"{summ.pose_sources['tracked']}, lost {summ.pose_sources['lost']}"
+        )
         if truth:
-            print(f"      pose on {r['frames_with_pose']} frames: apparent size error max {r['size_err_max']:.2%} "
-                  f"mean {r['size_err_mean']:.3%}; in-plane angle error max {r['angle_err_max_deg']:.2f} deg "
-                  f"mean {r['angle_err_mean_deg']:.3f} deg")
+            print(
+                f"      pose on {r['frames_with_pose']} frames: apparent size error max {r['size_err_max']:.2%} "
+                f"mean {r['size_err_mean']:.3%}; in-plane angle error max {r['angle_err_max_deg']:.2f} deg "
+                f"mean {r['angle_err_mean_deg']:.3f} deg"
+            )
         print(f"      per frame: {json.dumps(summ.timing_ms)}")
     best = max(results, key=lambda r: r["loop_fps"])
     print(f"best: loop {best['loop_fps']:.1f} fps, decode {best['decode_fps']:.1f} fps, ratio {best['ratio']:.2f}")

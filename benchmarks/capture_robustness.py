@@ -59,8 +59,15 @@ def check(out: Path) -> dict:
     summ = json.loads((out / "summary.json").read_text())
     idx = [r["index"] for r in recs]
     ok = summ["frames"] == len(lines) and all(b > a for a, b in zip(idx, idx[1:])) and summ["finished"] is not None
-    return {"lines": len(lines), "summary_frames": summ["frames"], "dropped": summ["dropped"], "status": summ["status"],
-            "end_reason": summ["end_reason"], "skipped": summ["skipped"], "complete": ok}
+    return {
+        "lines": len(lines),
+        "summary_frames": summ["frames"],
+        "dropped": summ["dropped"],
+        "status": summ["status"],
+        "end_reason": summ["end_reason"],
+        "skipped": summ["skipped"],
+        "complete": ok,
+    }
 
 
 def main() -> int:
@@ -79,11 +86,18 @@ def main() -> int:
     torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     work = Path(tempfile.mkdtemp(prefix="patchlab-robust-"))
     patch = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
-    layout = make_patch_pdf(PatchSource(image=patch, path="random.png", run_id="bench"), size_mm=50,
-                            date="2025-01-01").layout
+    layout = make_patch_pdf(
+        PatchSource(image=patch, path="random.png", run_id="bench"), size_mm=50, date="2025-01-01"
+    ).layout
     mp4 = work / "clip.mp4"
-    simulate_capture(patch, layout, SHARED / "data" / "cifar10" / "test", mp4,
-                     config=SimConfig(frames=args.frames, seed=3), target_class="cat")
+    simulate_capture(
+        patch,
+        layout,
+        SHARED / "data" / "cifar10" / "test",
+        mp4,
+        config=SimConfig(frames=args.frames, seed=3),
+        target_class="cat",
+    )
     frames = []
     cap = cv2.VideoCapture(str(mp4))
     while True:
@@ -93,8 +107,9 @@ def main() -> int:
         frames.append(f)
     models = [load_model(m) for m in MODELS]
     cfg = CaptureConfig(target="cat")
-    print(f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; {len(frames)} frames 640x480, "
-          f"{len(models)} models")
+    print(
+        f"load {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; {len(frames)} frames 640x480, {len(models)} models"
+    )
 
     # 1. truncated AVI (MJPEG keeps the frames before the cut readable) and truncated MP4
     avi = work / "clip.avi"
@@ -131,14 +146,36 @@ def main() -> int:
     src = VideoSource(Unplugged(mp4, half), "camera (unplugged after %d frames)" % half, live=True)
     t0 = time.perf_counter()
     run_capture(src, models, work / "c-unplugged", cfg, layout=layout)
-    print(f"unplugged 30 fps camera after {half} frames (run lasted {time.perf_counter() - t0:.1f} s):",
-          check(work / "c-unplugged"))
+    print(
+        f"unplugged 30 fps camera after {half} frames (run lasted {time.perf_counter() - t0:.1f} s):",
+        check(work / "c-unplugged"),
+    )
 
     # 4. Ctrl-C: SIGINT to `patchlab capture run` replaying the video live, after 100 logged frames
     out = work / "c-sigint"
-    proc = subprocess.Popen([sys.executable, "-m", "patchlab", "capture", "run", "--source", str(mp4), "--realtime",
-                             "--target", "cat", "--out", str(out), "--no-hud", "--models", *MODELS], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "patchlab",
+            "capture",
+            "run",
+            "--source",
+            str(mp4),
+            "--realtime",
+            "--target",
+            "cat",
+            "--out",
+            str(out),
+            "--no-hud",
+            "--models",
+            *MODELS,
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     log = out / "frames.jsonl"
     t0 = time.monotonic()
     while time.monotonic() - t0 < 300 and proc.poll() is None:

@@ -38,9 +38,22 @@ SHARED = Path(os.environ.get("PATCHLAB_SHARED", REPO.parent / "shared"))
 def preset(name: str, frames: int, seed: int, H: int = 480):
     from patchlab.capture.simulate import SimConfig
 
-    common = dict(frames=frames, seed=seed, scene_frames=30, noise_sigma=3.0, exposure_range=(0.7, 1.15),
-                  defocus_sigma=0.3, defocus_max=1.2, speed=1.5, shake_px=1.5, rolling_shutter=0.3, glare=0.35,
-                  ae_swing=0.12, clutter=6, wander_frac=0.12)
+    common = dict(
+        frames=frames,
+        seed=seed,
+        scene_frames=30,
+        noise_sigma=3.0,
+        exposure_range=(0.7, 1.15),
+        defocus_sigma=0.3,
+        defocus_max=1.2,
+        speed=1.5,
+        shake_px=1.5,
+        rolling_shutter=0.3,
+        glare=0.35,
+        ae_swing=0.12,
+        clutter=6,
+        wander_frac=0.12,
+    )
     if name == "near":
         return SimConfig(near_side_frac=216 / H, far_side_frac=100 / H, **common)
     if name == "carrier":
@@ -112,9 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         frames, ms = follow(video, layout, track=not args.no_track)
         acc = pose_accuracy(frames, truth)
         per_seed.append({"seed": seed, "ms_per_frame": ms, **acc.to_dict()})
-        print(f"seed {seed}: in view {acc.in_view}, pose {acc.pose_rate:.1%} (detected {acc.detected}, tracked "
-              f"{acc.tracked}, lost {acc.lost}); size err p95 {acc.size_err['p95']:.2%}, angle err p95 "
-              f"{acc.angle_err['p95']:.2f} deg; {ms:.1f} ms/frame", flush=True)
+        print(
+            f"seed {seed}: in view {acc.in_view}, pose {acc.pose_rate:.1%} (detected {acc.detected}, tracked "
+            f"{acc.tracked}, lost {acc.lost}); size err p95 {acc.size_err['p95']:.2%}, angle err p95 "
+            f"{acc.angle_err['p95']:.2f} deg; {ms:.1f} ms/frame",
+            flush=True,
+        )
         for f in frames:
             f["index"] += offset
         for t in truth:
@@ -122,23 +138,41 @@ def main(argv: list[str] | None = None) -> int:
         all_frames += frames
         offset += len(truth)
     acc = pose_accuracy(all_frames, all_truth)
-    print(f"\nall ({args.preset}, {len(args.seeds)} film(s), tracking {'off' if args.no_track else 'on'}): "
-          f"in view {acc.in_view}, pose {acc.pose_rate:.2%} (detected {acc.detected / acc.in_view:.1%}, "
-          f"tracked {acc.tracked / acc.in_view:.1%}, lost {acc.lost / acc.in_view:.1%})")
-    print(f"size error p50 {acc.size_err['p50']:.2%} p95 {acc.size_err['p95']:.2%} max {acc.size_err['max']:.2%}; "
-          f"angle error p50 {acc.angle_err['p50']:.2f} p95 {acc.angle_err['p95']:.2f} max {acc.angle_err['max']:.2f} deg; "
-          f"size p95 detected {acc.size_err_by_source['detected']} tracked {acc.size_err_by_source['tracked']}")
-    print(f"{'apparent side':>16} {'in view':>8} {'pose':>7} {'detected':>9} {'tracked':>8} {'lost':>6} "
-          f"{'size p95':>9} {'angle p95':>9}")
+    print(
+        f"\nall ({args.preset}, {len(args.seeds)} film(s), tracking {'off' if args.no_track else 'on'}): "
+        f"in view {acc.in_view}, pose {acc.pose_rate:.2%} (detected {acc.detected / acc.in_view:.1%}, "
+        f"tracked {acc.tracked / acc.in_view:.1%}, lost {acc.lost / acc.in_view:.1%})"
+    )
+    print(
+        f"size error p50 {acc.size_err['p50']:.2%} p95 {acc.size_err['p95']:.2%} max {acc.size_err['max']:.2%}; "
+        f"angle error p50 {acc.angle_err['p50']:.2f} p95 {acc.angle_err['p95']:.2f} max {acc.angle_err['max']:.2f} deg; "
+        f"size p95 detected {acc.size_err_by_source['detected']} tracked {acc.size_err_by_source['tracked']}"
+    )
+    print(
+        f"{'apparent side':>16} {'in view':>8} {'pose':>7} {'detected':>9} {'tracked':>8} {'lost':>6} "
+        f"{'size p95':>9} {'angle p95':>9}"
+    )
     for b in acc.bins:
         sp = "-" if b.size_err_p95 is None else f"{b.size_err_p95:.2%}"
         ap_ = "-" if b.angle_err_p95 is None else f"{b.angle_err_p95:.2f}"
-        print(f"{b.label:>16} {b.in_view:>8} {b.pose_rate:>7.1%} {b.detected / b.in_view:>9.1%} "
-              f"{b.tracked / b.in_view:>8.1%} {b.lost / b.in_view:>6.1%} {sp:>9} {ap_:>9}")
+        print(
+            f"{b.label:>16} {b.in_view:>8} {b.pose_rate:>7.1%} {b.detected / b.in_view:>9.1%} "
+            f"{b.tracked / b.in_view:>8.1%} {b.lost / b.in_view:>6.1%} {sp:>9} {ap_:>9}"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"preset": args.preset, "seeds": args.seeds, "frames": args.frames,
-                                         "tracking": not args.no_track, "all": acc.to_dict(),
-                                         "per_seed": per_seed}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "preset": args.preset,
+                    "seeds": args.seeds,
+                    "frames": args.frames,
+                    "tracking": not args.no_track,
+                    "all": acc.to_dict(),
+                    "per_seed": per_seed,
+                },
+                indent=1,
+            )
+        )
     return 0
 
 

@@ -48,7 +48,7 @@ def pick_images(model, data, n: int, seed: int, limit_per_class: int | None, siz
     xs, ys = [], []
     with torch.no_grad():
         for s in range(0, len(order), 256):
-            idx = order[s:s + 256]
+            idx = order[s : s + 256]
             x, y = ds.float(idx), ds.labels[idx]
             ok = model(x).argmax(1) == y
             xs.append(x[ok])
@@ -64,8 +64,9 @@ def pick_images(model, data, n: int, seed: int, limit_per_class: int | None, siz
 def blur(x: torch.Tensor) -> torch.Tensor:
     import kornia
 
-    return kornia.filters.gaussian_blur2d(x, (BLUR_KERNEL, BLUR_KERNEL), (BLUR_SIGMA, BLUR_SIGMA),
-                                          border_type="reflect")
+    return kornia.filters.gaussian_blur2d(
+        x, (BLUR_KERNEL, BLUR_KERNEL), (BLUR_SIGMA, BLUR_SIGMA), border_type="reflect"
+    )
 
 
 def pgd_targeted(model, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -87,17 +88,31 @@ def run_advertorch(model, x, y, target, *, tau: float, batch: int, max_iteration
         gc.zero_gradients = lambda t: None
     from advertorch.attacks import SpatialTransformAttack
 
-    atk = SpatialTransformAttack(model, num_classes=len(model.labels), confidence=0.0, initial_const=tau,
-                                 max_iterations=max_iterations, targeted=True)
+    atk = SpatialTransformAttack(
+        model,
+        num_classes=len(model.labels),
+        confidence=0.0,
+        initial_const=tau,
+        max_iterations=max_iterations,
+        targeted=True,
+    )
     t0 = time.perf_counter()
-    advs = torch.cat([atk.perturb(x[s:s + batch], target[s:s + batch]) for s in range(0, len(x), batch)])
+    advs = torch.cat([atk.perturb(x[s : s + batch], target[s : s + batch]) for s in range(0, len(x), batch)])
     dt = time.perf_counter() - t0
     with torch.no_grad():
         pred = model(advs).argmax(1)
     zero = advs.flatten(1).abs().amax(1) == 0
-    return {"n": len(x), "batch": batch, "max_iterations": max_iterations, "initial_const": tau,
-            "success": float((pred == target).float().mean()), "untargeted_success": float((pred != y).float().mean()),
-            "zeros_returned": int(zero.sum()), "seconds": dt, "seconds_per_image": dt / len(x)}
+    return {
+        "n": len(x),
+        "batch": batch,
+        "max_iterations": max_iterations,
+        "initial_const": tau,
+        "success": float((pred == target).float().mean()),
+        "untargeted_success": float((pred != y).float().mean()),
+        "zeros_returned": int(zero.sum()),
+        "seconds": dt,
+        "seconds_per_image": dt / len(x),
+    }
 
 
 def measure(model, x, y, args, name: str) -> dict:
@@ -106,14 +121,23 @@ def measure(model, x, y, args, name: str) -> dict:
     r = ATTACKS["stadv"](model, x, "random", labels=y, generator=torch.Generator().manual_seed(args.seed), **kw)
     dt = time.perf_counter() - t0
     e, s = r.extras, r.success
-    out = {"model": name, "n": r.n, "config": r.config, "success": r.success_rate, "success_ci95": r.success_ci95,
-           "untargeted_success": float(e["untargeted_success"].float().mean()),
-           "flow_loss_mean_successful": float(e["flow_loss"][s].mean()) if s.any() else None,
-           "displacement_mean_successful": float(e["displacement_mean"][s].mean()) if s.any() else None,
-           "displacement_max_successful": float(e["displacement_max"][s].mean()) if s.any() else None,
-           "flow_loss_mean": float(e["flow_loss"].mean()), "displacement_mean": float(e["displacement_mean"].mean()),
-           "evaluations_mean": float(e["evaluations"].mean()), "seconds": dt, "seconds_per_image": dt / r.n,
-           "threads": torch.get_num_threads()}
+    out = {
+        "model": name,
+        "n": r.n,
+        "config": r.config,
+        "success": r.success_rate,
+        "success_ci95": r.success_ci95,
+        "untargeted_success": float(e["untargeted_success"].float().mean()),
+        "flow_loss_mean_successful": float(e["flow_loss"][s].mean()) if s.any() else None,
+        "displacement_mean_successful": float(e["displacement_mean"][s].mean()) if s.any() else None,
+        "displacement_max_successful": float(e["displacement_max"][s].mean()) if s.any() else None,
+        "flow_loss_mean": float(e["flow_loss"].mean()),
+        "displacement_mean": float(e["displacement_mean"].mean()),
+        "evaluations_mean": float(e["evaluations"].mean()),
+        "seconds": dt,
+        "seconds_per_image": dt / r.n,
+        "threads": torch.get_num_threads(),
+    }
     if args.blur:
         with torch.no_grad():
             out["blur_clean_accuracy"] = float((model(blur(x)).argmax(1) == y).float().mean())
@@ -126,8 +150,15 @@ def measure(model, x, y, args, name: str) -> dict:
             out["blur_pgd_success"] = float((model(blur(adv)).argmax(1) == r.target).float().mean())
     if args.advertorch:
         k = min(args.advertorch, r.n)
-        out["advertorch"] = run_advertorch(model, x[:k], y[:k], r.target[:k], tau=args.tau,
-                                           batch=args.advertorch_batch, max_iterations=args.advertorch_iterations)
+        out["advertorch"] = run_advertorch(
+            model,
+            x[:k],
+            y[:k],
+            r.target[:k],
+            tau=args.tau,
+            batch=args.advertorch_batch,
+            max_iterations=args.advertorch_iterations,
+        )
         out["patchlab_on_advertorch_images"] = {"n": k, "success": float(r.success[:k].float().mean())}
     return out
 
@@ -143,24 +174,41 @@ def _value(text: str):
 
 def summarise(folder: Path) -> str:
     """A markdown table of every ``*.json`` the driver wrote into ``folder``."""
-    rows = ["| model | n | targeted success (95% CI) | untargeted | mean flow loss | mean / max displacement (px) "
-            "| evaluations | s / image | blur: clean acc / stAdv kept / PGD kept | advertorch success, s / image |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+    rows = [
+        "| model | n | targeted success (95% CI) | untargeted | mean flow loss | mean / max displacement (px) "
+        "| evaluations | s / image | blur: clean acc / stAdv kept / PGD kept | advertorch success, s / image |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for f in sorted(folder.glob("*.json")):
         r = json.loads(f.read_text())
         if "model" not in r:
             continue
         lo, hi = r["success_ci95"]
-        blur = (f"{r['blur_clean_accuracy']:.1%} / {r['blur_stadv_success']:.1%} of {r['success']:.1%} / "
-                f"{r['blur_pgd_success']:.1%} of {r['pgd_success']:.1%}") if "blur_pgd_success" in r else "-"
+        blur = (
+            (
+                f"{r['blur_clean_accuracy']:.1%} / {r['blur_stadv_success']:.1%} of {r['success']:.1%} / "
+                f"{r['blur_pgd_success']:.1%} of {r['pgd_success']:.1%}"
+            )
+            if "blur_pgd_success" in r
+            else "-"
+        )
         adv = r.get("advertorch")
-        advs = (f"{adv['success']:.1%} (n={adv['n']}, zeros {adv['zeros_returned']}), {adv['seconds_per_image']:.2f} "
-                f"[patchlab on the same: {r['patchlab_on_advertorch_images']['success']:.1%}]") if adv else "-"
+        advs = (
+            (
+                f"{adv['success']:.1%} (n={adv['n']}, zeros {adv['zeros_returned']}), {adv['seconds_per_image']:.2f} "
+                f"[patchlab on the same: {r['patchlab_on_advertorch_images']['success']:.1%}]"
+            )
+            if adv
+            else "-"
+        )
         fl = r["flow_loss_mean_successful"]
-        rows.append(f"| {r['model']} | {r['n']} | {r['success']:.1%} ({lo:.1%}-{hi:.1%}) | {r['untargeted_success']:.1%} "
-                    f"| {fl:.1f} | {r['displacement_mean_successful']:.3f} / {r['displacement_max_successful']:.2f} "
-                    f"| {r['evaluations_mean']:.0f} | {r['seconds_per_image']:.2f} | {blur} | {advs} |"
-                    if fl is not None else f"| {r['model']} | {r['n']} | {r['success']:.1%} | - | - | - | - | - | - | - |")
+        rows.append(
+            f"| {r['model']} | {r['n']} | {r['success']:.1%} ({lo:.1%}-{hi:.1%}) | {r['untargeted_success']:.1%} "
+            f"| {fl:.1f} | {r['displacement_mean_successful']:.3f} / {r['displacement_max_successful']:.2f} "
+            f"| {r['evaluations_mean']:.0f} | {r['seconds_per_image']:.2f} | {blur} | {advs} |"
+            if fl is not None
+            else f"| {r['model']} | {r['n']} | {r['success']:.1%} | - | - | - | - | - | - | - |"
+        )
     return "\n".join(rows)
 
 
@@ -182,8 +230,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--advertorch-iterations", type=int, default=1000)
     ap.add_argument("--out", required=True)
     ap.add_argument("--summarise", action="store_true", help="print the table of --out and stop")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="another keyword of stadv (int, float, true/false or text), e.g. --set patience=2")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another keyword of stadv (int, float, true/false or text), e.g. --set patience=2",
+    )
     args = ap.parse_args(argv)
     args.extra = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.summarise:
@@ -200,8 +253,14 @@ def main(argv: list[str] | None = None) -> None:
         zoo = ensure_zoo(world, seed=0)
         # attacked at the LeNet's own input size (32 px; the world is drawn at 64), as the
         # paper attacks its MNIST models at 28 px; --world-native keeps the 64 px images
-        jobs.append(("world-lenet", lambda c=zoo.card("lenet"): load_model(str(c)), str(Path(world.root) / "val"),
-                     "native" if args.world_native else "model"))
+        jobs.append(
+            (
+                "world-lenet",
+                lambda c=zoo.card("lenet"): load_model(str(c)),
+                str(Path(world.root) / "val"),
+                "native" if args.world_native else "model",
+            )
+        )
     for name, load, data, size in jobs:
         model = load()
         hw = model.input_hw if size == "model" else None

@@ -53,8 +53,10 @@ def main() -> None:
     base = statistics.median(times[args.threads[0]])
     for n in args.threads:
         med = statistics.median(times[n])
-        print(f"{args.model} batch {args.batch}: {n} thread(s) {med * 1000:.0f} ms per step "
-              f"(x{med / base:.2f} of {args.threads[0]} thread)")
+        print(
+            f"{args.model} batch {args.batch}: {n} thread(s) {med * 1000:.0f} ms per step "
+            f"(x{med / base:.2f} of {args.threads[0]} thread)"
+        )
 
 
 if __name__ == "__main__":

@@ -102,13 +102,17 @@ def run_grid(args: argparse.Namespace) -> list[Path]:
             shutil.rmtree(d)
         if src not in models:
             models[src] = load_model(card(src), device=dev)
-        config = OptimizeConfig(**{**sets, "target": tgt, "loss": loss, "frac": frac, "steps": args.steps,
-                                   "seed": seed})
+        config = OptimizeConfig(
+            **{**sets, "target": tgt, "loss": loss, "frac": frac, "steps": args.steps, "seed": seed}
+        )
         t = time.perf_counter()
         prepared = prepare_run(config, [models[src]], data, device=dev, cache=True)
         res = run_optimization(prepared, d, resume=resume, command=["benchmarks/transfer_matrix.py"])
-        print(f"{d.name}: {res.steps} steps, running white-box tSuc {res.final_tsuc:.1%} "
-              f"({time.perf_counter() - t:.0f} s)", flush=True)
+        print(
+            f"{d.name}: {res.steps} steps, running white-box tSuc {res.final_tsuc:.1%} "
+            f"({time.perf_counter() - t:.0f} s)",
+            flush=True,
+        )
     return runs
 
 
@@ -121,19 +125,35 @@ def main() -> None:
     ap.add_argument("--fracs", nargs="+", type=float, default=[0.2])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="an OptimizeConfig setting for every run (eot=digital, placement=random, tv=0, ...)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an OptimizeConfig setting for every run (eot=digital, placement=random, tv=0, ...)",
+    )
     ap.add_argument("--models", nargs="+", default=None, help="judged models (default: every card in shared)")
     ap.add_argument("--eval-only", action="store_true")
     ap.add_argument("--no-eval", action="store_true", help="optimise only")
     ap.add_argument("--shard", default="0/1", help="K/N: run every N-th optimisation, starting at K")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--tag", default="", help="suffix of the run folder names (one per configuration)")
-    ap.add_argument("--compare", nargs=2, default=None, metavar=("LOSS_A", "LOSS_B"),
-                    help="instead of the matrix: pair the finished runs of two losses (same source, target, area, "
-                         "seed) and print their paired difference on the same held-out images")
-    ap.add_argument("--summarise", nargs="+", type=Path, default=None, metavar="MATRIX_JSON",
-                    help="only print the summary of these matrix.json files (merged)")
+    ap.add_argument(
+        "--compare",
+        nargs=2,
+        default=None,
+        metavar=("LOSS_A", "LOSS_B"),
+        help="instead of the matrix: pair the finished runs of two losses (same source, target, area, "
+        "seed) and print their paired difference on the same held-out images",
+    )
+    ap.add_argument(
+        "--summarise",
+        nargs="+",
+        type=Path,
+        default=None,
+        metavar="MATRIX_JSON",
+        help="only print the summary of these matrix.json files (merged)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.summarise:
@@ -185,8 +205,10 @@ def compare(args: argparse.Namespace, runs: list[Path]) -> None:
     res = compare_runs([a for a, _ in pairs], [b for _, b in pairs], judged, device=dev)
     atomic_write_json(args.out / f"compare_{a_loss}_{b_loss}{args.tag}.json", res.to_dict())
     print(f"\n{len(pairs)} pairs judged on {len(judged)} models in {time.perf_counter() - t:.0f} s")
-    print(f"\n| target | pairs (seeds) | {a_loss} white-box | {b_loss} white-box | {a_loss} mean transfer | "
-          f"{b_loss} mean transfer |")
+    print(
+        f"\n| target | pairs (seeds) | {a_loss} white-box | {b_loss} white-box | {a_loss} mean transfer | "
+        f"{b_loss} mean transfer |"
+    )
     print("|---|---|---|---|---|---|")
     by_t: dict[str, list[dict]] = defaultdict(list)
     for p in res.pairs:
@@ -202,15 +224,19 @@ def compare(args: argparse.Namespace, runs: list[Path]) -> None:
         va = [wb_tr(p, "tsuc_a") for p in ps]
         vb = [wb_tr(p, "tsuc_b") for p in ps]
         mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
-        print(f"| {target} | {len(ps)} | {mean([w for w, _ in va]):.1%} | {mean([w for w, _ in vb]):.1%} | "
-              f"{mean([t for _, t in va]):.1%} | {mean([t for _, t in vb]):.1%} |")
+        print(
+            f"| {target} | {len(ps)} | {mean([w for w, _ in va]):.1%} | {mean([w for w, _ in vb]):.1%} | "
+            f"{mean([t for _, t in va]):.1%} | {mean([t for _, t in vb]):.1%} |"
+        )
     print(f"\npooled over {len(pairs)} pairs ({res.models[0].n} image pairs), {a_loss} - {b_loss}:")
     print("| model | " + a_loss + " | " + b_loss + " | difference [95 % CI, paired bootstrap] | McNemar p |")
     print("|---|---|---|---|---|")
     for m in [*res.models, *([res.mean_transfer] if res.mean_transfer else [])]:
         p = "" if m.p_mcnemar is None else f"{m.p_mcnemar:.2g}"
-        print(f"| {m.name.removeprefix('cifar10-')}{' (source)' if m.is_source else ''} | {m.a:.1%} | {m.b:.1%} | "
-              f"{m.diff:+.1%} [{m.ci95[0]:+.1%}, {m.ci95[1]:+.1%}] | {p} |")
+        print(
+            f"| {m.name.removeprefix('cifar10-')}{' (source)' if m.is_source else ''} | {m.a:.1%} | {m.b:.1%} | "
+            f"{m.diff:+.1%} [{m.ci95[0]:+.1%}, {m.ci95[1]:+.1%}] | {p} |"
+        )
 
 
 def summarise(m: dict) -> None:
@@ -239,8 +265,10 @@ def summarise(m: dict) -> None:
         per_t: dict[str, list[tuple[float, float]]] = defaultdict(list)
         for t, a, b in v:
             per_t[t].append((a, b))
-        per = ", ".join(f"{t} {sum(a for a, _ in x) / len(x):.0%}/{sum(b for _, b in x) / len(x):.1%}"
-                        for t, x in sorted(per_t.items()))
+        per = ", ".join(
+            f"{t} {sum(a for a, _ in x) / len(x):.0%}/{sum(b for _, b in x) / len(x):.1%}"
+            for t, x in sorted(per_t.items())
+        )
         print(f"| {src.removeprefix('cifar10-')} | {frac:.0%} | {loss} | {len(v)} | {wb:.1%} | {tr:.1%} | {per} |")
 
 

@@ -42,18 +42,38 @@ def main() -> None:
     shutil.rmtree(world, ignore_errors=True)
     shutil.rmtree(zoo, ignore_errors=True)
     rec: dict = {"cpu_count": os.cpu_count(), "load_before": os.getloadavg()[0]}
-    make_s = _run(["world", "make", "--out", str(world), "--n-per-class", str(a.n_per_class),
-                   "--seed", str(a.seed)])
+    make_s = _run(["world", "make", "--out", str(world), "--n-per-class", str(a.n_per_class), "--seed", str(a.seed)])
     wj = json.loads((world / "world.json").read_text())
     n = sum(wj["counts"].values())
-    rec["make"] = {"wall_s": round(make_s, 2), "images": n, "images_per_s_wall": round(n / make_s, 1),
-                   "images_per_s_drawing": round(n / wj["seconds"], 1), "load_after": os.getloadavg()[0]}
-    train_s = _run(["world", "train", "--data", str(world), "--out", str(zoo), "--seed", str(a.seed),
-                    "--device", a.device, "--no-resume"])
+    rec["make"] = {
+        "wall_s": round(make_s, 2),
+        "images": n,
+        "images_per_s_wall": round(n / make_s, 1),
+        "images_per_s_drawing": round(n / wj["seconds"], 1),
+        "load_after": os.getloadavg()[0],
+    }
+    train_s = _run(
+        [
+            "world",
+            "train",
+            "--data",
+            str(world),
+            "--out",
+            str(zoo),
+            "--seed",
+            str(a.seed),
+            "--device",
+            a.device,
+            "--no-resume",
+        ]
+    )
     zj = json.loads((zoo / "zoo.json").read_text())
-    rec["train"] = {"wall_s": round(train_s, 2), "library_s": zj["seconds"], "load_after": os.getloadavg()[0],
-                    "models": {m["name"]: {"val_accuracy": m["val_accuracy"], "train_s": m["train_seconds"]}
-                               for m in zj["models"]}}
+    rec["train"] = {
+        "wall_s": round(train_s, 2),
+        "library_s": zj["seconds"],
+        "load_after": os.getloadavg()[0],
+        "models": {m["name"]: {"val_accuracy": m["val_accuracy"], "train_s": m["train_seconds"]} for m in zj["models"]},
+    }
     rec["ok"] = train_s < 180 and all(m["val_accuracy"] >= 0.95 for m in zj["models"])
     print(json.dumps(rec, indent=2))
     if a.keep is None:

@@ -10,5 +10,15 @@ from .camera import CameraCalibration, calibrate_camera, load_camera
 from .color import ColorTransform, apply_color_transform, fit_color_transform, load_color_transform, load_palette
 from .colorcal import ColorCalibration, calibrate_color
 
-__all__ = ["CameraCalibration", "calibrate_camera", "load_camera", "ColorTransform", "apply_color_transform",
-           "fit_color_transform", "load_color_transform", "load_palette", "ColorCalibration", "calibrate_color"]
+__all__ = [
+    "CameraCalibration",
+    "calibrate_camera",
+    "load_camera",
+    "ColorTransform",
+    "apply_color_transform",
+    "fit_color_transform",
+    "load_color_transform",
+    "load_palette",
+    "ColorCalibration",
+    "calibrate_color",
+]

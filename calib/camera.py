@@ -40,8 +40,10 @@ MAX_F_REL_STD = 0.05
 def board_from_layout(layout: Layout) -> "cv2.aruco.CharucoBoard":
     """The OpenCV ChArUco board described by a ``board`` layout (units: mm)."""
     if layout.kind != "board" or not layout.board:
-        raise ConfigError(f"the layout is a {layout.kind!r} sheet, not a ChArUco board: print one with "
-                          "`patchlab print board` and pass its .layout.json")
+        raise ConfigError(
+            f"the layout is a {layout.kind!r} sheet, not a ChArUco board: print one with "
+            "`patchlab print board` and pass its .layout.json"
+        )
     return charuco_board({"dictionary": layout.aruco_dict, **layout.board})
 
 
@@ -54,8 +56,9 @@ class BoardView:
     image_points: np.ndarray  # (N, 2) px
 
 
-def detect_board(image: np.ndarray, board: "cv2.aruco.CharucoBoard", name: str = "", *,
-                 min_corners: int = MIN_CORNERS) -> BoardView | None:
+def detect_board(
+    image: np.ndarray, board: "cv2.aruco.CharucoBoard", name: str = "", *, min_corners: int = MIN_CORNERS
+) -> BoardView | None:
     """Find the board's chessboard corners in a BGR or grey image; None if too few or collinear."""
     gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     detector = cv2.aruco.CharucoDetector(board)
@@ -63,8 +66,11 @@ def detect_board(image: np.ndarray, board: "cv2.aruco.CharucoBoard", name: str =
     if ids is None or len(ids) < min_corners or board.checkCharucoCornersCollinear(ids):
         return None
     obj, img = board.matchImagePoints(corners, ids)
-    return BoardView(name=name, object_points=np.asarray(obj, np.float32).reshape(-1, 3),
-                     image_points=np.asarray(img, np.float32).reshape(-1, 2))
+    return BoardView(
+        name=name,
+        object_points=np.asarray(obj, np.float32).reshape(-1, 3),
+        image_points=np.asarray(img, np.float32).reshape(-1, 2),
+    )
 
 
 @dataclass(frozen=True)
@@ -113,8 +119,14 @@ class CameraCalibration:
         return d
 
 
-def calibrate_camera(frames: Iterable[tuple[str, np.ndarray]], layout: Layout, *, min_views: int = MIN_VIEWS,
-                     min_corners: int = MIN_CORNERS, progress: Callable[[int], None] | None = None) -> CameraCalibration:
+def calibrate_camera(
+    frames: Iterable[tuple[str, np.ndarray]],
+    layout: Layout,
+    *,
+    min_views: int = MIN_VIEWS,
+    min_corners: int = MIN_CORNERS,
+    progress: Callable[[int], None] | None = None,
+) -> CameraCalibration:
     """Calibrate from named images (BGR or grey uint8) of the layout's ChArUco board.
 
     Views with fewer than ``min_corners`` corners (blurred, too far, cut off) are
@@ -134,8 +146,10 @@ def calibrate_camera(frames: Iterable[tuple[str, np.ndarray]], layout: Layout, *
         if size is None:
             size = hw
         elif hw != size:
-            raise DataError(f"{name} is {hw[0]}x{hw[1]} but earlier views are {size[0]}x{size[1]}: calibrate one "
-                            "camera mode at a time")
+            raise DataError(
+                f"{name} is {hw[0]}x{hw[1]} but earlier views are {size[0]}x{size[1]}: calibrate one "
+                "camera mode at a time"
+            )
         v = detect_board(img, board, name, min_corners=min_corners)
         if v is not None:
             views.append(v)
@@ -144,8 +158,10 @@ def calibrate_camera(frames: Iterable[tuple[str, np.ndarray]], layout: Layout, *
     if total == 0:
         raise DataError("no images to calibrate from")
     if len(views) < min_views:
-        raise DataError(f"only {len(views)} of {total} views show the ChArUco board usably (>= {min_corners} corners, "
-                        f"not in a line); need at least {min_views}: film the whole board sharp, from several angles")
+        raise DataError(
+            f"only {len(views)} of {total} views show the ChArUco board usably (>= {min_corners} corners, "
+            f"not in a line); need at least {min_views}: film the whole board sharp, from several angles"
+        )
     assert size is not None
     cal, errs = _calibrate(views, size)
     med = float(np.median(errs))
@@ -159,20 +175,32 @@ def calibrate_camera(frames: Iterable[tuple[str, np.ndarray]], layout: Layout, *
     rms, K, dist, rvecs, f_rel_std = cal
     spread = pose_spread_deg(nominal_rvecs(views, size))
     _check_conditioning(views, spread, f_rel_std, K, min_views)
-    return CameraCalibration(camera_matrix=K.tolist(), dist_coeffs=dist.ravel().tolist(), rms_px=float(rms),
-                             image_size=size, views_used=len(views), views_total=total, used=[v.name for v in views],
-                             per_view_rms_px=[float(e) for e in errs],
-                             corners_per_view=[len(v.image_points) for v in views], dropped_outliers=dropped,
-                             pose_spread_deg=round(spread, 3), f_rel_std=float(f_rel_std))
+    return CameraCalibration(
+        camera_matrix=K.tolist(),
+        dist_coeffs=dist.ravel().tolist(),
+        rms_px=float(rms),
+        image_size=size,
+        views_used=len(views),
+        views_total=total,
+        used=[v.name for v in views],
+        per_view_rms_px=[float(e) for e in errs],
+        corners_per_view=[len(v.image_points) for v in views],
+        dropped_outliers=dropped,
+        pose_spread_deg=round(spread, 3),
+        f_rel_std=float(f_rel_std),
+    )
 
 
 def distinct_views(views: list[BoardView], tol_px: float = 0.5) -> int:
     """How many views are not copies of an earlier one (same corners within ``tol_px``)."""
     kept: list[BoardView] = []
     for v in views:
-        if not any(len(k.image_points) == len(v.image_points)
-                   and np.allclose(k.object_points, v.object_points)
-                   and float(np.max(np.abs(k.image_points - v.image_points))) <= tol_px for k in kept):
+        if not any(
+            len(k.image_points) == len(v.image_points)
+            and np.allclose(k.object_points, v.object_points)
+            and float(np.max(np.abs(k.image_points - v.image_points))) <= tol_px
+            for k in kept
+        ):
             kept.append(v)
     return len(kept)
 
@@ -186,8 +214,9 @@ def nominal_rvecs(views: list[BoardView], size: tuple[int, int]) -> list[np.ndar
     K = np.array([[f, 0, w / 2], [0, f, h / 2], [0, 0, 1]], np.float64)
     out = []
     for v in views:
-        ok, rvec, _ = cv2.solvePnP(v.object_points.astype(np.float64), v.image_points.astype(np.float64), K, None,
-                                   flags=cv2.SOLVEPNP_IPPE)
+        ok, rvec, _ = cv2.solvePnP(
+            v.object_points.astype(np.float64), v.image_points.astype(np.float64), K, None, flags=cv2.SOLVEPNP_IPPE
+        )
         if ok:
             out.append(rvec)
     return out
@@ -204,20 +233,25 @@ def pose_spread_deg(rvecs) -> float:
     return best
 
 
-def _check_conditioning(views: list[BoardView], spread: float, f_rel_std: float, K: np.ndarray,
-                        min_views: int) -> None:
+def _check_conditioning(views: list[BoardView], spread: float, f_rel_std: float, K: np.ndarray, min_views: int) -> None:
     """Refuse a calibration whose views cannot determine the intrinsics (see :data:`MIN_POSE_SPREAD_DEG`)."""
     n = distinct_views(views)
     if n < min_views:
-        raise DataError(f"only {n} of {len(views)} usable views differ from one another (the others are copies); "
-                        f"need at least {min_views} distinct views: film the board from several angles")
+        raise DataError(
+            f"only {n} of {len(views)} usable views differ from one another (the others are copies); "
+            f"need at least {min_views} distinct views: film the board from several angles"
+        )
     if spread < MIN_POSE_SPREAD_DEG:
-        raise DataError(f"degenerate views: the board is tilted by at most {spread:.1f} deg between views "
-                        f"(need >= {MIN_POSE_SPREAD_DEG:.0f} deg), so the focal length cannot be measured: "
-                        "film the board tilted left, right, up and down, not only moved")
+        raise DataError(
+            f"degenerate views: the board is tilted by at most {spread:.1f} deg between views "
+            f"(need >= {MIN_POSE_SPREAD_DEG:.0f} deg), so the focal length cannot be measured: "
+            "film the board tilted left, right, up and down, not only moved"
+        )
     if not np.all(np.isfinite(K)) or not math.isfinite(f_rel_std) or f_rel_std > MAX_F_REL_STD:
-        raise DataError(f"ill-conditioned calibration: the focal length is uncertain to {f_rel_std:.0%} "
-                        f"(more than {MAX_F_REL_STD:.0%}): add views with more tilt, nearer the image corners")
+        raise DataError(
+            f"ill-conditioned calibration: the focal length is uncertain to {f_rel_std:.0%} "
+            f"(more than {MAX_F_REL_STD:.0%}): add views with more tilt, nearer the image corners"
+        )
 
 
 def _calibrate(views: list[BoardView], size: tuple[int, int]):

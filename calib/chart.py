@@ -51,8 +51,12 @@ class ChartReading:
     flat_field: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"markers_found": self.markers_found, "marker_rms_px": self.marker_rms_px,
-                "px_per_mm": self.px_per_mm, "flat_field": self.flat_field}
+        return {
+            "markers_found": self.markers_found,
+            "marker_rms_px": self.marker_rms_px,
+            "px_per_mm": self.px_per_mm,
+            "flat_field": self.flat_field,
+        }
 
 
 def chart_markers(layout: Layout) -> dict[int, np.ndarray]:
@@ -60,7 +64,9 @@ def chart_markers(layout: Layout) -> dict[int, np.ndarray]:
     return {m.id: np.asarray(m.corners_mm, np.float64) for m in layout.markers if m.copy == CHART_COPY}
 
 
-def locate_chart(image_rgb: np.ndarray, layout: Layout, source: str = "photo") -> tuple[np.ndarray, list[int], float, float]:
+def locate_chart(
+    image_rgb: np.ndarray, layout: Layout, source: str = "photo"
+) -> tuple[np.ndarray, list[int], float, float]:
     """Homography page-mm -> photo pixels (edge coordinates) from the chart's markers.
 
     Returns:
@@ -71,16 +77,20 @@ def locate_chart(image_rgb: np.ndarray, layout: Layout, source: str = "photo") -
         DataError: fewer than ``MIN_CHART_MARKERS`` markers found, or they disagree with the layout.
     """
     if not layout.swatches:
-        raise ConfigError("the layout has no colour swatches: pass a chart layout (`patchlab print chart`) or a "
-                          "patch layout printed with --chart")
+        raise ConfigError(
+            "the layout has no colour swatches: pass a chart layout (`patchlab print chart`) or a "
+            "patch layout printed with --chart"
+        )
     marks = chart_markers(layout)
     if not marks:
         raise ConfigError("the layout's chart has no markers (copy -1) to find it by")
     dets = [d for d in detect_markers(cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR), layout.aruco_dict) if d.id in marks]
     if len(dets) < min(MIN_CHART_MARKERS, len(marks)):
-        raise DataError(f"no colour chart found in {source}: {len(dets)} of its {len(marks)} markers "
-                        f"(ids {sorted(marks)}, {layout.aruco_dict}) are visible, {MIN_CHART_MARKERS} are needed; "
-                        "photograph the whole chart, sharp and well lit")
+        raise DataError(
+            f"no colour chart found in {source}: {len(dets)} of its {len(marks)} markers "
+            f"(ids {sorted(marks)}, {layout.aruco_dict}) are visible, {MIN_CHART_MARKERS} are needed; "
+            "photograph the whole chart, sharp and well lit"
+        )
     src = np.concatenate([marks[d.id] for d in dets])
     dst = np.concatenate([d.corners + 0.5 for d in dets])
     H, _ = cv2.findHomography(src, dst, 0)
@@ -90,8 +100,10 @@ def locate_chart(image_rgb: np.ndarray, layout: Layout, source: str = "photo") -
     rms = float(np.sqrt(np.mean(np.sum((proj - dst) ** 2, axis=1))))
     side = float(np.mean([d.side_px for d in dets]))
     if rms > MAX_MARKER_RMS_PX + MAX_MARKER_RMS_FRAC * side:
-        raise DataError(f"the chart markers in {source} do not sit where the layout says (RMS {rms:.1f} px): "
-                        "is this the layout of the printed chart, and is the print flat?")
+        raise DataError(
+            f"the chart markers in {source} do not sit where the layout says (RMS {rms:.1f} px): "
+            "is this the layout of the printed chart, and is the print flat?"
+        )
     mm_side = float(np.mean([np.linalg.norm(marks[d.id][1] - marks[d.id][0]) for d in dets]))
     return H, sorted(d.id for d in dets), rms, side / mm_side
 
@@ -146,7 +158,9 @@ def _quad_design(P: np.ndarray, centre: np.ndarray, scale: float) -> np.ndarray:
     return np.stack([np.ones_like(x), x, y, x * x, x * y, y * y], 1)
 
 
-def read_chart(image_rgb: np.ndarray, layout: Layout, *, flat_field: bool = True, source: str = "photo") -> ChartReading:
+def read_chart(
+    image_rgb: np.ndarray, layout: Layout, *, flat_field: bool = True, source: str = "photo"
+) -> ChartReading:
     """Locate the chart and read every swatch (see the module docstring).
 
     Args:
@@ -191,14 +205,33 @@ def read_chart(image_rgb: np.ndarray, layout: Layout, *, flat_field: bool = True
             gain = field_at / field_at.mean(0, keepdims=True)
             if np.all(gain > 0.2):
                 observed = _lin_to_srgb(_srgb_to_lin(raw_a) / gain)
-                ff = {"used": True, "points": int(keep.sum()), "gain_min": float(gain.min()),
-                      "gain_max": float(gain.max()), "paper_srgb": _lin_to_srgb(field_at.mean(0)).tolist()}
+                ff = {
+                    "used": True,
+                    "points": int(keep.sum()),
+                    "gain_min": float(gain.min()),
+                    "gain_max": float(gain.max()),
+                    "paper_srgb": _lin_to_srgb(field_at.mean(0)).tolist(),
+                }
             else:
-                warnings.warn("the paper between the swatches is too unevenly lit to flat-field; colours are read "
-                              "as they are (retake the photo under even light, or pass --no-flat-field)", stacklevel=2)
+                warnings.warn(
+                    "the paper between the swatches is too unevenly lit to flat-field; colours are read "
+                    "as they are (retake the photo under even light, or pass --no-flat-field)",
+                    stacklevel=2,
+                )
         else:
-            warnings.warn(f"only {len(P)} paper samples between the swatches: no flat field (use --no-flat-field "
-                          "to silence this)", stacklevel=2)
-    return ChartReading(names=names, intended=np.asarray(intended, np.float64), observed=observed, raw=raw_a,
-                        spread=np.asarray(spread), markers_found=ids, marker_rms_px=rms, px_per_mm=ppm,
-                        flat_field=ff)
+            warnings.warn(
+                f"only {len(P)} paper samples between the swatches: no flat field (use --no-flat-field "
+                "to silence this)",
+                stacklevel=2,
+            )
+    return ChartReading(
+        names=names,
+        intended=np.asarray(intended, np.float64),
+        observed=observed,
+        raw=raw_a,
+        spread=np.asarray(spread),
+        markers_found=ids,
+        marker_rms_px=rms,
+        px_per_mm=ppm,
+        flat_field=ff,
+    )

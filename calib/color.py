@@ -40,8 +40,9 @@ TRANSFORM_TYPE = "tone_curves+matrix"
 DEFAULT_KNOTS = 8
 
 
-def apply_color_transform(x: torch.Tensor, curves: torch.Tensor, matrix: torch.Tensor,
-                          offset: torch.Tensor) -> torch.Tensor:
+def apply_color_transform(
+    x: torch.Tensor, curves: torch.Tensor, matrix: torch.Tensor, offset: torch.Tensor
+) -> torch.Tensor:
     """Apply a printer-to-camera transform to sRGB images.
 
     Args:
@@ -61,8 +62,9 @@ def apply_color_transform(x: torch.Tensor, curves: torch.Tensor, matrix: torch.T
     u = x.clamp(0.0, 1.0) * k
     idx = u.detach().floor().clamp(max=k - 1).long()
     frac = u - idx.to(x.dtype)
-    t = torch.stack([curves[c][idx[:, c]] * (1 - frac[:, c]) + curves[c][idx[:, c] + 1] * frac[:, c]
-                     for c in range(3)], 1)
+    t = torch.stack(
+        [curves[c][idx[:, c]] * (1 - frac[:, c]) + curves[c][idx[:, c] + 1] * frac[:, c] for c in range(3)], 1
+    )
     lin = torch.einsum("ij,bjhw->bihw", matrix, t) + offset.view(1, 3, 1, 1)
     return linear_to_srgb(lin.clamp(0.0, 1.0))
 
@@ -80,7 +82,9 @@ class ColorTransform(nn.Module):
         if curves.ndim != 2 or curves.shape[0] != 3 or curves.shape[1] < 2:
             raise ValueError(f"expected curves of shape (3, K+1) with K >= 1, got {tuple(curves.shape)}")
         if matrix.shape != (3, 3) or offset.shape != (3,):
-            raise ValueError(f"expected matrix (3, 3) and offset (3,), got {tuple(matrix.shape)}, {tuple(offset.shape)}")
+            raise ValueError(
+                f"expected matrix (3, 3) and offset (3,), got {tuple(matrix.shape)}, {tuple(offset.shape)}"
+            )
         self.register_buffer("curves", curves)
         self.register_buffer("matrix", matrix)
         self.register_buffer("offset", offset)
@@ -102,15 +106,23 @@ class ColorTransform(nn.Module):
         return cls(srgb_to_linear(grid).repeat(3, 1), torch.eye(3), torch.zeros(3))
 
     def to_dict(self) -> dict:
-        return {"type": TRANSFORM_TYPE, "space": "linear sRGB (D65)", "knots": self.knots,
-                "curves": self.curves.tolist(), "matrix": self.matrix.tolist(), "offset": self.offset.tolist()}
+        return {
+            "type": TRANSFORM_TYPE,
+            "space": "linear sRGB (D65)",
+            "knots": self.knots,
+            "curves": self.curves.tolist(),
+            "matrix": self.matrix.tolist(),
+            "offset": self.offset.tolist(),
+        }
 
     @classmethod
     def from_dict(cls, d: dict, source: str = "colour transform") -> "ColorTransform":
         try:
             if d.get("type") != TRANSFORM_TYPE:
-                raise ConfigError(f"{source}: unknown colour transform type {d.get('type')!r} "
-                                  f"(this patchlab reads {TRANSFORM_TYPE!r})")
+                raise ConfigError(
+                    f"{source}: unknown colour transform type {d.get('type')!r} "
+                    f"(this patchlab reads {TRANSFORM_TYPE!r})"
+                )
             parts = [torch.tensor(d["curves"]), torch.tensor(d["matrix"]), torch.tensor(d["offset"])]
             if not all(bool(torch.isfinite(t).all()) for t in parts):
                 raise ValueError("it holds numbers that are not finite")
@@ -137,8 +149,14 @@ def _lab(rgb_n3: torch.Tensor) -> torch.Tensor:
     return srgb_to_lab(rgb_n3, dim=-1)
 
 
-def fit_color_transform(intended: np.ndarray, observed: np.ndarray, *, knots: int = DEFAULT_KNOTS,
-                        smoothness: float = 1e-2, max_iter: int = 500) -> ColorTransform:
+def fit_color_transform(
+    intended: np.ndarray,
+    observed: np.ndarray,
+    *,
+    knots: int = DEFAULT_KNOTS,
+    smoothness: float = 1e-2,
+    max_iter: int = 500,
+) -> ColorTransform:
     """Fit the transform mapping printed sRGB to observed sRGB (both ``(N, 3)`` in 0-255).
 
     Minimises the mean squared CIELAB difference plus ``smoothness`` times the
@@ -154,8 +172,10 @@ def fit_color_transform(intended: np.ndarray, observed: np.ndarray, *, knots: in
         raise ValueError(f"expected intended and observed as (N, 3), got {tuple(x.shape)}, {tuple(y.shape)}")
     n_params = 3 * knots + 12
     if x.shape[0] < max(8, n_params // 3):
-        raise ConfigError(f"{x.shape[0]} swatches are too few to fit a {knots}-knot colour transform "
-                          f"({n_params} parameters): print the full chart (`patchlab print chart`) or lower --knots")
+        raise ConfigError(
+            f"{x.shape[0]} swatches are too few to fit a {knots}-knot colour transform "
+            f"({n_params} parameters): print the full chart (`patchlab print chart`) or lower --knots"
+        )
     grid = torch.linspace(0, 1, knots + 1, dtype=torch.float64)
     steps0 = torch.diff(srgb_to_linear(grid)).clamp_min(1e-6)
     logits = torch.log(steps0).repeat(3, 1).clone().requires_grad_(True)
@@ -168,8 +188,14 @@ def fit_color_transform(intended: np.ndarray, observed: np.ndarray, *, knots: in
         steps = torch.softmax(lg, dim=1)
         return torch.cat([torch.zeros(3, 1, dtype=lg.dtype), steps.cumsum(1)], 1)
 
-    opt = torch.optim.LBFGS([logits, matrix, offset], lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe",
-                            tolerance_grad=1e-10, tolerance_change=1e-12)
+    opt = torch.optim.LBFGS(
+        [logits, matrix, offset],
+        lr=1.0,
+        max_iter=max_iter,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-10,
+        tolerance_change=1e-12,
+    )
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
@@ -202,8 +228,9 @@ def predict(transform: ColorTransform, rgb255: np.ndarray) -> np.ndarray:
 # palette file
 # --------------------------------------------------------------------------------------
 
-PALETTE_HEADER = ("patchlab printable palette: sRGB colours a camera saw on the printed chart, one per line, "
-                  "'r g b' integers 0-255")
+PALETTE_HEADER = (
+    "patchlab printable palette: sRGB colours a camera saw on the printed chart, one per line, 'r g b' integers 0-255"
+)
 
 
 def palette_path_for(color_json: str | Path) -> Path:

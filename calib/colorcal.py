@@ -24,8 +24,9 @@ def _category(name: str) -> str:
     return head if head in _CATEGORIES else "saturated"
 
 
-def holdout_split(names: list[str], intended: np.ndarray, *, frac: float = DEFAULT_HOLDOUT,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def holdout_split(
+    names: list[str], intended: np.ndarray, *, frac: float = DEFAULT_HOLDOUT, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Seeded held-out split, stratified by swatch kind (grey, saturated, skin, cube,
     random); the darkest and lightest greys always train (they anchor the tone range).
 
@@ -46,8 +47,10 @@ def holdout_split(names: list[str], intended: np.ndarray, *, frac: float = DEFAU
     test_a = np.array(sorted(test), int)
     train_a = np.array(sorted(set(range(n)) - set(test)), int)
     if len(test_a) < 3 or len(train_a) < 8:
-        raise ConfigError(f"{n} swatches leave {len(train_a)} to fit and {len(test_a)} to score: print the full chart "
-                          "(`patchlab print chart`) or change --holdout")
+        raise ConfigError(
+            f"{n} swatches leave {len(train_a)} to fit and {len(test_a)} to score: print the full chart "
+            "(`patchlab print chart`) or change --holdout"
+        )
     return train_a, test_a
 
 
@@ -105,26 +108,56 @@ class ColorCalibration:
                 "improvement": self.improvement,
                 "units": "CIEDE2000; 'before' = no calibration (printed sRGB taken as what the camera sees)",
             },
-            "fit": {"knots": self.knots, "holdout": self.holdout, "seed": self.seed,
-                    "n_train": int(self.train.size), "n_test": int(self.test.size)},
+            "fit": {
+                "knots": self.knots,
+                "holdout": self.holdout,
+                "seed": self.seed,
+                "n_train": int(self.train.size),
+                "n_test": int(self.test.size),
+            },
             "chart": r.to_dict(),
             "palette": self.palette.tolist(),
-            "swatches": [{"name": n, "split": str(split[i]), "intended": [int(v) for v in r.intended[i]],
-                          "observed": [round(float(v), 2) for v in r.observed[i]],
-                          "predicted": [round(float(v), 2) for v in self.predicted[i]],
-                          "de_before": round(float(self.de_before[i]), 3), "de_after": round(float(self.de_after[i]), 3),
-                          "spread": round(float(r.spread[i]), 2)} for i, n in enumerate(r.names)],
+            "swatches": [
+                {
+                    "name": n,
+                    "split": str(split[i]),
+                    "intended": [int(v) for v in r.intended[i]],
+                    "observed": [round(float(v), 2) for v in r.observed[i]],
+                    "predicted": [round(float(v), 2) for v in self.predicted[i]],
+                    "de_before": round(float(self.de_before[i]), 3),
+                    "de_after": round(float(self.de_after[i]), 3),
+                    "spread": round(float(r.spread[i]), 2),
+                }
+                for i, n in enumerate(r.names)
+            ],
         }
 
 
-def calibrate_color(image_rgb: np.ndarray, layout: Layout, *, holdout: float = DEFAULT_HOLDOUT, seed: int = 0,
-                    knots: int = DEFAULT_KNOTS, flat_field: bool = True, source: str = "photo") -> ColorCalibration:
+def calibrate_color(
+    image_rgb: np.ndarray,
+    layout: Layout,
+    *,
+    holdout: float = DEFAULT_HOLDOUT,
+    seed: int = 0,
+    knots: int = DEFAULT_KNOTS,
+    flat_field: bool = True,
+    source: str = "photo",
+) -> ColorCalibration:
     """Read the chart in ``image_rgb``, fit the transform on the training swatches,
     score it on the held-out ones (see :mod:`patchlab.calib.color`)."""
     reading = read_chart(image_rgb, layout, flat_field=flat_field, source=source)
     train, test = holdout_split(reading.names, reading.intended, frac=holdout, seed=seed)
     transform = fit_color_transform(reading.intended[train], reading.observed[train], knots=knots)
     predicted = predict(transform, reading.intended)
-    return ColorCalibration(transform=transform, reading=reading, train=train, test=test, predicted=predicted,
-                            de_before=_de(reading.intended, reading.observed), de_after=_de(predicted, reading.observed),
-                            knots=knots, holdout=holdout, seed=seed)
+    return ColorCalibration(
+        transform=transform,
+        reading=reading,
+        train=train,
+        test=test,
+        predicted=predicted,
+        de_before=_de(reading.intended, reading.observed),
+        de_after=_de(predicted, reading.observed),
+        knots=knots,
+        holdout=holdout,
+        seed=seed,
+    )

@@ -14,7 +14,31 @@ from .pose import MarkerDetector, MarkerPose, PatchTarget, PoseEstimator, quad_m
 from .simulate import SimConfig, SimResult, read_truth, simulate_capture, truth_path_for
 from .sources import FrameSource, ImageDirSource, ThreadedReader, VideoSource, open_source
 
-__all__ = ["CaptureConfig", "CaptureError", "CaptureSummary", "Defense", "FrameSource", "ImageDirSource",
-           "MarkerDetector", "MarkerPose", "PatchTarget", "PatchTracker", "PoseEstimator", "SimConfig", "SimResult", "ThreadedReader", "TrackerConfig",
-           "VideoSource", "get_defense", "list_defenses", "load_capture", "open_source", "quad_metrics", "read_truth",
-           "register_defense", "run_capture", "simulate_capture", "truth_path_for"]
+__all__ = [
+    "CaptureConfig",
+    "CaptureError",
+    "CaptureSummary",
+    "Defense",
+    "FrameSource",
+    "ImageDirSource",
+    "MarkerDetector",
+    "MarkerPose",
+    "PatchTarget",
+    "PatchTracker",
+    "PoseEstimator",
+    "SimConfig",
+    "SimResult",
+    "ThreadedReader",
+    "TrackerConfig",
+    "VideoSource",
+    "get_defense",
+    "list_defenses",
+    "load_capture",
+    "open_source",
+    "quad_metrics",
+    "read_truth",
+    "register_defense",
+    "run_capture",
+    "simulate_capture",
+    "truth_path_for",
+]

@@ -103,8 +103,10 @@ def get_defense(spec: str | None) -> Defense:
     name, _, arg = text.partition(":")
     key = name.lower()
     if key not in _REGISTRY:
-        raise ConfigError(f"unknown defence {name!r}; choose one of {', '.join(list_defenses())} "
-                          "(optionally NAME:PARAM, e.g. blur:1.5 or jpeg:50)")
+        raise ConfigError(
+            f"unknown defence {name!r}; choose one of {', '.join(list_defenses())} "
+            "(optionally NAME:PARAM, e.g. blur:1.5 or jpeg:50)"
+        )
     try:
         return _REGISTRY[key](arg or None)
     except ValueError as exc:

@@ -45,8 +45,15 @@ def short_names(names: Sequence[str]) -> list[str]:
     return [n[cut:] or n for n in names]
 
 
-def draw_hud(frame: np.ndarray, record: dict[str, Any], model_names: Sequence[str], target: str, *,
-             fps: float | None, running: dict[str, tuple[int, int]]) -> np.ndarray:
+def draw_hud(
+    frame: np.ndarray,
+    record: dict[str, Any],
+    model_names: Sequence[str],
+    target: str,
+    *,
+    fps: float | None,
+    running: dict[str, tuple[int, int]],
+) -> np.ndarray:
     """An annotated copy of ``frame`` (BGR uint8) for one log ``record``.
 
     Args:
@@ -97,8 +104,7 @@ def draw_hud(frame: np.ndarray, record: dict[str, Any], model_names: Sequence[st
         cv2.putText(img, text, (pad, y), _FONT, fs, _GREEN if m["hit"] else _WHITE, th, cv2.LINE_AA)
         x0 = tw + 3 * pad
         cv2.rectangle(img, (x0, y - ch), (x0 + bar_w, y), (90, 90, 90), 1)
-        cv2.rectangle(img, (x0, y - ch), (x0 + int(bar_w * float(m["p_target"])), y),
-                      _GREEN if m["hit"] else _RED, -1)
+        cv2.rectangle(img, (x0, y - ch), (x0 + int(bar_w * float(m["p_target"])), y), _GREEN if m["hit"] else _RED, -1)
     rates = "  ".join(f"{sn} {h_ / n_:.0%}" if n_ else f"{sn} -" for sn, (h_, n_) in zip(short, running.values()))
     foot = f"#{record['index']} {source}" + (f"  {fps:.1f} fps" if fps else "") + f"  tSuc {rates}"
     fw = cv2.getTextSize(foot, _FONT, fs * 0.85, 1)[0][0]

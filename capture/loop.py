@@ -46,8 +46,17 @@ import cv2
 import numpy as np
 import torch
 
-from patchlab.captures import (DETECTED, FRAMES_JSONL, LOST, POSE_SOURCES, SAMPLES_DIR, SUMMARY_JSON, TRACKED,
-                               CaptureSummary, load_capture)
+from patchlab.captures import (
+    DETECTED,
+    FRAMES_JSONL,
+    LOST,
+    POSE_SOURCES,
+    SAMPLES_DIR,
+    SUMMARY_JSON,
+    TRACKED,
+    CaptureSummary,
+    load_capture,
+)
 from patchlab.data import class_index
 from patchlab.errors import ConfigError
 from patchlab.layout import DEFAULT_ARUCO_DICT
@@ -116,7 +125,9 @@ def _now() -> str:
     return _dt.datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def crop_box(shape: tuple[int, ...], mode: str, pose: MarkerPose | None, roi_frac: float) -> tuple[tuple[int, int, int, int], str]:
+def crop_box(
+    shape: tuple[int, ...], mode: str, pose: MarkerPose | None, roi_frac: float
+) -> tuple[tuple[int, int, int, int], str]:
     """The crop ``(x0, y0, x1, y1)`` (end-exclusive) for a frame of ``shape`` and what it is."""
     h, w = shape[:2]
     if mode == "full":
@@ -155,8 +166,9 @@ class FramePreparer:
     carries the patch from frame to frame.
     """
 
-    def __init__(self, tracker: PatchTracker, *, crop: str, roi_frac: float, input_size: int,
-                 on_lost: str = "skip") -> None:
+    def __init__(
+        self, tracker: PatchTracker, *, crop: str, roi_frac: float, input_size: int, on_lost: str = "skip"
+    ) -> None:
         self.tracker = tracker
         self.crop, self.roi_frac, self.input_size, self.on_lost = crop, roi_frac, input_size, on_lost
         self._last_pose: MarkerPose | None = None
@@ -187,8 +199,11 @@ class FramePreparer:
             region = img[y0:y1, x0:x1]
             interp = cv2.INTER_AREA if region.shape[0] >= s else cv2.INTER_LINEAR
             crop = cv2.cvtColor(cv2.resize(region, (s, s), interpolation=interp), cv2.COLOR_BGR2RGB)
-        bright = float(cv2.mean(cv2.resize(gray, (gray.shape[1] // 4 or 1, gray.shape[0] // 4 or 1),
-                                           interpolation=cv2.INTER_AREA))[0])
+        bright = float(
+            cv2.mean(
+                cv2.resize(gray, (gray.shape[1] // 4 or 1, gray.shape[0] // 4 or 1), interpolation=cv2.INTER_AREA)
+            )[0]
+        )
         return Prepared(frame, crop, box, mode, markers, pose, step.source, bright, time.perf_counter() - t0)
 
 
@@ -202,8 +217,14 @@ class FrameScorer:
         device: where the models run; the crops follow it.
     """
 
-    def __init__(self, models: Sequence[Any], target: str, *, defense: Defense | None = None,
-                 device: torch.device | str | None = None) -> None:
+    def __init__(
+        self,
+        models: Sequence[Any],
+        target: str,
+        *,
+        defense: Defense | None = None,
+        device: torch.device | str | None = None,
+    ) -> None:
         if not models:
             raise ConfigError("capture needs at least one model (--models)")
         self.models = list(models)
@@ -211,8 +232,11 @@ class FrameScorer:
         self.target = target
         self.target_idx = [class_index(target, m.labels) for m in self.models]
         self.defense = defense or Defense()
-        self.device = torch.device(device) if device is not None else next(
-            (p.device for p in self.models[0].parameters()), torch.device("cpu"))
+        self.device = (
+            torch.device(device)
+            if device is not None
+            else next((p.device for p in self.models[0].parameters()), torch.device("cpu"))
+        )
 
     def score(self, crops: np.ndarray) -> list[dict[str, dict[str, Any]]]:
         """``crops`` ``(N, S, S, 3)`` uint8 RGB -> one ``{model: {top5, p_target, hit}}`` per crop."""
@@ -228,8 +252,11 @@ class FrameScorer:
                 pv, pi = pv.tolist(), pi.tolist()
                 labels = m.labels
                 for j in range(len(crops)):
-                    out[j][name] = {"top5": [[labels[c], round(v, 5)] for c, v in zip(pi[j], pv[j])],
-                                    "p_target": round(pt[j], 5), "hit": pi[j][0] == ti}
+                    out[j][name] = {
+                        "top5": [[labels[c], round(v, 5)] for c, v in zip(pi[j], pv[j])],
+                        "p_target": round(pt[j], 5),
+                        "hit": pi[j][0] == ti,
+                    }
         return out
 
 
@@ -317,7 +344,9 @@ def prepare_capture_dir(out_dir: str | Path, *, overwrite: bool = False) -> Path
         raise ConfigError(f"--out {out} exists and is not a folder")
     if (out / FRAMES_JSONL).exists():
         if not overwrite:
-            raise ConfigError(f"{out} already holds a capture ({FRAMES_JSONL}); choose another --out or pass --overwrite")
+            raise ConfigError(
+                f"{out} already holds a capture ({FRAMES_JSONL}); choose another --out or pass --overwrite"
+            )
         for name in (FRAMES_JSONL, SUMMARY_JSON):
             (out / name).unlink(missing_ok=True)
         for p in (out / SAMPLES_DIR).glob("*.jpg"):
@@ -396,11 +425,11 @@ class Tally:
 
     def rates(self, truth: bool) -> dict[str, dict[str, dict[str, Any]]]:
         extra = {"excludes_target_class_frames": truth}
-        return {"tsuc": {n: Rate(self.hits[n], self.counted).to_dict() | extra for n in self.names},
-                "tsuc_scored": {n: Rate(self.hits_scored[n], self.counted_scored).to_dict() | extra
-                                for n in self.names},
-                "tsuc_with_pose": {n: Rate(self.hits_pose[n], self.counted_pose).to_dict() | extra
-                                   for n in self.names}}
+        return {
+            "tsuc": {n: Rate(self.hits[n], self.counted).to_dict() | extra for n in self.names},
+            "tsuc_scored": {n: Rate(self.hits_scored[n], self.counted_scored).to_dict() | extra for n in self.names},
+            "tsuc_with_pose": {n: Rate(self.hits_pose[n], self.counted_pose).to_dict() | extra for n in self.names},
+        }
 
 
 class _FrameLog:
@@ -434,8 +463,9 @@ class _Display:
             if has_display():
                 self.window = Window()
             else:
-                warnings.warn("no display here: --hud shows nothing (use --record FILE to keep the annotated video)",
-                              stacklevel=3)
+                warnings.warn(
+                    "no display here: --hud shows nothing (use --record FILE to keep the annotated video)", stacklevel=3
+                )
         self.writer: Any = None
         self.tmp_record: Path | None = None
         self.samples = _Samples(out / SAMPLES_DIR, cfg.sample_every, cfg.max_samples)
@@ -444,8 +474,14 @@ class _Display:
     def active(self) -> bool:
         return self.window is not None or bool(self.cfg.record) or self.samples.cap > 0
 
-    def show(self, batch: list[Prepared], records: list[dict[str, Any]], names: list[str], fps: float | None,
-             running: dict[str, tuple[int, int]]) -> bool:
+    def show(
+        self,
+        batch: list[Prepared],
+        records: list[dict[str, Any]],
+        names: list[str],
+        fps: float | None,
+        running: dict[str, tuple[int, int]],
+    ) -> bool:
         """Draw what is wanted of a batch; False when the user closed the window (q / Esc)."""
         keep_going = True
         for b, rec in zip(batch, records):
@@ -472,8 +508,14 @@ class _Display:
             self.window.close()
 
 
-def build_tracker(*, layout: Any = None, camera: tuple[np.ndarray, np.ndarray] | None = None, min_markers: int = 2,
-                  track: bool = True, tracker_config: TrackerConfig | None = None) -> PatchTracker:
+def build_tracker(
+    *,
+    layout: Any = None,
+    camera: tuple[np.ndarray, np.ndarray] | None = None,
+    min_markers: int = 2,
+    track: bool = True,
+    tracker_config: TrackerConfig | None = None,
+) -> PatchTracker:
     """Detector, pose estimator and tracker for a printed ``layout`` (None: the nominal frame)."""
     dictionary = layout.aruco_dict if layout is not None else DEFAULT_ARUCO_DICT
     targets = PatchTarget.from_layout(layout) if layout is not None else PatchTarget.nominal(dictionary=dictionary)
@@ -489,10 +531,16 @@ def _record(b: Prepared, scores: dict[str, dict[str, Any]] | None, truth: dict[s
     rec: dict[str, Any] = {"index": b.frame.index, "timestamp": round(b.frame.timestamp, 4)}
     if b.frame.name:
         rec["name"] = b.frame.name
-    rec.update(brightness=round(b.brightness, 2), crop=b.crop_mode,
-               crop_box=None if b.crop_box is None else list(b.crop_box), markers=b.markers,
-               pose_source=b.pose_source, pose=b.pose.to_dict() if b.pose else None,
-               scored=scores is not None, models=scores)
+    rec.update(
+        brightness=round(b.brightness, 2),
+        crop=b.crop_mode,
+        crop_box=None if b.crop_box is None else list(b.crop_box),
+        markers=b.markers,
+        pose_source=b.pose_source,
+        pose=b.pose.to_dict() if b.pose else None,
+        scored=scores is not None,
+        models=scores,
+    )
     if truth is not None:
         rec["truth"] = {"object_class": truth.get("object_class"), "has_patch": truth.get("has_patch")}
     return rec
@@ -504,13 +552,24 @@ class CaptureRun:
     Build it, call :meth:`run` once; :meth:`summary` is what ``summary.json`` holds.
     """
 
-    def __init__(self, source: FrameSource, models: Sequence[Any], out_dir: str | Path, config: CaptureConfig, *,
-                 layout: Any = None, layout_path: str | None = None,
-                 camera: tuple[np.ndarray, np.ndarray] | None = None, camera_path: str | None = None,
-                 truth: Sequence[dict[str, Any]] | None = None, stop: threading.Event | None = None,
-                 on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
-                 overwrite: bool = False, command: Sequence[str] | None = None,
-                 tracker_config: TrackerConfig | None = None) -> None:
+    def __init__(
+        self,
+        source: FrameSource,
+        models: Sequence[Any],
+        out_dir: str | Path,
+        config: CaptureConfig,
+        *,
+        layout: Any = None,
+        layout_path: str | None = None,
+        camera: tuple[np.ndarray, np.ndarray] | None = None,
+        camera_path: str | None = None,
+        truth: Sequence[dict[str, Any]] | None = None,
+        stop: threading.Event | None = None,
+        on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
+        overwrite: bool = False,
+        command: Sequence[str] | None = None,
+        tracker_config: TrackerConfig | None = None,
+    ) -> None:
         self.out = prepare_capture_dir(out_dir, overwrite=overwrite)
         self.source, self.cfg = source, config
         self.stop = stop or threading.Event()
@@ -518,10 +577,16 @@ class CaptureRun:
         self.defense = get_defense(config.defense)
         self.scorer = FrameScorer(models, config.target, defense=self.defense)
         self.input_size = config.input_size or max(max(m.input_hw) for m in models)
-        self.tracker = build_tracker(layout=layout, camera=camera, min_markers=config.min_markers, track=config.track,
-                                     tracker_config=tracker_config)
-        self.prepare = FramePreparer(self.tracker, crop=config.crop, roi_frac=config.roi_frac,
-                                     input_size=self.input_size, on_lost=config.on_lost)
+        self.tracker = build_tracker(
+            layout=layout,
+            camera=camera,
+            min_markers=config.min_markers,
+            track=config.track,
+            tracker_config=tracker_config,
+        )
+        self.prepare = FramePreparer(
+            self.tracker, crop=config.crop, roi_frac=config.roi_frac, input_size=self.input_size, on_lost=config.on_lost
+        )
         self.truth = {int(t["index"]): t for t in truth} if truth else {}
         self.tally = Tally(list(self.scorer.names), config.target)
         self.timing = {"prepare": 0.0, "score": 0.0, "write": 0.0, "hud": 0.0, "wait": 0.0}
@@ -531,8 +596,10 @@ class CaptureRun:
         self.status, self.end_reason, self.error = "running", "", None
         self.reader: ThreadedReader | None = None
         self.versions = versions(CAPTURE_VERSION_MODULES)
-        self.model_info = [{"name": n, "info": m.info.to_dict(), "target_index": ti, "input_size": list(m.input_hw)}
-                           for n, m, ti in zip(self.scorer.names, self.scorer.models, self.scorer.target_idx)]
+        self.model_info = [
+            {"name": n, "info": m.info.to_dict(), "target_index": ti, "input_size": list(m.input_hw)}
+            for n, m, ti in zip(self.scorer.names, self.scorer.models, self.scorer.target_idx)
+        ]
 
     def summary(self, final: bool) -> CaptureSummary:
         t, n = self.tally, self.tally.frames
@@ -540,21 +607,42 @@ class CaptureRun:
         reader = self.reader
         stream = getattr(self.source, "stats", None)
         return CaptureSummary(
-            capture_dir=str(self.out), status=self.status, end_reason=self.end_reason, frames=n,
-            frames_with_pose=t.with_pose, dropped=(reader.dropped if reader else 0), skipped=list(self.source.skipped),
-            target_class=self.cfg.target, tsuc=rates["tsuc"],
+            capture_dir=str(self.out),
+            status=self.status,
+            end_reason=self.end_reason,
+            frames=n,
+            frames_with_pose=t.with_pose,
+            dropped=(reader.dropped if reader else 0),
+            skipped=list(self.source.skipped),
+            target_class=self.cfg.target,
+            tsuc=rates["tsuc"],
             mean_p_target={k: (t.psum[k] / t.scored if t.scored else float("nan")) for k in t.names},
-            fps=round(t.fps(), 3), seconds=round(t.seconds(), 3),
+            fps=round(t.fps(), 3),
+            seconds=round(t.seconds(), 3),
             timing_ms={k: round(1000 * v / max(n, 1), 3) for k, v in self.timing.items()},
-            source=self.source.to_dict(), models=self.model_info,
-            config=self.cfg.to_dict() | {"input_size": self.input_size, "defense": self.defense.to_dict(),
-                                         "tracker": self.tracker.config.to_dict()},
-            layout=self.layout_path, camera=self.camera_path, truth=bool(self.truth), started=self.started,
-            finished=_now() if final else None, error=self.error, command=self.command, versions=self.versions,
-            pose_sources=dict(t.sources), frames_scored=t.scored, tsuc_scored=rates["tsuc_scored"],
+            source=self.source.to_dict(),
+            models=self.model_info,
+            config=self.cfg.to_dict()
+            | {
+                "input_size": self.input_size,
+                "defense": self.defense.to_dict(),
+                "tracker": self.tracker.config.to_dict(),
+            },
+            layout=self.layout_path,
+            camera=self.camera_path,
+            truth=bool(self.truth),
+            started=self.started,
+            finished=_now() if final else None,
+            error=self.error,
+            command=self.command,
+            versions=self.versions,
+            pose_sources=dict(t.sources),
+            frames_scored=t.scored,
+            tsuc_scored=rates["tsuc_scored"],
             tsuc_with_pose=rates["tsuc_with_pose"],
-            stream=(stream() if callable(stream) else {}) | ({"queue_dropped_frames": reader.dropped_frames}
-                                                             if reader is not None and reader.dropped_frames else {}))
+            stream=(stream() if callable(stream) else {})
+            | ({"queue_dropped_frames": reader.dropped_frames} if reader is not None and reader.dropped_frames else {}),
+        )
 
     def _batch(self, batch: list[Prepared], log_: _FrameLog, display: _Display) -> None:
         t1 = time.perf_counter()
@@ -575,8 +663,9 @@ class CaptureRun:
         self.timing["prepare"] += sum(b.seconds for b in batch)
         self.timing["score"] += t2 - t1
         self.timing["write"] += t3 - t2
-        if display.active and not display.show(batch, records, self.scorer.names, self.tally.fps() or None,
-                                               self.tally.running()):
+        if display.active and not display.show(
+            batch, records, self.scorer.names, self.tally.fps() or None, self.tally.running()
+        ):
             self.stop.set()
         self.timing["hud"] += time.perf_counter() - t3
         if self.on_batch is not None:
@@ -592,8 +681,9 @@ class CaptureRun:
         cfg = self.cfg
         atomic_write_json(self.out / SUMMARY_JSON, self.summary(False))
         display = _Display(cfg, self.out, self.source.fps)
-        self.reader = ThreadedReader(self.source, max_frames=cfg.max_frames, queue_size=cfg.queue_size,
-                                     prepare=self.prepare)
+        self.reader = ThreadedReader(
+            self.source, max_frames=cfg.max_frames, queue_size=cfg.queue_size, prepare=self.prepare
+        )
         log_ = _FrameLog(self.out / FRAMES_JSONL)
         try:
             with _SigintStop(self.stop):
@@ -621,13 +711,23 @@ class CaptureRun:
         return result
 
 
-def run_capture(source: FrameSource, models: Sequence[Any], out_dir: str | Path, config: CaptureConfig, *,
-                layout: Any = None, layout_path: str | None = None,
-                camera: tuple[np.ndarray, np.ndarray] | None = None, camera_path: str | None = None,
-                truth: Sequence[dict[str, Any]] | None = None, stop: threading.Event | None = None,
-                on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
-                overwrite: bool = False, command: Sequence[str] | None = None,
-                tracker_config: TrackerConfig | None = None) -> CaptureSummary:
+def run_capture(
+    source: FrameSource,
+    models: Sequence[Any],
+    out_dir: str | Path,
+    config: CaptureConfig,
+    *,
+    layout: Any = None,
+    layout_path: str | None = None,
+    camera: tuple[np.ndarray, np.ndarray] | None = None,
+    camera_path: str | None = None,
+    truth: Sequence[dict[str, Any]] | None = None,
+    stop: threading.Event | None = None,
+    on_batch: Callable[[list[dict[str, Any]]], None] | None = None,
+    overwrite: bool = False,
+    command: Sequence[str] | None = None,
+    tracker_config: TrackerConfig | None = None,
+) -> CaptureSummary:
     """Score every frame of ``source`` with ``models``; see the module docstring.
 
     Args:
@@ -648,11 +748,40 @@ def run_capture(source: FrameSource, models: Sequence[Any], out_dir: str | Path,
     Returns:
         The :class:`patchlab.captures.CaptureSummary`, also written to ``summary.json``.
     """
-    return CaptureRun(source, models, out_dir, config, layout=layout, layout_path=layout_path, camera=camera,
-                      camera_path=camera_path, truth=truth, stop=stop, on_batch=on_batch, overwrite=overwrite,
-                      command=command, tracker_config=tracker_config).run()
+    return CaptureRun(
+        source,
+        models,
+        out_dir,
+        config,
+        layout=layout,
+        layout_path=layout_path,
+        camera=camera,
+        camera_path=camera_path,
+        truth=truth,
+        stop=stop,
+        on_batch=on_batch,
+        overwrite=overwrite,
+        command=command,
+        tracker_config=tracker_config,
+    ).run()
 
 
-__all__ = ["CROPS", "ON_LOST", "CaptureConfig", "CaptureRun", "CaptureSummary", "FramePreparer", "FrameScorer",
-           "FRAMES_JSONL", "Prepared", "SAMPLES_DIR", "SUMMARY_JSON", "Tally", "build_tracker", "crop_box",
-           "load_capture", "prepare_capture_dir", "run_capture"]
+__all__ = [
+    "CROPS",
+    "ON_LOST",
+    "CaptureConfig",
+    "CaptureRun",
+    "CaptureSummary",
+    "FramePreparer",
+    "FrameScorer",
+    "FRAMES_JSONL",
+    "Prepared",
+    "SAMPLES_DIR",
+    "SUMMARY_JSON",
+    "Tally",
+    "build_tracker",
+    "crop_box",
+    "load_capture",
+    "prepare_capture_dir",
+    "run_capture",
+]

@@ -78,8 +78,13 @@ class StreamStats:
             self.dropped_log.append({"index": index, "timestamp": round(t, 4), "reason": reason})
 
     def to_dict(self) -> dict[str, Any]:
-        return {"frames": self.frames, "stalls": self.stalls, "reconnects": self.reconnects, "dropped": self.dropped,
-                "dropped_frames": list(self.dropped_log)}
+        return {
+            "frames": self.frames,
+            "stalls": self.stalls,
+            "reconnects": self.reconnects,
+            "dropped": self.dropped,
+            "dropped_frames": list(self.dropped_log),
+        }
 
 
 class _HttpConnection:
@@ -95,8 +100,9 @@ class _HttpConnection:
         path = (u.path or "/") + (f"?{u.query}" if u.query else "")
         headers = {"User-Agent": "patchlab-capture", "Accept": "multipart/x-mixed-replace, image/jpeg, */*"}
         if u.username:
-            token = base64.b64encode(f"{urllib.parse.unquote(u.username)}:{urllib.parse.unquote(u.password or '')}"
-                                     .encode()).decode()
+            token = base64.b64encode(
+                f"{urllib.parse.unquote(u.username)}:{urllib.parse.unquote(u.password or '')}".encode()
+            ).decode()
             headers["Authorization"] = f"Basic {token}"
         self._path, self._headers = path, headers
         try:
@@ -108,8 +114,10 @@ class _HttpConnection:
         if self._resp.status != 200:
             status = self._resp.status
             self._conn.close()
-            raise CaptureError(f"{url} answered HTTP {status}" + (" (check the user and password in the URL)"
-                                                                  if status in (401, 403) else ""))
+            raise CaptureError(
+                f"{url} answered HTTP {status}"
+                + (" (check the user and password in the URL)" if status in (401, 403) else "")
+            )
         ctype = self._resp.getheader("Content-Type", "")
         self.kind = "mjpeg" if "multipart" in ctype.lower() else ("snapshot" if "image/" in ctype.lower() else "other")
         self._boundary = None
@@ -156,7 +164,7 @@ class _HttpConnection:
         while True:
             i = self._buf.find(b"\r\n\r\n")
             if i >= 0:
-                head, self._buf = self._buf[:i], self._buf[i + 4:]
+                head, self._buf = self._buf[:i], self._buf[i + 4 :]
                 if b"content-type" in head.lower() or b"--" in head:
                     break
                 continue
@@ -209,8 +217,9 @@ class _OpenCVConnection:
     def __init__(self, url: str, timeout: float) -> None:
         ms = int(timeout * 1000)
         with quiet_opencv():
-            self._cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms,
-                                                                 cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms])
+            self._cap = cv2.VideoCapture(
+                url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
+            )
         if not self._cap.isOpened():
             self._cap.release()
             raise StreamStalled("cannot open the stream")
@@ -252,8 +261,14 @@ class StreamSource(FrameSource):
     kind = "stream"
     live = True
 
-    def __init__(self, url: str, *, stall_timeout_s: float = STALL_TIMEOUT_S, lost_after_s: float = LOST_AFTER_S,
-                 connect_first: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        stall_timeout_s: float = STALL_TIMEOUT_S,
+        lost_after_s: float = LOST_AFTER_S,
+        connect_first: bool = True,
+    ) -> None:
         super().__init__(_redact(url))
         self.url = url
         self.stall_timeout_s, self.lost_after_s = float(stall_timeout_s), float(lost_after_s)
@@ -268,8 +283,9 @@ class StreamSource(FrameSource):
             try:
                 self._connect()
             except StreamStalled as exc:
-                raise CaptureError(f"cannot open stream {self.description}: {exc} (check the URL and that the "
-                                   "camera is up)") from exc
+                raise CaptureError(
+                    f"cannot open stream {self.description}: {exc} (check the URL and that the camera is up)"
+                ) from exc
 
     def _connect(self) -> None:
         if self.protocol == "http":
@@ -344,8 +360,11 @@ class StreamSource(FrameSource):
             return Frame(index, t, img)
 
     def stats(self) -> dict[str, Any]:
-        return self.net.to_dict() | {"protocol": self.protocol, "stall_timeout_s": self.stall_timeout_s,
-                                     "lost_after_s": self.lost_after_s}
+        return self.net.to_dict() | {
+            "protocol": self.protocol,
+            "stall_timeout_s": self.stall_timeout_s,
+            "lost_after_s": self.lost_after_s,
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return super().to_dict() | {"stream": self.stats()}

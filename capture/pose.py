@@ -38,8 +38,14 @@ import numpy as np
 from patchlab.errors import ConfigError
 from patchlab.layout import DEFAULT_ARUCO_DICT, Layout
 from patchlab.captures import DETECTED
-from patchlab.markers import (FRAME_MARKER_RATIO, MARKERS_PER_COPY, Detection, detector_parameters, frame_geometry,
-                              get_dictionary)
+from patchlab.markers import (
+    FRAME_MARKER_RATIO,
+    MARKERS_PER_COPY,
+    Detection,
+    detector_parameters,
+    frame_geometry,
+    get_dictionary,
+)
 
 #: Patch pixels of the nominal frame used without a layout (large, so the band's
 #: rounding to whole patch pixels is negligible: the ratio is the nominal one).
@@ -103,23 +109,35 @@ class PatchTarget:
             ms = layout.markers_of(p.copy)
             if not ms:
                 continue
-            out.append(cls(copy=p.copy, marker_corners={m.id: np.asarray(m.corners_mm, np.float64) for m in ms},
-                           patch_corners=np.asarray(p.corners_mm, np.float64), metric=True))
+            out.append(
+                cls(
+                    copy=p.copy,
+                    marker_corners={m.id: np.asarray(m.corners_mm, np.float64) for m in ms},
+                    patch_corners=np.asarray(p.corners_mm, np.float64),
+                    metric=True,
+                )
+            )
         if not out:
             raise ConfigError("the layout has no patch with markers: print it with `patchlab print patch --markers`")
         return out
 
     @classmethod
-    def nominal(cls, copies: int = 1, marker_ratio: float = FRAME_MARKER_RATIO,
-                dictionary: str = DEFAULT_ARUCO_DICT) -> list["PatchTarget"]:
+    def nominal(
+        cls, copies: int = 1, marker_ratio: float = FRAME_MARKER_RATIO, dictionary: str = DEFAULT_ARUCO_DICT
+    ) -> list["PatchTarget"]:
         """Targets for the default frame geometry, when no layout is given."""
         out = []
         for c in range(copies):
             g = frame_geometry(_NOMINAL_PATCH_PX, marker_ratio=marker_ratio, copy=c, dictionary=dictionary)
             x0, y0, x1, y1 = g.inner_box
-            out.append(cls(copy=c, marker_corners=dict(zip(g.marker_ids, g.marker_corners())),
-                           patch_corners=np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64),
-                           metric=False))
+            out.append(
+                cls(
+                    copy=c,
+                    marker_corners=dict(zip(g.marker_ids, g.marker_corners())),
+                    patch_corners=np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64),
+                    metric=False,
+                )
+            )
         return out
 
 
@@ -152,24 +170,42 @@ class MarkerPose:
     def from_dict(cls, d: dict[str, Any]) -> "MarkerPose":
         """Inverse of :meth:`to_dict` (values as rounded there)."""
         c = d.get("center_px") or [float("nan"), float("nan")]
-        return cls(copy=int(d["copy"]), marker_ids=tuple(int(i) for i in d.get("marker_ids", [])),
-                   quad_px=np.asarray(d["quad_px"], np.float64), size_px=float(d["size_px"]),
-                   angle_deg=float(d["angle_deg"]), center_px=(float(c[0]), float(c[1])),
-                   **{k: (None if d.get(k) is None else float(d[k]))
-                      for k in ("distance_mm", "tilt_x_deg", "tilt_y_deg", "roll_deg", "view_angle_deg", "reproj_px")},
-                   source=str(d.get("source", DETECTED)), confidence=float(d.get("confidence", 1.0)),
-                   tracked_points=int(d.get("tracked_points", 0)))
+        return cls(
+            copy=int(d["copy"]),
+            marker_ids=tuple(int(i) for i in d.get("marker_ids", [])),
+            quad_px=np.asarray(d["quad_px"], np.float64),
+            size_px=float(d["size_px"]),
+            angle_deg=float(d["angle_deg"]),
+            center_px=(float(c[0]), float(c[1])),
+            **{
+                k: (None if d.get(k) is None else float(d[k]))
+                for k in ("distance_mm", "tilt_x_deg", "tilt_y_deg", "roll_deg", "view_angle_deg", "reproj_px")
+            },
+            source=str(d.get("source", DETECTED)),
+            confidence=float(d.get("confidence", 1.0)),
+            tracked_points=int(d.get("tracked_points", 0)),
+        )
 
     def to_dict(self) -> dict[str, Any]:
         r = lambda v, k=3: None if v is None else round(float(v), k)  # noqa: E731
-        return {"copy": self.copy, "n_markers": self.n_markers, "marker_ids": list(self.marker_ids),
-                "quad_px": [[r(x, 2), r(y, 2)] for x, y in self.quad_px.tolist()],
-                "size_px": r(self.size_px), "angle_deg": r(self.angle_deg),
-                "center_px": [r(self.center_px[0], 2), r(self.center_px[1], 2)],
-                "distance_mm": r(self.distance_mm, 2), "tilt_x_deg": r(self.tilt_x_deg, 2),
-                "tilt_y_deg": r(self.tilt_y_deg, 2), "roll_deg": r(self.roll_deg, 2),
-                "view_angle_deg": r(self.view_angle_deg, 2), "reproj_px": r(self.reproj_px),
-                "source": self.source, "confidence": r(self.confidence), "tracked_points": self.tracked_points}
+        return {
+            "copy": self.copy,
+            "n_markers": self.n_markers,
+            "marker_ids": list(self.marker_ids),
+            "quad_px": [[r(x, 2), r(y, 2)] for x, y in self.quad_px.tolist()],
+            "size_px": r(self.size_px),
+            "angle_deg": r(self.angle_deg),
+            "center_px": [r(self.center_px[0], 2), r(self.center_px[1], 2)],
+            "distance_mm": r(self.distance_mm, 2),
+            "tilt_x_deg": r(self.tilt_x_deg, 2),
+            "tilt_y_deg": r(self.tilt_y_deg, 2),
+            "roll_deg": r(self.roll_deg, 2),
+            "view_angle_deg": r(self.view_angle_deg, 2),
+            "reproj_px": r(self.reproj_px),
+            "source": self.source,
+            "confidence": r(self.confidence),
+            "tracked_points": self.tracked_points,
+        }
 
 
 #: Edge profiles per marker side and their span along the side (fractions), for
@@ -210,8 +246,9 @@ def refine_marker_edges(gray: np.ndarray, corners: np.ndarray, cells: int) -> np
     steps = np.arange(-S, S + 1) * _PROFILE_STEP  # (Q,)
     pts = base[..., None, :] + steps[None, None, None, :, None] * n[:, :, None, None, :]  # (M, 4, P, Q, 2)
     flat = pts.reshape(-1, 2).astype(np.float32)
-    prof = cv2.remap(gray, flat[:, 0].reshape(1, -1), flat[:, 1].reshape(1, -1), cv2.INTER_LINEAR,
-                     borderMode=cv2.BORDER_REPLICATE).reshape(pts.shape[:-1])  # (M, 4, P, Q)
+    prof = cv2.remap(
+        gray, flat[:, 0].reshape(1, -1), flat[:, 1].reshape(1, -1), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+    ).reshape(pts.shape[:-1])  # (M, 4, P, Q)
     hc = half_cell[:, :, None]
     # brightness half a cell inside / outside, per side (median over the profiles)
     idx_in = np.clip(np.round((-hc + S * _PROFILE_STEP) / _PROFILE_STEP).astype(int), 0, 2 * S)[..., 0]
@@ -228,7 +265,7 @@ def refine_marker_edges(gray: np.ndarray, corners: np.ndarray, cells: int) -> np
             lo, hi = idx_in[m, k], idx_out[m, k]
             offs = []
             for p in range(_EDGE_PROFILES):
-                q = prof[m, k, p, lo:hi + 1]
+                q = prof[m, k, p, lo : hi + 1]
                 above = q >= level[m, k]
                 ks = np.flatnonzero(~above[:-1] & above[1:])  # dark -> bright going outward
                 if ks.size == 0:
@@ -290,8 +327,15 @@ class MarkerDetector:
     #: CLAHE clip limit and tile side (px) of the contrast-normalised pass.
     CLAHE_CLIP, CLAHE_TILE_PX = 3.0, 64
 
-    def __init__(self, dictionary: str = DEFAULT_ARUCO_DICT, ids: Sequence[int] | None = None, *,
-                 refine_edges: bool = True, robust: bool = True, full_every: int = 3) -> None:
+    def __init__(
+        self,
+        dictionary: str = DEFAULT_ARUCO_DICT,
+        ids: Sequence[int] | None = None,
+        *,
+        refine_edges: bool = True,
+        robust: bool = True,
+        full_every: int = 3,
+    ) -> None:
         d = get_dictionary(dictionary)
         fast = detector_parameters(small=False)
         fast.minMarkerPerimeterRate = 0.015
@@ -311,16 +355,25 @@ class MarkerDetector:
         self._rejected = rejected
         if ids is None:
             return {}
-        return {int(i): np.asarray(c, np.float64).reshape(4, 2) for c, i in zip(corners, ids.ravel())
-                if self._ids is None or int(i) in self._ids}
+        return {
+            int(i): np.asarray(c, np.float64).reshape(4, 2)
+            for c, i in zip(corners, ids.ravel())
+            if self._ids is None or int(i) in self._ids
+        }
 
     def _clahe(self, gray: np.ndarray) -> np.ndarray:
         h, w = gray.shape
         tiles = max(1, int(round(max(h, w) / self.CLAHE_TILE_PX)))
         return cv2.createCLAHE(clipLimit=self.CLAHE_CLIP, tileGridSize=(tiles, tiles)).apply(gray)
 
-    def detect(self, gray: np.ndarray, *, hint: tuple[float, float, float, float, float] | None = None,
-               expected: int = MARKERS_PER_COPY, markers: dict[int, np.ndarray] | None = None) -> list[Detection]:
+    def detect(
+        self,
+        gray: np.ndarray,
+        *,
+        hint: tuple[float, float, float, float, float] | None = None,
+        expected: int = MARKERS_PER_COPY,
+        markers: dict[int, np.ndarray] | None = None,
+    ) -> list[Detection]:
         """Markers in a grey uint8 image, sorted by id.
 
         Args:
@@ -438,11 +491,14 @@ class MarkerDetector:
             scale = 1.0
         pad = 8
         roi = cv2.copyMakeBorder(roi, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        return {i: (got - pad + 0.5) / scale - 0.5 + np.array([x0, y0], np.float64)
-                for i, got in self._run(self._robust, roi).items()}
+        return {
+            i: (got - pad + 0.5) / scale - 0.5 + np.array([x0, y0], np.float64)
+            for i, got in self._run(self._robust, roi).items()
+        }
 
-    def _roi(self, gray: np.ndarray, hint: tuple[float, float, float, float, float]
-             ) -> tuple[np.ndarray, np.ndarray, float] | None:
+    def _roi(
+        self, gray: np.ndarray, hint: tuple[float, float, float, float, float]
+    ) -> tuple[np.ndarray, np.ndarray, float] | None:
         """The hinted region, padded and enlarged: ``(image, offset, scale)``."""
         h, w = gray.shape
         x0, y0, x1, y1, mk = hint
@@ -502,15 +558,21 @@ class PoseEstimator:
             2 keep it well determined when the other two are lost).
     """
 
-    def __init__(self, targets: Sequence[PatchTarget], camera: tuple[np.ndarray, np.ndarray] | None = None, *,
-                 min_markers: int = 1) -> None:
+    def __init__(
+        self,
+        targets: Sequence[PatchTarget],
+        camera: tuple[np.ndarray, np.ndarray] | None = None,
+        *,
+        min_markers: int = 1,
+    ) -> None:
         if not targets:
             raise ConfigError("no patch targets to look for")
         if not 1 <= min_markers <= MARKERS_PER_COPY:
             raise ConfigError(f"min_markers must be in 1..{MARKERS_PER_COPY}, got {min_markers}")
         self.targets = list(targets)
-        self.camera = None if camera is None else (np.asarray(camera[0], np.float64),
-                                                   np.asarray(camera[1], np.float64).ravel())
+        self.camera = (
+            None if camera is None else (np.asarray(camera[0], np.float64), np.asarray(camera[1], np.float64).ravel())
+        )
         self.min_markers = min_markers
         self._by_id = {mid: t for t in self.targets for mid in t.marker_corners}
 
@@ -547,27 +609,48 @@ class PoseEstimator:
             err, rest_rms = [], []
             for j in range(len(dets)):
                 rest = [d for i_, d in enumerate(dets) if i_ != j]
-                Hj, rj = fit_homography(np.concatenate([target.marker_corners[d.id] for d in rest]),
-                                        np.concatenate([d.corners for d in rest]))
-                pj = cv2.perspectiveTransform(target.marker_corners[dets[j].id].reshape(-1, 1, 2), Hj).reshape(4, 2) \
-                    if Hj is not None else dets[j].corners + 1e9
+                Hj, rj = fit_homography(
+                    np.concatenate([target.marker_corners[d.id] for d in rest]),
+                    np.concatenate([d.corners for d in rest]),
+                )
+                pj = (
+                    cv2.perspectiveTransform(target.marker_corners[dets[j].id].reshape(-1, 1, 2), Hj).reshape(4, 2)
+                    if Hj is not None
+                    else dets[j].corners + 1e9
+                )
                 err.append(float(np.sqrt(np.mean(np.sum((pj - dets[j].corners) ** 2, -1)))))
                 rest_rms.append(rj)
             k = int(np.argmin(rest_rms)) if len(dets) >= 4 else int(np.argmax(err))
             if err[k] <= max(_MARKER_OUTLIER_MIN_PX, _MARKER_OUTLIER_FRAC * dets[k].side_px):
                 break
-            dets = dets[:k] + dets[k + 1:]
-        return MarkerMatch(target=target, ids=tuple(d.id for d in dets), obj=obj, img=img, homography=H, rms_px=rms,
-                           marker_px=float(np.mean([d.side_px for d in dets])))
+            dets = dets[:k] + dets[k + 1 :]
+        return MarkerMatch(
+            target=target,
+            ids=tuple(d.id for d in dets),
+            obj=obj,
+            img=img,
+            homography=H,
+            rms_px=rms,
+            marker_px=float(np.mean([d.side_px for d in dets])),
+        )
 
     def estimate(self, detections: Sequence[Detection]) -> MarkerPose | None:
         """The pose of the copy with most detected markers, or None if none has enough."""
         m = self.match(detections)
         return None if m is None else self.pose(m.target, m.obj, m.img, m.ids, homography=m.homography)
 
-    def pose(self, target: PatchTarget, obj: np.ndarray, img: np.ndarray, ids: tuple[int, ...], *,
-             homography: np.ndarray | None = None, source: str = DETECTED, confidence: float = 1.0,
-             tracked_points: int = 0) -> MarkerPose | None:
+    def pose(
+        self,
+        target: PatchTarget,
+        obj: np.ndarray,
+        img: np.ndarray,
+        ids: tuple[int, ...],
+        *,
+        homography: np.ndarray | None = None,
+        source: str = DETECTED,
+        confidence: float = 1.0,
+        tracked_points: int = 0,
+    ) -> MarkerPose | None:
         """The pose from printed points ``obj`` seen at image points ``img``."""
         if self.camera is None:
             H = homography if homography is not None else fit_homography(obj, img)[0]
@@ -575,8 +658,17 @@ class PoseEstimator:
                 return None
             quad = cv2.perspectiveTransform(target.patch_corners.reshape(-1, 1, 2), H).reshape(4, 2)
             size, angle, centre = quad_metrics(quad)
-            return MarkerPose(copy=target.copy, marker_ids=ids, quad_px=quad, size_px=size, angle_deg=angle,
-                              center_px=centre, source=source, confidence=confidence, tracked_points=tracked_points)
+            return MarkerPose(
+                copy=target.copy,
+                marker_ids=ids,
+                quad_px=quad,
+                size_px=size,
+                angle_deg=angle,
+                center_px=centre,
+                source=source,
+                confidence=confidence,
+                tracked_points=tracked_points,
+            )
         pose = self._pnp(target, obj, img, ids, source, confidence)
         if pose is not None and tracked_points:
             from dataclasses import replace
@@ -584,8 +676,15 @@ class PoseEstimator:
             pose = replace(pose, tracked_points=tracked_points)
         return pose
 
-    def _pnp(self, target: PatchTarget, obj: np.ndarray, img: np.ndarray, ids: tuple[int, ...], source: str,
-             confidence: float) -> MarkerPose | None:
+    def _pnp(
+        self,
+        target: PatchTarget,
+        obj: np.ndarray,
+        img: np.ndarray,
+        ids: tuple[int, ...],
+        source: str,
+        confidence: float,
+    ) -> MarkerPose | None:
         K, dist = self.camera  # type: ignore[misc]
         obj3 = np.column_stack([obj, np.zeros(len(obj))])
         try:
@@ -606,7 +705,19 @@ class PoseEstimator:
         tx, ty, roll = euler_from_rotation(R)
         cosv = abs(float(R[:, 2] @ c)) / max(float(np.linalg.norm(c)), 1e-12)
         view = math.degrees(math.acos(min(1.0, cosv)))
-        return MarkerPose(copy=target.copy, marker_ids=ids, quad_px=quad, size_px=size, angle_deg=angle,
-                          center_px=centre, distance_mm=float(np.linalg.norm(c)) if target.metric else None,
-                          tilt_x_deg=tx, tilt_y_deg=ty, roll_deg=roll, view_angle_deg=view, reproj_px=reproj,
-                          source=source, confidence=confidence)
+        return MarkerPose(
+            copy=target.copy,
+            marker_ids=ids,
+            quad_px=quad,
+            size_px=size,
+            angle_deg=angle,
+            center_px=centre,
+            distance_mm=float(np.linalg.norm(c)) if target.metric else None,
+            tilt_x_deg=tx,
+            tilt_y_deg=ty,
+            roll_deg=roll,
+            view_angle_deg=view,
+            reproj_px=reproj,
+            source=source,
+            confidence=confidence,
+        )

@@ -81,10 +81,10 @@ SUPERSAMPLE = 2
 _SCENE_STREAM, _NOISE_STREAM = 1, 2
 
 
-
 # --------------------------------------------------------------------------------------
 # printer
 # --------------------------------------------------------------------------------------
+
 
 def _decode(x: np.ndarray) -> np.ndarray:
     x = np.asarray(x, np.float64)
@@ -142,6 +142,7 @@ class PrinterModel:
 # --------------------------------------------------------------------------------------
 # configuration and sweeps
 # --------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class SimConfig:
@@ -237,8 +238,7 @@ class Sweep:
         return math.sin(2 * math.pi * t / self.periods[key] + self.phases[key])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"periods_s": self.periods, "phases": self.phases, "anchor": list(self.anchor),
-                "tint": list(self.tint)}
+        return {"periods_s": self.periods, "phases": self.phases, "anchor": list(self.anchor), "tint": list(self.tint)}
 
 
 def default_camera(size: tuple[int, int]) -> np.ndarray:
@@ -255,6 +255,7 @@ def _rotation(tx: float, ty: float, roll: float) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # the card
 # --------------------------------------------------------------------------------------
+
 
 def cutout_layout(layout: Layout, copy: int = 0) -> tuple[Layout, tuple[float, float]]:
     """The cut-out of one patch copy as a layout of its own (origin at the cut corner).
@@ -276,11 +277,23 @@ def cutout_layout(layout: Layout, copy: int = 0) -> tuple[Layout, tuple[float, f
         x1, y1 = pts.max(0) + quiet
         cut = [float(x0), float(y0), float(x1 - x0), float(y1 - y0)]
     ox, oy, w, h = (float(v) for v in cut)
-    sub = Layout(kind="patch", page_mm=(w, h), aruco_dict=layout.aruco_dict,
-                 markers=[MarkerSpec(id=m.id, corners_mm=[(x - ox, y - oy) for x, y in m.corners_mm], copy=0)
-                          for m in markers],
-                 patches=[PatchSpec(x_mm=patch.x_mm - ox, y_mm=patch.y_mm - oy, width_mm=patch.width_mm,
-                                    height_mm=patch.height_mm, pixels=patch.pixels, copy=0, shape=patch.shape)])
+    sub = Layout(
+        kind="patch",
+        page_mm=(w, h),
+        aruco_dict=layout.aruco_dict,
+        markers=[MarkerSpec(id=m.id, corners_mm=[(x - ox, y - oy) for x, y in m.corners_mm], copy=0) for m in markers],
+        patches=[
+            PatchSpec(
+                x_mm=patch.x_mm - ox,
+                y_mm=patch.y_mm - oy,
+                width_mm=patch.width_mm,
+                height_mm=patch.height_mm,
+                pixels=patch.pixels,
+                copy=0,
+                shape=patch.shape,
+            )
+        ],
+    )
     return sub, (ox, oy)
 
 
@@ -302,13 +315,20 @@ class Card:
 
     def pixel_to_mm(self, level: int) -> np.ndarray:
         """3x3 matrix: level pixel (pixel-centre coordinates) -> page mm."""
-        s = (2 ** level) / self.px_per_mm
+        s = (2**level) / self.px_per_mm
         ox, oy = self.origin_mm
         return np.array([[s, 0, ox + 0.5 * s], [0, s, oy + 0.5 * s], [0, 0, 1]], np.float64)
 
 
-def make_card(layout: Layout, patch: np.ndarray | None, *, px_per_mm: float, printer: PrinterModel,
-              calib: Any = None, copy: int = 0) -> Card:
+def make_card(
+    layout: Layout,
+    patch: np.ndarray | None,
+    *,
+    px_per_mm: float,
+    printer: PrinterModel,
+    calib: Any = None,
+    copy: int = 0,
+) -> Card:
     """Print copy ``copy`` of ``layout`` with ``patch`` (``(h, w, 3)`` uint8 RGB, or
     None for a blank paper patch) and build its mip pyramid."""
     sub, origin = cutout_layout(layout, copy)
@@ -328,14 +348,19 @@ def make_card(layout: Layout, patch: np.ndarray | None, *, px_per_mm: float, pri
         prev = levels[-1]
         levels.append(cv2.resize(prev, (prev.shape[1] // 2, prev.shape[0] // 2), interpolation=cv2.INTER_AREA))
     p = next(q for q in layout.patches if q.copy == copy)
-    return Card(levels=levels, px_per_mm=px_per_mm, origin_mm=origin,
-                patch_corners_mm=np.asarray(p.corners_mm, np.float64),
-                marker_corners_mm={mk.id: np.asarray(mk.corners_mm, np.float64) for mk in layout.markers_of(copy)},
-                width_mm=p.width_mm)
+    return Card(
+        levels=levels,
+        px_per_mm=px_per_mm,
+        origin_mm=origin,
+        patch_corners_mm=np.asarray(p.corners_mm, np.float64),
+        marker_corners_mm={mk.id: np.asarray(mk.corners_mm, np.float64) for mk in layout.markers_of(copy)},
+        width_mm=p.width_mm,
+    )
 
 
-def _render_card(card: Card, K: np.ndarray, dist: np.ndarray | None, R: np.ndarray, t: np.ndarray,
-                 size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+def _render_card(
+    card: Card, K: np.ndarray, dist: np.ndarray | None, R: np.ndarray, t: np.ndarray, size: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray]:
     """The card seen by the camera: ``(premultiplied RGB float32 (H, W, 3), alpha (H, W))``."""
     w, h = size
     Hpage = K @ np.column_stack([R[:, 0], R[:, 1], t])  # page mm -> image px (pixel centres)
@@ -352,14 +377,23 @@ def _render_card(card: Card, K: np.ndarray, dist: np.ndarray | None, R: np.ndarr
     if dist is None or not np.any(np.asarray(dist) != 0):
         S = np.array([[s, 0, (s - 1) / 2], [0, s, (s - 1) / 2], [0, 0, 1]], np.float64)
         M = S @ Hpage @ A
-        big = cv2.warpPerspective(src, M, (w * s, h * s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                                  borderValue=(0, 0, 0, 0))
+        big = cv2.warpPerspective(
+            src, M, (w * s, h * s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0, 0)
+        )
         img = cv2.resize(big, (w, h), interpolation=cv2.INTER_AREA)
     else:
         ox, oy = card.origin_mm
         t2 = t + R @ np.array([ox, oy, 0.0])
-        img = render_plane_view(src, card.px_per_mm / 2 ** level, K, dist, Pose(cv2.Rodrigues(R)[0].ravel(), t2),
-                                (w, h), supersample=s, background=0)
+        img = render_plane_view(
+            src,
+            card.px_per_mm / 2**level,
+            K,
+            dist,
+            Pose(cv2.Rodrigues(R)[0].ravel(), t2),
+            (w, h),
+            supersample=s,
+            background=0,
+        )
     # transparent texels are (0, 0, 0, 0), so every average taken (mip reduction,
     # bilinear warp, area resize) is already alpha-premultiplied
     a = img[..., 3].astype(np.float32) / 255.0
@@ -398,7 +432,7 @@ def _cover(img_bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     nw, nh = max(w, int(math.ceil(iw * s))), max(h, int(math.ceil(ih * s)))
     big = cv2.resize(img_bgr, (nw, nh), interpolation=cv2.INTER_CUBIC if s > 1 else cv2.INTER_AREA)
     x0, y0 = (nw - w) // 2, (nh - h) // 2
-    return np.ascontiguousarray(big[y0:y0 + h, x0:x0 + w])
+    return np.ascontiguousarray(big[y0 : y0 + h, x0 : x0 + w])
 
 
 def scene_frame(img_bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -413,13 +447,14 @@ def scene_frame(img_bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     back = cv2.GaussianBlur(_cover(img_bgr, size), (0, 0), max(w, h) / 40)
     fit = cv2.resize(img_bgr, (fw, fh), interpolation=cv2.INTER_CUBIC if s > 1 else cv2.INTER_AREA)
     x0, y0 = (w - fw) // 2, (h - fh) // 2
-    back[y0:y0 + fh, x0:x0 + fw] = fit
+    back[y0 : y0 + fh, x0 : x0 + fw] = fit
     return back
 
 
 # --------------------------------------------------------------------------------------
 # the video
 # --------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class SimResult:
@@ -467,15 +502,20 @@ def add_clutter(img_bgr: np.ndarray, n: int, rng: np.random.Generator) -> np.nda
         x, y = int(rng.integers(0, max(1, w - s))), int(rng.integers(0, max(1, h - s)))
         if kind == 0:
             c = tuple(int(v) for v in rng.integers(0, 256, 3))
-            cv2.line(out, (x, y), (x + int(rng.integers(-s, s)) + s, y + int(rng.integers(-s, s))), c,
-                     int(rng.integers(1, 6)))
+            cv2.line(
+                out,
+                (x, y),
+                (x + int(rng.integers(-s, s)) + s, y + int(rng.integers(-s, s))),
+                c,
+                int(rng.integers(1, 6)),
+            )
         else:
             cells = 6 if kind == 2 else int(rng.integers(3, 8))
             bits = rng.integers(0, 2, (cells, cells)).astype(np.uint8) * 255
             if kind == 2:
                 bits[0, :] = bits[-1, :] = bits[:, 0] = bits[:, -1] = 0
             tile = cv2.resize(bits, (s, s), interpolation=cv2.INTER_NEAREST)
-            out[y:y + s, x:x + s] = tile[..., None]
+            out[y : y + s, x : x + s] = tile[..., None]
     return out
 
 
@@ -500,8 +540,16 @@ class CardMotion:
     """The card's smooth seeded path through distances, tilts, rolls and positions,
     plus optional hand shake; :meth:`project` maps printed mm to image pixels."""
 
-    def __init__(self, cfg: SimConfig, sweep: Sweep, K: np.ndarray, dist: np.ndarray | None, centre_mm: np.ndarray,
-                 d_near: float, d_far: float) -> None:
+    def __init__(
+        self,
+        cfg: SimConfig,
+        sweep: Sweep,
+        K: np.ndarray,
+        dist: np.ndarray | None,
+        centre_mm: np.ndarray,
+        d_near: float,
+        d_far: float,
+    ) -> None:
         self.cfg, self.sweep, self.K, self.dist = cfg, sweep, K, dist
         self.centre_mm, self.d_near, self.d_far = centre_mm, d_near, d_far
 
@@ -600,7 +648,7 @@ def _skew(quad: np.ndarray, vx: float, vy: float, rs: float, H: int) -> np.ndarr
 def _glare_blob(shape: tuple[int, int], centre: tuple[float, float], sigma: float) -> np.ndarray:
     h, w = shape
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    return np.exp(-((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2) / (2 * sigma ** 2)).astype(np.float32)
+    return np.exp(-((xx - centre[0]) ** 2 + (yy - centre[1]) ** 2) / (2 * sigma**2)).astype(np.float32)
 
 
 class _VideoOut:
@@ -630,9 +678,17 @@ class FrameRenderer:
     """Renders frame after frame: scene, card (motion blur, rolling shutter, glare),
     light and sensor; returns the image and its ground-truth record."""
 
-    def __init__(self, cfg: SimConfig, motion: CardMotion, light: Lighting, card: Card | None,
-                 scenes: list[np.ndarray], scene_items: list[tuple[Path, str | None]],
-                 patch_corners: np.ndarray, markers: dict[int, np.ndarray]) -> None:
+    def __init__(
+        self,
+        cfg: SimConfig,
+        motion: CardMotion,
+        light: Lighting,
+        card: Card | None,
+        scenes: list[np.ndarray],
+        scene_items: list[tuple[Path, str | None]],
+        patch_corners: np.ndarray,
+        markers: dict[int, np.ndarray],
+    ) -> None:
         self.cfg, self.motion, self.light, self.card = cfg, motion, light, card
         self.scenes, self.scene_items = scenes, scene_items
         self.patch_corners, self.markers = patch_corners, markers
@@ -658,7 +714,9 @@ class FrameRenderer:
             q = self.motion.project(P, corners)
             mk_sides.append(float(np.mean([np.linalg.norm(q[j] - q[(j + 1) % 4]) for j in range(4)])))
             inside &= bool(np.all((q[:, 0] >= 1) & (q[:, 0] <= W - 2) & (q[:, 1] >= 1) & (q[:, 1] <= H - 2)))
-        patch_inside = bool(np.all((quad[:, 0] >= 0) & (quad[:, 0] <= W - 1) & (quad[:, 1] >= 0) & (quad[:, 1] <= H - 1)))
+        patch_inside = bool(
+            np.all((quad[:, 0] >= 0) & (quad[:, 0] <= W - 1) & (quad[:, 1] >= 0) & (quad[:, 1] <= H - 1))
+        )
         visible = self.card is not None and inside and min(mk_sides) >= 8.0
         glare = 0.0
         if self.card is not None:
@@ -689,25 +747,47 @@ class FrameRenderer:
         img8 = photograph(img8, rng=frng, vignetting=cfg.vignetting, noise_sigma=sigma, blur_sigma=defocus)
         tx, ty, roll = euler_from_rotation(P.R)
         path, cls = self.scene_items[k_scene]
-        rec = {"index": i, "timestamp": round(i / cfg.fps, 6), "object_class": cls,
-               "scene": str(path), "has_patch": self.card is not None and cfg.control is None,
-               "card": self.card is not None,
-               "quad_px": [[round(float(x), 3), round(float(y), 3)] for x, y in quad],
-               "size_px": round(size_px, 4), "angle_deg": round(angle, 4),
-               "center_px": [round(centre[0], 3), round(centre[1], 3)],
-               "distance_mm": round(float(np.linalg.norm(P.centre_cam)), 3), "tilt_x_deg": round(tx, 4),
-               "tilt_y_deg": round(ty, 4), "roll_deg": round(roll, 4), "view_angle_deg": round(P.view_angle_deg(), 4),
-               "marker_side_px": [round(v_, 3) for v_ in mk_sides], "markers_in_frame": visible,
-               "patch_in_view": self.card is not None and patch_inside,
-               "exposure": round(exposure, 4), "motion_blur_px": round(math.hypot(bx, by), 3),
-               "noise_sigma": round(sigma, 3), "defocus_sigma": round(defocus, 3), "glare": round(glare, 3)}
+        rec = {
+            "index": i,
+            "timestamp": round(i / cfg.fps, 6),
+            "object_class": cls,
+            "scene": str(path),
+            "has_patch": self.card is not None and cfg.control is None,
+            "card": self.card is not None,
+            "quad_px": [[round(float(x), 3), round(float(y), 3)] for x, y in quad],
+            "size_px": round(size_px, 4),
+            "angle_deg": round(angle, 4),
+            "center_px": [round(centre[0], 3), round(centre[1], 3)],
+            "distance_mm": round(float(np.linalg.norm(P.centre_cam)), 3),
+            "tilt_x_deg": round(tx, 4),
+            "tilt_y_deg": round(ty, 4),
+            "roll_deg": round(roll, 4),
+            "view_angle_deg": round(P.view_angle_deg(), 4),
+            "marker_side_px": [round(v_, 3) for v_ in mk_sides],
+            "markers_in_frame": visible,
+            "patch_in_view": self.card is not None and patch_inside,
+            "exposure": round(exposure, 4),
+            "motion_blur_px": round(math.hypot(bx, by), 3),
+            "noise_sigma": round(sigma, 3),
+            "defocus_sigma": round(defocus, 3),
+            "glare": round(glare, 3),
+        }
         return img8, rec
 
 
-def simulate_capture(patch: np.ndarray | None, layout: Layout, scenes: str | Path, out: str | Path, *,
-                     config: SimConfig = SimConfig(), camera: tuple[np.ndarray, np.ndarray] | None = None,
-                     calib: Any = None, target_class: str | None = None, source: dict[str, Any] | None = None,
-                     progress: Callable[[int], None] | None = None) -> SimResult:
+def simulate_capture(
+    patch: np.ndarray | None,
+    layout: Layout,
+    scenes: str | Path,
+    out: str | Path,
+    *,
+    config: SimConfig = SimConfig(),
+    camera: tuple[np.ndarray, np.ndarray] | None = None,
+    calib: Any = None,
+    target_class: str | None = None,
+    source: dict[str, Any] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SimResult:
     """Film a printed patch: write ``out`` (video), its ground truth and its config.
 
     Args:
@@ -746,8 +826,11 @@ def simulate_capture(patch: np.ndarray | None, layout: Layout, scenes: str | Pat
             img = add_clutter(img, cfg.clutter, np.random.default_rng([cfg.seed, _CLUTTER_STREAM, k]))
         scene_imgs.append(img)
 
-    K, dist = (default_camera(cfg.size), None) if camera is None else (np.asarray(camera[0], np.float64),
-                                                                        np.asarray(camera[1], np.float64))
+    K, dist = (
+        (default_camera(cfg.size), None)
+        if camera is None
+        else (np.asarray(camera[0], np.float64), np.asarray(camera[1], np.float64))
+    )
     f = float(K[0, 0])
     p0 = next((q for q in layout.patches if q.copy == 0), None)
     if p0 is None:
@@ -759,13 +842,21 @@ def simulate_capture(patch: np.ndarray | None, layout: Layout, scenes: str | Pat
     ppm = max(6.0, SUPERSAMPLE * 1.6 * cfg.near_side_frac * H / width_mm)
     card = None
     if cfg.control != "none":
-        card = make_card(layout, None if cfg.control == "blank" else patch, px_per_mm=ppm, printer=cfg.printer,
-                         calib=calib)
+        card = make_card(
+            layout, None if cfg.control == "blank" else patch, px_per_mm=ppm, printer=cfg.printer, calib=calib
+        )
     centre_mm = np.asarray(p0.corners_mm, np.float64).mean(0)
     motion = CardMotion(cfg, sweep, K, dist, centre_mm, d_near, d_far)
-    renderer = FrameRenderer(cfg, motion, Lighting(cfg, sweep), card, scene_imgs, scene_items,
-                             np.asarray(p0.corners_mm, np.float64),
-                             {m.id: np.asarray(m.corners_mm, np.float64) for m in layout.markers_of(0)})
+    renderer = FrameRenderer(
+        cfg,
+        motion,
+        Lighting(cfg, sweep),
+        card,
+        scene_imgs,
+        scene_items,
+        np.asarray(p0.corners_mm, np.float64),
+        {m.id: np.asarray(m.corners_mm, np.float64) for m in layout.markers_of(0)},
+    )
     video = _VideoOut(out, codec, cfg.fps, (W, H))
     truth_lines: list[str] = []
     markers_in_frame = in_view = 0
@@ -784,28 +875,81 @@ def simulate_capture(patch: np.ndarray | None, layout: Layout, scenes: str | Pat
     video.finish()
     truth = truth_path_for(out)
     atomic_write_text(truth, "\n".join(truth_lines) + "\n")
-    scenes_rec = [{"path": str(p), "object_class": c, "frames": [k * cfg.scene_frames,
-                                                                  min((k + 1) * cfg.scene_frames, cfg.frames)]}
-                  for k, (p, c) in enumerate(scene_items)]
+    scenes_rec = [
+        {
+            "path": str(p),
+            "object_class": c,
+            "frames": [k * cfg.scene_frames, min((k + 1) * cfg.scene_frames, cfg.frames)],
+        }
+        for k, (p, c) in enumerate(scene_items)
+    ]
     cam_file = camera_path_for(out)
-    atomic_write_json(cam_file, {"camera_matrix": K.tolist(), "dist_coeffs": [0.0] * 5 if dist is None else
-                                 np.asarray(dist, np.float64).ravel().tolist(), "image_size": [W, H],
-                                 "created_by": "patchlab simulate capture (the simulated camera, exact)"})
+    atomic_write_json(
+        cam_file,
+        {
+            "camera_matrix": K.tolist(),
+            "dist_coeffs": [0.0] * 5 if dist is None else np.asarray(dist, np.float64).ravel().tolist(),
+            "image_size": [W, H],
+            "created_by": "patchlab simulate capture (the simulated camera, exact)",
+        },
+    )
     sim = sim_path_for(out)
     seconds = time.perf_counter() - t_start
-    atomic_write_json(sim, {
-        "created_by": "patchlab simulate capture", "video": str(out), "truth": str(truth), "codec": codec,
-        "config": cfg.to_dict(), "sweep": sweep.to_dict(), "camera_matrix": K.tolist(),
-        "dist_coeffs": None if dist is None else np.asarray(dist).ravel().tolist(),
-        "distance_range_mm": [d_near, d_far], "print_px_per_mm": ppm,
-        "printer": "calib" if calib is not None else asdict(cfg.printer),
-        "patch": source or {}, "target_class": target_class, "layout": layout.to_dict(), "scenes": scenes_rec,
-        "frames": cfg.frames, "markers_in_frame": markers_in_frame, "patch_in_view": in_view,
-        "seconds": round(seconds, 2), "versions": versions(SIM_VERSION_MODULES)})
-    return SimResult(video=out, truth=truth, sim=sim, camera=cam_file, frames=cfg.frames,
-                     markers_in_frame=markers_in_frame, scenes=scenes_rec, seconds=seconds, patch_in_view=in_view)
+    atomic_write_json(
+        sim,
+        {
+            "created_by": "patchlab simulate capture",
+            "video": str(out),
+            "truth": str(truth),
+            "codec": codec,
+            "config": cfg.to_dict(),
+            "sweep": sweep.to_dict(),
+            "camera_matrix": K.tolist(),
+            "dist_coeffs": None if dist is None else np.asarray(dist).ravel().tolist(),
+            "distance_range_mm": [d_near, d_far],
+            "print_px_per_mm": ppm,
+            "printer": "calib" if calib is not None else asdict(cfg.printer),
+            "patch": source or {},
+            "target_class": target_class,
+            "layout": layout.to_dict(),
+            "scenes": scenes_rec,
+            "frames": cfg.frames,
+            "markers_in_frame": markers_in_frame,
+            "patch_in_view": in_view,
+            "seconds": round(seconds, 2),
+            "versions": versions(SIM_VERSION_MODULES),
+        },
+    )
+    return SimResult(
+        video=out,
+        truth=truth,
+        sim=sim,
+        camera=cam_file,
+        frames=cfg.frames,
+        markers_in_frame=markers_in_frame,
+        scenes=scenes_rec,
+        seconds=seconds,
+        patch_in_view=in_view,
+    )
 
 
-__all__ = ["CardMotion", "CardPose", "FrameRenderer", "Lighting", "PrinterModel", "SimConfig", "SimResult", "Sweep",
-           "Card", "make_card", "cutout_layout", "add_clutter", "simulate_capture", "read_truth", "truth_path_for",
-           "sim_path_for", "camera_path_for", "default_camera"]
+__all__ = [
+    "CardMotion",
+    "CardPose",
+    "FrameRenderer",
+    "Lighting",
+    "PrinterModel",
+    "SimConfig",
+    "SimResult",
+    "Sweep",
+    "Card",
+    "make_card",
+    "cutout_layout",
+    "add_clutter",
+    "simulate_capture",
+    "read_truth",
+    "truth_path_for",
+    "sim_path_for",
+    "camera_path_for",
+    "default_camera",
+]

@@ -104,8 +104,15 @@ class FrameSource:
         self.close()
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "description": self.description, "live": self.live, "fps": self.fps,
-                "frame_count": self.frame_count, "end_reason": self.end_reason, "skipped": list(self.skipped)}
+        return {
+            "kind": self.kind,
+            "description": self.description,
+            "live": self.live,
+            "fps": self.fps,
+            "frame_count": self.frame_count,
+            "end_reason": self.end_reason,
+            "skipped": list(self.skipped),
+        }
 
 
 class VideoSource(FrameSource):
@@ -122,8 +129,16 @@ class VideoSource(FrameSource):
             (replaying a recording for a demo; frames are still never dropped).
     """
 
-    def __init__(self, cap: _Capture, description: str, *, live: bool, lost_after_s: float = LOST_AFTER_S,
-                 lost_after_reads: int = LOST_AFTER_READS, realtime: bool = False) -> None:
+    def __init__(
+        self,
+        cap: _Capture,
+        description: str,
+        *,
+        live: bool,
+        lost_after_s: float = LOST_AFTER_S,
+        lost_after_reads: int = LOST_AFTER_READS,
+        realtime: bool = False,
+    ) -> None:
         super().__init__(description)
         self.kind = "camera" if live else "video"
         self.live = live
@@ -229,8 +244,14 @@ def _camera_index(spec: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def open_source(spec: str | int, *, lost_after_s: float = LOST_AFTER_S, realtime: bool = False,
-                stall_timeout_s: float = 2.0, stream_lost_after_s: float = 20.0) -> FrameSource:
+def open_source(
+    spec: str | int,
+    *,
+    lost_after_s: float = LOST_AFTER_S,
+    realtime: bool = False,
+    stall_timeout_s: float = 2.0,
+    stream_lost_after_s: float = 20.0,
+) -> FrameSource:
     """Open ``--source``: a camera index (``0``), ``/dev/videoN``, a video file, a
     folder of images or a stream URL (``http://`` MJPEG or snapshot camera,
     ``rtsp://``; see :mod:`patchlab.capture.netsources`: stalls longer than
@@ -249,20 +270,25 @@ def open_source(spec: str | int, *, lost_after_s: float = LOST_AFTER_S, realtime
             dev = Path(text if text.startswith("/dev/") else f"/dev/video{cam}")
             if not dev.exists():
                 have = sorted(p.name for p in Path("/dev").glob("video*"))
-                raise CaptureError(f"cannot open camera {text}: no such device ({dev} does not exist; "
-                                   + (f"this machine has {', '.join(have)}" if have else "this machine has no camera")
-                                   + "); pass a video file, a folder of images or a stream URL as --source")
+                raise CaptureError(
+                    f"cannot open camera {text}: no such device ({dev} does not exist; "
+                    + (f"this machine has {', '.join(have)}" if have else "this machine has no camera")
+                    + "); pass a video file, a folder of images or a stream URL as --source"
+                )
         with quiet_opencv():  # OpenCV prints several lines while probing backends
             cap = cv2.VideoCapture(target)
         if not cap.isOpened():
             cap.release()
-            raise CaptureError(f"cannot open camera {text}: no such device, or it is busy or not permitted "
-                               "(list cameras with `v4l2-ctl --list-devices` on Linux; try another --source index)")
+            raise CaptureError(
+                f"cannot open camera {text}: no such device, or it is busy or not permitted "
+                "(list cameras with `v4l2-ctl --list-devices` on Linux; try another --source index)"
+            )
         return VideoSource(cap, f"camera {text}", live=True, lost_after_s=lost_after_s)
     if _URL.match(text):
         if text.split(":", 1)[0].lower() in ("http", "https", "rtsp", "rtsps"):
-            return StreamSource(text, stall_timeout_s=stall_timeout_s,
-                                lost_after_s=max(lost_after_s, stream_lost_after_s))
+            return StreamSource(
+                text, stall_timeout_s=stall_timeout_s, lost_after_s=max(lost_after_s, stream_lost_after_s)
+            )
         with quiet_opencv():
             cap = cv2.VideoCapture(text)
         if not cap.isOpened():
@@ -273,13 +299,18 @@ def open_source(spec: str | int, *, lost_after_s: float = LOST_AFTER_S, realtime
     if p.is_dir():
         return ImageDirSource(p)
     if not p.exists():
-        raise CaptureError(f"source not found: {p} (pass a camera index, /dev/videoN, a video file, "
-                           "a folder of images or a stream URL)")
+        raise CaptureError(
+            f"source not found: {p} (pass a camera index, /dev/videoN, a video file, "
+            "a folder of images or a stream URL)"
+        )
     cap = cv2.VideoCapture(str(p))
     if not cap.isOpened():
         cap.release()
-        hint = (" (an MP4 cut short loses its index at the end of the file and cannot be read at all)"
-                if p.suffix.lower() in (".mp4", ".mov", ".m4v") else "")
+        hint = (
+            " (an MP4 cut short loses its index at the end of the file and cannot be read at all)"
+            if p.suffix.lower() in (".mp4", ".mov", ".m4v")
+            else ""
+        )
         raise CaptureError(f"cannot open video {p}: not a video OpenCV can decode{hint}")
     return VideoSource(cap, str(p), live=False, realtime=realtime)
 
@@ -300,8 +331,14 @@ class ThreadedReader:
             is what :meth:`take` returns.
     """
 
-    def __init__(self, source: FrameSource, *, max_frames: int | None = None, queue_size: int = 32,
-                 prepare: Callable[[Frame], Any] | None = None) -> None:
+    def __init__(
+        self,
+        source: FrameSource,
+        *,
+        max_frames: int | None = None,
+        queue_size: int = 32,
+        prepare: Callable[[Frame], Any] | None = None,
+    ) -> None:
         self.source = source
         self.prepare = prepare
         self.max_frames = max_frames
@@ -326,8 +363,9 @@ class ThreadedReader:
                         self.dropped += 1
                         f = getattr(old, "frame", old)
                         if len(self.dropped_frames) < 1000 and isinstance(f, Frame):
-                            self.dropped_frames.append({"index": f.index, "timestamp": round(f.timestamp, 4),
-                                                        "reason": "scoring fell behind"})
+                            self.dropped_frames.append(
+                                {"index": f.index, "timestamp": round(f.timestamp, 4), "reason": "scoring fell behind"}
+                            )
                     except queue.Empty:
                         pass
 

@@ -125,7 +125,9 @@ class PatchTracker:
         config: see :class:`TrackerConfig`.
     """
 
-    def __init__(self, estimator: PoseEstimator, detector: MarkerDetector, config: TrackerConfig = TrackerConfig()) -> None:
+    def __init__(
+        self, estimator: PoseEstimator, detector: MarkerDetector, config: TrackerConfig = TrackerConfig()
+    ) -> None:
         self.estimator, self.detector, self.config = estimator, detector, config
         self._outlines = {t.copy: _card_outline(t) for t in estimator.targets}
         self.reset()
@@ -158,8 +160,10 @@ class PatchTracker:
             return None
         pts = _project(H, self._outlines[self._target.copy])
         (x0, y0), (x1, y1) = pts.min(0), pts.max(0)
-        sides = [np.linalg.norm(np.diff(_project(H, c)[[0, 1, 2, 3, 0]], axis=0), axis=1).mean()
-                 for c in self._target.marker_corners.values()]
+        sides = [
+            np.linalg.norm(np.diff(_project(H, c)[[0, 1, 2, 3, 0]], axis=0), axis=1).mean()
+            for c in self._target.marker_corners.values()
+        ]
         return float(x0), float(y0), float(x1), float(y1), float(np.min(sides))
 
     def _bootstrap(self, gray: np.ndarray, dets: list) -> MarkerMatch | None:
@@ -201,8 +205,9 @@ class PatchTracker:
         side = math.sqrt(max(cv2.contourArea(outline.astype(np.float32)), 1.0))
         mask = cv2.erode(mask, np.ones((3, 3), np.uint8))  # keep off the card's edge, which the background crosses
         min_dist = max(2.0, side / 14)
-        pts = cv2.goodFeaturesToTrack(gray[y0:y1, x0:x1], self.config.max_points, 0.01, min_dist, mask=mask,
-                                      blockSize=3)
+        pts = cv2.goodFeaturesToTrack(
+            gray[y0:y1, x0:x1], self.config.max_points, 0.01, min_dist, mask=mask, blockSize=3
+        )
         img = np.zeros((0, 2)) if pts is None else pts.reshape(-1, 2).astype(np.float64) + [x0, y0]
         # the marker corners always go in: the strongest corners of the card
         corners = np.concatenate(list(target.marker_corners.values()))
@@ -223,12 +228,14 @@ class PatchTracker:
         crit = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 20, 0.03)
         win = self._win()
         lk = dict(winSize=(win, win), maxLevel=self._levels(win), criteria=crit)
-        p1, st, _ = cv2.calcOpticalFlowPyrLK(self._prev_gray, gray, p0, guess.copy(), flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
-                                             **lk)
+        p1, st, _ = cv2.calcOpticalFlowPyrLK(
+            self._prev_gray, gray, p0, guess.copy(), flags=cv2.OPTFLOW_USE_INITIAL_FLOW, **lk
+        )
         if p1 is None:
             return None, 0, 0, float("inf")
-        pb, st2, _ = cv2.calcOpticalFlowPyrLK(gray, self._prev_gray, p1, p0.copy(), flags=cv2.OPTFLOW_USE_INITIAL_FLOW,
-                                              **lk)
+        pb, st2, _ = cv2.calcOpticalFlowPyrLK(
+            gray, self._prev_gray, p1, p0.copy(), flags=cv2.OPTFLOW_USE_INITIAL_FLOW, **lk
+        )
         fb = np.linalg.norm((pb - p0).reshape(-1, 2), axis=1)
         ok = (st.ravel() == 1) & (st2.ravel() == 1) & (fb < cfg.fb_max_px)
         n = int(ok.sum())
@@ -259,8 +266,16 @@ class PatchTracker:
             obj, img, H, fused = match.obj, match.img, match.homography, 0
             if len(match.ids) < 4 and cfg.enabled and H_pred is not None and self._target is match.target:
                 obj, img, H, fused = self._fuse(gray, H_pred, match)
-            pose = self.estimator.pose(match.target, obj, img, match.ids, homography=H, source=DETECTED,
-                                       confidence=self._detection_confidence(match), tracked_points=fused)
+            pose = self.estimator.pose(
+                match.target,
+                obj,
+                img,
+                match.ids,
+                homography=H,
+                source=DETECTED,
+                confidence=self._detection_confidence(match),
+                tracked_points=fused,
+            )
             if pose is not None:
                 self._anchor(gray, H, match.target)
                 return TrackStep(DETECTED, pose, pose.confidence)
@@ -271,13 +286,13 @@ class PatchTracker:
         target = self._target
         age = self._age + 1 + self._misses
         if H is not None:
-            drift2 = self._drift2 + rms ** 2
+            drift2 = self._drift2 + rms**2
             ref, ncc = self._refine(gray, H)
             if ncc < cfg.min_ncc:  # the card no longer looks like itself: stop
                 return self._miss(n, k, rms, age, give_up=True)
             if ref is not None:  # aligned to the last detection: no drift carried over
                 H, rms = ref
-                drift2 = rms ** 2
+                drift2 = rms**2
             quad = _project(H, target.patch_corners)
             side = math.sqrt(max(cv2.contourArea(quad.astype(np.float32)), 1.0))
             bound = cfg.max_drift_frac * side
@@ -285,13 +300,13 @@ class PatchTracker:
             if drift <= bound and age <= cfg.max_age:
                 conf = (k / max(n, 1)) * max(0.0, 1.0 - drift / bound)
                 corners = np.concatenate(list(target.marker_corners.values()))
-                pose = self.estimator.pose(target, corners, _project(H, corners), (), homography=H, source=TRACKED,
-                                           confidence=conf)
+                pose = self.estimator.pose(
+                    target, corners, _project(H, corners), (), homography=H, source=TRACKED, confidence=conf
+                )
                 if pose is not None:
                     self._accept(gray, H / H[2, 2])
                     self._drift2, self._age = drift2, age
-                    return TrackStep(TRACKED, pose, conf, points=n, inliers=k, residual_px=rms, drift_px=drift,
-                                     age=age)
+                    return TrackStep(TRACKED, pose, conf, points=n, inliers=k, residual_px=rms, drift_px=drift, age=age)
                 return self._miss(n, k, rms, age, give_up=True)
             return self._miss(n, k, rms, age, give_up=True)  # past the error bound: stop tracking
         return self._miss(n, k, None, age, give_up=False)
@@ -311,8 +326,9 @@ class PatchTracker:
     def _card_side(self) -> float:
         if self._H is None or self._target is None:
             return float("inf")
-        return math.sqrt(max(cv2.contourArea(_project(self._H, self._outlines[self._target.copy]).astype(np.float32)),
-                             1.0))
+        return math.sqrt(
+            max(cv2.contourArea(_project(self._H, self._outlines[self._target.copy]).astype(np.float32)), 1.0)
+        )
 
     def _refine(self, gray: np.ndarray, H: np.ndarray) -> tuple[tuple[np.ndarray, float] | None, float]:
         """Align the frame to the last detection (the keyframe) instead of the last frame.
@@ -336,8 +352,13 @@ class PatchTracker:
         if x1 - x0 < 8 or y1 - y0 < 8:
             return None, 1.0
         T = np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0], [0.0, 0.0, 1.0]])
-        warped = cv2.warpPerspective(kgray, T @ H @ np.linalg.inv(kH), (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR,
-                                     borderMode=cv2.BORDER_REPLICATE)
+        warped = cv2.warpPerspective(
+            kgray,
+            T @ H @ np.linalg.inv(kH),
+            (x1 - x0, y1 - y0),
+            flags=cv2.INTER_LINEAR,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
         cur = gray[y0:y1, x0:x1]
         # exposure and glare change between the keyframe and now: match the keyframe's
         # brightness and contrast on the card to this frame's before comparing textures
@@ -346,8 +367,9 @@ class PatchTracker:
         m1, s1 = cv2.meanStdDev(warped, mask=mask)
         m2, s2 = cv2.meanStdDev(cur, mask=mask)
         if s1[0, 0] > 1.0:
-            warped = cv2.convertScaleAbs(warped, alpha=float(s2[0, 0] / s1[0, 0]),
-                                         beta=float(m2[0, 0] - m1[0, 0] * s2[0, 0] / s1[0, 0]))
+            warped = cv2.convertScaleAbs(
+                warped, alpha=float(s2[0, 0] / s1[0, 0]), beta=float(m2[0, 0] - m1[0, 0] * s2[0, 0] / s1[0, 0])
+            )
         sel = mask.astype(bool)
         a, b = warped[sel].astype(np.float32), cur[sel].astype(np.float32)
         a, b = a - a.mean(), b - b.mean()
@@ -375,8 +397,9 @@ class PatchTracker:
         Hr, rms = fit_homography(obj[inl], img[inl])
         return (None if Hr is None else (Hr / Hr[2, 2], rms)), ncc
 
-    def _fuse(self, gray: np.ndarray, H_pred: np.ndarray, match: MarkerMatch
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    def _fuse(
+        self, gray: np.ndarray, H_pred: np.ndarray, match: MarkerMatch
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
         """Markers found, but fewer than four: add the tracked texture points that agree
         with them to the fit (each marker corner weighs :data:`MARKER_WEIGHT` points).
         The pose stays a detection (markers were seen in this frame); its
@@ -398,8 +421,9 @@ class PatchTracker:
         return obj, img, H, int(agree.sum())
 
     def _miss(self, n: int, k: int, rms: float | None, age: int, *, give_up: bool) -> TrackStep:
-        out = TrackStep(LOST, None, 0.0, points=n, inliers=k, residual_px=rms, drift_px=math.sqrt(self._drift2),
-                        age=age)
+        out = TrackStep(
+            LOST, None, 0.0, points=n, inliers=k, residual_px=rms, drift_px=math.sqrt(self._drift2), age=age
+        )
         self._misses += 1
         if give_up or self._misses > self.config.max_misses:
             self.reset()
@@ -412,8 +436,9 @@ class PatchTracker:
             # jitter does not continue; a shape change estimated on a small card is noise)
             c = self._target.centre
             v = (_project(H, c[None])[0] - _project(self._H, c[None])[0]) / (self._misses + 1)
-            self._vel = np.array([[1.0, 0.0, VELOCITY_DAMPING * v[0]], [0.0, 1.0, VELOCITY_DAMPING * v[1]],
-                                  [0.0, 0.0, 1.0]])
+            self._vel = np.array(
+                [[1.0, 0.0, VELOCITY_DAMPING * v[0]], [0.0, 1.0, VELOCITY_DAMPING * v[1]], [0.0, 0.0, 1.0]]
+            )
         self._H, self._misses, self._prev_gray = H, 0, gray
         if self.config.enabled and self._target is not None:
             self._seed(gray, H, self._target)
@@ -432,4 +457,3 @@ class PatchTracker:
         self._drift2, self._age = 0.0, 0
         self._accept(gray, H / H[2, 2])
         self._key = None if self._pts_obj is None else (gray, self._H, self._pts_obj)
-

@@ -74,23 +74,43 @@ class Comparison:
     pairs: list[dict[str, Any]] = field(default_factory=list)  # per run pair: target, n, tSuc of A and B per model
 
     def to_dict(self) -> dict[str, Any]:
-        return {"runs_a": self.runs_a, "runs_b": self.runs_b, "placement": self.placement, "seed": self.seed,
-                "models": [m.to_dict() for m in self.models],
-                "mean_transfer": self.mean_transfer.to_dict() if self.mean_transfer else None,
-                "pairs": self.pairs}
+        return {
+            "runs_a": self.runs_a,
+            "runs_b": self.runs_b,
+            "placement": self.placement,
+            "seed": self.seed,
+            "models": [m.to_dict() for m in self.models],
+            "mean_transfer": self.mean_transfer.to_dict() if self.mean_transfer else None,
+            "pairs": self.pairs,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Comparison":
         mt = d.get("mean_transfer")
-        return cls(runs_a=list(d["runs_a"]), runs_b=list(d["runs_b"]), placement=str(d["placement"]),
-                   seed=int(d["seed"]), models=[PairedDifference.from_dict(m) for m in d.get("models", [])],
-                   mean_transfer=PairedDifference.from_dict(mt) if mt else None, pairs=list(d.get("pairs", [])))
+        return cls(
+            runs_a=list(d["runs_a"]),
+            runs_b=list(d["runs_b"]),
+            placement=str(d["placement"]),
+            seed=int(d["seed"]),
+            models=[PairedDifference.from_dict(m) for m in d.get("models", [])],
+            mean_transfer=PairedDifference.from_dict(mt) if mt else None,
+            pairs=list(d.get("pairs", [])),
+        )
 
 
-def compare_runs(runs_a: Sequence[str | Path], runs_b: Sequence[str | Path], models: Sequence[WrappedModel], *,
-                 placement: str | None = None, eot: EOTConfig = PRESETS["none"], seed: int = 0,
-                 batch_size: int = 256, device: torch.device | str = "cpu", n_boot: int = N_BOOT,
-                 progress: Callable[[int], None] | None = None) -> Comparison:
+def compare_runs(
+    runs_a: Sequence[str | Path],
+    runs_b: Sequence[str | Path],
+    models: Sequence[WrappedModel],
+    *,
+    placement: str | None = None,
+    eot: EOTConfig = PRESETS["none"],
+    seed: int = 0,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    n_boot: int = N_BOOT,
+    progress: Callable[[int], None] | None = None,
+) -> Comparison:
     """Compare patches A and B (``runs_a[i]`` paired with ``runs_b[i]``) on the same images.
 
     Raises:
@@ -104,25 +124,52 @@ def compare_runs(runs_a: Sequence[str | Path], runs_b: Sequence[str | Path], mod
     per_pair: list[dict[str, Any]] = []
     placements = set()
     for j, (ra, rb) in enumerate(zip(runs_a, runs_b)):
-        rec_a, imgs_a, pl_a, oa = judge_run(ra, models, placement=placement, eot=eot, seed=seed,
-                                            batch_size=batch_size, device=device, clean_cache=clean,
-                                            data_cache=data, progress=progress)
-        rec_b, imgs_b, pl_b, ob = judge_run(rb, models, placement=placement or pl_a, eot=eot, seed=seed,
-                                            batch_size=batch_size, device=device, clean_cache=clean,
-                                            data_cache=data, progress=progress)
+        rec_a, imgs_a, pl_a, oa = judge_run(
+            ra,
+            models,
+            placement=placement,
+            eot=eot,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            clean_cache=clean,
+            data_cache=data,
+            progress=progress,
+        )
+        rec_b, imgs_b, pl_b, ob = judge_run(
+            rb,
+            models,
+            placement=placement or pl_a,
+            eot=eot,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            clean_cache=clean,
+            data_cache=data,
+            progress=progress,
+        )
         if imgs_a.paths != imgs_b.paths:
-            raise ConfigError(f"{ra} and {rb} were not judged on the same held-out images (split seeds "
-                              f"{rec_a.seed} and {rec_b.seed}, data {rec_a.data.get('root')} / "
-                              f"{rec_b.data.get('root')}): pair runs made with the same --seed on the same data")
+            raise ConfigError(
+                f"{ra} and {rb} were not judged on the same held-out images (split seeds "
+                f"{rec_a.seed} and {rec_b.seed}, data {rec_a.data.get('root')} / "
+                f"{rec_b.data.get('root')}): pair runs made with the same --seed on the same data"
+            )
         if rec_a.target_class != rec_b.target_class:
             raise ConfigError(f"{ra} aims at {rec_a.target_class!r} but {rb} at {rec_b.target_class!r}")
         keep = oa.non_target
         hits_a.append(oa.hit[:, keep].numpy())
         hits_b.append(ob.hit[:, keep].numpy())
-        per_pair.append({"run_a": str(ra), "run_b": str(rb), "target": rec_a.target_class, "n": int(keep.sum()),
-                         "sources": sorted(set(rec_a.source_names) | set(rec_b.source_names)),
-                         "tsuc_a": dict(zip(oa.models, hits_a[-1].mean(1).tolist())),
-                         "tsuc_b": dict(zip(ob.models, hits_b[-1].mean(1).tolist()))})
+        per_pair.append(
+            {
+                "run_a": str(ra),
+                "run_b": str(rb),
+                "target": rec_a.target_class,
+                "n": int(keep.sum()),
+                "sources": sorted(set(rec_a.source_names) | set(rec_b.source_names)),
+                "tsuc_a": dict(zip(oa.models, hits_a[-1].mean(1).tolist())),
+                "tsuc_b": dict(zip(ob.models, hits_b[-1].mean(1).tolist())),
+            }
+        )
         strata.append(np.full(int(keep.sum()), j))
         sources |= set(rec_a.source_names) | set(rec_b.source_names)
         placements.add(pl_a)
@@ -132,19 +179,37 @@ def compare_runs(runs_a: Sequence[str | Path], runs_b: Sequence[str | Path], mod
     rows = []
     for i, name in enumerate(names):
         a_only, b_only, p = mcnemar_exact(A[i], B[i])
-        rows.append(PairedDifference(name=name, a=float(A[i].mean()), b=float(B[i].mean()), diff=float(mean[i]),
-                                     ci95=(float(lo[i]), float(hi[i])), n=int(A.shape[1]), a_only=a_only,
-                                     b_only=b_only, p_mcnemar=p, is_source=name in sources))
+        rows.append(
+            PairedDifference(
+                name=name,
+                a=float(A[i].mean()),
+                b=float(B[i].mean()),
+                diff=float(mean[i]),
+                ci95=(float(lo[i]), float(hi[i])),
+                n=int(A.shape[1]),
+                a_only=a_only,
+                b_only=b_only,
+                p_mcnemar=p,
+                is_source=name in sources,
+            )
+        )
     others = [i for i, n in enumerate(names) if n not in sources]
     mt = None
     if others:
         ta, tb = A[others].mean(0), B[others].mean(0)  # per image: share of the other models fooled
         d, ci = paired_bootstrap(ta - tb, S, n_boot=n_boot, seed=seed)
-        mt = PairedDifference(name="mean transfer", a=float(ta.mean()), b=float(tb.mean()), diff=d, ci95=ci,
-                              n=int(A.shape[1]))
-    return Comparison(runs_a=[str(r) for r in runs_a], runs_b=[str(r) for r in runs_b],
-                      placement="/".join(sorted(placements)), seed=seed, models=rows, mean_transfer=mt,
-                      pairs=per_pair)
+        mt = PairedDifference(
+            name="mean transfer", a=float(ta.mean()), b=float(tb.mean()), diff=d, ci95=ci, n=int(A.shape[1])
+        )
+    return Comparison(
+        runs_a=[str(r) for r in runs_a],
+        runs_b=[str(r) for r in runs_b],
+        placement="/".join(sorted(placements)),
+        seed=seed,
+        models=rows,
+        mean_transfer=mt,
+        pairs=per_pair,
+    )
 
 
 __all__ = ["Comparison", "N_BOOT", "PairedDifference", "compare_runs"]

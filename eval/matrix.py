@@ -63,13 +63,23 @@ class MatrixResult:
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"models": self.models, "placement": self.placement, "eot": self.eot, "seed": self.seed,
-                "runs": [r.to_dict() for r in self.rows]}
+        return {
+            "models": self.models,
+            "placement": self.placement,
+            "eot": self.eot,
+            "seed": self.seed,
+            "runs": [r.to_dict() for r in self.rows],
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MatrixResult":
-        return cls(models=list(d["models"]), rows=[MatrixRow.from_dict(r) for r in d.get("runs", [])],
-                   placement=d.get("placement"), eot=dict(d.get("eot", {})), seed=int(d.get("seed", 0)))
+        return cls(
+            models=list(d["models"]),
+            rows=[MatrixRow.from_dict(r) for r in d.get("runs", [])],
+            placement=d.get("placement"),
+            eot=dict(d.get("eot", {})),
+            seed=int(d.get("seed", 0)),
+        )
 
     @classmethod
     def read(cls, path: str | Path) -> "MatrixResult":
@@ -78,7 +88,9 @@ class MatrixResult:
         p = p / "matrix.json" if p.is_dir() else p
         d = read_json_object(p, "transfer matrix", missing="make one with `patchlab eval matrix`")
         if "runs" not in d or "models" not in d:
-            raise ConfigError(f"{p} is not a transfer matrix (no 'runs'/'models'): make one with `patchlab eval matrix`")
+            raise ConfigError(
+                f"{p} is not a transfer matrix (no 'runs'/'models'): make one with `patchlab eval matrix`"
+            )
         return cls.from_dict(d)
 
     def to_markdown(self) -> str:
@@ -94,8 +106,10 @@ class MatrixResult:
                 cells.append("" if v is None else f"{v:.1%}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
-        lines.append("tSuc on held-out non-target images; * = source model (white-box); mean/min/max over the "
-                     "other models (transfer).")
+        lines.append(
+            "tSuc on held-out non-target images; * = source model (white-box); mean/min/max over the "
+            "other models (transfer)."
+        )
         return "\n".join(lines) + "\n"
 
     def heatmap(self, path: str | Path) -> Path:
@@ -107,16 +121,22 @@ class MatrixResult:
         from matplotlib.patches import Rectangle
 
         a = np.array([[r.tsuc.get(m, np.nan) for m in self.models] for r in self.rows], dtype=float)
-        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(self.models), 1.0 + 0.38 * max(1, len(self.rows))),
-                               dpi=120)
+        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(self.models), 1.0 + 0.38 * max(1, len(self.rows))), dpi=120)
         im = ax.imshow(a * 100, vmin=0, vmax=100, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(self.models)), [_short(m) for m in self.models], rotation=35, ha="right")
         ax.set_yticks(range(len(self.rows)), [r.label for r in self.rows])
         for i, r in enumerate(self.rows):
             for j, m in enumerate(self.models):
                 if np.isfinite(a[i, j]):
-                    ax.text(j, i, f"{a[i, j] * 100:.0f}", ha="center", va="center", fontsize=7,
-                            color="white" if a[i, j] < 0.6 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{a[i, j] * 100:.0f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if a[i, j] < 0.6 else "black",
+                    )
                 if m in r.sources:
                     ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, lw=1.5, ec="red"))
         fig.colorbar(im, ax=ax, label="tSuc (%)")
@@ -132,9 +152,11 @@ class MatrixResult:
         """Write ``matrix.json``, ``matrix.md`` and ``matrix.png`` into ``out_dir``."""
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        return {"json": atomic_write_json(out / "matrix.json", self.to_dict()),
-                "markdown": atomic_write_text(out / "matrix.md", self.to_markdown()),
-                "heatmap": self.heatmap(out / "matrix.png")}
+        return {
+            "json": atomic_write_json(out / "matrix.json", self.to_dict()),
+            "markdown": atomic_write_text(out / "matrix.md", self.to_markdown()),
+            "heatmap": self.heatmap(out / "matrix.png"),
+        }
 
 
 _DEFAULTS = {f.name: f.default for f in fields(OptimizeConfig)}
@@ -155,8 +177,12 @@ def row_label(record: RunRecord | dict[str, Any]) -> str:
     if cfg.get("eot_name", "none") != "none":
         label += f" eot={Path(str(cfg['eot_name'])).stem}"
     # the other knobs a study varies, only where they differ from the defaults
-    knobs = [("projections", "proj", cfg.get("loss") == "sw"), ("target_images", "timg", cfg.get("loss") != "ce"),
-             ("tv", "tv", True), ("nps", "nps", True)]
+    knobs = [
+        ("projections", "proj", cfg.get("loss") == "sw"),
+        ("target_images", "timg", cfg.get("loss") != "ce"),
+        ("tv", "tv", True),
+        ("nps", "nps", True),
+    ]
     for key, short, applies in knobs:
         if applies and key in cfg and cfg[key] != _DEFAULTS[key]:
             label += f" {short}={cfg[key]}"
@@ -168,21 +194,36 @@ def matrix_row(run_dir: str | Path, result: TransferResult, record: RunRecord) -
     sources = record.source_names
     others = [m.tsuc for m in result.models if not m.is_source]
     wb = [m.tsuc for m in result.models if m.is_source]
-    return MatrixRow(run_id=result.run_id, run_dir=str(run_dir), label=row_label(record),
-                     loss=str(record.config.get("loss")), sources=sources, target_class=result.target_class,
-                     frac=record.frac,
-                     tsuc={n: m.tsuc for n, m in by.items()}, ci95={n: list(m.ci95) for n, m in by.items()},
-                     white_box=float(np.mean(wb)) if wb else None,
-                     mean_transfer=float(np.mean(others)) if others else None,
-                     min_transfer=float(np.min(others)) if others else None,
-                     max_transfer=float(np.max(others)) if others else None)
+    return MatrixRow(
+        run_id=result.run_id,
+        run_dir=str(run_dir),
+        label=row_label(record),
+        loss=str(record.config.get("loss")),
+        sources=sources,
+        target_class=result.target_class,
+        frac=record.frac,
+        tsuc={n: m.tsuc for n, m in by.items()},
+        ci95={n: list(m.ci95) for n, m in by.items()},
+        white_box=float(np.mean(wb)) if wb else None,
+        mean_transfer=float(np.mean(others)) if others else None,
+        min_transfer=float(np.min(others)) if others else None,
+        max_transfer=float(np.max(others)) if others else None,
+    )
 
 
-def transfer_matrix(run_dirs: Sequence[str | Path], models: Sequence[WrappedModel], *,
-                    placement: str | None = None, eot: EOTConfig = PRESETS["none"], eot_name: str = "none",
-                    seed: int = 0, batch_size: int = 256, device: torch.device | str = "cpu",
-                    on_run: Callable[[int, str], None] | None = None,
-                    progress: Callable[[int], None] | None = None) -> MatrixResult:
+def transfer_matrix(
+    run_dirs: Sequence[str | Path],
+    models: Sequence[WrappedModel],
+    *,
+    placement: str | None = None,
+    eot: EOTConfig = PRESETS["none"],
+    eot_name: str = "none",
+    seed: int = 0,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    on_run: Callable[[int, str], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> MatrixResult:
     """Judge every run's patch on every model (held-out images of each run, shared clean predictions)."""
     clean: CleanCache = {}
     data: dict[str, ImageSet] = {}
@@ -191,9 +232,24 @@ def transfer_matrix(run_dirs: Sequence[str | Path], models: Sequence[WrappedMode
         if on_run is not None:
             on_run(i, str(rd))
         rec = load_run(rd)
-        res = evaluate_run(rd, models, placement=placement, eot=eot, eot_name=eot_name, seed=seed,
-                           batch_size=batch_size, device=device, clean_cache=clean, data_cache=data,
-                           progress=progress)
+        res = evaluate_run(
+            rd,
+            models,
+            placement=placement,
+            eot=eot,
+            eot_name=eot_name,
+            seed=seed,
+            batch_size=batch_size,
+            device=device,
+            clean_cache=clean,
+            data_cache=data,
+            progress=progress,
+        )
         rows.append(matrix_row(rd, res, rec))
-    return MatrixResult(models=[m.name for m in models], rows=rows, placement=placement,
-                        eot={"name": eot_name, **eot.to_dict()}, seed=seed)
+    return MatrixResult(
+        models=[m.name for m in models],
+        rows=rows,
+        placement=placement,
+        eot={"name": eot_name, **eot.to_dict()},
+        seed=seed,
+    )

@@ -39,6 +39,7 @@ from patchlab.captures import DETECTED, LOST, POSE_SOURCES, TRACKED, is_scored, 
 from patchlab.errors import ConfigError
 from patchlab.stats import Rate, wilson_interval
 
+
 #: The conditions a capture can be binned by: quantity -> (label, unit, how to read it, what it needs).
 def _pose_value(key: str) -> Callable[[dict[str, Any]], float | None]:
     def get(frame: dict[str, Any]) -> float | None:
@@ -55,8 +56,12 @@ def _abs_roll(frame: dict[str, Any]) -> float | None:
 
 
 BIN_QUANTITIES: dict[str, tuple[str, str, Callable[[dict[str, Any]], float | None], str]] = {
-    "distance": ("distance", "mm", _pose_value("distance_mm"),
-                 "needs the layout and a camera file at capture time (--layout, --camera)"),
+    "distance": (
+        "distance",
+        "mm",
+        _pose_value("distance_mm"),
+        "needs the layout and a camera file at capture time (--layout, --camera)",
+    ),
     "angle": ("viewing angle", "deg", _pose_value("view_angle_deg"), "needs a camera file at capture time (--camera)"),
     "size": ("apparent size", "px", _pose_value("size_px"), "needs the patch's markers in view"),
     "roll": ("in-plane angle |roll|", "deg", _abs_roll, "needs the patch's markers in view"),
@@ -75,8 +80,10 @@ def newcombe_interval(s1: int, n1: int, s2: int, n2: int) -> tuple[float, float]
     l1, u1 = wilson_interval(s1, n1)
     l2, u2 = wilson_interval(s2, n2)
     d = p1 - p2
-    return (max(-1.0, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)),
-            min(1.0, d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)))
+    return (
+        max(-1.0, d - math.sqrt((p1 - l1) ** 2 + (u2 - p2) ** 2)),
+        min(1.0, d + math.sqrt((u1 - p1) ** 2 + (p2 - l2) ** 2)),
+    )
 
 
 def _rate_dict(s: int, n: int) -> dict[str, Any]:
@@ -119,8 +126,21 @@ class ModelRate:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelRate":
-        return cls(**{k: d.get(k) for k in ("model", "tsuc", "mean_p_target", "accuracy", "untargeted_error",
-                                            "tsuc_scored", "tsuc_with_pose", "tsuc_detected")})
+        return cls(
+            **{
+                k: d.get(k)
+                for k in (
+                    "model",
+                    "tsuc",
+                    "mean_p_target",
+                    "accuracy",
+                    "untargeted_error",
+                    "tsuc_scored",
+                    "tsuc_with_pose",
+                    "tsuc_detected",
+                )
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -140,8 +160,15 @@ class BinRow:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BinRow":
-        return cls(label=d["label"], lo=d.get("lo"), hi=d.get("hi"), centre=d.get("centre"), n=int(d["n"]),
-                   rates=dict(d["rates"]), sources=dict(d.get("sources") or {}))
+        return cls(
+            label=d["label"],
+            lo=d.get("lo"),
+            hi=d.get("hi"),
+            centre=d.get("centre"),
+            n=int(d["n"]),
+            rates=dict(d["rates"]),
+            sources=dict(d.get("sources") or {}),
+        )
 
 
 @dataclass(frozen=True)
@@ -162,9 +189,15 @@ class BinTable:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "BinTable":
-        return cls(quantity=d["quantity"], label=d["label"], unit=d["unit"], measured=bool(d["measured"]),
-                   note=d.get("note", ""), rows=[BinRow.from_dict(r) for r in d.get("rows", [])],
-                   unbinned=None if d.get("unbinned") is None else BinRow.from_dict(d["unbinned"]))
+        return cls(
+            quantity=d["quantity"],
+            label=d["label"],
+            unit=d["unit"],
+            measured=bool(d["measured"]),
+            note=d.get("note", ""),
+            rows=[BinRow.from_dict(r) for r in d.get("rows", [])],
+            unbinned=None if d.get("unbinned") is None else BinRow.from_dict(d["unbinned"]),
+        )
 
 
 @dataclass(frozen=True)
@@ -186,9 +219,15 @@ class ControlRow:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ControlRow":
-        return cls(model=d["model"], patched=d["patched"], control=d["control"], difference=float(d["difference"]),
-                   ci95=(float(d["ci95"][0]), float(d["ci95"][1])), patched_accuracy=d.get("patched_accuracy"),
-                   control_accuracy=d.get("control_accuracy"))
+        return cls(
+            model=d["model"],
+            patched=d["patched"],
+            control=d["control"],
+            difference=float(d["difference"]),
+            ci95=(float(d["ci95"][0]), float(d["ci95"][1])),
+            patched_accuracy=d.get("patched_accuracy"),
+            control_accuracy=d.get("control_accuracy"),
+        )
 
 
 @dataclass(frozen=True)
@@ -231,13 +270,23 @@ class PoseRateTable:
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"quantity": self.quantity, "unit": self.unit, "rows": [r.to_dict() for r in self.rows],
-                "unplaced": self.unplaced, "note": self.note}
+        return {
+            "quantity": self.quantity,
+            "unit": self.unit,
+            "rows": [r.to_dict() for r in self.rows],
+            "unplaced": self.unplaced,
+            "note": self.note,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PoseRateTable":
-        return cls(quantity=d["quantity"], unit=d["unit"], rows=[PoseRateRow.from_dict(r) for r in d["rows"]],
-                   unplaced=int(d["unplaced"]), note=d.get("note", ""))
+        return cls(
+            quantity=d["quantity"],
+            unit=d["unit"],
+            rows=[PoseRateRow.from_dict(r) for r in d["rows"]],
+            unplaced=int(d["unplaced"]),
+            note=d.get("note", ""),
+        )
 
 
 @dataclass(frozen=True)
@@ -266,41 +315,77 @@ class PhysicalResult:
         return [m.model for m in self.models]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"capture_dir": self.capture_dir, "target_class": self.target_class,
-                "models": [m.to_dict() for m in self.models], "frames": self.frames, "counted": self.counted,
-                "frames_with_pose": self.frames_with_pose, "truth": self.truth,
-                "bins": {k: v.to_dict() for k, v in self.bins.items()},
-                "control": None if self.control is None else [c.to_dict() for c in self.control],
-                "control_dir": self.control_dir,
-                "control_bins": None if self.control_bins is None else {k: v.to_dict()
-                                                                         for k, v in self.control_bins.items()},
-                "capture": {k: self.capture.get(k) for k in ("status", "end_reason", "source", "config", "command",
-                                                             "versions", "fps", "started", "finished", "layout",
-                                                             "camera", "stream", "pose_sources")},
-                "pose_sources": dict(self.pose_sources), "frames_scored": self.frames_scored, "on_lost": self.on_lost,
-                "pose_rates": {k: v.to_dict() for k, v in self.pose_rates.items()}}
+        return {
+            "capture_dir": self.capture_dir,
+            "target_class": self.target_class,
+            "models": [m.to_dict() for m in self.models],
+            "frames": self.frames,
+            "counted": self.counted,
+            "frames_with_pose": self.frames_with_pose,
+            "truth": self.truth,
+            "bins": {k: v.to_dict() for k, v in self.bins.items()},
+            "control": None if self.control is None else [c.to_dict() for c in self.control],
+            "control_dir": self.control_dir,
+            "control_bins": None
+            if self.control_bins is None
+            else {k: v.to_dict() for k, v in self.control_bins.items()},
+            "capture": {
+                k: self.capture.get(k)
+                for k in (
+                    "status",
+                    "end_reason",
+                    "source",
+                    "config",
+                    "command",
+                    "versions",
+                    "fps",
+                    "started",
+                    "finished",
+                    "layout",
+                    "camera",
+                    "stream",
+                    "pose_sources",
+                )
+            },
+            "pose_sources": dict(self.pose_sources),
+            "frames_scored": self.frames_scored,
+            "on_lost": self.on_lost,
+            "pose_rates": {k: v.to_dict() for k, v in self.pose_rates.items()},
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PhysicalResult":
         """Read back what :meth:`to_dict` wrote (``eval physical --json``)."""
         bins = lambda bd: None if bd is None else {k: BinTable.from_dict(v) for k, v in bd.items()}  # noqa: E731
         try:
-            return cls(capture_dir=d["capture_dir"], target_class=d["target_class"],
-                       models=[ModelRate.from_dict(m) for m in d["models"]], frames=int(d["frames"]),
-                       counted=int(d["counted"]), frames_with_pose=int(d["frames_with_pose"]), truth=bool(d["truth"]),
-                       bins=bins(d["bins"]) or {},
-                       control=None if d.get("control") is None else [ControlRow.from_dict(c) for c in d["control"]],
-                       control_dir=d.get("control_dir"), control_bins=bins(d.get("control_bins")),
-                       capture=dict(d.get("capture") or {}), pose_sources=dict(d.get("pose_sources") or {}),
-                       frames_scored=d.get("frames_scored"), on_lost=d.get("on_lost"),
-                       pose_rates={k: PoseRateTable.from_dict(v) for k, v in (d.get("pose_rates") or {}).items()})
+            return cls(
+                capture_dir=d["capture_dir"],
+                target_class=d["target_class"],
+                models=[ModelRate.from_dict(m) for m in d["models"]],
+                frames=int(d["frames"]),
+                counted=int(d["counted"]),
+                frames_with_pose=int(d["frames_with_pose"]),
+                truth=bool(d["truth"]),
+                bins=bins(d["bins"]) or {},
+                control=None if d.get("control") is None else [ControlRow.from_dict(c) for c in d["control"]],
+                control_dir=d.get("control_dir"),
+                control_bins=bins(d.get("control_bins")),
+                capture=dict(d.get("capture") or {}),
+                pose_sources=dict(d.get("pose_sources") or {}),
+                frames_scored=d.get("frames_scored"),
+                on_lost=d.get("on_lost"),
+                pose_rates={k: PoseRateTable.from_dict(v) for k, v in (d.get("pose_rates") or {}).items()},
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"not a patchlab physical result: {exc!r}") from exc
 
 
 def _same(a: Any, b: Any) -> bool:
-    return a is not None and b is not None and str(a).strip().lower().replace("_", " ") == \
-        str(b).strip().lower().replace("_", " ")
+    return (
+        a is not None
+        and b is not None
+        and str(a).strip().lower().replace("_", " ") == str(b).strip().lower().replace("_", " ")
+    )
 
 
 def _counts(frames: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -320,8 +405,9 @@ def _fmt(v: float, unit: str) -> str:
     return f"{v:.{digits}f}"
 
 
-def bin_frames(frames: Sequence[dict[str, Any]], names: Sequence[str], quantity: str,
-               n_bins: int = DEFAULT_N_BINS) -> BinTable:
+def bin_frames(
+    frames: Sequence[dict[str, Any]], names: Sequence[str], quantity: str, n_bins: int = DEFAULT_N_BINS
+) -> BinTable:
     """tSuc per model in ``n_bins`` equal-count bins of ``quantity`` (see :data:`BIN_QUANTITIES`)."""
     if quantity not in BIN_QUANTITIES:
         raise ConfigError(f"unknown bin {quantity!r}; choose from {', '.join(BIN_QUANTITIES)}")
@@ -333,11 +419,24 @@ def bin_frames(frames: Sequence[dict[str, Any]], names: Sequence[str], quantity:
     missing = [f for v, f in zip(vals, frames) if v is None or not math.isfinite(v)]
     unbinned = None
     if missing and quantity != "lighting":
-        unbinned = BinRow(label=NO_POSE, lo=None, hi=None, centre=None, n=len(missing), rates=_counts(missing, names),
-                          sources=_sources(missing))
+        unbinned = BinRow(
+            label=NO_POSE,
+            lo=None,
+            hi=None,
+            centre=None,
+            n=len(missing),
+            rates=_counts(missing, names),
+            sources=_sources(missing),
+        )
     if not have:
-        return BinTable(quantity=quantity, label=label, unit=unit, measured=False,
-                        note=f"not measured: {needs}" if needs else "not measured", unbinned=unbinned)
+        return BinTable(
+            quantity=quantity,
+            label=label,
+            unit=unit,
+            measured=False,
+            note=f"not measured: {needs}" if needs else "not measured",
+            unbinned=unbinned,
+        )
     v = np.array([x for x, _ in have])
     edges = _edges(v, n_bins)
     if len(edges) == 1:
@@ -350,9 +449,17 @@ def bin_frames(frames: Sequence[dict[str, Any]], names: Sequence[str], quantity:
             continue
         lo, hi = float(edges[b]), float(edges[b + 1])
         close = "]" if b == len(edges) - 2 else ")"
-        rows.append(BinRow(label=f"[{_fmt(lo, unit)}, {_fmt(hi, unit)}{close}", lo=lo, hi=hi,
-                           centre=float(np.median(v[idx == b])), n=len(sel), rates=_counts(sel, names),
-                           sources=_sources(sel)))
+        rows.append(
+            BinRow(
+                label=f"[{_fmt(lo, unit)}, {_fmt(hi, unit)}{close}",
+                lo=lo,
+                hi=hi,
+                centre=float(np.median(v[idx == b])),
+                n=len(sel),
+                rates=_counts(sel, names),
+                sources=_sources(sel),
+            )
+        )
     return BinTable(quantity=quantity, label=label, unit=unit, measured=True, note="", rows=rows, unbinned=unbinned)
 
 
@@ -373,26 +480,41 @@ def _evaluate(capture_dir: str | Path, bins: Sequence[str], n_bins: int):
         if truth:
             known = [f for f in frames if (f.get("truth") or {}).get("object_class") is not None and is_scored(f)]
             if known:
-                acc = _rate_dict(sum(_same(f["models"][n]["top5"][0][0], f["truth"]["object_class"]) for f in known),
-                                 len(known))
+                acc = _rate_dict(
+                    sum(_same(f["models"][n]["top5"][0][0], f["truth"]["object_class"]) for f in known), len(known)
+                )
                 other = [f for f in known if not _same(f["truth"]["object_class"], target)]
-                unt = _rate_dict(sum(not _same(f["models"][n]["top5"][0][0], f["truth"]["object_class"])
-                                     for f in other), len(other))
+                unt = _rate_dict(
+                    sum(not _same(f["models"][n]["top5"][0][0], f["truth"]["object_class"]) for f in other), len(other)
+                )
         c_scored = [f for f in counted if is_scored(f)]
         c_pose = [f for f in counted if pose_source(f) != LOST]
         c_det = [f for f in counted if pose_source(f) == DETECTED]
-        models.append(ModelRate(model=n, tsuc=_rate_dict(sum(_hit(f, n) for f in counted), len(counted)),
-                                mean_p_target=float(np.mean([f["models"][n]["p_target"] for f in c_scored]))
-                                if c_scored else float("nan"), accuracy=acc, untargeted_error=unt,
-                                tsuc_scored=_rate_dict(sum(_hit(f, n) for f in c_scored), len(c_scored)),
-                                tsuc_with_pose=_rate_dict(sum(_hit(f, n) for f in c_pose), len(c_pose)),
-                                tsuc_detected=_rate_dict(sum(_hit(f, n) for f in c_det), len(c_det))))
+        models.append(
+            ModelRate(
+                model=n,
+                tsuc=_rate_dict(sum(_hit(f, n) for f in counted), len(counted)),
+                mean_p_target=float(np.mean([f["models"][n]["p_target"] for f in c_scored]))
+                if c_scored
+                else float("nan"),
+                accuracy=acc,
+                untargeted_error=unt,
+                tsuc_scored=_rate_dict(sum(_hit(f, n) for f in c_scored), len(c_scored)),
+                tsuc_with_pose=_rate_dict(sum(_hit(f, n) for f in c_pose), len(c_pose)),
+                tsuc_detected=_rate_dict(sum(_hit(f, n) for f in c_det), len(c_det)),
+            )
+        )
     tables = {q: bin_frames(counted, names, q, n_bins) for q in bins}
     return summ, frames, counted, names, target, truth, models, tables
 
 
-def evaluate_capture(capture_dir: str | Path, *, control: str | Path | None = None,
-                     bins: Sequence[str] = DEFAULT_BINS, n_bins: int = DEFAULT_N_BINS) -> PhysicalResult:
+def evaluate_capture(
+    capture_dir: str | Path,
+    *,
+    control: str | Path | None = None,
+    bins: Sequence[str] = DEFAULT_BINS,
+    n_bins: int = DEFAULT_N_BINS,
+) -> PhysicalResult:
     """Measure a capture folder (and compare with a control capture).
 
     Raises:
@@ -410,8 +532,9 @@ def evaluate_capture(capture_dir: str | Path, *, control: str | Path | None = No
             raise ConfigError(f"the control capture's target is {ctarget!r}, the patched one's {target!r}")
         missing = [n for n in names if n not in cnames]
         if missing:
-            raise ConfigError(f"the control capture was not scored with {', '.join(missing)}: capture it with the "
-                              "same --models")
+            raise ConfigError(
+                f"the control capture was not scored with {', '.join(missing)}: capture it with the same --models"
+            )
         # bin the control on the patched capture's edges, so the two curves share their bins
         ctrl_tables = {}
         for q, t in tables.items():
@@ -426,18 +549,36 @@ def evaluate_capture(capture_dir: str | Path, *, control: str | Path | None = No
             s1, n1 = m.tsuc["successes"], m.tsuc["n"]
             s2, n2 = c.tsuc["successes"], c.tsuc["n"]
             d = (s1 / n1 if n1 else float("nan")) - (s2 / n2 if n2 else float("nan"))
-            ctrl_rows.append(ControlRow(model=m.model, patched=m.tsuc, control=c.tsuc, difference=d,
-                                        ci95=newcombe_interval(s1, n1, s2, n2), patched_accuracy=m.accuracy,
-                                        control_accuracy=c.accuracy))
+            ctrl_rows.append(
+                ControlRow(
+                    model=m.model,
+                    patched=m.tsuc,
+                    control=c.tsuc,
+                    difference=d,
+                    ci95=newcombe_interval(s1, n1, s2, n2),
+                    patched_accuracy=m.accuracy,
+                    control_accuracy=c.accuracy,
+                )
+            )
     cfg = summ.get("config") or {}
-    return PhysicalResult(capture_dir=str(capture_dir), target_class=str(target), models=models, frames=len(frames),
-                          counted=len(counted), frames_with_pose=sum(pose_source(f) != LOST for f in frames),
-                          truth=truth, bins=tables, control=ctrl_rows,
-                          control_dir=None if control is None else str(control), control_bins=ctrl_tables,
-                          capture=summ, pose_sources=_sources(frames),
-                          frames_scored=sum(is_scored(f) for f in frames),
-                          on_lost=cfg.get("on_lost") if cfg.get("crop") == "roi" else None,
-                          pose_rates={q: pose_rate_by(frames, q) for q in ("distance", "size")})
+    return PhysicalResult(
+        capture_dir=str(capture_dir),
+        target_class=str(target),
+        models=models,
+        frames=len(frames),
+        counted=len(counted),
+        frames_with_pose=sum(pose_source(f) != LOST for f in frames),
+        truth=truth,
+        bins=tables,
+        control=ctrl_rows,
+        control_dir=None if control is None else str(control),
+        control_bins=ctrl_tables,
+        capture=summ,
+        pose_sources=_sources(frames),
+        frames_scored=sum(is_scored(f) for f in frames),
+        on_lost=cfg.get("on_lost") if cfg.get("crop") == "roi" else None,
+        pose_rates={q: pose_rate_by(frames, q) for q in ("distance", "size")},
+    )
 
 
 def _rebin(frames: Sequence[dict[str, Any]], names: Sequence[str], quantity: str, like: BinTable) -> BinTable:
@@ -457,19 +598,45 @@ def _rebin(frames: Sequence[dict[str, Any]], names: Sequence[str], quantity: str
         values[k].append(v)
     for r, g, vs in zip(like.rows, groups, values):
         if g:
-            rows.append(BinRow(label=r.label, lo=r.lo, hi=r.hi, centre=float(np.median(vs)), n=len(g),
-                               rates=_counts(g, names), sources=_sources(g)))
-    unbinned = BinRow(label=NO_POSE, lo=None, hi=None, centre=None, n=len(missing),
-                      rates=_counts(missing, names), sources=_sources(missing)) if missing and quantity != "lighting" \
+            rows.append(
+                BinRow(
+                    label=r.label,
+                    lo=r.lo,
+                    hi=r.hi,
+                    centre=float(np.median(vs)),
+                    n=len(g),
+                    rates=_counts(g, names),
+                    sources=_sources(g),
+                )
+            )
+    unbinned = (
+        BinRow(
+            label=NO_POSE,
+            lo=None,
+            hi=None,
+            centre=None,
+            n=len(missing),
+            rates=_counts(missing, names),
+            sources=_sources(missing),
+        )
+        if missing and quantity != "lighting"
         else None
+    )
     if not rows:
-        return BinTable(quantity=quantity, label=label, unit=unit, measured=False,
-                        note=f"not measured in the control: {needs}" if needs else "not measured", unbinned=unbinned)
+        return BinTable(
+            quantity=quantity,
+            label=label,
+            unit=unit,
+            measured=False,
+            note=f"not measured in the control: {needs}" if needs else "not measured",
+            unbinned=unbinned,
+        )
     return BinTable(quantity=quantity, label=label, unit=unit, measured=True, note="", rows=rows, unbinned=unbinned)
 
 
-def pose_rate_by(frames: Sequence[dict[str, Any]], quantity: str = "distance",
-                 n_bins: int = DEFAULT_N_BINS) -> PoseRateTable:
+def pose_rate_by(
+    frames: Sequence[dict[str, Any]], quantity: str = "distance", n_bins: int = DEFAULT_N_BINS
+) -> PoseRateTable:
     """Detected / tracked / lost frames by bin of ``distance`` (mm) or ``size`` (px).
 
     A lost frame has no distance of its own: it is placed at the value interpolated
@@ -484,8 +651,13 @@ def pose_rate_by(frames: Sequence[dict[str, Any]], quantity: str = "distance",
     order = sorted(frames, key=lambda f: int(f["index"]))
     known = [(int(f["index"]), get(f)) for f in order if pose_source(f) != LOST and get(f) is not None]
     if not known:
-        return PoseRateTable(quantity=quantity, unit=unit, rows=[], unplaced=sum(pose_source(f) == LOST for f in order),
-                             note=f"not measured: {needs}")
+        return PoseRateTable(
+            quantity=quantity,
+            unit=unit,
+            rows=[],
+            unplaced=sum(pose_source(f) == LOST for f in order),
+            note=f"not measured: {needs}",
+        )
     ki = np.array([k for k, _ in known], np.float64)
     kv = np.array([v for _, v in known], np.float64)
     placed: list[tuple[float, str]] = []
@@ -513,11 +685,24 @@ def pose_rate_by(frames: Sequence[dict[str, Any]], quantity: str = "distance",
         if not srcs:
             continue
         lo, hi = float(edges[b]), float(edges[b + 1])
-        rows.append(PoseRateRow(label=f"[{_fmt(lo, unit)}, {_fmt(hi, unit)}{']' if b == len(edges) - 2 else ')'}",
-                                lo=lo, hi=hi, n=len(srcs), detected=srcs.count(DETECTED),
-                                tracked=srcs.count(TRACKED), lost=srcs.count(LOST)))
-    return PoseRateTable(quantity=quantity, unit=unit, rows=rows, unplaced=unplaced,
-                         note="lost frames placed between the poses before and after them")
+        rows.append(
+            PoseRateRow(
+                label=f"[{_fmt(lo, unit)}, {_fmt(hi, unit)}{']' if b == len(edges) - 2 else ')'}",
+                lo=lo,
+                hi=hi,
+                n=len(srcs),
+                detected=srcs.count(DETECTED),
+                tracked=srcs.count(TRACKED),
+                lost=srcs.count(LOST),
+            )
+        )
+    return PoseRateTable(
+        quantity=quantity,
+        unit=unit,
+        rows=rows,
+        unplaced=unplaced,
+        note="lost frames placed between the poses before and after them",
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -576,20 +761,36 @@ class PoseAccuracy:
         return (self.detected + self.tracked) / self.in_view if self.in_view else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"in_view": self.in_view, "detected": self.detected, "tracked": self.tracked, "lost": self.lost,
-                "pose_rate": self.pose_rate, "size_err": self.size_err, "angle_err": self.angle_err,
-                "size_err_by_source": self.size_err_by_source, "bins": [b.to_dict() for b in self.bins]}
+        return {
+            "in_view": self.in_view,
+            "detected": self.detected,
+            "tracked": self.tracked,
+            "lost": self.lost,
+            "pose_rate": self.pose_rate,
+            "size_err": self.size_err,
+            "angle_err": self.angle_err,
+            "size_err_by_source": self.size_err_by_source,
+            "bins": [b.to_dict() for b in self.bins],
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PoseAccuracy":
         bins = [PoseBin(**{k: v for k, v in b.items() if k != "pose_rate"}) for b in d.get("bins", [])]
-        return cls(in_view=int(d["in_view"]), detected=int(d["detected"]), tracked=int(d["tracked"]),
-                   lost=int(d["lost"]), size_err=dict(d["size_err"]), angle_err=dict(d["angle_err"]),
-                   size_err_by_source=dict(d.get("size_err_by_source", {})), bins=bins)
+        return cls(
+            in_view=int(d["in_view"]),
+            detected=int(d["detected"]),
+            tracked=int(d["tracked"]),
+            lost=int(d["lost"]),
+            size_err=dict(d["size_err"]),
+            angle_err=dict(d["angle_err"]),
+            size_err_by_source=dict(d.get("size_err_by_source", {})),
+            bins=bins,
+        )
 
 
-def pose_accuracy(frames: Sequence[dict[str, Any]], truth: Sequence[dict[str, Any]], *,
-                  edges: Sequence[float] = SIZE_EDGES_PX) -> PoseAccuracy:
+def pose_accuracy(
+    frames: Sequence[dict[str, Any]], truth: Sequence[dict[str, Any]], *, edges: Sequence[float] = SIZE_EDGES_PX
+) -> PoseAccuracy:
     """Pose rate (detected / tracked / lost) and error on the frames where the patch is in view.
 
     Args:
@@ -600,8 +801,9 @@ def pose_accuracy(frames: Sequence[dict[str, Any]], truth: Sequence[dict[str, An
         edges: apparent patch side bin edges (px).
     """
     by_index = {int(t["index"]): t for t in truth}
-    per_bin: list[dict[str, Any]] = [{"n": 0, DETECTED: 0, TRACKED: 0, LOST: 0, "s": [], "a": []}
-                                     for _ in range(len(edges) - 1)]
+    per_bin: list[dict[str, Any]] = [
+        {"n": 0, DETECTED: 0, TRACKED: 0, LOST: 0, "s": [], "a": []} for _ in range(len(edges) - 1)
+    ]
     tot = {DETECTED: 0, TRACKED: 0, LOST: 0}
     s_all: list[float] = []
     a_all: list[float] = []
@@ -631,9 +833,27 @@ def pose_accuracy(frames: Sequence[dict[str, Any]], truth: Sequence[dict[str, An
             continue
         lo, hi = float(edges[k]), float(edges[k + 1])
         label = f"{lo:.0f}+ px" if math.isinf(hi) else f"[{lo:.0f}, {hi:.0f}) px"
-        bins.append(PoseBin(label=label, lo=lo, hi=hi, in_view=b["n"], detected=b[DETECTED], tracked=b[TRACKED],
-                            lost=b[LOST], size_err_p95=_pct(b["s"], 95), angle_err_p95=_pct(b["a"], 95)))
+        bins.append(
+            PoseBin(
+                label=label,
+                lo=lo,
+                hi=hi,
+                in_view=b["n"],
+                detected=b[DETECTED],
+                tracked=b[TRACKED],
+                lost=b[LOST],
+                size_err_p95=_pct(b["s"], 95),
+                angle_err_p95=_pct(b["a"], 95),
+            )
+        )
     stats = lambda v: {"p50": _pct(v, 50), "p95": _pct(v, 95), "max": max(v) if v else None}  # noqa: E731
-    return PoseAccuracy(in_view=sum(tot.values()), detected=tot[DETECTED], tracked=tot[TRACKED], lost=tot[LOST],
-                        size_err=stats(s_all), angle_err=stats(a_all),
-                        size_err_by_source={k: _pct(v, 95) for k, v in s_src.items()}, bins=bins)
+    return PoseAccuracy(
+        in_view=sum(tot.values()),
+        detected=tot[DETECTED],
+        tracked=tot[TRACKED],
+        lost=tot[LOST],
+        size_err=stats(s_all),
+        angle_err=stats(a_all),
+        size_err_by_source={k: _pct(v, 95) for k, v in s_src.items()},
+        bins=bins,
+    )

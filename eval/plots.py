@@ -15,8 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 #: Colours per model, in order (matplotlib's tab10, colour-blind friendlier than the default cycle order).
-PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf")
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
 DPI = 110
 
 
@@ -32,8 +31,13 @@ class Plot:
     caption: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "title": self.title, "n_points": self.n_points, "n_series": self.n_series,
-                "caption": self.caption}
+        return {
+            "name": self.name,
+            "title": self.title,
+            "n_points": self.n_points,
+            "n_series": self.n_series,
+            "caption": self.caption,
+        }
 
 
 def _mpl():
@@ -109,8 +113,14 @@ def loss_curves(history: Sequence[dict[str, Any]], *, title: str = "optimisation
     return Plot("loss", title, _png(fig), n_pts, n_series, "loss terms (left axis) and running tSuc (right axis)")
 
 
-def rate_bars(rows: Sequence[tuple[str, float, tuple[float, float]]], *, title: str, ylabel: str = "tSuc",
-              highlight: Sequence[bool] | None = None, name: str = "bars") -> Plot | None:
+def rate_bars(
+    rows: Sequence[tuple[str, float, tuple[float, float]]],
+    *,
+    title: str,
+    ylabel: str = "tSuc",
+    highlight: Sequence[bool] | None = None,
+    name: str = "bars",
+) -> Plot | None:
     """A bar per ``(label, rate, (lo, hi))`` with its 95 % interval."""
     rows = [r for r in rows if r[1] is not None and math.isfinite(r[1])]
     if not rows:
@@ -155,8 +165,15 @@ def matrix_heatmap(matrix: dict[str, Any], *, title: str = "transfer matrix (tSu
     for i in range(len(runs)):
         for j in range(len(models)):
             if np.isfinite(M[i, j]):
-                ax.text(j, i, f"{M[i, j]:.0%}", ha="center", va="center", fontsize=8,
-                        color="white" if M[i, j] < 0.6 else "black")
+                ax.text(
+                    j,
+                    i,
+                    f"{M[i, j]:.0%}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if M[i, j] < 0.6 else "black",
+                )
             else:
                 ax.text(j, i, "n/m", ha="center", va="center", fontsize=7, color="grey")
     ax.set_xticks(range(len(models)))
@@ -170,7 +187,9 @@ def matrix_heatmap(matrix: dict[str, Any], *, title: str = "transfer matrix (tSu
                 ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, ec="red", lw=1.5))
     fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02, label="tSuc")
     ax.set_title(title)
-    return Plot("matrix", title, _png(fig), n, len(runs), "red frame: the model the patch was optimised on; n/m: not measured")
+    return Plot(
+        "matrix", title, _png(fig), n, len(runs), "red frame: the model the patch was optimised on; n/m: not measured"
+    )
 
 
 def bin_curve(table: Any, *, control: Any = None, title: str | None = None) -> Plot | None:
@@ -207,8 +226,9 @@ def bin_curve(table: Any, *, control: Any = None, title: str | None = None) -> P
             cx = [r.centre for r in control.rows if r.rates.get(n, {}).get("n")]
             cy = [r.rates[n]["rate"] for r in control.rows if r.rates.get(n, {}).get("n")]
             if cx:
-                ax.plot(cx, cy, ls="--", marker="x", color=PALETTE[k % len(PALETTE)], alpha=0.7,
-                        label=f"{sn} (control)")
+                ax.plot(
+                    cx, cy, ls="--", marker="x", color=PALETTE[k % len(PALETTE)], alpha=0.7, label=f"{sn} (control)"
+                )
                 n_pts += len(cx)
                 n_series += 1
     if n_pts == 0:
@@ -223,8 +243,14 @@ def bin_curve(table: Any, *, control: Any = None, title: str | None = None) -> P
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     ttl = title or f"tSuc by {table.label}"
     ax.set_title(ttl)
-    return Plot(f"bins-{table.quantity}", ttl, _png(fig), n_pts, n_series,
-                "points: bin median; whiskers: Wilson 95 % interval; thin lines: bin edges (equal-count bins)")
+    return Plot(
+        f"bins-{table.quantity}",
+        ttl,
+        _png(fig),
+        n_pts,
+        n_series,
+        "points: bin median; whiskers: Wilson 95 % interval; thin lines: bin edges (equal-count bins)",
+    )
 
 
 def image_png(rgb: np.ndarray, *, scale: int = 1) -> bytes:

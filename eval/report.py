@@ -43,6 +43,7 @@ REPORT_VERSION_MODULES = ("matplotlib", "reportlab", "numpy")
 # the document model
 # --------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Text:
     text: str
@@ -104,17 +105,28 @@ class Report:
         return [b.plot for s in self.sections for b in s.blocks if isinstance(b, Figure)]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"title": self.title, "subtitle": self.subtitle, "headline": self.headline, "generated": self.generated,
-                "sections": [{"key": s.key, "title": s.title,
-                              "figures": [b.plot.to_dict() for b in s.blocks if isinstance(b, Figure)],
-                              "missing": [b.text for b in s.blocks if isinstance(b, Text) and b.kind == "missing"],
-                              "warnings": [b.text for b in s.blocks if isinstance(b, Text) and b.kind == "warning"]}
-                             for s in self.sections]}
+        return {
+            "title": self.title,
+            "subtitle": self.subtitle,
+            "headline": self.headline,
+            "generated": self.generated,
+            "sections": [
+                {
+                    "key": s.key,
+                    "title": s.title,
+                    "figures": [b.plot.to_dict() for b in s.blocks if isinstance(b, Figure)],
+                    "missing": [b.text for b in s.blocks if isinstance(b, Text) and b.kind == "missing"],
+                    "warnings": [b.text for b in s.blocks if isinstance(b, Text) and b.kind == "warning"],
+                }
+                for s in self.sections
+            ],
+        }
 
 
 # --------------------------------------------------------------------------------------
 # gathering
 # --------------------------------------------------------------------------------------
+
 
 def _pct(d: dict | None, ci: bool = True) -> str:
     if not d or not d.get("n"):
@@ -156,8 +168,12 @@ def _patch_section(run_dir: Path, run: dict[str, Any]) -> tuple[Section, dict[st
         patch = read_patch(run_dir)
         rgb = np.clip(np.round(patch.transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
         scale = max(1, 256 // max(rgb.shape[:2]))
-        blocks.append(Gallery([(P.image_png(rgb, scale=scale), f"{rgb.shape[1]}x{rgb.shape[0]} px, shown {scale}x")],
-                              caption=f"source: {run_dir / PATCH_PNG}"))
+        blocks.append(
+            Gallery(
+                [(P.image_png(rgb, scale=scale), f"{rgb.shape[1]}x{rgb.shape[0]} px, shown {scale}x")],
+                caption=f"source: {run_dir / PATCH_PNG}",
+            )
+        )
         info["pixels"] = f"{rgb.shape[1]}x{rgb.shape[0]}"
     except ConfigError as exc:
         blocks.append(Text(f"Patch image not found: {exc}", "missing"))
@@ -166,13 +182,20 @@ def _patch_section(run_dir: Path, run: dict[str, Any]) -> tuple[Section, dict[st
     patch_desc = f"{info.get('pixels', '?')} px, {p.get('shape', 'square')}"
     if p.get("frac") is not None:
         patch_desc += f", {float(p['frac']):.0%} of the image"
-    items = [("target class", str(run.get("target_class", "not recorded"))), ("run", str(run.get("run_id", run_dir.name))),
-             ("status", str(run.get("status", "not recorded"))), ("seed", str(run.get("seed", "not recorded"))),
-             ("loss", str(cfg.get("loss", "not recorded"))), ("steps", str(cfg.get("steps", "not recorded"))),
-             ("patch", patch_desc),
-             ("placement", str(cfg.get("placement", "not recorded"))),
-             ("source models", ", ".join(str(s.get("name", s.get("ref", "?"))) for s in run.get("sources") or [])
-              or "not recorded")]
+    items = [
+        ("target class", str(run.get("target_class", "not recorded"))),
+        ("run", str(run.get("run_id", run_dir.name))),
+        ("status", str(run.get("status", "not recorded"))),
+        ("seed", str(run.get("seed", "not recorded"))),
+        ("loss", str(cfg.get("loss", "not recorded"))),
+        ("steps", str(cfg.get("steps", "not recorded"))),
+        ("patch", patch_desc),
+        ("placement", str(cfg.get("placement", "not recorded"))),
+        (
+            "source models",
+            ", ".join(str(s.get("name", s.get("ref", "?"))) for s in run.get("sources") or []) or "not recorded",
+        ),
+    ]
     blocks.insert(0, KeyValues(items))
     return Section("patch", "The patch", blocks), info
 
@@ -202,44 +225,85 @@ def _compare_section(runs: Sequence[Path]) -> Section:
         label = f"{cfg.get('loss', '?')} ({run.get('run_id', rd.name)})"
         images.append((P.image_png(rgb, scale=scale), f"{label}: white-box {wb}, transfer {tr}"))
         rows.append([label, str(run.get("target_class", "?")), str(cfg.get("layers", "-")), wb, tr])
-    return Section("compare", "Patches side by side", [
-        Gallery(images, caption="each run's patch.png; tSuc from its transfer.json"),
-        TableBlock(["patch", "target", "layers", "white-box tSuc", "mean transfer tSuc"], rows,
-                   caption="white-box: mean over the source models; transfer: mean over the other judged models")])
+    return Section(
+        "compare",
+        "Patches side by side",
+        [
+            Gallery(images, caption="each run's patch.png; tSuc from its transfer.json"),
+            TableBlock(
+                ["patch", "target", "layers", "white-box tSuc", "mean transfer tSuc"],
+                rows,
+                caption="white-box: mean over the source models; transfer: mean over the other judged models",
+            ),
+        ],
+    )
 
 
 def _loss_section(run_dir: Path, run: dict[str, Any]) -> Section:
     hist = run.get("history") or []
     plot = P.loss_curves(hist, title=f"optimisation of {run.get('run_id', run_dir.name)}")
     if plot is None:
-        return Section("loss", "Optimisation", [Text("Loss curves: not measured (run.json has no history).",
-                                                     "missing")])
+        return Section(
+            "loss", "Optimisation", [Text("Loss curves: not measured (run.json has no history).", "missing")]
+        )
     last = hist[-1]
     terms = ", ".join(f"{k} {float(v):.3g}" for k, v in (last.get("terms") or {}).items())
-    return Section("loss", "Optimisation", [
-        Figure(plot, f"{run_dir / 'run.json'} history; command: {_cmd(run.get('command'))}"),
-        Text(f"{len(hist)} logged steps; last step {last.get('step')}: loss {float(last.get('loss', float('nan'))):.4g}"
-             + (f" ({terms})" if terms else "")
-             + (f", running white-box tSuc {float(last['tsuc']):.0%}" if last.get("tsuc") is not None else "") + ".")])
+    return Section(
+        "loss",
+        "Optimisation",
+        [
+            Figure(plot, f"{run_dir / 'run.json'} history; command: {_cmd(run.get('command'))}"),
+            Text(
+                f"{len(hist)} logged steps; last step {last.get('step')}: loss {float(last.get('loss', float('nan'))):.4g}"
+                + (f" ({terms})" if terms else "")
+                + (f", running white-box tSuc {float(last['tsuc']):.0%}" if last.get("tsuc") is not None else "")
+                + "."
+            ),
+        ],
+    )
 
 
 def _transfer_section(run_dir: Path, transfer: dict[str, Any] | None) -> Section:
     if not transfer or not transfer.get("models"):
-        return Section("transfer", "Digital transfer", [Text(
-            f"Digital transfer: not measured (no {TRANSFER_JSON} in {run_dir}; "
-            f"run `patchlab eval transfer {run_dir} --models MODEL...`).", "missing")])
+        return Section(
+            "transfer",
+            "Digital transfer",
+            [
+                Text(
+                    f"Digital transfer: not measured (no {TRANSFER_JSON} in {run_dir}; "
+                    f"run `patchlab eval transfer {run_dir} --models MODEL...`).",
+                    "missing",
+                )
+            ],
+        )
     ms = transfer["models"]
-    rows = [[m["name"] + (" (source)" if m.get("is_source") else ""), _rate_ci(m.get("tsuc"), m.get("ci95")),
-             "-" if m.get("clean_accuracy") is None else f"{float(m['clean_accuracy']):.1%}",
-             "-" if m.get("untargeted_error") is None else f"{float(m['untargeted_error']):.1%}", str(m.get("n", "-"))]
-            for m in ms]
-    blocks: list[Block] = [TableBlock(["model", "tSuc [95% CI]", "clean accuracy", "untargeted error", "n"], rows,
-                                      caption=f"placement {transfer.get('placement', '?')}; source: "
-                                              f"{run_dir / TRANSFER_JSON}")]
-    plot = P.rate_bars([(m["name"], m.get("tsuc"), tuple(m.get("ci95") or (m.get("tsuc"), m.get("tsuc"))))
-                        for m in ms if m.get("tsuc") is not None], title="digital tSuc per model",
-                       highlight=[bool(m.get("is_source")) for m in ms if m.get("tsuc") is not None],
-                       name="transfer")
+    rows = [
+        [
+            m["name"] + (" (source)" if m.get("is_source") else ""),
+            _rate_ci(m.get("tsuc"), m.get("ci95")),
+            "-" if m.get("clean_accuracy") is None else f"{float(m['clean_accuracy']):.1%}",
+            "-" if m.get("untargeted_error") is None else f"{float(m['untargeted_error']):.1%}",
+            str(m.get("n", "-")),
+        ]
+        for m in ms
+    ]
+    blocks: list[Block] = [
+        TableBlock(
+            ["model", "tSuc [95% CI]", "clean accuracy", "untargeted error", "n"],
+            rows,
+            caption=f"placement {transfer.get('placement', '?')}; source: {run_dir / TRANSFER_JSON}",
+        )
+    ]
+    plot = P.rate_bars(
+        [
+            (m["name"], m.get("tsuc"), tuple(m.get("ci95") or (m.get("tsuc"), m.get("tsuc"))))
+            for m in ms
+            if m.get("tsuc") is not None
+        ],
+        title="digital tSuc per model",
+        highlight=[bool(m.get("is_source")) for m in ms if m.get("tsuc") is not None],
+        name="transfer",
+    )
     if plot is not None:
         blocks.insert(0, Figure(plot, f"{run_dir / TRANSFER_JSON} (red: source model)"))
     return Section("transfer", "Digital transfer", blocks)
@@ -247,25 +311,48 @@ def _transfer_section(run_dir: Path, transfer: dict[str, Any] | None) -> Section
 
 def _matrix_section(matrix_path: Path | None) -> Section:
     if matrix_path is None:
-        return Section("matrix", "Transfer matrix", [Text(
-            "Transfer matrix: not measured (pass --matrix matrix.json from `patchlab eval matrix RUN_DIR... "
-            "--models ... --out DIR`).", "missing")])
+        return Section(
+            "matrix",
+            "Transfer matrix",
+            [
+                Text(
+                    "Transfer matrix: not measured (pass --matrix matrix.json from `patchlab eval matrix RUN_DIR... "
+                    "--models ... --out DIR`).",
+                    "missing",
+                )
+            ],
+        )
     m = _read_json(Path(matrix_path))
     if m is None:
         raise ConfigError(f"matrix file not found: {matrix_path}")
     check_matrix_record(m, matrix_path)
     plot = P.matrix_heatmap(m)
     if plot is None:
-        return Section("matrix", "Transfer matrix", [Text(f"Transfer matrix: {matrix_path} holds no measured cell.",
-                                                          "missing")])
-    rows = [[str(r.get("label") or r.get("run_id")), str(r.get("loss", "-")),
-             "-" if r.get("mean_transfer") is None else f"{float(r['mean_transfer']):.1%}",
-             "-" if r.get("min_transfer") is None else f"{float(r['min_transfer']):.1%}",
-             "-" if r.get("max_transfer") is None else f"{float(r['max_transfer']):.1%}"] for r in m.get("runs", [])]
-    return Section("matrix", "Transfer matrix", [
-        Figure(plot, f"{matrix_path}"),
-        TableBlock(["run", "loss", "mean transfer", "min", "max"], rows, caption="transfer = tSuc on models the patch "
-                                                                               "was not optimised on")])
+        return Section(
+            "matrix", "Transfer matrix", [Text(f"Transfer matrix: {matrix_path} holds no measured cell.", "missing")]
+        )
+    rows = [
+        [
+            str(r.get("label") or r.get("run_id")),
+            str(r.get("loss", "-")),
+            "-" if r.get("mean_transfer") is None else f"{float(r['mean_transfer']):.1%}",
+            "-" if r.get("min_transfer") is None else f"{float(r['min_transfer']):.1%}",
+            "-" if r.get("max_transfer") is None else f"{float(r['max_transfer']):.1%}",
+        ]
+        for r in m.get("runs", [])
+    ]
+    return Section(
+        "matrix",
+        "Transfer matrix",
+        [
+            Figure(plot, f"{matrix_path}"),
+            TableBlock(
+                ["run", "loss", "mean transfer", "min", "max"],
+                rows,
+                caption="transfer = tSuc on models the patch was not optimised on",
+            ),
+        ],
+    )
 
 
 def check_matrix_record(m: dict[str, Any], path: str | Path) -> None:
@@ -274,12 +361,19 @@ def check_matrix_record(m: dict[str, Any], path: str | Path) -> None:
     runs, models = m.get("runs"), m.get("models")
     if isinstance(runs, list) and isinstance(models, list) and all(isinstance(r, dict) for r in runs):
         return
-    looks = ("a run record (run.json)" if "run_id" in m or "history" in m
-             else "a capture summary (summary.json)" if "capture_dir" in m or "end_reason" in m
-             else "a transfer record (transfer.json)" if "is_source" in json.dumps(models)[:100000]
-             else "another kind of file")
-    raise ConfigError(f"--matrix {path} is not a matrix.json from `patchlab eval matrix` (it looks like {looks}; "
-                      "it has no 'runs' and 'models' lists)")
+    looks = (
+        "a run record (run.json)"
+        if "run_id" in m or "history" in m
+        else "a capture summary (summary.json)"
+        if "capture_dir" in m or "end_reason" in m
+        else "a transfer record (transfer.json)"
+        if "is_source" in json.dumps(models)[:100000]
+        else "another kind of file"
+    )
+    raise ConfigError(
+        f"--matrix {path} is not a matrix.json from `patchlab eval matrix` (it looks like {looks}; "
+        "it has no 'runs' and 'models' lists)"
+    )
 
 
 def _defense_text(d: Any) -> str:
@@ -297,8 +391,12 @@ def _samples(capture_dir: Path, frames_by_index: dict[int, dict[str, Any]], name
     for f in dict.fromkeys(pick):
         idx = int(f.stem.split("_")[1])
         rec = frames_by_index.get(idx, {})
-        tops = ", ".join(f"{_short(n, names)}: {rec['models'][n]['top5'][0][0]}" for n in names
-                         if n in (rec.get("models") or {})) or "not scored"
+        tops = (
+            ", ".join(
+                f"{_short(n, names)}: {rec['models'][n]['top5'][0][0]}" for n in names if n in (rec.get("models") or {})
+            )
+            or "not scored"
+        )
         pose = rec.get("pose")
         where = f"patch {pose['size_px']:.0f} px, {rec.get('pose_source', 'detected')}" if pose else "patch lost"
         out.append((f.read_bytes(), f"frame {idx} ({where}) - {tops}"))
@@ -312,46 +410,96 @@ def _capture_section(k: int, capture_dir: Path, control: Path | None, n_bins: in
 
     res = evaluate_capture(capture_dir, control=control, bins=DEFAULT_BINS + ("roll",), n_bins=n_bins)
     summ = res.capture
-    partial = _partial_notes([(summ, capture_dir, "capture")]
-                             + ([] if control is None else [(_read_json(control / "summary.json") or {}, control,
-                                                             "control capture")]))
+    partial = _partial_notes(
+        [(summ, capture_dir, "capture")]
+        + ([] if control is None else [(_read_json(control / "summary.json") or {}, control, "control capture")])
+    )
     names = res.model_names
     cfg = summ.get("config") or {}
     src = summ.get("source") or {}
-    blocks: list[Block] = [KeyValues([
-        ("source", f"{src.get('description', '?')} ({src.get('kind', '?')})"),
-        ("frames", f"{res.frames} scored, {res.counted} counted for tSuc"
-                   + (" (frames of the target class left out)" if res.truth else "")
-                   + f", {res.frames_with_pose} with the patch's pose"),
-        ("ended", f"{summ.get('end_reason', '?')} ({summ.get('status', '?')})"),
-        ("loop rate", f"{float(summ.get('fps') or 0):.1f} frames/s"),
-        ("crop / defence", f"{cfg.get('crop', '?')} / {_defense_text(cfg.get('defense'))}"),
-        ("layout / camera", f"{summ.get('layout') or 'none (nominal marker frame)'} / "
-                            f"{summ.get('camera') or 'none (no distance or angle)'}")])]
+    blocks: list[Block] = [
+        KeyValues(
+            [
+                ("source", f"{src.get('description', '?')} ({src.get('kind', '?')})"),
+                (
+                    "frames",
+                    f"{res.frames} scored, {res.counted} counted for tSuc"
+                    + (" (frames of the target class left out)" if res.truth else "")
+                    + f", {res.frames_with_pose} with the patch's pose",
+                ),
+                ("ended", f"{summ.get('end_reason', '?')} ({summ.get('status', '?')})"),
+                ("loop rate", f"{float(summ.get('fps') or 0):.1f} frames/s"),
+                ("crop / defence", f"{cfg.get('crop', '?')} / {_defense_text(cfg.get('defense'))}"),
+                (
+                    "layout / camera",
+                    f"{summ.get('layout') or 'none (nominal marker frame)'} / "
+                    f"{summ.get('camera') or 'none (no distance or angle)'}",
+                ),
+            ]
+        )
+    ]
     rows = []
     for m in res.models:
-        rows.append([m.model, _pct(m.tsuc), str(m.tsuc["n"]), f"{m.mean_p_target:.3f}",
-                     _pct(m.accuracy) if res.truth else "no ground truth",
-                     _pct(m.untargeted_error) if res.truth else "no ground truth"])
-    blocks.append(TableBlock(["model", "tSuc [95% CI]", "n", "mean p(target)", "clean accuracy", "untargeted error"],
-                             rows, caption=f"physical/hybrid tSuc = top-1 is '{res.target_class}'; Wilson 95 % intervals"))
+        rows.append(
+            [
+                m.model,
+                _pct(m.tsuc),
+                str(m.tsuc["n"]),
+                f"{m.mean_p_target:.3f}",
+                _pct(m.accuracy) if res.truth else "no ground truth",
+                _pct(m.untargeted_error) if res.truth else "no ground truth",
+            ]
+        )
+    blocks.append(
+        TableBlock(
+            ["model", "tSuc [95% CI]", "n", "mean p(target)", "clean accuracy", "untargeted error"],
+            rows,
+            caption=f"physical/hybrid tSuc = top-1 is '{res.target_class}'; Wilson 95 % intervals",
+        )
+    )
     blocks[:0] = [Text(f"Partial result: {n}", "warning") for n in partial]
-    plot = P.rate_bars([(m.model, m.tsuc["rate"], tuple(m.tsuc["ci95"])) for m in res.models if m.tsuc["n"]],
-                       title=f"capture {capture_dir.name}: tSuc per model", name=f"capture{k}-tsuc")
+    plot = P.rate_bars(
+        [(m.model, m.tsuc["rate"], tuple(m.tsuc["ci95"])) for m in res.models if m.tsuc["n"]],
+        title=f"capture {capture_dir.name}: tSuc per model",
+        name=f"capture{k}-tsuc",
+    )
     if plot is not None:
         blocks.append(Figure(plot, f"{capture_dir / 'frames.jsonl'}; command: {_cmd(summ.get('command'))}"))
     if res.control is not None:
-        crow = [[r.model, _pct(r.patched), _pct(r.control),
-                 f"{r.difference:+.1%} [{r.ci95[0]:+.0%}, {r.ci95[1]:+.0%}]",
-                 _pct(r.patched_accuracy) if r.patched_accuracy else "-",
-                 _pct(r.control_accuracy) if r.control_accuracy else "-"] for r in res.control]
-        blocks.append(TableBlock(["model", "patched tSuc", "control rate", "difference [95% CI]", "patched accuracy",
-                                  "control accuracy"], crow,
-                                 caption=f"control: {control} (same scene, no patch); difference interval: Newcombe"))
+        crow = [
+            [
+                r.model,
+                _pct(r.patched),
+                _pct(r.control),
+                f"{r.difference:+.1%} [{r.ci95[0]:+.0%}, {r.ci95[1]:+.0%}]",
+                _pct(r.patched_accuracy) if r.patched_accuracy else "-",
+                _pct(r.control_accuracy) if r.control_accuracy else "-",
+            ]
+            for r in res.control
+        ]
+        blocks.append(
+            TableBlock(
+                [
+                    "model",
+                    "patched tSuc",
+                    "control rate",
+                    "difference [95% CI]",
+                    "patched accuracy",
+                    "control accuracy",
+                ],
+                crow,
+                caption=f"control: {control} (same scene, no patch); difference interval: Newcombe",
+            )
+        )
     else:
-        blocks.append(Text("Clean-vs-patched comparison: not measured (no control capture; film the same scene "
-                           "without the patch, e.g. `patchlab simulate capture ... --control blank`, and pass "
-                           "--control).", "missing"))
+        blocks.append(
+            Text(
+                "Clean-vs-patched comparison: not measured (no control capture; film the same scene "
+                "without the patch, e.g. `patchlab simulate capture ... --control blank`, and pass "
+                "--control).",
+                "missing",
+            )
+        )
     for q in DEFAULT_BINS + ("roll",):
         tab = res.bins[q]
         label, unit, _, _ = BIN_QUANTITIES[q]
@@ -364,8 +512,10 @@ def _capture_section(k: int, capture_dir: Path, control: Path | None, n_bins: in
             continue
         p = P.Plot(f"capture{k}-{p.name}", p.title, p.png, p.n_points, p.n_series, p.caption)
         blocks.append(Figure(p, f"{capture_dir / 'frames.jsonl'}, {tab.label} per frame"))
-        trows = [[r.label, str(r.n), *(_pct(r.rates[n]) for n in names)]
-                 for r in tab.rows + ([tab.unbinned] if tab.unbinned else [])]
+        trows = [
+            [r.label, str(r.n), *(_pct(r.rates[n]) for n in names)]
+            for r in tab.rows + ([tab.unbinned] if tab.unbinned else [])
+        ]
         blocks.append(TableBlock([f"{label} ({unit})", "n", *[_short(n, names) for n in names]], trows))
     blocks += _pose_blocks(res, names)
     _, frames = load_capture(capture_dir)
@@ -379,36 +529,73 @@ def _pose_blocks(res: Any, names: Sequence[str]) -> list[Block]:
     frames with a pose, and the detection rate by distance bin."""
     ps = res.pose_sources or {}
     n = max(res.frames, 1)
-    out: list[Block] = [KeyValues([
-        ("patch pose", f"detected on {ps.get('detected', 0)} frames ({ps.get('detected', 0) / n:.0%}), tracked on "
-                       f"{ps.get('tracked', 0)} ({ps.get('tracked', 0) / n:.0%}), lost on {ps.get('lost', 0)} "
-                       f"({ps.get('lost', 0) / n:.0%})"),
-        ("lost frames", f"--on-lost {res.on_lost} (crop roi)" if res.on_lost else "scored on the same crop as all "
-                        "others (crop is not roi)")])]
+    out: list[Block] = [
+        KeyValues(
+            [
+                (
+                    "patch pose",
+                    f"detected on {ps.get('detected', 0)} frames ({ps.get('detected', 0) / n:.0%}), tracked on "
+                    f"{ps.get('tracked', 0)} ({ps.get('tracked', 0) / n:.0%}), lost on {ps.get('lost', 0)} "
+                    f"({ps.get('lost', 0) / n:.0%})",
+                ),
+                (
+                    "lost frames",
+                    f"--on-lost {res.on_lost} (crop roi)"
+                    if res.on_lost
+                    else "scored on the same crop as all others (crop is not roi)",
+                ),
+            ]
+        )
+    ]
     rows = [[m.model, _pct(m.tsuc), _pct(m.tsuc_with_pose), _pct(m.tsuc_detected)] for m in res.models]
-    out.append(TableBlock(["model", "tSuc, all counted frames", "tSuc, frames with a pose", "tSuc, detected frames"],
-                          rows, caption="frames not scored (--on-lost skip) count as misses in the first column"))
+    out.append(
+        TableBlock(
+            ["model", "tSuc, all counted frames", "tSuc, frames with a pose", "tSuc, detected frames"],
+            rows,
+            caption="frames not scored (--on-lost skip) count as misses in the first column",
+        )
+    )
     for q, pr in (res.pose_rates or {}).items():
         if not pr.rows:
             out.append(Text(f"Detection rate by {q}: {pr.note or 'not measured'}.", "missing"))
             continue
-        trows = [[r.label, str(r.n), f"{r.detection_rate:.0%}", f"{r.tracked / r.n:.0%}", f"{r.lost / r.n:.0%}"]
-                 for r in pr.rows]
-        out.append(TableBlock([f"{q} ({pr.unit})", "frames", "detected", "tracked", "lost"], trows,
-                              caption=f"detection rate by {q}; {pr.note}; {pr.unplaced} lost frames could not be "
-                                      "placed"))
+        trows = [
+            [r.label, str(r.n), f"{r.detection_rate:.0%}", f"{r.tracked / r.n:.0%}", f"{r.lost / r.n:.0%}"]
+            for r in pr.rows
+        ]
+        out.append(
+            TableBlock(
+                [f"{q} ({pr.unit})", "frames", "detected", "tracked", "lost"],
+                trows,
+                caption=f"detection rate by {q}; {pr.note}; {pr.unplaced} lost frames could not be placed",
+            )
+        )
     return out
 
 
-def _provenance(run_dir: Path, run: dict[str, Any], transfer: dict | None, matrix: Path | None,
-                captures: list[tuple[Path, Any]], argv: Sequence[str] | None) -> Section:
-    blocks: list[Block] = [Code(_cmd(run.get("command")), f"optimiser run ({run_dir / 'run.json'})"),
-                           Code(json.dumps(run.get("config") or {}, sort_keys=True), "optimiser config"),
-                           Code(json.dumps(run.get("versions") or {}, sort_keys=True), "optimiser versions")]
+def _provenance(
+    run_dir: Path,
+    run: dict[str, Any],
+    transfer: dict | None,
+    matrix: Path | None,
+    captures: list[tuple[Path, Any]],
+    argv: Sequence[str] | None,
+) -> Section:
+    blocks: list[Block] = [
+        Code(_cmd(run.get("command")), f"optimiser run ({run_dir / 'run.json'})"),
+        Code(json.dumps(run.get("config") or {}, sort_keys=True), "optimiser config"),
+        Code(json.dumps(run.get("versions") or {}, sort_keys=True), "optimiser versions"),
+    ]
     if transfer is not None:
-        blocks.append(Code(_cmd(transfer.get("command")) if transfer.get("command") else
-                           f"patchlab eval transfer {run_dir} (file {run_dir / TRANSFER_JSON}; its command is not "
-                           "recorded in it)", "digital transfer"))
+        blocks.append(
+            Code(
+                _cmd(transfer.get("command"))
+                if transfer.get("command")
+                else f"patchlab eval transfer {run_dir} (file {run_dir / TRANSFER_JSON}; its command is not "
+                "recorded in it)",
+                "digital transfer",
+            )
+        )
     if matrix is not None:
         blocks.append(Code(str(matrix), "transfer matrix file"))
     for cdir, res in captures:
@@ -418,10 +605,20 @@ def _provenance(run_dir: Path, run: dict[str, Any], transfer: dict | None, matri
         blocks.append(Code(json.dumps(s.get("versions") or {}, sort_keys=True), f"capture versions {cdir.name}"))
         sim = _simulation_of(s)
         if sim is not None:
-            scenes = [f"{sc.get('object_class')}: {sc.get('path')} frames {sc.get('frames')}" for sc in sim.get("scenes", [])]
-            blocks.append(Code(json.dumps({k: sim.get(k) for k in ("config", "frames", "markers_in_frame", "patch",
-                                                                     "distance_range_mm")}, default=str)
-                               + "\nscenes:\n" + "\n".join(scenes), f"simulated video {sim.get('video')}"))
+            scenes = [
+                f"{sc.get('object_class')}: {sc.get('path')} frames {sc.get('frames')}" for sc in sim.get("scenes", [])
+            ]
+            blocks.append(
+                Code(
+                    json.dumps(
+                        {k: sim.get(k) for k in ("config", "frames", "markers_in_frame", "patch", "distance_range_mm")},
+                        default=str,
+                    )
+                    + "\nscenes:\n"
+                    + "\n".join(scenes),
+                    f"simulated video {sim.get('video')}",
+                )
+            )
     blocks.append(Code(_cmd(list(argv) if argv else None), "this report"))
     blocks.append(Code(json.dumps(versions(REPORT_VERSION_MODULES), sort_keys=True), "report versions"))
     return Section("provenance", "Commands, configs and versions", blocks)
@@ -441,9 +638,11 @@ def _simulation_of(summary: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def _headline(run: dict[str, Any], transfer: dict | None, captures: list[tuple[Path, Any]]) -> list[str]:
-    out = [f"Adversarial patch for target class '{run.get('target_class', '?')}' "
-           f"(run {run.get('run_id', '?')}, loss {(run.get('config') or {}).get('loss', '?')}, "
-           f"status {run.get('status', '?')})."]
+    out = [
+        f"Adversarial patch for target class '{run.get('target_class', '?')}' "
+        f"(run {run.get('run_id', '?')}, loss {(run.get('config') or {}).get('loss', '?')}, "
+        f"status {run.get('status', '?')})."
+    ]
     if transfer and transfer.get("models"):
         ms = transfer["models"]
         src = [m for m in ms if m.get("is_source")]
@@ -452,29 +651,43 @@ def _headline(run: dict[str, Any], transfer: dict | None, captures: list[tuple[P
         if src:
             parts.append("on its source model(s) " + ", ".join(f"{m['name']} {float(m['tsuc']):.0%}" for m in src))
         if oth:
-            parts.append(f"transfers to {len(oth)} other model(s) at {np.mean([m['tsuc'] for m in oth]):.0%} on "
-                         f"average (best {max(oth, key=lambda m: m['tsuc'])['name']} "
-                         f"{max(m['tsuc'] for m in oth):.0%})")
+            parts.append(
+                f"transfers to {len(oth)} other model(s) at {np.mean([m['tsuc'] for m in oth]):.0%} on "
+                f"average (best {max(oth, key=lambda m: m['tsuc'])['name']} "
+                f"{max(m['tsuc'] for m in oth):.0%})"
+            )
         out.append("Digitally it succeeds " + "; ".join(parts) + ".")
     else:
         out.append("Digital transfer: not measured.")
     for cdir, res in captures:
         best = max(res.models, key=lambda m: m.tsuc["rate"] if m.tsuc["n"] else -1)
-        line = (f"Filmed ({cdir.name}, {res.frames} frames): tSuc "
-                + ", ".join(f"{m.model} {_pct(m.tsuc)}" for m in res.models) + ".")
+        line = (
+            f"Filmed ({cdir.name}, {res.frames} frames): tSuc "
+            + ", ".join(f"{m.model} {_pct(m.tsuc)}" for m in res.models)
+            + "."
+        )
         if res.control is not None:
             c = next(r for r in res.control if r.model == best.model)
-            line += (f" Against the control, {best.model} moves from {_pct(c.control, False)} to "
-                     f"{_pct(c.patched, False)} ({c.difference:+.0%}, 95 % CI {c.ci95[0]:+.0%} to {c.ci95[1]:+.0%}).")
+            line += (
+                f" Against the control, {best.model} moves from {_pct(c.control, False)} to "
+                f"{_pct(c.patched, False)} ({c.difference:+.0%}, 95 % CI {c.ci95[0]:+.0%} to {c.ci95[1]:+.0%})."
+            )
         out.append(line)
     if not captures:
         out.append("Physical tSuc: not measured (no capture given).")
     return out
 
 
-def build_report(run_dir: str | Path, captures: Sequence[str | Path] = (), *, matrix: str | Path | None = None,
-                 controls: Sequence[str | Path] = (), n_bins: int = 5, argv: Sequence[str] | None = None,
-                 compare: Sequence[str | Path] = ()) -> Report:
+def build_report(
+    run_dir: str | Path,
+    captures: Sequence[str | Path] = (),
+    *,
+    matrix: str | Path | None = None,
+    controls: Sequence[str | Path] = (),
+    n_bins: int = 5,
+    argv: Sequence[str] | None = None,
+    compare: Sequence[str | Path] = (),
+) -> Report:
     """Gather a run, its transfer and matrix files and its captures into a :class:`Report`.
 
     Args:
@@ -494,7 +707,9 @@ def build_report(run_dir: str | Path, captures: Sequence[str | Path] = (), *, ma
     run = read_run(run_dir, warn=False)
     run_partial = _partial_notes([(run, run_dir, "run")])
     if len(controls) > len(captures):
-        raise ConfigError(f"{len(controls)} --control folders for {len(captures)} captures: give one capture per control")
+        raise ConfigError(
+            f"{len(controls)} --control folders for {len(captures)} captures: give one capture per control"
+        )
     transfer = _read_json(run_dir / TRANSFER_JSON)
     sections = []
     patch_sec, _ = _patch_section(run_dir, run)
@@ -512,21 +727,38 @@ def build_report(run_dir: str | Path, captures: Sequence[str | Path] = (), *, ma
         sections.append(sec)
         done.append((Path(cdir), res))
     if not captures:
-        sections.append(Section("capture-none", "Physical", [Text(
-            "Physical tSuc: not measured (film the printed patch with `patchlab capture run` -- or simulate it with "
-            "`patchlab simulate capture` -- and pass the capture folders).", "missing")]))
+        sections.append(
+            Section(
+                "capture-none",
+                "Physical",
+                [
+                    Text(
+                        "Physical tSuc: not measured (film the printed patch with `patchlab capture run` -- or simulate it with "
+                        "`patchlab simulate capture` -- and pass the capture folders).",
+                        "missing",
+                    )
+                ],
+            )
+        )
     sections.append(_provenance(run_dir, run, transfer, None if matrix is None else Path(matrix), done, argv))
     headline = _headline(run, transfer, done)
-    headline += [f"Partial result: {t.text.split(': ', 1)[1]}" for s in sections for t in s.blocks
-                 if isinstance(t, Text) and t.kind == "warning"]
+    headline += [
+        f"Partial result: {t.text.split(': ', 1)[1]}"
+        for s in sections
+        for t in s.blocks
+        if isinstance(t, Text) and t.kind == "warning"
+    ]
     summary = Section("summary", "Summary", [Text(s) for s in headline])
     overview = _overview_plot(transfer, done)
     if overview is not None:
         summary.blocks.append(Figure(overview, "digital: transfer.json; physical: each capture's frames.jsonl"))
-    return Report(title=f"patchlab report: run {run.get('run_id', run_dir.name)}",
-                  subtitle=f"target '{run.get('target_class', '?')}' - {run_dir.resolve()}",
-                  headline=headline, sections=[summary] + sections,
-                  generated=now_iso())
+    return Report(
+        title=f"patchlab report: run {run.get('run_id', run_dir.name)}",
+        subtitle=f"target '{run.get('target_class', '?')}' - {run_dir.resolve()}",
+        headline=headline,
+        sections=[summary] + sections,
+        generated=now_iso(),
+    )
 
 
 def _partial_notes(items: Sequence[tuple[dict[str, Any], Path, str]]) -> list[str]:
@@ -540,6 +772,7 @@ def _partial_notes(items: Sequence[tuple[dict[str, Any], Path, str]]) -> list[st
 
 
 # -- attack runs (``patchlab attack``): a self-contained section set ------------------------
+
 
 def build_attack_report(run_dir: str | Path, *, argv: Sequence[str] | None = None) -> Report:
     """A report of an attack run folder (``attack.json``, ``grid.png``): success, Lp norms,
@@ -555,42 +788,85 @@ def build_attack_report(run_dir: str | Path, *, argv: Sequence[str] | None = Non
     ci = s.get("success_ci95")
     src = ", ".join(str(m.get("name", m.get("ref", "?"))) for m in doc.get("sources") or []) or "not recorded"
     mean_std = lambda k: f"{s[k]['mean']:.4g} ± {s[k]['std']:.4g}" if isinstance(s.get(k), dict) else "-"  # noqa: E731
-    headline = [f"{name} on {src}, target {doc.get('target', 'none')}: success {_rate_ci(s.get('success_rate'), ci)} "
-                f"over {s.get('n', '?')} images the source classified correctly "
-                f"({sel.get('correct', '?')} correct of {sel.get('scanned', '?')} scanned)."]
-    overview = [KeyValues([("attack", name), ("source models", src), ("target", str(doc.get("target", "none"))),
-                           ("hyperparameters", ", ".join(f"{k}={v}" for k, v in cfg.items())),
-                           ("success", _rate_ci(s.get("success_rate"), ci)),
-                           ("success after 8-bit PNG", "-" if doc.get("success_png_rate") is None
-                            else f"{float(doc['success_png_rate']):.1%}"),
-                           ("L0 (fraction of pixels)", mean_std("l0")), ("L2", mean_std("l2")),
-                           ("Linf", mean_std("linf")),
-                           *[(f"mean {k}", f"{float(v):.4g}") for k, v in (s.get("extras") or {}).items()]])]
+    headline = [
+        f"{name} on {src}, target {doc.get('target', 'none')}: success {_rate_ci(s.get('success_rate'), ci)} "
+        f"over {s.get('n', '?')} images the source classified correctly "
+        f"({sel.get('correct', '?')} correct of {sel.get('scanned', '?')} scanned)."
+    ]
+    overview = [
+        KeyValues(
+            [
+                ("attack", name),
+                ("source models", src),
+                ("target", str(doc.get("target", "none"))),
+                ("hyperparameters", ", ".join(f"{k}={v}" for k, v in cfg.items())),
+                ("success", _rate_ci(s.get("success_rate"), ci)),
+                (
+                    "success after 8-bit PNG",
+                    "-" if doc.get("success_png_rate") is None else f"{float(doc['success_png_rate']):.1%}",
+                ),
+                ("L0 (fraction of pixels)", mean_std("l0")),
+                ("L2", mean_std("l2")),
+                ("Linf", mean_std("linf")),
+                *[(f"mean {k}", f"{float(v):.4g}") for k, v in (s.get("extras") or {}).items()],
+            ]
+        )
+    ]
     grid = run_dir / (doc.get("grid") or GRID_PNG)
     if grid.is_file():
-        overview.append(Gallery([(grid.read_bytes(), "originals / amplified perturbations / adversarials")],
-                                caption=f"source: {grid}"))
+        overview.append(
+            Gallery(
+                [(grid.read_bytes(), "originals / amplified perturbations / adversarials")], caption=f"source: {grid}"
+            )
+        )
     else:
         overview.append(Text(f"Picture grid: not found ({grid}).", "missing"))
-    rows = [[t["model"], "-" if t.get("clean_accuracy") is None else f"{float(t['clean_accuracy']):.1%}",
-             _rate_ci(t.get("untargeted"), t.get("untargeted_ci95")) + f" (n={t.get('untargeted_n', '?')})",
-             "-" if t.get("targeted") is None else f"{float(t['targeted']):.1%} (n={t.get('targeted_n', '?')})",
-             "-" if t.get("error") is None else f"{float(t['error']):.1%}"] for t in doc.get("transfer") or []]
-    transfer: list[Block] = [TableBlock(["target model", "clean accuracy", "untargeted transfer [95% CI]",
-                                         "targeted transfer", "error on all"], rows,
-                                        caption="of the images that fooled the source (Ozbulak et al. 2020); "
-                                                f"source: {run_dir / 'attack.json'}")] if rows else \
-        [Text("Transfer: not measured (rerun `patchlab attack` with --transfer MODEL).", "missing")]
-    prov = Section("provenance", "Commands, configs and versions", [
-        Code(_cmd(doc.get("command")), f"attack run ({run_dir / 'attack.json'})"),
-        Code(json.dumps(cfg, sort_keys=True, default=str), "attack config"),
-        Code(json.dumps(doc.get("versions") or {}, sort_keys=True), "attack versions"),
-        Code(_cmd(list(argv) if argv else None), "this report"),
-        Code(json.dumps(versions(REPORT_VERSION_MODULES), sort_keys=True), "report versions")])
-    sections = [Section("summary", "Summary", [Text(h) for h in headline]),
-                Section("attack", f"Attack: {name}", overview), Section("attack-transfer", "Transfer", transfer), prov]
-    return Report(title=f"patchlab report: attack {name}", subtitle=str(run_dir.resolve()), headline=headline,
-                  sections=sections, generated=now_iso())
+    rows = [
+        [
+            t["model"],
+            "-" if t.get("clean_accuracy") is None else f"{float(t['clean_accuracy']):.1%}",
+            _rate_ci(t.get("untargeted"), t.get("untargeted_ci95")) + f" (n={t.get('untargeted_n', '?')})",
+            "-" if t.get("targeted") is None else f"{float(t['targeted']):.1%} (n={t.get('targeted_n', '?')})",
+            "-" if t.get("error") is None else f"{float(t['error']):.1%}",
+        ]
+        for t in doc.get("transfer") or []
+    ]
+    transfer: list[Block] = (
+        [
+            TableBlock(
+                ["target model", "clean accuracy", "untargeted transfer [95% CI]", "targeted transfer", "error on all"],
+                rows,
+                caption="of the images that fooled the source (Ozbulak et al. 2020); "
+                f"source: {run_dir / 'attack.json'}",
+            )
+        ]
+        if rows
+        else [Text("Transfer: not measured (rerun `patchlab attack` with --transfer MODEL).", "missing")]
+    )
+    prov = Section(
+        "provenance",
+        "Commands, configs and versions",
+        [
+            Code(_cmd(doc.get("command")), f"attack run ({run_dir / 'attack.json'})"),
+            Code(json.dumps(cfg, sort_keys=True, default=str), "attack config"),
+            Code(json.dumps(doc.get("versions") or {}, sort_keys=True), "attack versions"),
+            Code(_cmd(list(argv) if argv else None), "this report"),
+            Code(json.dumps(versions(REPORT_VERSION_MODULES), sort_keys=True), "report versions"),
+        ],
+    )
+    sections = [
+        Section("summary", "Summary", [Text(h) for h in headline]),
+        Section("attack", f"Attack: {name}", overview),
+        Section("attack-transfer", "Transfer", transfer),
+        prov,
+    ]
+    return Report(
+        title=f"patchlab report: attack {name}",
+        subtitle=str(run_dir.resolve()),
+        headline=headline,
+        sections=sections,
+        generated=now_iso(),
+    )
 
 
 def _overview_plot(transfer: dict | None, captures: list[tuple[Path, Any]]) -> P.Plot | None:
@@ -599,7 +875,10 @@ def _overview_plot(transfer: dict | None, captures: list[tuple[Path, Any]]) -> P
     if transfer:
         for m in transfer.get("models") or []:
             if m.get("tsuc") is not None:
-                groups.setdefault("digital", {})[m["name"]] = (float(m["tsuc"]), tuple(m.get("ci95") or (m["tsuc"],) * 2))
+                groups.setdefault("digital", {})[m["name"]] = (
+                    float(m["tsuc"]),
+                    tuple(m.get("ci95") or (m["tsuc"],) * 2),
+                )
     for cdir, res in captures:
         for m in res.models:
             if m.tsuc["n"]:
@@ -628,8 +907,9 @@ def _overview_plot(transfer: dict | None, captures: list[tuple[Path, Any]]) -> P
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title("tSuc per model: digital vs filmed")
-    return P.Plot("overview", "tSuc per model: digital vs filmed", P._png(fig), n, len(groups),
-                  "whiskers: Wilson 95 % intervals")
+    return P.Plot(
+        "overview", "tSuc per model: digital vs filmed", P._png(fig), n, len(groups), "whiskers: Wilson 95 % intervals"
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -659,10 +939,14 @@ def _img_uri(data: bytes) -> str:
 def render_html(report: Report) -> str:
     """The report as one self-contained HTML document."""
     e = html.escape
-    out = ["<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>", f"<title>{e(report.title)}</title>",
-           f"<style>{_CSS}</style></head><body>", f"<h1>{e(report.title)}</h1>",
-           f"<p class='sub'>{e(report.subtitle)} - generated {e(report.generated)}</p>",
-           "<nav>" + "".join(f"<a href='#{e(s.key)}'>{e(s.title)}</a>" for s in report.sections) + "</nav>"]
+    out = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{e(report.title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{e(report.title)}</h1>",
+        f"<p class='sub'>{e(report.subtitle)} - generated {e(report.generated)}</p>",
+        "<nav>" + "".join(f"<a href='#{e(s.key)}'>{e(s.title)}</a>" for s in report.sections) + "</nav>",
+    ]
     for s in report.sections:
         out.append(f"<section id='{e(s.key)}'><h2>{e(s.title)}</h2>")
         if s.key == "summary":
@@ -672,22 +956,36 @@ def render_html(report: Report) -> str:
                 cls = " class='missing'" if b.kind in ("missing", "warning") else ""
                 out.append(f"<p{cls}>{e(b.text)}</p>")
             elif isinstance(b, KeyValues):
-                out.append("<table class='kv'>" + "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in b.items)
-                           + "</table>")
+                out.append(
+                    "<table class='kv'>"
+                    + "".join(f"<tr><td>{e(k)}</td><td>{e(v)}</td></tr>" for k, v in b.items)
+                    + "</table>"
+                )
             elif isinstance(b, TableBlock):
-                out.append("<table><tr>" + "".join(f"<th>{e(h)}</th>" for h in b.header) + "</tr>"
-                           + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in b.rows)
-                           + "</table>")
+                out.append(
+                    "<table><tr>"
+                    + "".join(f"<th>{e(h)}</th>" for h in b.header)
+                    + "</tr>"
+                    + "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in b.rows)
+                    + "</table>"
+                )
                 if b.caption:
                     out.append(f"<p class='caption'>{e(b.caption)}</p>")
             elif isinstance(b, Figure):
-                out.append(f"<figure data-points='{b.plot.n_points}' data-series='{b.plot.n_series}'>"
-                           f"<img class='fig' alt='{e(b.plot.title)}' src='{_img_uri(b.plot.png)}'>"
-                           f"<figcaption>{e(b.plot.caption)}. Data: {e(b.source)}</figcaption></figure>")
+                out.append(
+                    f"<figure data-points='{b.plot.n_points}' data-series='{b.plot.n_series}'>"
+                    f"<img class='fig' alt='{e(b.plot.title)}' src='{_img_uri(b.plot.png)}'>"
+                    f"<figcaption>{e(b.plot.caption)}. Data: {e(b.source)}</figcaption></figure>"
+                )
             elif isinstance(b, Gallery):
-                out.append("<div class='gallery'>" + "".join(
-                    f"<figure><img alt='{e(c)}' src='{_img_uri(d)}'><figcaption>{e(c)}</figcaption></figure>"
-                    for d, c in b.images) + "</div>")
+                out.append(
+                    "<div class='gallery'>"
+                    + "".join(
+                        f"<figure><img alt='{e(c)}' src='{_img_uri(d)}'><figcaption>{e(c)}</figcaption></figure>"
+                        for d, c in b.images
+                    )
+                    + "</div>"
+                )
                 if b.caption:
                     out.append(f"<p class='caption'>{e(b.caption)}</p>")
             elif isinstance(b, Code):
@@ -705,21 +1003,37 @@ def render_pdf(report: Report) -> bytes:
     from reportlab.lib.pagesizes import A4
     from reportlab.lib.styles import ParagraphStyle, getSampleStyleSheet
     from reportlab.lib.units import mm
-    from reportlab.platypus import (Image, KeepTogether, Paragraph, Preformatted, SimpleDocTemplate, Spacer, Table,
-                                    TableStyle)
+    from reportlab.platypus import (
+        Image,
+        KeepTogether,
+        Paragraph,
+        Preformatted,
+        SimpleDocTemplate,
+        Spacer,
+        Table,
+        TableStyle,
+    )
 
     ss = getSampleStyleSheet()
     body = ParagraphStyle("body", parent=ss["BodyText"], fontSize=9, leading=12)
     small = ParagraphStyle("small", parent=body, fontSize=7.5, leading=9.5, textColor=colors.HexColor("#555555"))
-    missing = ParagraphStyle("missing", parent=body, textColor=colors.HexColor("#a15c00"),
-                             backColor=colors.HexColor("#fff6e8"), borderPadding=3)
+    missing = ParagraphStyle(
+        "missing",
+        parent=body,
+        textColor=colors.HexColor("#a15c00"),
+        backColor=colors.HexColor("#fff6e8"),
+        borderPadding=3,
+    )
     cell = ParagraphStyle("cell", parent=body, fontSize=7.5, leading=9)
     h2 = ParagraphStyle("h2", parent=ss["Heading2"], keepWithNext=1)
     code = ParagraphStyle("code", parent=ss["Code"], fontSize=6.5, leading=8)
     e = html.escape
     width = A4[0] - 30 * mm
-    story: list[Any] = [Paragraph(e(report.title), ss["Title"]),
-                        Paragraph(e(f"{report.subtitle} - generated {report.generated}"), small), Spacer(1, 4 * mm)]
+    story: list[Any] = [
+        Paragraph(e(report.title), ss["Title"]),
+        Paragraph(e(f"{report.subtitle} - generated {report.generated}"), small),
+        Spacer(1, 4 * mm),
+    ]
 
     def image(data: bytes, max_w: float, max_h: float = 120 * mm, natural: bool = False) -> Image:
         from PIL import Image as PILImage
@@ -732,15 +1046,26 @@ def render_pdf(report: Report) -> bytes:
         return Image(io.BytesIO(data), width=w * s, height=h * s)
 
     def table(header: list[str] | None, rows: list[list[str]], col0: float | None = None) -> Table:
-        data = ([[Paragraph(f"<b>{e(h)}</b>", cell) for h in header]] if header else []) + \
-            [[Paragraph(e(c), cell) for c in r] for r in rows]
+        data = ([[Paragraph(f"<b>{e(h)}</b>", cell) for h in header]] if header else []) + [
+            [Paragraph(e(c), cell) for c in r] for r in rows
+        ]
         ncol = len(data[0]) if data else 1
-        t = Table(data, repeatRows=1 if header else 0, hAlign="LEFT",
-                  colWidths=None if col0 is None else [col0] + [(width - col0) / max(1, ncol - 1)] * (ncol - 1))
-        band = ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#f0f0f0")) if header else \
-            ("BACKGROUND", (0, 0), (0, -1), colors.HexColor("#fafafa"))
-        t.setStyle(TableStyle([("GRID", (0, 0), (-1, -1), 0.4, colors.HexColor("#cccccc")), band,
-                               ("VALIGN", (0, 0), (-1, -1), "TOP")]))
+        t = Table(
+            data,
+            repeatRows=1 if header else 0,
+            hAlign="LEFT",
+            colWidths=None if col0 is None else [col0] + [(width - col0) / max(1, ncol - 1)] * (ncol - 1),
+        )
+        band = (
+            ("BACKGROUND", (0, 0), (-1, 0), colors.HexColor("#f0f0f0"))
+            if header
+            else ("BACKGROUND", (0, 0), (0, -1), colors.HexColor("#fafafa"))
+        )
+        t.setStyle(
+            TableStyle(
+                [("GRID", (0, 0), (-1, -1), 0.4, colors.HexColor("#cccccc")), band, ("VALIGN", (0, 0), (-1, -1), "TOP")]
+            )
+        )
         return t
 
     for s in report.sections:
@@ -762,9 +1087,18 @@ def render_pdf(report: Report) -> bytes:
                 story.append(Spacer(1, 3 * mm))
             elif isinstance(b, Figure):
                 # one table cell: the figure and its caption never part
-                fig = Table([[[image(b.plot.png, width * 0.85, 95 * mm, natural=True),
-                               Paragraph(e(f"{b.plot.caption}. Data: {b.source}"), small)]]],
-                            colWidths=[width], hAlign="LEFT")
+                fig = Table(
+                    [
+                        [
+                            [
+                                image(b.plot.png, width * 0.85, 95 * mm, natural=True),
+                                Paragraph(e(f"{b.plot.caption}. Data: {b.source}"), small),
+                            ]
+                        ]
+                    ],
+                    colWidths=[width],
+                    hAlign="LEFT",
+                )
                 fig.setStyle(TableStyle([("LEFTPADDING", (0, 0), (-1, -1), 0), ("RIGHTPADDING", (0, 0), (-1, -1), 0)]))
                 story.append(fig)
                 story.append(Spacer(1, 3 * mm))
@@ -772,7 +1106,7 @@ def render_pdf(report: Report) -> bytes:
                 cells = [[image(d, width / 3 - 4 * mm, 55 * mm), Paragraph(e(c), small)] for d, c in b.images]
                 rows = []
                 for i in range(0, len(cells), 3):
-                    chunk = cells[i:i + 3]
+                    chunk = cells[i : i + 3]
                     rows.append([c[0] for c in chunk] + [""] * (3 - len(chunk)))
                     rows.append([c[1] for c in chunk] + [""] * (3 - len(chunk)))
                 g = Table(rows, colWidths=[width / 3] * 3, hAlign="LEFT")
@@ -786,8 +1120,17 @@ def render_pdf(report: Report) -> bytes:
                 story.append(Preformatted(b.text, code, maxLineLength=130))
                 story.append(Spacer(1, 2 * mm))
     buf = io.BytesIO()
-    doc = SimpleDocTemplate(buf, pagesize=A4, leftMargin=15 * mm, rightMargin=15 * mm, topMargin=14 * mm,
-                            bottomMargin=14 * mm, title=report.title, author="patchlab", invariant=1)
+    doc = SimpleDocTemplate(
+        buf,
+        pagesize=A4,
+        leftMargin=15 * mm,
+        rightMargin=15 * mm,
+        topMargin=14 * mm,
+        bottomMargin=14 * mm,
+        title=report.title,
+        author="patchlab",
+        invariant=1,
+    )
     doc.build(story)
     return buf.getvalue()
 

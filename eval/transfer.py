@@ -19,19 +19,29 @@ from patchlab.eot import PRESETS, EOTConfig
 from patchlab.errors import ConfigError, DataError
 from patchlab.models.wrapper import WrappedModel
 from patchlab.runs import RunRecord, load_run, read_patch
-from patchlab.transfer import (CleanCache, ModelTransfer, PatchOutcomes, TransferResult, evaluate_patch, judge_patch,
-                               summarise_outcomes)
+from patchlab.transfer import (
+    CleanCache,
+    ModelTransfer,
+    PatchOutcomes,
+    TransferResult,
+    evaluate_patch,
+    judge_patch,
+    summarise_outcomes,
+)
 
 
-def holdout_images(record: RunRecord | dict[str, Any], *, run_dir: str | Path = "run",
-                   cache: dict[str, ImageSet] | None = None) -> ImageSet:
+def holdout_images(
+    record: RunRecord | dict[str, Any], *, run_dir: str | Path = "run", cache: dict[str, ImageSet] | None = None
+) -> ImageSet:
     """The held-out images a run was judged on: its data folder, checked, and the split's holdout part."""
     rec = record if isinstance(record, RunRecord) else RunRecord.from_dict(record)
     d = rec.data
     root = d.get("root")
     if not root or not Path(root).is_dir():
-        raise DataError(f"{run_dir}: its data folder {root!r} is not here; judge the patch with "
-                        "--patch PNG --data DIR --target CLASS instead")
+        raise DataError(
+            f"{run_dir}: its data folder {root!r} is not here; judge the patch with "
+            "--patch PNG --data DIR --target CLASS instead"
+        )
     limit = rec.limit_per_class
     key = f"{root}:{limit}"
     full = cache.get(key) if cache is not None else None
@@ -40,19 +50,31 @@ def holdout_images(record: RunRecord | dict[str, Any], *, run_dir: str | Path = 
         if cache is not None:
             cache[key] = full
     if len(full) != int(d.get("n_images", -1)) or paths_digest(full.paths, full.root) != d.get("paths_digest"):
-        raise DataError(f"{run_dir}: the data in {root} changed since the run ({len(full)} images now, "
-                        f"{d.get('n_images')} then): the held-out split no longer applies")
+        raise DataError(
+            f"{run_dir}: the data in {root} changed since the run ({len(full)} images now, "
+            f"{d.get('n_images')} then): the held-out split no longer applies"
+        )
     if not rec.holdout:
-        raise DataError(f"{run_dir}: the run held out no images (--holdout-frac 0); judge it on other data with "
-                        "--patch PNG --data DIR --target CLASS")
+        raise DataError(
+            f"{run_dir}: the run held out no images (--holdout-frac 0); judge it on other data with "
+            "--patch PNG --data DIR --target CLASS"
+        )
     return full.subset(rec.holdout)
 
 
-def judge_run(run_dir: str | Path, models: Sequence[WrappedModel], *, placement: str | None = None,
-              eot: EOTConfig = PRESETS["none"], seed: int = 0, batch_size: int = 256,
-              device: torch.device | str = "cpu", clean_cache: CleanCache | None = None,
-              data_cache: dict[str, ImageSet] | None = None,
-              progress: Callable[[int], None] | None = None) -> tuple[RunRecord, ImageSet, str, PatchOutcomes]:
+def judge_run(
+    run_dir: str | Path,
+    models: Sequence[WrappedModel],
+    *,
+    placement: str | None = None,
+    eot: EOTConfig = PRESETS["none"],
+    seed: int = 0,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    clean_cache: CleanCache | None = None,
+    data_cache: dict[str, ImageSet] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[RunRecord, ImageSet, str, PatchOutcomes]:
     """A run's patch on its held-out images, per image (placement from the run unless given).
 
     Returns the record, the images, the placement used and the outcomes.
@@ -67,28 +89,72 @@ def judge_run(run_dir: str | Path, models: Sequence[WrappedModel], *, placement:
     pos = cfg.get("position")
     if pl == "fixed" and pos is None:
         raise ConfigError("placement 'fixed' needs the run's --position; pick another --placement")
-    out = judge_patch(patch, images, rec.target_class, models, frac=rec.frac, shape=cfg.get("shape", "square"),
-                      placement=pl, position=tuple(pos) if pos else None, eot=eot, seed=seed,
-                      frame=bool(cfg.get("frame_markers", False)), batch_size=batch_size, device=device,
-                      clean_cache=clean_cache, progress=progress)
+    out = judge_patch(
+        patch,
+        images,
+        rec.target_class,
+        models,
+        frac=rec.frac,
+        shape=cfg.get("shape", "square"),
+        placement=pl,
+        position=tuple(pos) if pos else None,
+        eot=eot,
+        seed=seed,
+        frame=bool(cfg.get("frame_markers", False)),
+        batch_size=batch_size,
+        device=device,
+        clean_cache=clean_cache,
+        progress=progress,
+    )
     return rec, images, pl, out
 
 
-def evaluate_run(run_dir: str | Path, models: Sequence[WrappedModel], *, placement: str | None = None,
-                 eot: EOTConfig = PRESETS["none"], eot_name: str = "none", seed: int = 0, batch_size: int = 256,
-                 device: torch.device | str = "cpu", clean_cache: CleanCache | None = None,
-                 data_cache: dict[str, ImageSet] | None = None,
-                 progress: Callable[[int], None] | None = None) -> TransferResult:
+def evaluate_run(
+    run_dir: str | Path,
+    models: Sequence[WrappedModel],
+    *,
+    placement: str | None = None,
+    eot: EOTConfig = PRESETS["none"],
+    eot_name: str = "none",
+    seed: int = 0,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    clean_cache: CleanCache | None = None,
+    data_cache: dict[str, ImageSet] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> TransferResult:
     """Judge a run's patch on its held-out images (placement from the run unless given)."""
-    rec, images, pl, out = judge_run(run_dir, models, placement=placement, eot=eot, seed=seed,
-                                     batch_size=batch_size, device=device, clean_cache=clean_cache,
-                                     data_cache=data_cache, progress=progress)
+    rec, images, pl, out = judge_run(
+        run_dir,
+        models,
+        placement=placement,
+        eot=eot,
+        seed=seed,
+        batch_size=batch_size,
+        device=device,
+        clean_cache=clean_cache,
+        data_cache=data_cache,
+        progress=progress,
+    )
     if not bool(out.non_target.any()):
         raise DataError(f"{run_dir}: no held-out image is of another class than the target {rec.target_class!r}")
-    return TransferResult(run_id=rec.run_id or Path(run_dir).name, target_class=str(rec.target_class), placement=pl,
-                          eot={"name": eot_name, **eot.to_dict()}, seed=seed, n_images=len(images),
-                          models=summarise_outcomes(out, source_names=rec.source_names))
+    return TransferResult(
+        run_id=rec.run_id or Path(run_dir).name,
+        target_class=str(rec.target_class),
+        placement=pl,
+        eot={"name": eot_name, **eot.to_dict()},
+        seed=seed,
+        n_images=len(images),
+        models=summarise_outcomes(out, source_names=rec.source_names),
+    )
 
 
-__all__ = ["CleanCache", "ModelTransfer", "TransferResult", "evaluate_patch", "evaluate_run", "holdout_images",
-           "judge_run"]
+__all__ = [
+    "CleanCache",
+    "ModelTransfer",
+    "TransferResult",
+    "evaluate_patch",
+    "evaluate_run",
+    "holdout_images",
+    "judge_run",
+]

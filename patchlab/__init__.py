@@ -20,6 +20,20 @@ from .models import load_model  # noqa: E402
 from .optimize import PatchAttack, PatchResult  # noqa: E402
 from .transfer import ModelTransfer, TransferResult  # noqa: E402
 
-__all__ = ["__version__", "PatchlabError", "ModelLoadError", "DataError", "ConfigError", "ImageSet", "ModelTransfer",
-           "PatchAttack", "PatchResult", "TransferResult", "apply_patch", "evaluate", "load_folder", "load_model",
-           "wrap"]
+__all__ = [
+    "__version__",
+    "PatchlabError",
+    "ModelLoadError",
+    "DataError",
+    "ConfigError",
+    "ImageSet",
+    "ModelTransfer",
+    "PatchAttack",
+    "PatchResult",
+    "TransferResult",
+    "apply_patch",
+    "evaluate",
+    "load_folder",
+    "load_model",
+    "wrap",
+]

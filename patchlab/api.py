@@ -30,8 +30,16 @@ from .optimize.attack import PatchResult
 from .transfer import TransferResult, evaluate_patch, render_patch
 
 
-def wrap(net: nn.Module, *, mean: Sequence[float], std: Sequence[float], input_size: Sequence[int],
-         labels: Sequence[str], name: str | None = None, resize: str = "bilinear-antialias") -> WrappedModel:
+def wrap(
+    net: nn.Module,
+    *,
+    mean: Sequence[float],
+    std: Sequence[float],
+    input_size: Sequence[int],
+    labels: Sequence[str],
+    name: str | None = None,
+    resize: str = "bilinear-antialias",
+) -> WrappedModel:
     """A patchlab model around any classifier that takes normalised images and returns logits.
 
     Args:
@@ -55,8 +63,9 @@ def wrap(net: nn.Module, *, mean: Sequence[float], std: Sequence[float], input_s
     if len(set(labels)) != len(labels) or not labels:
         raise ConfigError("labels must be distinct class names, one per output")
     try:
-        pre = Preprocess(input_size=size, mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std),
-                         resize=resize)
+        pre = Preprocess(
+            input_size=size, mean=tuple(float(v) for v in mean), std=tuple(float(v) for v in std), resize=resize
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     nm = name or type(net).__name__
@@ -73,9 +82,17 @@ def _patch_of(patch: Any) -> tuple[torch.Tensor, dict[str, Any]]:
     return t, {}
 
 
-def apply_patch(images: torch.Tensor, patch: Any, *, placement: str = "random", eot: str | EOTConfig | None = None,
-                generator: torch.Generator | None = None, frac: float | None = None, shape: str = "square",
-                position: tuple[float, float] | None = None) -> torch.Tensor:
+def apply_patch(
+    images: torch.Tensor,
+    patch: Any,
+    *,
+    placement: str = "random",
+    eot: str | EOTConfig | None = None,
+    generator: torch.Generator | None = None,
+    frac: float | None = None,
+    shape: str = "square",
+    position: tuple[float, float] | None = None,
+) -> torch.Tensor:
     """Paste a patch into a batch of images.
 
     Args:
@@ -90,15 +107,36 @@ def apply_patch(images: torch.Tensor, patch: Any, *, placement: str = "random", 
     Returns float ``(B, 3, H, W)`` in [0, 1].
     """
     p, cfg = _patch_of(patch)
-    return render_patch(images, p, frac=frac if frac is not None else cfg.get("frac"), shape=cfg.get("shape", shape),
-                        placement=placement, position=position, eot=eot, generator=generator)
+    return render_patch(
+        images,
+        p,
+        frac=frac if frac is not None else cfg.get("frac"),
+        shape=cfg.get("shape", shape),
+        placement=placement,
+        position=position,
+        eot=eot,
+        generator=generator,
+    )
 
 
-def evaluate(patch: Any, models: nn.Module | Sequence[nn.Module], images: Any, labels: Any = None, *,
-             target: int | str, placement: str = "side", eot: str | EOTConfig | None = None, seed: int = 0,
-             frac: float | None = None, shape: str = "square", position: tuple[float, float] | None = None,
-             frame: bool = False, batch_size: int = 256, sources: Sequence[str] = (),
-             name: str = "patch") -> TransferResult:
+def evaluate(
+    patch: Any,
+    models: nn.Module | Sequence[nn.Module],
+    images: Any,
+    labels: Any = None,
+    *,
+    target: int | str,
+    placement: str = "side",
+    eot: str | EOTConfig | None = None,
+    seed: int = 0,
+    frac: float | None = None,
+    shape: str = "square",
+    position: tuple[float, float] | None = None,
+    frame: bool = False,
+    batch_size: int = 256,
+    sources: Sequence[str] = (),
+    name: str = "patch",
+) -> TransferResult:
     """tSuc of a patch on each model (what ``patchlab eval transfer`` writes).
 
     Args:
@@ -138,12 +176,31 @@ def evaluate(patch: Any, models: nn.Module | Sequence[nn.Module], images: Any, l
     e = PRESETS["none"] if eot is None else (load_eot(eot) if isinstance(eot, str) else eot)
     dev = next(ms[0].parameters()).device if next(ms[0].parameters(), None) is not None else torch.device("cpu")
     src_names = list(sources) or (list(patch.models) if isinstance(patch, PatchResult) else [])
-    res = evaluate_patch(p, data, target_name, ms, frac=float(fr), shape=cfg.get("shape", shape),
-                         placement=placement, position=position, eot=e, seed=seed, frame=frame,
-                         batch_size=batch_size, device=dev, source_names=src_names)
-    return TransferResult(run_id=name, target_class=target_name, placement=placement,
-                          eot={"name": eot if isinstance(eot, str) else ("none" if eot is None else "custom"),
-                               **e.to_dict()}, seed=seed, n_images=len(data), models=res)
+    res = evaluate_patch(
+        p,
+        data,
+        target_name,
+        ms,
+        frac=float(fr),
+        shape=cfg.get("shape", shape),
+        placement=placement,
+        position=position,
+        eot=e,
+        seed=seed,
+        frame=frame,
+        batch_size=batch_size,
+        device=dev,
+        source_names=src_names,
+    )
+    return TransferResult(
+        run_id=name,
+        target_class=target_name,
+        placement=placement,
+        eot={"name": eot if isinstance(eot, str) else ("none" if eot is None else "custom"), **e.to_dict()},
+        seed=seed,
+        n_images=len(data),
+        models=res,
+    )
 
 
 __all__ = ["apply_patch", "evaluate", "wrap"]

@@ -156,6 +156,7 @@ def is_scored(frame: dict[str, Any]) -> bool:
 # simulated videos: the files beside them
 # --------------------------------------------------------------------------------------
 
+
 def truth_path_for(video: str | Path) -> Path:
     """``clip.mp4`` -> ``clip.truth.jsonl``: per-frame ground truth beside a video."""
     p = Path(video)
@@ -185,6 +186,22 @@ def read_truth(path: str | Path) -> list[dict[str, Any]]:
         raise ConfigError(str(exc)) from exc
 
 
-__all__ = ["CaptureError", "CaptureSummary", "DETECTED", "FRAMES_JSONL", "LOST", "POSE_SOURCES", "SAMPLES_DIR",
-           "SUMMARY_JSON", "TRACKED", "camera_path_for", "is_scored", "load_capture", "pose_source", "read_jsonl",
-           "read_truth", "sim_path_for", "truth_path_for"]
+__all__ = [
+    "CaptureError",
+    "CaptureSummary",
+    "DETECTED",
+    "FRAMES_JSONL",
+    "LOST",
+    "POSE_SOURCES",
+    "SAMPLES_DIR",
+    "SUMMARY_JSON",
+    "TRACKED",
+    "camera_path_for",
+    "is_scored",
+    "load_capture",
+    "pose_source",
+    "read_jsonl",
+    "read_truth",
+    "sim_path_for",
+    "truth_path_for",
+]

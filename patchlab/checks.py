@@ -49,8 +49,7 @@ class Range:
     def describe(self) -> str:
         kind = "an integer " if self.integer else ""
         if self.lo is not None and self.hi is not None:
-            return (f"in {'(' if self.lo_open else '['}{_fmt(self.lo)}, {_fmt(self.hi)}"
-                    f"{')' if self.hi_open else ']'}")
+            return f"in {'(' if self.lo_open else '['}{_fmt(self.lo)}, {_fmt(self.hi)}{')' if self.hi_open else ']'}"
         if self.lo is not None:
             return f"{kind}{'>' if self.lo_open else '>='} {_fmt(self.lo)}"
         if self.hi is not None:
@@ -72,17 +71,43 @@ FRACTION = Range(0, 1, lo_open=True, hi_open=True)
 #: the option (one place: a new command with ``--fps`` is checked like the others).
 #: Options not listed are still checked to be finite.
 OPTION_RANGES: dict[str, Range] = {
-    "--batch-size": COUNT, "--checkpoint-every": COUNT, "--copies": COUNT, "--log-every": COUNT,
-    "--limit-per-class": COUNT, "--max-frames": COUNT, "--min-corners": Range(4, integer=True),
-    "--min-markers": COUNT, "--min-views": Range(3, integer=True), "--n-bins": COUNT,
-    "--n-per-class": Range(2, integer=True), "--patch-px": COUNT, "--projections": COUNT,
-    "--scene-frames": COUNT, "--scenes-per-class": Range(0, integer=True), "--frames": COUNT, "--knots": COUNT,
-    "--steps": COUNT, "--swatches": COUNT, "--target-images": COUNT, "--threads": COUNT, "--workers": COUNT,
+    "--batch-size": COUNT,
+    "--checkpoint-every": COUNT,
+    "--copies": COUNT,
+    "--log-every": COUNT,
+    "--limit-per-class": COUNT,
+    "--max-frames": COUNT,
+    "--min-corners": Range(4, integer=True),
+    "--min-markers": COUNT,
+    "--min-views": Range(3, integer=True),
+    "--n-bins": COUNT,
+    "--n-per-class": Range(2, integer=True),
+    "--patch-px": COUNT,
+    "--projections": COUNT,
+    "--scene-frames": COUNT,
+    "--scenes-per-class": Range(0, integer=True),
+    "--frames": COUNT,
+    "--knots": COUNT,
+    "--steps": COUNT,
+    "--swatches": COUNT,
+    "--target-images": COUNT,
+    "--threads": COUNT,
+    "--workers": COUNT,
     "--seed": Range(0, integer=True),
-    "--dpi": POSITIVE, "--fps": POSITIVE, "--lr": POSITIVE, "--size-mm": POSITIVE, "--square-mm": POSITIVE,
-    "--swatch-mm": POSITIVE, "--tv": NON_NEGATIVE, "--nps-weight": NON_NEGATIVE,
-    "--holdout": FRACTION, "--holdout-frac": Range(0, 1, hi_open=True), "--patch-frac": FRACTION,
-    "--val-frac": FRACTION, "--roi-frac": Range(0, 1, lo_open=True), "--marker-ratio": FRACTION,
+    "--dpi": POSITIVE,
+    "--fps": POSITIVE,
+    "--lr": POSITIVE,
+    "--size-mm": POSITIVE,
+    "--square-mm": POSITIVE,
+    "--swatch-mm": POSITIVE,
+    "--tv": NON_NEGATIVE,
+    "--nps-weight": NON_NEGATIVE,
+    "--holdout": FRACTION,
+    "--holdout-frac": Range(0, 1, hi_open=True),
+    "--patch-frac": FRACTION,
+    "--val-frac": FRACTION,
+    "--roi-frac": Range(0, 1, lo_open=True),
+    "--marker-ratio": FRACTION,
 }
 
 
@@ -106,8 +131,10 @@ def check_number(value: Any, name: str, rng: Range | None = None, *, error: type
         raise error(f"{name} must be {'an integer' if rng.integer else 'a number'}, got {value!r}")
     v = float(value)
     if not math.isfinite(v):
-        raise error(f"{name} must be a finite number{'' if rng.describe() == 'a finite number' else ' ' + rng.describe()}"
-                    f", got {value}")
+        raise error(
+            f"{name} must be a finite number{'' if rng.describe() == 'a finite number' else ' ' + rng.describe()}"
+            f", got {value}"
+        )
     if rng.integer and not v.is_integer():
         raise error(f"{name} must be an integer, got {value}")
     if not rng.contains(v):
@@ -115,8 +142,9 @@ def check_number(value: Any, name: str, rng: Range | None = None, *, error: type
     return value
 
 
-def check_numbers(values: Iterable[Any], name: str, rng: Range | None = None, *,
-                  error: type[Exception] = ConfigError) -> list[Any]:
+def check_numbers(
+    values: Iterable[Any], name: str, rng: Range | None = None, *, error: type[Exception] = ConfigError
+) -> list[Any]:
     """:func:`check_number` on each of ``values``; a list's item is named ``name[i]``."""
     return [check_number(v, f"{name}[{i}]", rng, error=error) for i, v in enumerate(values)]
 
@@ -130,8 +158,10 @@ def check_input_path(path: str | os.PathLike | None, name: str = "path") -> None
     except TypeError:
         return
     if p and is_special_file(p):
-        raise ConfigError(f"{name} {p} is a pipe or socket, not a file: patchlab reads regular files, folders "
-                          "and camera devices (a pipe would block for ever)")
+        raise ConfigError(
+            f"{name} {p} is a pipe or socket, not a file: patchlab reads regular files, folders "
+            "and camera devices (a pipe would block for ever)"
+        )
 
 
 def check_overwrite(paths: Path | str | Sequence[Path | str], overwrite: bool, *, option: str = "--overwrite") -> None:
@@ -175,5 +205,16 @@ def check_output_file(path: str | os.PathLike, *, option: str = "--out", suffixe
     return p
 
 
-__all__ = ["Range", "OPTION_RANGES", "POSITIVE", "NON_NEGATIVE", "COUNT", "FRACTION", "check_number",
-           "check_numbers", "check_input_path", "check_overwrite", "check_output_file"]
+__all__ = [
+    "Range",
+    "OPTION_RANGES",
+    "POSITIVE",
+    "NON_NEGATIVE",
+    "COUNT",
+    "FRACTION",
+    "check_number",
+    "check_numbers",
+    "check_input_path",
+    "check_overwrite",
+    "check_output_file",
+]

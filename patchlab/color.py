@@ -23,9 +23,7 @@ _SRGB_A, _SRGB_GAMMA, _SRGB_SLOPE, _SRGB_LIN_KNEE, _SRGB_ENC_KNEE = 0.055, 2.4, 
 #: Smallest value raised to a fractional power, so gradients stay finite at 0.
 _POW_FLOOR = 1e-12
 #: Linear sRGB (D65) -> CIE XYZ, IEC 61966-2-1.
-_RGB_TO_XYZ = ((0.4124564, 0.3575761, 0.1804375),
-               (0.2126729, 0.7151522, 0.0721750),
-               (0.0193339, 0.1191920, 0.9503041))
+_RGB_TO_XYZ = ((0.4124564, 0.3575761, 0.1804375), (0.2126729, 0.7151522, 0.0721750), (0.0193339, 0.1191920, 0.9503041))
 #: D65 reference white (Y = 1).
 _D65 = (0.95047, 1.0, 1.08883)
 #: CIELAB constants (CIE 15): delta = 6/29.
@@ -57,15 +55,16 @@ def srgb_to_lab(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
     m = torch.tensor(_RGB_TO_XYZ, device=x.device, dtype=x.dtype)
     xyz = lin @ m.T / torch.tensor(_D65, device=x.device, dtype=x.dtype)
     d = _LAB_DELTA
-    f = torch.where(xyz > d ** 3, xyz.clamp_min(_POW_FLOOR) ** (1 / 3), xyz / (3 * d * d) + 4 / 29)
+    f = torch.where(xyz > d**3, xyz.clamp_min(_POW_FLOOR) ** (1 / 3), xyz / (3 * d * d) + 4 / 29)
     L = 116 * f[..., 1] - 16
     a = 500 * (f[..., 0] - f[..., 1])
     b = 200 * (f[..., 1] - f[..., 2])
     return torch.stack([L, a, b], -1).movedim(-1, dim)
 
 
-def delta_e_2000(lab1: torch.Tensor, lab2: torch.Tensor, dim: int = 1, *, kL: float = 1.0, kC: float = 1.0,
-                 kH: float = 1.0) -> torch.Tensor:
+def delta_e_2000(
+    lab1: torch.Tensor, lab2: torch.Tensor, dim: int = 1, *, kL: float = 1.0, kC: float = 1.0, kH: float = 1.0
+) -> torch.Tensor:
     """CIEDE2000 colour difference between two CIELAB tensors (Sharma et al. 2005).
 
     Args:
@@ -86,7 +85,7 @@ def delta_e_2000(lab1: torch.Tensor, lab2: torch.Tensor, dim: int = 1, *, kL: fl
     C1 = sqrt(a1 * a1 + b1 * b1)
     C2 = sqrt(a2 * a2 + b2 * b2)
     Cbar = (C1 + C2) / 2
-    G = 0.5 * (1 - sqrt(Cbar ** 7 / (Cbar ** 7 + 25.0 ** 7)))
+    G = 0.5 * (1 - sqrt(Cbar**7 / (Cbar**7 + 25.0**7)))
     a1p, a2p = (1 + G) * a1, (1 + G) * a2
     C1p = sqrt(a1p * a1p + b1 * b1)
     C2p = sqrt(a2p * a2p + b2 * b2)
@@ -102,14 +101,22 @@ def delta_e_2000(lab1: torch.Tensor, lab2: torch.Tensor, dim: int = 1, *, kL: fl
     Lbp = (L1 + L2) / 2
     Cbp = (C1p + C2p) / 2
     hsum = h1p + h2p
-    hbp = torch.where((h1p - h2p).abs() > math.pi,
-                      torch.where(hsum < 2 * math.pi, (hsum + 2 * math.pi) / 2, (hsum - 2 * math.pi) / 2), hsum / 2)
+    hbp = torch.where(
+        (h1p - h2p).abs() > math.pi,
+        torch.where(hsum < 2 * math.pi, (hsum + 2 * math.pi) / 2, (hsum - 2 * math.pi) / 2),
+        hsum / 2,
+    )
     hbp = torch.where(zero_c, hsum, hbp)
     deg = math.pi / 180
-    T = (1 - 0.17 * torch.cos(hbp - 30 * deg) + 0.24 * torch.cos(2 * hbp) + 0.32 * torch.cos(3 * hbp + 6 * deg)
-         - 0.20 * torch.cos(4 * hbp - 63 * deg))
-    dtheta = 30 * deg * torch.exp(-(((hbp / deg) - 275) / 25) ** 2)
-    RC = 2 * sqrt(Cbp ** 7 / (Cbp ** 7 + 25.0 ** 7))
+    T = (
+        1
+        - 0.17 * torch.cos(hbp - 30 * deg)
+        + 0.24 * torch.cos(2 * hbp)
+        + 0.32 * torch.cos(3 * hbp + 6 * deg)
+        - 0.20 * torch.cos(4 * hbp - 63 * deg)
+    )
+    dtheta = 30 * deg * torch.exp(-((((hbp / deg) - 275) / 25) ** 2))
+    RC = 2 * sqrt(Cbp**7 / (Cbp**7 + 25.0**7))
     SL = 1 + 0.015 * (Lbp - 50) ** 2 / torch.sqrt(20 + (Lbp - 50) ** 2)
     SC = 1 + 0.045 * Cbp
     SH = 1 + 0.015 * Cbp * T

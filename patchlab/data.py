@@ -103,17 +103,28 @@ class ImageSet:
 
     def subset(self, idx: torch.Tensor | Sequence[int]) -> "ImageSet":
         idx_t = torch.as_tensor(idx, dtype=torch.long)
-        return ImageSet(self.images[idx_t], self.labels[idx_t], list(self.classes),
-                        [self.paths[i] for i in idx_t.tolist()], self.root, list(self.skipped))
+        return ImageSet(
+            self.images[idx_t],
+            self.labels[idx_t],
+            list(self.classes),
+            [self.paths[i] for i in idx_t.tolist()],
+            self.root,
+            list(self.skipped),
+        )
 
-    def batches(self, batch_size: int, device: torch.device | str = "cpu",
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self,
+        batch_size: int,
+        device: torch.device | str = "cpu",
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(images float [0,1] on device, labels)`` in order."""
         if batch_size < 1:
             raise DataError(f"batch size must be >= 1, got {batch_size}")
         for s in range(0, len(self), batch_size):
-            yield (self.images[s:s + batch_size].to(device).float().div_(255.0),
-                   self.labels[s:s + batch_size].to(device))
+            yield (
+                self.images[s : s + batch_size].to(device).float().div_(255.0),
+                self.labels[s : s + batch_size].to(device),
+            )
 
 
 def scan_folder(root: str | Path) -> tuple[list[tuple[Path, int]], list[str]]:
@@ -151,8 +162,13 @@ def limit_items(items: list[tuple[Path, int]], limit_per_class: int | None) -> l
     return kept
 
 
-def load_folder(root: str | Path, *, limit_per_class: int | None = None, size: int | tuple[int, int] | None = None,
-                progress: Callable[[int], None] | None = None) -> ImageSet:
+def load_folder(
+    root: str | Path,
+    *,
+    limit_per_class: int | None = None,
+    size: int | tuple[int, int] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ImageSet:
     """Load an ImageFolder tree or plain image folder into memory.
 
     Args:
@@ -178,21 +194,23 @@ def load_folder(root: str | Path, *, limit_per_class: int | None = None, size: i
             x = None
         if x is not None:
             if target is not None and tuple(x.shape[-2:]) != target:
-                x = F.interpolate(x[None], size=target, mode="bilinear", antialias=True,
-                                  align_corners=False)[0].clamp_(0, 1)
+                x = F.interpolate(x[None], size=target, mode="bilinear", antialias=True, align_corners=False)[0].clamp_(
+                    0, 1
+                )
             if shape is None:
                 shape = tuple(x.shape)
             elif tuple(x.shape) != shape:
-                raise DataError(f"images in {root} differ in size ({shape[1:]} vs {tuple(x.shape[1:])} at {p}); "
-                                "resize them to one size first, or load them with load_folder(..., size=N)")
+                raise DataError(
+                    f"images in {root} differ in size ({shape[1:]} vs {tuple(x.shape[1:])} at {p}); "
+                    "resize them to one size first, or load them with load_folder(..., size=N)"
+                )
             imgs.append((x * 255.0).round_().to(torch.uint8))
             labels.append(c)
             paths.append(str(p))
         if progress is not None and (i % 256 == 255 or i == len(items) - 1):
             progress(256 if i % 256 == 255 else (i % 256) + 1)
     if skipped:
-        warnings.warn(f"skipped {len(skipped)} unreadable image file(s) in {root} (first: {skipped[0]})",
-                      stacklevel=2)
+        warnings.warn(f"skipped {len(skipped)} unreadable image file(s) in {root} (first: {skipped[0]})", stacklevel=2)
     if not imgs:
         raise DataError(f"none of the {len(items)} image files in {root} could be read")
     return ImageSet(torch.stack(imgs), torch.tensor(labels, dtype=torch.long), classes, paths, str(root), skipped)
@@ -211,8 +229,10 @@ def match_labels(classes: Sequence[str], model_labels: Sequence[str], *, model_n
     missing = [c for c in classes if _norm_name(c) not in index]
     if missing:
         shown = ", ".join(list(model_labels)[:12]) + (" ..." if len(model_labels) > 12 else "")
-        raise DataError(f"data classes {missing[:6]}{' ...' if len(missing) > 6 else ''} are not labels of "
-                        f"{model_name} (its labels: {shown})")
+        raise DataError(
+            f"data classes {missing[:6]}{' ...' if len(missing) > 6 else ''} are not labels of "
+            f"{model_name} (its labels: {shown})"
+        )
     return torch.tensor([index[_norm_name(c)] for c in classes], dtype=torch.long)
 
 
@@ -237,8 +257,14 @@ class Split:
     holdout_frac: float
 
     def to_dict(self) -> dict:
-        return {"seed": self.seed, "holdout_frac": self.holdout_frac, "n_train": len(self.train),
-                "n_holdout": len(self.holdout), "train": self.train, "holdout": self.holdout}
+        return {
+            "seed": self.seed,
+            "holdout_frac": self.holdout_frac,
+            "n_train": len(self.train),
+            "n_holdout": len(self.holdout),
+            "train": self.train,
+            "holdout": self.holdout,
+        }
 
 
 def split_indices(labels: torch.Tensor | Sequence[int], *, holdout_frac: float = 0.2, seed: int = 0) -> Split:

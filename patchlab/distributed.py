@@ -117,8 +117,9 @@ def init_from_env(device: str = "auto") -> tuple[DistContext, torch.device]:
     import torch.distributed as dist
 
     if not launched():
-        return current(), torch.device("cpu" if device == "auto" and not torch.cuda.is_available() else
-                                       ("cuda" if device == "auto" else device))
+        return current(), torch.device(
+            "cpu" if device == "auto" and not torch.cuda.is_available() else ("cuda" if device == "auto" else device)
+        )
     local = int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
     dev = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu" if device in ("auto", "cuda") else device)

@@ -106,15 +106,21 @@ PRESETS: dict[str, EOTConfig] = {
     # robustness to resampling and small framing changes of a digital paste
     "digital": EOTConfig(rotation_deg=10.0, scale=(0.9, 1.1), brightness=0.05, contrast=(0.9, 1.1), noise=0.02),
     # a printed sticker in front of a camera: pose, light, sensor, focus
-    "physical": EOTConfig(rotation_deg=20.0, scale=(0.8, 1.2), perspective=0.15, brightness=0.15,
-                          contrast=(0.8, 1.2), noise=0.04, blur=0.8),
+    "physical": EOTConfig(
+        rotation_deg=20.0,
+        scale=(0.8, 1.2),
+        perspective=0.15,
+        brightness=0.15,
+        contrast=(0.8, 1.2),
+        noise=0.04,
+        blur=0.8,
+    ),
 }
 
 
 def _preset_name(name: str, source: str = "--eot") -> str:
     if name not in PRESETS:
-        raise ConfigError(f"{source}: unknown EOT preset {name!r}; presets: {', '.join(PRESETS)} "
-                          "(or a TOML file path)")
+        raise ConfigError(f"{source}: unknown EOT preset {name!r}; presets: {', '.join(PRESETS)} (or a TOML file path)")
     return name
 
 
@@ -170,8 +176,14 @@ class EOTParams:
         return int(self.top_left.shape[0])
 
     def to_dict(self) -> dict[str, Any]:
-        return {f.name: (getattr(self, f.name).tolist() if isinstance(getattr(self, f.name), torch.Tensor)
-                         else getattr(self, f.name)) for f in fields(self)}
+        return {
+            f.name: (
+                getattr(self, f.name).tolist()
+                if isinstance(getattr(self, f.name), torch.Tensor)
+                else getattr(self, f.name)
+            )
+            for f in fields(self)
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "EOTParams":
@@ -189,8 +201,14 @@ class EOTParams:
 
 def params_rows(params: EOTParams, rows: slice) -> EOTParams:
     """The transforms of rows ``rows`` of a draw (the noise seed stays the draw's)."""
-    kw = {f.name: (getattr(params, f.name)[rows] if isinstance(getattr(params, f.name), torch.Tensor)
-                   else getattr(params, f.name)) for f in fields(params)}
+    kw = {
+        f.name: (
+            getattr(params, f.name)[rows]
+            if isinstance(getattr(params, f.name), torch.Tensor)
+            else getattr(params, f.name)
+        )
+        for f in fields(params)
+    }
     return EOTParams(**kw)
 
 
@@ -229,10 +247,20 @@ class PatchRenderer(nn.Module):
     ``(3, h, w)`` in [0, 1] (gradients flow to it), params from :meth:`sample`.
     """
 
-    def __init__(self, image_hw: tuple[int, int], patch_hw: tuple[int, int], *, frac: float = 0.1,
-                 shape: str = "square", placement: str = "side", position: tuple[float, float] | None = None,
-                 eot: EOTConfig = PRESETS["none"], color: nn.Module | None = None, frame: Any = False,
-                 marker_ratio: float | None = None):
+    def __init__(
+        self,
+        image_hw: tuple[int, int],
+        patch_hw: tuple[int, int],
+        *,
+        frac: float = 0.1,
+        shape: str = "square",
+        placement: str = "side",
+        position: tuple[float, float] | None = None,
+        eot: EOTConfig = PRESETS["none"],
+        color: nn.Module | None = None,
+        frame: Any = False,
+        marker_ratio: float | None = None,
+    ):
         super().__init__()
         if shape not in SHAPES:
             raise ConfigError(f"unknown patch shape {shape!r}; choose {' or '.join(SHAPES)}")
@@ -286,13 +314,17 @@ class PatchRenderer(nn.Module):
         sh, sw = sticker.shape[1:]
         self.sticker_px = (int(round(sh * self.px_scale)), int(round(sw * self.px_scale)))
         if self.sticker_px[0] > self.image_hw[0] or self.sticker_px[1] > self.image_hw[1]:
-            raise ConfigError(f"the patch ({self.sticker_px[1]}x{self.sticker_px[0]} px for area fraction {frac:g}"
-                              f"{' with its marker frame' if frame else ''}) is larger than the "
-                              f"{self.image_hw[1]}x{self.image_hw[0]} image: lower --patch-frac")
+            raise ConfigError(
+                f"the patch ({self.sticker_px[1]}x{self.sticker_px[0]} px for area fraction {frac:g}"
+                f"{' with its marker frame' if frame else ''}) is larger than the "
+                f"{self.image_hw[1]}x{self.image_hw[0]} image: lower --patch-frac"
+            )
 
     def extra_repr(self) -> str:
-        return (f"image_hw={self.image_hw}, patch_hw={self.patch_hw}, frac={self.frac}, shape={self.shape!r}, "
-                f"placement={self.placement!r}, eot={self.eot}, frame={self.inner != (0, 0) + self.patch_hw[::-1]}")
+        return (
+            f"image_hw={self.image_hw}, patch_hw={self.patch_hw}, frac={self.frac}, shape={self.shape!r}, "
+            f"placement={self.placement!r}, eot={self.eot}, frame={self.inner != (0, 0) + self.patch_hw[::-1]}"
+        )
 
     # ------------------------------------------------------------------ sampling
     def sample(self, batch: int, generator: torch.Generator | None = None) -> EOTParams:
@@ -333,12 +365,13 @@ class PatchRenderer(nn.Module):
             contrast=u(*e.contrast),
             noise_sigma=u(0.0, e.noise),
             blur_sigma=u(0.0, e.blur),
-            noise_seed=int(torch.randint(0, 2 ** 62, (1,), generator=g)),
+            noise_seed=int(torch.randint(0, 2**62, (1,), generator=g)),
         )
 
     # ----------------------------------------------------------------- rendering
-    def stickers(self, patch: torch.Tensor, params: EOTParams, *, rows: slice | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    def stickers(
+        self, patch: torch.Tensor, params: EOTParams, *, rows: slice | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The transformed stickers before placement: colour ``(B, 3, sh, sw)`` and alpha ``(B, 1, sh, sw)``.
 
         ``rows`` renders only those rows of the draw ``params`` (a data-parallel rank's
@@ -347,8 +380,9 @@ class PatchRenderer(nn.Module):
         """
         check_patch(patch)
         if tuple(patch.shape[1:]) != self.patch_hw:
-            raise ValueError(f"expected a patch of shape (3, {self.patch_hw[0]}, {self.patch_hw[1]}), "
-                             f"got {tuple(patch.shape)}")
+            raise ValueError(
+                f"expected a patch of shape (3, {self.patch_hw[0]}, {self.patch_hw[1]}), got {tuple(patch.shape)}"
+            )
         sig_all = params.blur_sigma / self.px_scale  # sticker pixels; params live on the CPU (no device sync)
         blur_k = 2 * int(math.ceil(3 * float(sig_all.max()))) + 1 if float(sig_all.max()) > 0 else 0
         noisy = float(params.noise_sigma.max()) > 0
@@ -362,8 +396,9 @@ class PatchRenderer(nn.Module):
         pa = self.patch_alpha.to(dev, dt)
         up = patch.repeat_interleave(self.up, 1).repeat_interleave(self.up, 2) if self.up > 1 else patch
         inner = sticker[:, y0:y1, x0:x1] * (1 - pa) + up * pa
-        s = torch.cat([sticker[:, :y0], torch.cat([sticker[:, y0:y1, :x0], inner, sticker[:, y0:y1, x1:]], 2),
-                       sticker[:, y1:]], 1)
+        s = torch.cat(
+            [sticker[:, :y0], torch.cat([sticker[:, y0:y1, :x0], inner, sticker[:, y0:y1, x1:]], 2), sticker[:, y1:]], 1
+        )
         s = s.unsqueeze(0).expand(B, -1, -1, -1)
         if self.color is not None:
             s = self.color(s)
@@ -389,8 +424,9 @@ class PatchRenderer(nn.Module):
         s = s.clamp(0.0, 1.0)
         return s, self.alpha.to(dev, dt).unsqueeze(0).expand(B, -1, -1, -1)
 
-    def homographies(self, params: EOTParams, *, device: torch.device | str = "cpu",
-                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    def homographies(
+        self, params: EOTParams, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
         """``(B, 3, 3)`` maps from sticker pixel centres to image pixel centres."""
         from kornia.geometry.transform import get_perspective_transform
 
@@ -410,8 +446,9 @@ class PatchRenderer(nn.Module):
         Hm = get_perspective_transform(src[None].expand(B, 4, 2).contiguous(), dst)
         return Hm.to(device=device, dtype=dtype)
 
-    def forward(self, images: torch.Tensor, patch: torch.Tensor, params: EOTParams, *,
-                rows: slice | None = None) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, patch: torch.Tensor, params: EOTParams, *, rows: slice | None = None
+    ) -> torch.Tensor:
         """Paste ``patch`` into ``images`` with the transforms ``params``.
 
         ``rows``: ``images`` are only those rows of the batch ``params`` was drawn for
@@ -426,18 +463,30 @@ class PatchRenderer(nn.Module):
         if images.shape[0] != n:
             raise ValueError(f"expected {n} images for these params, got {images.shape[0]}")
         s, alpha = self.stickers(patch.to(images.dtype), params, rows=rows)
-        Hm = self.homographies(params if rows is None else params_rows(params, rows), device=images.device,
-                               dtype=images.dtype)
+        Hm = self.homographies(
+            params if rows is None else params_rows(params, rows), device=images.device, dtype=images.dtype
+        )
         both = torch.cat([s * alpha, alpha], 1)
         warped = warp_perspective(both, Hm, self.image_hw, mode="bilinear", padding_mode="zeros", align_corners=True)
         color, m = warped[:, :3], warped[:, 3:].clamp(0.0, 1.0)
         return (images * (1 - m) + color).clamp(0.0, 1.0)
 
-    def paste(self, images: torch.Tensor, patch: torch.Tensor, generator: torch.Generator | None = None
-              ) -> tuple[torch.Tensor, EOTParams]:
+    def paste(
+        self, images: torch.Tensor, patch: torch.Tensor, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, EOTParams]:
         """Sample and render in one call; returns the patched images and the params used."""
         params = self.sample(images.shape[0], generator)
         return self(images, patch, params), params
 
 
-__all__ = ["EOTConfig", "EOTParams", "PLACEMENTS", "PRESETS", "PatchRenderer", "SHAPES", "footprint", "load_eot", "params_rows"]
+__all__ = [
+    "EOTConfig",
+    "EOTParams",
+    "PLACEMENTS",
+    "PRESETS",
+    "PatchRenderer",
+    "SHAPES",
+    "footprint",
+    "load_eot",
+    "params_rows",
+]

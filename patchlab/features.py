@@ -45,7 +45,7 @@ def parse_layers(spec: str | Sequence[str]) -> list[str]:
     for it in items:
         if it.startswith(DEPTH_PREFIX):
             try:
-                f = float(it[len(DEPTH_PREFIX):])
+                f = float(it[len(DEPTH_PREFIX) :])
             except ValueError:
                 raise ConfigError(f"bad layer item {it!r}: depth takes a number in [0, 1], e.g. depth:0.5") from None
             if not 0.0 <= f <= 1.0:
@@ -60,9 +60,11 @@ def _trace_outputs(model: WrappedModel, modules: dict[str, nn.Module]) -> list[t
     seen: list[tuple[str, tuple[int, ...]]] = []
     handles = []
     for name, m in modules.items():
+
         def hook(_m, _inp, out, name=name):
             if isinstance(out, torch.Tensor):
                 seen.append((name, tuple(out.shape)))
+
         handles.append(m.register_forward_hook(hook))
     try:
         p = next(model.parameters(), None)
@@ -85,8 +87,7 @@ def feature_blocks(model: WrappedModel) -> list[str]:
     CIFAR ResNets alike. Networks built of plain layers only (a LeNet) fall back to
     the spatial layers held in their containers.
     """
-    parents = {id(child) for _, m in model.net.named_modules() if isinstance(m, _CONTAINERS)
-               for child in m.children()}
+    parents = {id(child) for _, m in model.net.named_modules() if isinstance(m, _CONTAINERS) for child in m.children()}
     held = {n: m for n, m in model.net.named_modules() if n and id(m) in parents and not isinstance(m, _CONTAINERS)}
     composite = {n: m for n, m in held.items() if any(True for _ in m.children())}
     for cand in (composite, held):
@@ -126,15 +127,14 @@ def resolve_layers(model: WrappedModel, spec: str | Sequence[str]) -> list[Layer
                 blocks = feature_blocks(model)
                 if not blocks:
                     raise ConfigError(f"{model.name}: found no feature blocks for {it}; name layers explicitly")
-            f = float(it[len(DEPTH_PREFIX):])
+            f = float(it[len(DEPTH_PREFIX) :])
             out.append(LayerRef(it, blocks[int(round(f * (len(blocks) - 1)))], "output"))
         else:
             model.get_layer(it)  # raises ConfigError naming similar layers
             out.append(LayerRef(it, it, "output"))
     keys = [r.key for r in out]
     if len(set(keys)) != len(keys):
-        raise ConfigError(f"{model.name}: layer items {[r.item for r in out]} resolve to the same layer twice "
-                          f"({keys})")
+        raise ConfigError(f"{model.name}: layer items {[r.item for r in out]} resolve to the same layer twice ({keys})")
     return out
 
 
@@ -182,11 +182,13 @@ class FeatureExtractor(nn.Module):
     def _pre_hook(self, key: str) -> Callable:
         def hook(_m, inputs):
             self._store[key] = inputs[0]
+
         return hook
 
     def _post_hook(self, key: str) -> Callable:
         def hook(_m, _inputs, out):
             self._store[key] = out[0] if isinstance(out, (tuple, list)) else out
+
         return hook
 
     @property
@@ -233,12 +235,13 @@ def model_fingerprint(model: WrappedModel) -> str:
 
 
 @torch.no_grad()
-def extract_features(extractor: FeatureExtractor, images: torch.Tensor, *, batch_size: int = 256,
-                     device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+def extract_features(
+    extractor: FeatureExtractor, images: torch.Tensor, *, batch_size: int = 256, device: torch.device | str = "cpu"
+) -> dict[str, torch.Tensor]:
     """Pooled features ``{key: (N, D)}`` (float32, on CPU) of uint8 or float images ``(N, 3, H, W)``."""
     chunks: dict[str, list[torch.Tensor]] = {k: [] for k in extractor.keys}
     for s in range(0, images.shape[0], batch_size):
-        x = images[s:s + batch_size].to(device)
+        x = images[s : s + batch_size].to(device)
         x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
         _, feats = extractor(x)
         for k, v in feats.items():
@@ -246,9 +249,15 @@ def extract_features(extractor: FeatureExtractor, images: torch.Tensor, *, batch
     return {k: torch.cat(v) for k, v in chunks.items()}
 
 
-def target_features(extractor: FeatureExtractor, images: torch.Tensor, *, batch_size: int = 256,
-                    device: torch.device | str = "cpu", cache: bool = True,
-                    cache_dir: Path | None = None) -> dict[str, torch.Tensor]:
+def target_features(
+    extractor: FeatureExtractor,
+    images: torch.Tensor,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    cache: bool = True,
+    cache_dir: Path | None = None,
+) -> dict[str, torch.Tensor]:
     """Features of the target-class images, extracted once and cached on disk.
 
     The cache key is :func:`model_fingerprint` (architecture, preprocessing, weight

@@ -45,8 +45,9 @@ class ImageSource(Protocol):
 
     image_hw: tuple[int, int]
 
-    def draw(self, n: int, generator: torch.Generator, device: torch.device | str, *, rows: slice | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def draw(
+        self, n: int, generator: torch.Generator, device: torch.device | str, *, rows: slice | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``n`` images as float ``(n, 3, H, W)`` on ``device`` and their labels (or ``None``).
 
         ``rows``: only those rows of the ``n`` drawn (a data-parallel rank's share); the
@@ -79,8 +80,9 @@ class TensorSource:
         """The images where the boolean mask ``keep`` holds."""
         return TensorSource(self.images[keep], None if self.labels is None else self.labels[keep])
 
-    def draw(self, n: int, generator: torch.Generator, device: torch.device | str, *, rows: slice | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def draw(
+        self, n: int, generator: torch.Generator, device: torch.device | str, *, rows: slice | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if len(self) == 0:
             raise DataError("no images to draw from")
         idx = torch.randint(0, len(self), (n,), generator=generator)
@@ -104,8 +106,13 @@ class StreamSource:
         keep: ``labels -> bool mask`` of the images to use (e.g. not the target class).
     """
 
-    def __init__(self, batches: Iterable[Any], *, label_map: torch.Tensor | None = None,
-                 keep: Callable[[torch.Tensor], torch.Tensor] | None = None):
+    def __init__(
+        self,
+        batches: Iterable[Any],
+        *,
+        label_map: torch.Tensor | None = None,
+        keep: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
         self.batches = batches
         self.label_map = label_map
         self.keep = keep
@@ -142,8 +149,9 @@ class StreamSource:
                 sampler.set_epoch(self._epoch)
         raise DataError("the data stream yields no usable images" + (" (is it empty?)" if first else ""))
 
-    def draw(self, n: int, generator: torch.Generator, device: torch.device | str, *, rows: slice | None = None
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def draw(
+        self, n: int, generator: torch.Generator, device: torch.device | str, *, rows: slice | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         del generator  # the stream's own order (a DataLoader's shuffle) is the randomness
         if rows is not None:  # the stream is this rank's shard (a DistributedSampler): take its share
             n = len(range(*rows.indices(n)))
@@ -181,9 +189,18 @@ class FolderDataset(torch.utils.data.Dataset):
         return (read_image(path) * 255.0).round_().to(torch.uint8), label
 
 
-def folder_loader(items: Sequence[tuple[Any, int]], *, classes: Sequence[str] = (), batch_size: int, workers: int = 0, seed: int = 0,
-                  device: torch.device | str = "cpu", rank: int = 0, world: int = 1,
-                  prefetch: int = 4) -> torch.utils.data.DataLoader:
+def folder_loader(
+    items: Sequence[tuple[Any, int]],
+    *,
+    classes: Sequence[str] = (),
+    batch_size: int,
+    workers: int = 0,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    rank: int = 0,
+    world: int = 1,
+    prefetch: int = 4,
+) -> torch.utils.data.DataLoader:
     """A shuffled, seeded DataLoader over image files, decoded in ``workers`` processes.
 
     Pinned memory on CUDA (asynchronous copies), ``prefetch`` batches per worker ready
@@ -201,8 +218,15 @@ def folder_loader(items: Sequence[tuple[Any, int]], *, classes: Sequence[str] = 
     kw: dict[str, Any] = {}
     if workers > 0:
         kw = dict(prefetch_factor=prefetch, persistent_workers=True)
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                      pin_memory=torch.device(device).type == "cuda", drop_last=False, **kw)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.device(device).type == "cuda",
+        drop_last=False,
+        **kw,
+    )
 
 
 def data_classes(data: Any) -> list[str] | None:
@@ -214,9 +238,13 @@ def data_classes(data: Any) -> list[str] | None:
     return list(classes) if classes else None
 
 
-def as_source(data: Any, model_labels: Sequence[str], *, model_name: str = "model",
-              keep: Callable[[torch.Tensor], torch.Tensor] | None = None
-              ) -> tuple[TensorSource | StreamSource, list[str] | None]:
+def as_source(
+    data: Any,
+    model_labels: Sequence[str],
+    *,
+    model_name: str = "model",
+    keep: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[TensorSource | StreamSource, list[str] | None]:
     """Any accepted data form -> an image source with labels in the model's output indices.
 
     Args:
@@ -227,6 +255,7 @@ def as_source(data: Any, model_labels: Sequence[str], *, model_name: str = "mode
 
     Returns the source and the data's own class names (``None`` when it has none).
     """
+
     def kept(src: TensorSource) -> TensorSource:
         return src.where(keep(src.labels)) if keep is not None and src.labels is not None else src
 
@@ -242,15 +271,22 @@ def as_source(data: Any, model_labels: Sequence[str], *, model_name: str = "mode
     if isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         return kept(TensorSource(data[0], data[1])), None
     if isinstance(data, (str, bytes)) or not isinstance(data, Iterable):
-        raise DataError(f"expected images as a tensor, an (images, labels) pair, an ImageSet or an iterable of "
-                        f"(images, labels) batches such as a DataLoader, got {type(data).__name__}")
+        raise DataError(
+            f"expected images as a tensor, an (images, labels) pair, an ImageSet or an iterable of "
+            f"(images, labels) batches such as a DataLoader, got {type(data).__name__}"
+        )
     classes = data_classes(data)
     label_map = match_labels(classes, model_labels, model_name=model_name) if classes else None
     return StreamSource(data, label_map=label_map, keep=keep), classes
 
 
-def collect(data: Iterable[Any], *, keep: Callable[[torch.Tensor], torch.Tensor] | None = None,
-            label_map: torch.Tensor | None = None, limit: int | None = None) -> torch.Tensor:
+def collect(
+    data: Iterable[Any],
+    *,
+    keep: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    label_map: torch.Tensor | None = None,
+    limit: int | None = None,
+) -> torch.Tensor:
     """One pass over a stream, keeping the images whose labels pass ``keep`` (at most ``limit``)."""
     out: list[torch.Tensor] = []
     n = 0
@@ -270,9 +306,23 @@ def collect(data: Iterable[Any], *, keep: Callable[[torch.Tensor], torch.Tensor]
             break
     if not out:
         raise DataError("the data stream holds no image of the asked class")
-    x = torch.cat([o.float().div(255.0) if o.dtype == torch.uint8 and any(p.dtype != torch.uint8 for p in out)
-                   else o for o in out])
+    x = torch.cat(
+        [
+            o.float().div(255.0) if o.dtype == torch.uint8 and any(p.dtype != torch.uint8 for p in out) else o
+            for o in out
+        ]
+    )
     return x[:limit] if limit is not None else x
 
 
-__all__ = ["FolderDataset", "ImageSource", "folder_loader", "StreamSource", "TensorSource", "as_source", "collect", "data_classes", "to_float"]
+__all__ = [
+    "FolderDataset",
+    "ImageSource",
+    "folder_loader",
+    "StreamSource",
+    "TensorSource",
+    "as_source",
+    "collect",
+    "data_classes",
+    "to_float",
+]

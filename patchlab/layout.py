@@ -98,20 +98,42 @@ class Layout:
     def from_dict(cls, d: dict[str, Any], source: str = "layout") -> "Layout":
         try:
             if int(d.get("version", LAYOUT_VERSION)) > LAYOUT_VERSION:
-                raise ConfigError(f"{source}: layout version {d['version']} is newer than this patchlab "
-                                  f"understands ({LAYOUT_VERSION})")
+                raise ConfigError(
+                    f"{source}: layout version {d['version']} is newer than this patchlab "
+                    f"understands ({LAYOUT_VERSION})"
+                )
             return cls(
                 kind=str(d["kind"]),
                 page_mm=(float(d["page_mm"][0]), float(d["page_mm"][1])),
                 aruco_dict=str(d.get("aruco_dict", DEFAULT_ARUCO_DICT)),
-                markers=[MarkerSpec(id=int(m["id"]), corners_mm=[(float(x), float(y)) for x, y in m["corners_mm"]],
-                                    copy=int(m.get("copy", 0))) for m in d.get("markers", [])],
-                patches=[PatchSpec(x_mm=float(p["x_mm"]), y_mm=float(p["y_mm"]), width_mm=float(p["width_mm"]),
-                                   height_mm=float(p["height_mm"]), pixels=(int(p["pixels"][0]), int(p["pixels"][1])),
-                                   copy=int(p.get("copy", 0)), shape=str(p.get("shape", "square")))
-                         for p in d.get("patches", [])],
-                swatches=[SwatchSpec(name=str(s["name"]), rect_mm=tuple(float(v) for v in s["rect_mm"]),
-                                     srgb=tuple(int(v) for v in s["srgb"])) for s in d.get("swatches", [])],
+                markers=[
+                    MarkerSpec(
+                        id=int(m["id"]),
+                        corners_mm=[(float(x), float(y)) for x, y in m["corners_mm"]],
+                        copy=int(m.get("copy", 0)),
+                    )
+                    for m in d.get("markers", [])
+                ],
+                patches=[
+                    PatchSpec(
+                        x_mm=float(p["x_mm"]),
+                        y_mm=float(p["y_mm"]),
+                        width_mm=float(p["width_mm"]),
+                        height_mm=float(p["height_mm"]),
+                        pixels=(int(p["pixels"][0]), int(p["pixels"][1])),
+                        copy=int(p.get("copy", 0)),
+                        shape=str(p.get("shape", "square")),
+                    )
+                    for p in d.get("patches", [])
+                ],
+                swatches=[
+                    SwatchSpec(
+                        name=str(s["name"]),
+                        rect_mm=tuple(float(v) for v in s["rect_mm"]),
+                        srgb=tuple(int(v) for v in s["srgb"]),
+                    )
+                    for s in d.get("swatches", [])
+                ],
                 board=d.get("board"),
                 meta=dict(d.get("meta", {})),
                 version=int(d.get("version", LAYOUT_VERSION)),

@@ -101,8 +101,10 @@ class FolderLock:
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     pid = _read_pid(self.path)
                     who = f"process {pid}" if pid else "another process"
-                    raise FolderInUse(f"{self.what} {self.folder} is in use by {who}: wait for it to finish, stop "
-                                      "it, or write to another folder") from None
+                    raise FolderInUse(
+                        f"{self.what} {self.folder} is in use by {who}: wait for it to finish, stop "
+                        "it, or write to another folder"
+                    ) from None
                 raise FolderInUse(f"cannot lock {self.what} {os_error_text(exc, self.path)}") from exc
             if _same_file(fd, self.path):
                 break

@@ -42,8 +42,14 @@ def _check_clouds(x: torch.Tensor, y: torch.Tensor) -> None:
         raise ValueError(f"point clouds differ in dimension: x is {tuple(x.shape)}, y is {tuple(y.shape)}")
 
 
-def random_projections(d: int, n: int = DEFAULT_PROJECTIONS, *, generator: torch.Generator | None = None,
-                       device: torch.device | str | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def random_projections(
+    d: int,
+    n: int = DEFAULT_PROJECTIONS,
+    *,
+    generator: torch.Generator | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
     """``n`` directions drawn uniformly on the unit sphere of ``R^d``, as columns ``(d, n)``.
 
     Normalised Gaussian draws (the layout POT's ``sliced_wasserstein_distance``
@@ -59,7 +65,7 @@ def random_projections(d: int, n: int = DEFAULT_PROJECTIONS, *, generator: torch
     gdev = torch.device(generator.device if generator is not None else "cpu")
     dev = torch.device(device) if device is not None else gdev
     if dev.type == "cuda" and gdev.type != "cuda":
-        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))  # a CPU draw: no device sync
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))  # a CPU draw: no device sync
         generator, gdev = torch.Generator(device=dev).manual_seed(seed), dev
     theta = torch.randn(d, n, generator=generator, device=gdev, dtype=torch.float32)
     theta = theta / theta.norm(dim=0, keepdim=True)
@@ -84,8 +90,12 @@ def wasserstein_1d(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     vs, _ = torch.sort(v, dim=0)
     if n == m:
         return ((us - vs) ** 2).mean(0)
-    levels = torch.cat([torch.arange(1, n + 1, device=u.device, dtype=torch.float64) / n,
-                        torch.arange(1, m + 1, device=u.device, dtype=torch.float64) / m])
+    levels = torch.cat(
+        [
+            torch.arange(1, n + 1, device=u.device, dtype=torch.float64) / n,
+            torch.arange(1, m + 1, device=u.device, dtype=torch.float64) / m,
+        ]
+    )
     levels, _ = torch.sort(levels)
     width = torch.diff(levels, prepend=levels.new_zeros(1))
     mid = levels - width / 2
@@ -95,9 +105,14 @@ def wasserstein_1d(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return (w * (us[iu] - vs[iv]) ** 2).sum(0)
 
 
-def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, n_proj: int = DEFAULT_PROJECTIONS, *,
-                       generator: torch.Generator | None = None,
-                       projections: torch.Tensor | None = None) -> torch.Tensor:
+def sliced_wasserstein(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    n_proj: int = DEFAULT_PROJECTIONS,
+    *,
+    generator: torch.Generator | None = None,
+    projections: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Sliced Wasserstein-2 squared between point clouds ``x (n, d)`` and ``y (m, d)``.
 
     ``SW_2^2 = mean over directions theta of W_2^2(theta^T x, theta^T y)``
@@ -272,8 +287,7 @@ class NonPrintability(nn.Module):
 
 
 #: Feature-distribution losses by name: ``fn(x, y, **kw)`` on ``(n, d)`` clouds.
-DISTRIBUTION_LOSSES = {"sw": sliced_wasserstein, "w2": wasserstein2, "quantile": quantile_matching,
-                       "l2": feature_l2}
+DISTRIBUTION_LOSSES = {"sw": sliced_wasserstein, "w2": wasserstein2, "quantile": quantile_matching, "l2": feature_l2}
 #: Every patch loss the optimiser knows (``ce`` works on logits, the others on features).
 LOSS_NAMES = ("sw", "w2", "quantile", "ce", "l2")
 
@@ -288,7 +302,25 @@ def cloud_scale(y: torch.Tensor) -> torch.Tensor:
     return ((y - y.mean(0, keepdim=True)) ** 2).sum(1).mean().clamp_min(torch.finfo(y.dtype).tiny)
 
 
-__all__ = ["DEFAULT_PROJECTIONS", "DISTRIBUTION_LOSSES", "LOSS_NAMES", "FeatureL2", "NonPrintability",
-           "QuantileMatching", "SlicedWasserstein", "TargetedCrossEntropy", "TotalVariation", "Wasserstein2",
-           "cloud_scale", "feature_l2", "non_printability", "quantile_matching", "random_projections",
-           "sliced_wasserstein", "targeted_cross_entropy", "total_variation", "wasserstein2", "wasserstein_1d"]
+__all__ = [
+    "DEFAULT_PROJECTIONS",
+    "DISTRIBUTION_LOSSES",
+    "LOSS_NAMES",
+    "FeatureL2",
+    "NonPrintability",
+    "QuantileMatching",
+    "SlicedWasserstein",
+    "TargetedCrossEntropy",
+    "TotalVariation",
+    "Wasserstein2",
+    "cloud_scale",
+    "feature_l2",
+    "non_printability",
+    "quantile_matching",
+    "random_projections",
+    "sliced_wasserstein",
+    "targeted_cross_entropy",
+    "total_variation",
+    "wasserstein2",
+    "wasserstein_1d",
+]

@@ -20,8 +20,12 @@ from .layout import DEFAULT_ARUCO_DICT
 
 
 #: Short names accepted for the dictionaries patchlab documents (``--dictionary``).
-DICTIONARY_ALIASES = {"aruco4x4": "DICT_4X4_50", "4x4": "DICT_4X4_50", "apriltag36h11": "DICT_APRILTAG_36h11",
-                      "36h11": "DICT_APRILTAG_36h11"}
+DICTIONARY_ALIASES = {
+    "aruco4x4": "DICT_4X4_50",
+    "4x4": "DICT_4X4_50",
+    "apriltag36h11": "DICT_APRILTAG_36h11",
+    "36h11": "DICT_APRILTAG_36h11",
+}
 
 
 def dictionary_name(name: str) -> str:
@@ -41,8 +45,9 @@ def get_dictionary(name: str = DEFAULT_ARUCO_DICT) -> "cv2.aruco.Dictionary":
     return cv2.aruco.getPredefinedDictionary(getattr(cv2.aruco, key))
 
 
-def marker_image(marker_id: int, side_px: int, dictionary: str = DEFAULT_ARUCO_DICT,
-                 border_bits: int = 1) -> np.ndarray:
+def marker_image(
+    marker_id: int, side_px: int, dictionary: str = DEFAULT_ARUCO_DICT, border_bits: int = 1
+) -> np.ndarray:
     """The marker as a ``(side_px, side_px)`` uint8 image (0 black, 255 white)."""
     d = get_dictionary(dictionary)
     n = d.bytesList.shape[0]
@@ -59,8 +64,9 @@ def charuco_board(spec: dict) -> "cv2.aruco.CharucoBoard":
     """
     try:
         sx, sy = (int(v) for v in spec["squares"])
-        board = cv2.aruco.CharucoBoard((sx, sy), float(spec["square_mm"]), float(spec["marker_mm"]),
-                                       get_dictionary(str(spec["dictionary"])))
+        board = cv2.aruco.CharucoBoard(
+            (sx, sy), float(spec["square_mm"]), float(spec["marker_mm"]), get_dictionary(str(spec["dictionary"]))
+        )
         board.setLegacyPattern(bool(spec.get("legacy_pattern", False)))
     except (KeyError, TypeError, ValueError, cv2.error) as exc:
         raise ConfigError(f"invalid ChArUco board description {spec!r}: {exc}") from exc
@@ -119,8 +125,7 @@ class Detection:
         return float(np.mean([np.linalg.norm(c[i] - c[(i + 1) % 4]) for i in range(4)]))
 
 
-def detect_markers(image: np.ndarray, dictionary: str = DEFAULT_ARUCO_DICT, *,
-                   refine: bool = True) -> list[Detection]:
+def detect_markers(image: np.ndarray, dictionary: str = DEFAULT_ARUCO_DICT, *, refine: bool = True) -> list[Detection]:
     """Find ArUco markers in a BGR or grey uint8 image; sorted by id."""
     gray = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
     params = cv2.aruco.DetectorParameters()
@@ -188,8 +193,9 @@ class FrameGeometry:
     def marker_corners(self) -> list[np.ndarray]:
         """Corners ``(4, 2)`` of each marker in frame coordinates (TL, TR, BR, BL)."""
         m = self.marker_px
-        return [np.array([[x, y], [x + m, y], [x + m, y + m], [x, y + m]], np.float64)
-                for x, y in self.marker_origins()]
+        return [
+            np.array([[x, y], [x + m, y], [x + m, y + m], [x, y + m]], np.float64) for x, y in self.marker_origins()
+        ]
 
 
 def copy_marker_ids(copy: int, dictionary: str = DEFAULT_ARUCO_DICT) -> tuple[int, int, int, int]:
@@ -197,13 +203,20 @@ def copy_marker_ids(copy: int, dictionary: str = DEFAULT_ARUCO_DICT) -> tuple[in
     n = get_dictionary(dictionary).bytesList.shape[0]
     ids = tuple(MARKERS_PER_COPY * copy + i for i in range(MARKERS_PER_COPY))
     if copy < 0 or ids[-1] >= n:
-        raise ConfigError(f"patch copy {copy} needs marker ids {ids[0]}..{ids[-1]}, outside {dictionary} "
-                          f"(0..{n - 1}): print fewer copies or choose a larger dictionary")
+        raise ConfigError(
+            f"patch copy {copy} needs marker ids {ids[0]}..{ids[-1]}, outside {dictionary} "
+            f"(0..{n - 1}): print fewer copies or choose a larger dictionary"
+        )
     return ids  # type: ignore[return-value]
 
 
-def frame_geometry(patch_px: int | tuple[int, int], *, marker_ratio: float = FRAME_MARKER_RATIO,
-                   copy: int = 0, dictionary: str = DEFAULT_ARUCO_DICT) -> FrameGeometry:
+def frame_geometry(
+    patch_px: int | tuple[int, int],
+    *,
+    marker_ratio: float = FRAME_MARKER_RATIO,
+    copy: int = 0,
+    dictionary: str = DEFAULT_ARUCO_DICT,
+) -> FrameGeometry:
     """The marker frame of a patch of ``patch_px`` pixels (``int`` for square, or ``(w, h)``).
 
     Args:
@@ -222,9 +235,14 @@ def frame_geometry(patch_px: int | tuple[int, int], *, marker_ratio: float = FRA
     k = get_dictionary(dictionary).markerSize
     cells = k + 2  # marker cells including the black border
     band = max(1, int(round(marker_ratio * min(w, h) * (cells + 2) / cells)))
-    return FrameGeometry(patch_px=(w, h), band_px=band, marker_px=band * cells / (cells + 2),
-                         quiet_px=band / (cells + 2), marker_ids=copy_marker_ids(copy, dictionary),
-                         dictionary=dictionary)
+    return FrameGeometry(
+        patch_px=(w, h),
+        band_px=band,
+        marker_px=band * cells / (cells + 2),
+        quiet_px=band / (cells + 2),
+        marker_ids=copy_marker_ids(copy, dictionary),
+        dictionary=dictionary,
+    )
 
 
 @dataclass(frozen=True)
@@ -246,9 +264,16 @@ class MarkerFrame:
     scale: int
 
 
-def marker_frame(patch_px: int | tuple[int, int], *, scale: int = 1, marker_ratio: float = FRAME_MARKER_RATIO,
-                 copy: int = 0, dictionary: str = DEFAULT_ARUCO_DICT, paper: tuple[int, int, int] = (255, 255, 255),
-                 supersample: int = 8) -> MarkerFrame:
+def marker_frame(
+    patch_px: int | tuple[int, int],
+    *,
+    scale: int = 1,
+    marker_ratio: float = FRAME_MARKER_RATIO,
+    copy: int = 0,
+    dictionary: str = DEFAULT_ARUCO_DICT,
+    paper: tuple[int, int, int] = (255, 255, 255),
+    supersample: int = 8,
+) -> MarkerFrame:
     """Draw the marker frame of a ``patch_px`` patch, as printed by ``patchlab print patch``.
 
     The optimiser composites it around the patch (``--frame-markers``) so that EOT
@@ -288,7 +313,7 @@ def marker_frame(patch_px: int | tuple[int, int], *, scale: int = 1, marker_rati
         for i in range(n):
             for j in range(n):
                 if not bits[i, j]:
-                    big[edges_y[i]:edges_y[i + 1], edges_x[j]:edges_x[j + 1]] = 0
+                    big[edges_y[i] : edges_y[i + 1], edges_x[j] : edges_x[j + 1]] = 0
     image = cv2.resize(big, (W * scale, H * scale), interpolation=cv2.INTER_AREA) if supersample > 1 else big
     x0, y0, x1, y1 = (v * scale for v in g.inner_box)
     mask = np.ones(image.shape[:2], bool)
@@ -354,26 +379,43 @@ class CarrierGeometry:
     def marker_corners(self) -> list[np.ndarray]:
         """Corners ``(4, 2)`` of each marker in card mm (TL, TR, BR, BL)."""
         m = self.marker_mm
-        return [np.array([[x, y], [x + m, y], [x + m, y + m], [x, y + m]], np.float64)
-                for x, y in self.marker_origins()]
+        return [
+            np.array([[x, y], [x + m, y], [x + m, y + m], [x, y + m]], np.float64) for x, y in self.marker_origins()
+        ]
 
     @classmethod
     def from_dict(cls, d: dict) -> "CarrierGeometry":
         """Inverse of :meth:`to_dict` (a layout's ``meta["carrier"]``)."""
         try:
-            return cls(name=str(d["name"]), card_mm=(float(d["card_mm"][0]), float(d["card_mm"][1])),
-                       patch_mm=(float(d["patch_mm"][0]), float(d["patch_mm"][1])), marker_mm=float(d["marker_mm"]),
-                       quiet_mm=float(d["quiet_mm"]), marker_ids=tuple(int(i) for i in d["marker_ids"]),  # type: ignore[arg-type]
-                       dictionary=str(d["dictionary"]), max_distance_m=float(d["max_distance_m"]),
-                       reach_m=float(d["reach_m"]), focal_px=float(d["focal_px"]))
+            return cls(
+                name=str(d["name"]),
+                card_mm=(float(d["card_mm"][0]), float(d["card_mm"][1])),
+                patch_mm=(float(d["patch_mm"][0]), float(d["patch_mm"][1])),
+                marker_mm=float(d["marker_mm"]),
+                quiet_mm=float(d["quiet_mm"]),
+                marker_ids=tuple(int(i) for i in d["marker_ids"]),  # type: ignore[arg-type]
+                dictionary=str(d["dictionary"]),
+                max_distance_m=float(d["max_distance_m"]),
+                reach_m=float(d["reach_m"]),
+                focal_px=float(d["focal_px"]),
+            )
         except (KeyError, TypeError, ValueError, IndexError) as exc:
             raise ConfigError(f"not a carrier description: {exc!r}") from exc
 
     def to_dict(self) -> dict[str, object]:
-        return {"name": self.name, "card_mm": list(self.card_mm), "patch_mm": list(self.patch_mm),
-                "marker_mm": self.marker_mm, "quiet_mm": self.quiet_mm, "marker_ids": list(self.marker_ids),
-                "dictionary": self.dictionary, "max_distance_m": self.max_distance_m, "reach_m": self.reach_m,
-                "focal_px": self.focal_px, "min_px_per_cell": MIN_PX_PER_CELL}
+        return {
+            "name": self.name,
+            "card_mm": list(self.card_mm),
+            "patch_mm": list(self.patch_mm),
+            "marker_mm": self.marker_mm,
+            "quiet_mm": self.quiet_mm,
+            "marker_ids": list(self.marker_ids),
+            "dictionary": self.dictionary,
+            "max_distance_m": self.max_distance_m,
+            "reach_m": self.reach_m,
+            "focal_px": self.focal_px,
+            "min_px_per_cell": MIN_PX_PER_CELL,
+        }
 
 
 def _marker_room(card: tuple[float, float], patch: tuple[float, float], cells: int) -> float:
@@ -396,9 +438,15 @@ def _marker_room(card: tuple[float, float], patch: tuple[float, float], cells: i
     return lo
 
 
-def carrier_geometry(name: str, patch_mm: float | tuple[float, float], *, max_distance_m: float | None = None,
-                     focal_px: float | None = None, copy: int = 0,
-                     dictionary: str = DEFAULT_ARUCO_DICT) -> CarrierGeometry:
+def carrier_geometry(
+    name: str,
+    patch_mm: float | tuple[float, float],
+    *,
+    max_distance_m: float | None = None,
+    focal_px: float | None = None,
+    copy: int = 0,
+    dictionary: str = DEFAULT_ARUCO_DICT,
+) -> CarrierGeometry:
     """Lay out a carrier card: the card's orientation, the marker side, its reach.
 
     The marker side is what the farthest distance needs --
@@ -433,24 +481,47 @@ def carrier_geometry(name: str, patch_mm: float | tuple[float, float], *, max_di
     room = _marker_room(card, (pw, ph), cells)
     min_marker = cells * 1.0  # 1 mm per cell: below that a printer cannot draw the cells cleanly
     if room < min_marker:
-        raise ConfigError(f"a {pw:g} x {ph:g} mm patch leaves no room for markers on a {key} carrier "
-                          f"({card[0]:g} x {card[1]:g} mm): choose a larger --carrier or a smaller --size-mm")
+        raise ConfigError(
+            f"a {pw:g} x {ph:g} mm patch leaves no room for markers on a {key} carrier "
+            f"({card[0]:g} x {card[1]:g} mm): choose a larger --carrier or a smaller --size-mm"
+        )
     need = cells * MIN_PX_PER_CELL * d_m * 1000.0 / f
     marker = max(min(need, room), min_marker)
     reach = marker * f / (cells * MIN_PX_PER_CELL) / 1000.0
     if need > room:
-        bigger = [k for k, (a, b) in CARRIERS.items() if _marker_room((b, a), (pw, ph), cells) > room
-                  or _marker_room((a, b), (pw, ph), cells) > room]
-        warnings.warn(f"the {key} carrier has room for {room:.1f} mm markers: they decode to {reach:.2f} m, not "
-                      f"{d_m:g} m (they would need {need:.1f} mm)"
-                      + (f"; --carrier {bigger[0]} reaches farther" if bigger else ""), stacklevel=2)
-    return CarrierGeometry(name=key, card_mm=card, patch_mm=(pw, ph), marker_mm=float(marker),
-                           quiet_mm=max(MIN_QUIET_MM, marker / cells), marker_ids=copy_marker_ids(copy, dictionary),
-                           dictionary=dictionary, max_distance_m=d_m, reach_m=float(reach), focal_px=f)
+        bigger = [
+            k
+            for k, (a, b) in CARRIERS.items()
+            if _marker_room((b, a), (pw, ph), cells) > room or _marker_room((a, b), (pw, ph), cells) > room
+        ]
+        warnings.warn(
+            f"the {key} carrier has room for {room:.1f} mm markers: they decode to {reach:.2f} m, not "
+            f"{d_m:g} m (they would need {need:.1f} mm)"
+            + (f"; --carrier {bigger[0]} reaches farther" if bigger else ""),
+            stacklevel=2,
+        )
+    return CarrierGeometry(
+        name=key,
+        card_mm=card,
+        patch_mm=(pw, ph),
+        marker_mm=float(marker),
+        quiet_mm=max(MIN_QUIET_MM, marker / cells),
+        marker_ids=copy_marker_ids(copy, dictionary),
+        dictionary=dictionary,
+        max_distance_m=d_m,
+        reach_m=float(reach),
+        focal_px=f,
+    )
 
 
-def carrier_frame(geometry: CarrierGeometry, patch_px: int | tuple[int, int], *, scale: int = 1,
-                  paper: tuple[int, int, int] = (255, 255, 255), supersample: int = 4) -> MarkerFrame:
+def carrier_frame(
+    geometry: CarrierGeometry,
+    patch_px: int | tuple[int, int],
+    *,
+    scale: int = 1,
+    paper: tuple[int, int, int] = (255, 255, 255),
+    supersample: int = 4,
+) -> MarkerFrame:
     """Draw a carrier card around a ``patch_px`` patch, as ``print patch --carrier`` prints it.
 
     The card is drawn on the patch's pixel grid (``patch_px`` pixels across the
@@ -479,11 +550,16 @@ def carrier_frame(geometry: CarrierGeometry, patch_px: int | tuple[int, int], *,
         for i in range(n):
             for j in range(n):
                 if not bits[i, j]:
-                    big[edges_y[i]:edges_y[i + 1], edges_x[j]:edges_x[j + 1]] = 0
+                    big[edges_y[i] : edges_y[i + 1], edges_x[j] : edges_x[j + 1]] = 0
     image = cv2.resize(big, (W * scale, H * scale), interpolation=cv2.INTER_AREA) if supersample > 1 else big
     bx0, by0, bx1, by1 = x0 * scale, y0 * scale, (x0 + w) * scale, (y0 + h) * scale
     mask = np.ones(image.shape[:2], bool)
     mask[by0:by1, bx0:bx1] = False
     image[~mask] = paper
-    return MarkerFrame(image=image, mask=mask, inner_box=(bx0, by0, bx1, by1), geometry=geometry,  # type: ignore[arg-type]
-                       scale=scale)
+    return MarkerFrame(
+        image=image,
+        mask=mask,
+        inner_box=(bx0, by0, bx1, by1),
+        geometry=geometry,  # type: ignore[arg-type]
+        scale=scale,
+    )

@@ -86,9 +86,15 @@ class DemoPipeline:
         progress: a progress factory ``start(description, total) -> advance(n)`` for long work.
     """
 
-    def __init__(self, out: str | Path, config: DemoConfig, *, announce: Callable[[str], None] = lambda s: None,
-                 progress: Callable[[str, int], Callable[[int], None]] | None = None,
-                 on_stage: Callable[[str, bool], None] = lambda name, skipped: None):
+    def __init__(
+        self,
+        out: str | Path,
+        config: DemoConfig,
+        *,
+        announce: Callable[[str], None] = lambda s: None,
+        progress: Callable[[str, int], Callable[[int], None]] | None = None,
+        on_stage: Callable[[str, bool], None] = lambda name, skipped: None,
+    ):
         self.out = Path(out)
         self.cfg = config
         self.announce = announce
@@ -130,8 +136,12 @@ class DemoPipeline:
         t0 = time.perf_counter()
         result, figure = stage.run()
         seconds = time.perf_counter() - t0
-        self.state["stages"][stage.name] = {"status": "done", "seconds": round(seconds, 2), "figure": figure,
-                                            "outputs": [str(p) for p in stage.outputs]}
+        self.state["stages"][stage.name] = {
+            "status": "done",
+            "seconds": round(seconds, 2),
+            "figure": figure,
+            "outputs": [str(p) for p in stage.outputs],
+        }
         self._save_state()
         return StageOutcome(stage.name, "ran", seconds, figure, result)
 
@@ -160,8 +170,10 @@ class DemoPipeline:
 
         self.world = ensure_world(self.cfg.n_per_class, self.cfg.size, self.cfg.seed, progress=self.progress)
         w = self.world
-        return w, (f"{len(w.classes)} classes, {sum(w.counts.values())} pictures"
-                   + (" (cached)" if w.cached else f" in {w.seconds:.0f} s"))
+        return w, (
+            f"{len(w.classes)} classes, {sum(w.counts.values())} pictures"
+            + (" (cached)" if w.cached else f" in {w.seconds:.0f} s")
+        )
 
     def stage_zoo(self) -> tuple[Any, str]:
         from .world import TrainConfig, ensure_zoo
@@ -169,8 +181,9 @@ class DemoPipeline:
         config = TrainConfig(seed=self.cfg.seed)
         if self.cfg.train_epochs != 1.0:
             config = config.scaled(self.cfg.train_epochs)
-        self.zoo = ensure_zoo(self.world, seed=self.cfg.seed, device=self.cfg.device, progress=self.progress,
-                              config=config)
+        self.zoo = ensure_zoo(
+            self.world, seed=self.cfg.seed, device=self.cfg.device, progress=self.progress, config=config
+        )
         accs = ", ".join(f"{m.name} {m.val_accuracy:.1%}" for m in self.zoo.models)
         return self.zoo, f"val accuracy {accs}" + (" (cached)" if self.zoo.cached else f" in {self.zoo.seconds:.0f} s")
 
@@ -188,13 +201,26 @@ class DemoPipeline:
         resume = (run / "checkpoint.pt").is_file()
         if not resume and run.exists():
             shutil.rmtree(run)
-        config = OptimizeConfig(target=c.target, loss=loss, frac=c.frac, steps=c.steps, batch_size=c.batch_size,
-                                eot=load_eot(c.eot), eot_name=c.eot, placement="side", frame_markers=True,
-                                layers=c.layers, lr_schedule="cosine", seed=c.seed)
-        self.announce(f"patchlab optimize --out {run} --source {self.zoo.card(c.source)} --data {self.world.train} "
-                      f"--target {c.target} --loss {loss} --patch-frac {c.frac} --steps {c.steps} --batch-size "
-                      f"{c.batch_size} --eot {c.eot} --placement side --frame-markers --layers {c.layers} "
-                      f"--lr-schedule cosine --seed {c.seed}" + (" --resume" if resume else ""))
+        config = OptimizeConfig(
+            target=c.target,
+            loss=loss,
+            frac=c.frac,
+            steps=c.steps,
+            batch_size=c.batch_size,
+            eot=load_eot(c.eot),
+            eot_name=c.eot,
+            placement="side",
+            frame_markers=True,
+            layers=c.layers,
+            lr_schedule="cosine",
+            seed=c.seed,
+        )
+        self.announce(
+            f"patchlab optimize --out {run} --source {self.zoo.card(c.source)} --data {self.world.train} "
+            f"--target {c.target} --loss {loss} --patch-frac {c.frac} --steps {c.steps} --batch-size "
+            f"{c.batch_size} --eot {c.eot} --placement side --frame-markers --layers {c.layers} "
+            f"--lr-schedule cosine --seed {c.seed}" + (" --resume" if resume else "")
+        )
         dev = resolve_device(c.device)
         models = self.models()
         source = models[self.card_paths().index(str(self.zoo.card(c.source)))]
@@ -202,8 +228,13 @@ class DemoPipeline:
         prepared = prepare_run(config, [source], data, device=dev, cache=False)
         prepared.record["device"] = str(dev)
         advance = self._bar(f"optimise ({loss})", c.steps)
-        run_optimization(prepared, run, resume=resume, on_step=(lambda i: advance(1)) if advance else None,
-                         command=["patchlab", "demo"])
+        run_optimization(
+            prepared,
+            run,
+            resume=resume,
+            on_step=(lambda i: advance(1)) if advance else None,
+            command=["patchlab", "demo"],
+        )
         self.announce(f"patchlab eval transfer {run} --models {' '.join(self.card_paths())} --seed {c.seed}")
         res = evaluate_run(run, models, seed=c.seed, device=dev)
         atomic_write_json(run / TRANSFER_JSON, res.to_dict())
@@ -216,12 +247,15 @@ class DemoPipeline:
         from .utils import resolve_device
 
         runs = [self.p("runs", "sw"), self.p("runs", "ce")]
-        self.announce(f"patchlab eval matrix {runs[0]} {runs[1]} --models {' '.join(self.card_paths())} "
-                      f"--out {self.p('matrix')} --seed {self.cfg.seed}")
+        self.announce(
+            f"patchlab eval matrix {runs[0]} {runs[1]} --models {' '.join(self.card_paths())} "
+            f"--out {self.p('matrix')} --seed {self.cfg.seed}"
+        )
         m = transfer_matrix(runs, self.models(), seed=self.cfg.seed, device=resolve_device(self.cfg.device))
         m.write(self.p("matrix"))
-        return m, "; ".join(f"{r.loss} mean transfer {r.mean_transfer:.1%}" for r in m.rows
-                            if r.mean_transfer is not None)
+        return m, "; ".join(
+            f"{r.loss} mean transfer {r.mean_transfer:.1%}" for r in m.rows if r.mean_transfer is not None
+        )
 
     def stage_print(self) -> tuple[Any, str]:
         from .print.sheets import load_patch_source, make_patch_pdf
@@ -245,15 +279,24 @@ class DemoPipeline:
         lay = load_layout(layout_path)
         out = []
         for name, control in (("video", None), ("control", "blank")):
-            self.announce(f"patchlab simulate capture --patch {self.p('runs', 'sw')} --out {cap / (name + '.mp4')} "
-                          f"--layout {layout_path} --scenes {self.world.scenes} --frames {self.cfg.frames} "
-                          f"--seed {self.cfg.seed}" + (" --control blank" if control else ""))
+            self.announce(
+                f"patchlab simulate capture --patch {self.p('runs', 'sw')} --out {cap / (name + '.mp4')} "
+                f"--layout {layout_path} --scenes {self.world.scenes} --frames {self.cfg.frames} "
+                f"--seed {self.cfg.seed}" + (" --control blank" if control else "")
+            )
             cfg = SimConfig(frames=self.cfg.frames, seed=self.cfg.seed, control=control)
-            out.append(simulate_capture(src.image, lay, self.world.scenes, cap / f"{name}.mp4", config=cfg,
-                                        target_class=src.target_class,
-                                        source={"path": src.path, "run_id": src.run_id, "sha256": src.sha256,
-                                                "layout": str(layout_path)},
-                                        progress=self._bar(f"film ({name})", self.cfg.frames)))
+            out.append(
+                simulate_capture(
+                    src.image,
+                    lay,
+                    self.world.scenes,
+                    cap / f"{name}.mp4",
+                    config=cfg,
+                    target_class=src.target_class,
+                    source={"path": src.path, "run_id": src.run_id, "sha256": src.sha256, "layout": str(layout_path)},
+                    progress=self._bar(f"film ({name})", self.cfg.frames),
+                )
+            )
         return out, f"{self.cfg.frames} frames patched + {self.cfg.frames} control"
 
     def stage_capture(self) -> tuple[Any, str]:
@@ -269,24 +312,38 @@ class DemoPipeline:
         summaries = []
         for name in ("video", "control"):
             video, camera = cap / f"{name}.mp4", cap / f"{name}.camera.json"
-            self.announce(f"patchlab capture run --source {video} --models {' '.join(self.card_paths())} --target "
-                          f"{self.cfg.target} --out {cap / name} --layout {layout_path} --camera {camera} --no-hud "
-                          "--overwrite")
+            self.announce(
+                f"patchlab capture run --source {video} --models {' '.join(self.card_paths())} --target "
+                f"{self.cfg.target} --out {cap / name} --layout {layout_path} --camera {camera} --no-hud "
+                "--overwrite"
+            )
             K, dist, _ = load_camera(camera)
             tp = truth_path_for(video)
             cfg = CaptureConfig(target=self.cfg.target, hud=False)
-            summaries.append(run_capture(open_source(str(video)), self.models(), cap / name, cfg, layout=lay,
-                                         layout_path=str(layout_path), camera=(K, dist), camera_path=str(camera),
-                                         truth=read_truth(tp) if tp.is_file() else None, overwrite=True,
-                                         command=["patchlab", "demo"]))
+            summaries.append(
+                run_capture(
+                    open_source(str(video)),
+                    self.models(),
+                    cap / name,
+                    cfg,
+                    layout=lay,
+                    layout_path=str(layout_path),
+                    camera=(K, dist),
+                    camera_path=str(camera),
+                    truth=read_truth(tp) if tp.is_file() else None,
+                    overwrite=True,
+                    command=["patchlab", "demo"],
+                )
+            )
         return summaries, f"{summaries[0].frames} frames scored"
 
     def stage_physical(self) -> tuple[Any, str]:
         from .eval.physical import evaluate_capture
 
         cap = self.p("capture")
-        self.announce(f"patchlab eval physical {cap / 'video'} --control {cap / 'control'} --json "
-                      f"{self.p('physical.json')}")
+        self.announce(
+            f"patchlab eval physical {cap / 'video'} --control {cap / 'control'} --json {self.p('physical.json')}"
+        )
         res = evaluate_capture(cap / "video", control=cap / "control")
         atomic_write_json(self.p("physical.json"), res.to_dict())
         rates = [f"{m.model} {m.tsuc['rate']:.1%}" for m in res.models if m.tsuc.get("n")]
@@ -298,12 +355,19 @@ class DemoPipeline:
         cap = self.p("capture")
         rep = None
         for out in ("report.html", "report.pdf"):
-            self.announce(f"patchlab report {self.p('runs', 'sw')} {cap / 'video'} --control {cap / 'control'} "
-                          f"--matrix {self.p('matrix', 'matrix.json')} --compare {self.p('runs', 'ce')} "
-                          f"--out {self.p(out)}")
-            rep = build_report(self.p("runs", "sw"), [cap / "video"], matrix=self.p("matrix", "matrix.json"),
-                               controls=[cap / "control"], compare=[self.p("runs", "ce")],
-                               argv=["patchlab", "demo"])
+            self.announce(
+                f"patchlab report {self.p('runs', 'sw')} {cap / 'video'} --control {cap / 'control'} "
+                f"--matrix {self.p('matrix', 'matrix.json')} --compare {self.p('runs', 'ce')} "
+                f"--out {self.p(out)}"
+            )
+            rep = build_report(
+                self.p("runs", "sw"),
+                [cap / "video"],
+                matrix=self.p("matrix", "matrix.json"),
+                controls=[cap / "control"],
+                compare=[self.p("runs", "ce")],
+                argv=["patchlab", "demo"],
+            )
             write_report(rep, self.p(out))
         return rep, "report.html, report.pdf"
 
@@ -317,8 +381,9 @@ class DemoPipeline:
             Stage("transfer matrix", [self.p("matrix", "matrix.json")], self.stage_matrix),
             Stage("print", [self.p("print", "patch.pdf"), self.p("print", "patch.layout.json")], self.stage_print),
             Stage("film (simulated)", [cap / "video.mp4", cap / "control.mp4"], self.stage_film),
-            Stage("capture loop", [cap / "video" / "summary.json", cap / "control" / "summary.json"],
-                  self.stage_capture),
+            Stage(
+                "capture loop", [cap / "video" / "summary.json", cap / "control" / "summary.json"], self.stage_capture
+            ),
             Stage("physical tSuc", [self.p("physical.json")], self.stage_physical),
             Stage("report", [self.p("report.html"), self.p("report.pdf")], self.stage_report),
         ]
@@ -332,8 +397,9 @@ class DemoPipeline:
                 self.on_stage(st.name, False)
                 t0 = time.perf_counter()
                 res, fig = st.run()
-                self.outcomes.append(StageOutcome(st.name, "cached" if "(cached)" in fig else "ran",
-                                                  time.perf_counter() - t0, fig, res))
+                self.outcomes.append(
+                    StageOutcome(st.name, "cached" if "(cached)" in fig else "ran", time.perf_counter() - t0, fig, res)
+                )
                 continue
             self.outcomes.append(self.run_stage(st))
         return self.outcomes

@@ -200,8 +200,10 @@ def status_note(record: dict[str, Any], folder: str | Path, what: str = "run") -
             who = f"process {pid}" if pid > 0 else "another process"
             return f"{what} {folder} is still being written by {who}: its results so far are partial"
         hint = "; continue it with --resume" if (folder / CHECKPOINT).is_file() else ""
-        return (f"{what} {folder} says 'running' but no process is writing it (killed or crashed): "
-                f"its results are partial{hint}")
+        return (
+            f"{what} {folder} says 'running' but no process is writing it (killed or crashed): "
+            f"its results are partial{hint}"
+        )
     if status == "error":
         return f"{what} {folder} failed{why}: its results are partial"
     if status == "interrupted":
@@ -283,8 +285,7 @@ def writing_folder(folder: str | Path, *, record: str = RUN_JSON, what: str = "r
             yield lock
         except BaseException as exc:
             try:
-                running = (_identity(rp) not in (before, None)
-                           and json.loads(rp.read_bytes()).get("status") == "running")
+                running = _identity(rp) not in (before, None) and json.loads(rp.read_bytes()).get("status") == "running"
             except (OSError, ValueError, AttributeError):
                 running = False
             if running:
@@ -378,6 +379,8 @@ def folder_status_note(path: str | Path) -> str | None:
                 return None
             return status_note(d, p, what) if isinstance(d, dict) else None
     return None
+
+
 def patch_to_png(patch: np.ndarray) -> bytes:
     """``(3, h, w)`` float in [0, 1] -> lossless 8-bit PNG bytes."""
     from PIL import Image

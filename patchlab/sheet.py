@@ -24,8 +24,13 @@ def mm_to_px(v: float, px_per_mm: float) -> int:
     return int(round(v * px_per_mm))
 
 
-def render_sheet(layout: Layout, px_per_mm: float, *, patches: Mapping[int, np.ndarray] | None = None,
-                 background: tuple[int, int, int] = PAPER_WHITE) -> np.ndarray:
+def render_sheet(
+    layout: Layout,
+    px_per_mm: float,
+    *,
+    patches: Mapping[int, np.ndarray] | None = None,
+    background: tuple[int, int, int] = PAPER_WHITE,
+) -> np.ndarray:
     """Draw the sheet of ``layout`` as an RGB uint8 image.
 
     Args:
@@ -48,7 +53,9 @@ def render_sheet(layout: Layout, px_per_mm: float, *, patches: Mapping[int, np.n
     page[:] = background
     for s in layout.swatches:
         x, y, w, h = s.rect_mm
-        page[mm_to_px(y, px_per_mm):mm_to_px(y + h, px_per_mm), mm_to_px(x, px_per_mm):mm_to_px(x + w, px_per_mm)] = s.srgb
+        page[
+            mm_to_px(y, px_per_mm) : mm_to_px(y + h, px_per_mm), mm_to_px(x, px_per_mm) : mm_to_px(x + w, px_per_mm)
+        ] = s.srgb
     for p in layout.patches:
         img = (patches or {}).get(p.copy)
         if img is None:

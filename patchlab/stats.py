@@ -66,8 +66,9 @@ def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> tuple[int, int, float]:
     return a_only, b_only, p
 
 
-def paired_bootstrap(diff: np.ndarray, strata: np.ndarray | None = None, *, n_boot: int = 2000,
-                     seed: int = 0, level: float = 0.95) -> tuple[float, tuple[float, float]]:
+def paired_bootstrap(
+    diff: np.ndarray, strata: np.ndarray | None = None, *, n_boot: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, tuple[float, float]]:
     """Mean of paired differences with a percentile bootstrap interval.
 
     Args:

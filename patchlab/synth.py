@@ -28,14 +28,21 @@ class Pose:
     tvec: np.ndarray
 
 
-def look_at(target_mm: tuple[float, float], distance_mm: float, *, tilt_x_deg: float = 0.0, tilt_y_deg: float = 0.0,
-            roll_deg: float = 0.0) -> Pose:
+def look_at(
+    target_mm: tuple[float, float],
+    distance_mm: float,
+    *,
+    tilt_x_deg: float = 0.0,
+    tilt_y_deg: float = 0.0,
+    roll_deg: float = 0.0,
+) -> Pose:
     """A camera ``distance_mm`` from the page point ``target_mm``, looking at it.
 
     With no tilt the camera looks straight down at the page, image x along page x
     and image y along page y; ``tilt_x_deg`` / ``tilt_y_deg`` turn the page about
     the camera's x / y axis, ``roll_deg`` about its optical axis.
     """
+
     def rot(axis: int, deg: float) -> np.ndarray:
         c, s = math.cos(math.radians(deg)), math.sin(math.radians(deg))
         m = np.eye(3)
@@ -80,12 +87,23 @@ def _normalised_rays(K: np.ndarray, dist: np.ndarray | None, w: int, h: int, s: 
     gx = torch.from_numpy(xs / (len(gi) - 1) * 2 - 1)
     gy = torch.from_numpy(ys / (len(gj) - 1) * 2 - 1)
     grid = torch.stack(torch.meshgrid(gy, gx, indexing="ij")[::-1], -1)[None]
-    fine = F.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=True)[0].permute(1, 2, 0).numpy()
+    fine = (
+        F.grid_sample(t, grid, mode="bilinear", padding_mode="border", align_corners=True)[0].permute(1, 2, 0).numpy()
+    )
     return fine
 
 
-def render_plane_view(page: np.ndarray, px_per_mm: float, K: np.ndarray, dist: np.ndarray | None, pose: Pose,
-                      image_size: tuple[int, int], *, supersample: int = 2, background: int = 90) -> np.ndarray:
+def render_plane_view(
+    page: np.ndarray,
+    px_per_mm: float,
+    K: np.ndarray,
+    dist: np.ndarray | None,
+    pose: Pose,
+    image_size: tuple[int, int],
+    *,
+    supersample: int = 2,
+    background: int = 90,
+) -> np.ndarray:
     """What a camera sees of a page lying on Z = 0 (page pixels at ``px_per_mm``).
 
     Args:
@@ -117,13 +135,21 @@ def render_plane_view(page: np.ndarray, px_per_mm: float, K: np.ndarray, dist: n
     mapx = (X * px_per_mm - 0.5).astype(np.float32)
     mapy = (Y * px_per_mm - 0.5).astype(np.float32)
     border = (background,) * (3 if page.ndim == 3 else 1)
-    big = cv2.remap(page, mapx, mapy, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                    borderValue=border)
+    big = cv2.remap(
+        page, mapx, mapy, interpolation=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=border
+    )
     return cv2.resize(big, (w, h), interpolation=cv2.INTER_AREA) if s > 1 else big
 
 
-def photograph(view: np.ndarray, *, rng: np.random.Generator, vignetting: float = 0.0, noise_sigma: float = 0.0,
-               jpeg_quality: int | None = None, blur_sigma: float = 0.0) -> np.ndarray:
+def photograph(
+    view: np.ndarray,
+    *,
+    rng: np.random.Generator,
+    vignetting: float = 0.0,
+    noise_sigma: float = 0.0,
+    jpeg_quality: int | None = None,
+    blur_sigma: float = 0.0,
+) -> np.ndarray:
     """Degrade a rendered view as a camera does (RGB or grey uint8 in and out).
 
     Args:
@@ -142,7 +168,7 @@ def photograph(view: np.ndarray, *, rng: np.random.Generator, vignetting: float 
         h, w = img.shape[:2]
         yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
         r2 = ((xx - (w - 1) / 2) ** 2 + (yy - (h - 1) / 2) ** 2) / (((w - 1) / 2) ** 2 + ((h - 1) / 2) ** 2)
-        gain = 1.0 - vignetting * r2 ** 1.5 if img.ndim == 2 else (1.0 - vignetting * r2 ** 1.5)[..., None]
+        gain = 1.0 - vignetting * r2**1.5 if img.ndim == 2 else (1.0 - vignetting * r2**1.5)[..., None]
         img = img * gain
     if noise_sigma > 0:
         img = img + rng.normal(0.0, noise_sigma, img.shape).astype(np.float32)

@@ -48,10 +48,17 @@ class ModelTransfer:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ModelTransfer":
-        return cls(name=str(d["name"]), tsuc=float(d["tsuc"]), ci95=(float(d["ci95"][0]), float(d["ci95"][1])),
-                   successes=int(d["successes"]), n=int(d["n"]), clean_accuracy=float(d["clean_accuracy"]),
-                   n_clean=int(d["n_clean"]), untargeted_error=float(d["untargeted_error"]),
-                   is_source=bool(d.get("is_source", False)))
+        return cls(
+            name=str(d["name"]),
+            tsuc=float(d["tsuc"]),
+            ci95=(float(d["ci95"][0]), float(d["ci95"][1])),
+            successes=int(d["successes"]),
+            n=int(d["n"]),
+            clean_accuracy=float(d["clean_accuracy"]),
+            n_clean=int(d["n_clean"]),
+            untargeted_error=float(d["untargeted_error"]),
+            is_source=bool(d.get("is_source", False)),
+        )
 
 
 @dataclass(frozen=True)
@@ -67,15 +74,27 @@ class TransferResult:
     models: list[ModelTransfer] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"run_id": self.run_id, "target_class": self.target_class, "placement": self.placement,
-                "eot": self.eot, "seed": self.seed, "n_images": self.n_images,
-                "models": [m.to_dict() for m in self.models]}
+        return {
+            "run_id": self.run_id,
+            "target_class": self.target_class,
+            "placement": self.placement,
+            "eot": self.eot,
+            "seed": self.seed,
+            "n_images": self.n_images,
+            "models": [m.to_dict() for m in self.models],
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TransferResult":
-        return cls(run_id=str(d["run_id"]), target_class=str(d["target_class"]), placement=str(d["placement"]),
-                   eot=dict(d.get("eot", {})), seed=int(d.get("seed", 0)), n_images=int(d["n_images"]),
-                   models=[ModelTransfer.from_dict(m) for m in d.get("models", [])])
+        return cls(
+            run_id=str(d["run_id"]),
+            target_class=str(d["target_class"]),
+            placement=str(d["placement"]),
+            eot=dict(d.get("eot", {})),
+            seed=int(d.get("seed", 0)),
+            n_images=int(d["n_images"]),
+            models=[ModelTransfer.from_dict(m) for m in d.get("models", [])],
+        )
 
     def by_name(self) -> dict[str, ModelTransfer]:
         return {m.name: m for m in self.models}
@@ -104,10 +123,18 @@ class PatchOutcomes:
     non_target: torch.Tensor
 
 
-def render_patch(images: torch.Tensor, patch: torch.Tensor, *, frac: float | None = None, shape: str = "square",
-                 placement: str = "side", position: tuple[float, float] | None = None,
-                 eot: EOTConfig | str | None = None, frame: bool = False,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+def render_patch(
+    images: torch.Tensor,
+    patch: torch.Tensor,
+    *,
+    frac: float | None = None,
+    shape: str = "square",
+    placement: str = "side",
+    position: tuple[float, float] | None = None,
+    eot: EOTConfig | str | None = None,
+    frame: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Paste ``patch`` into every image (one draw of placement and EOT per image).
 
     Args:
@@ -127,18 +154,38 @@ def render_patch(images: torch.Tensor, patch: torch.Tensor, *, frac: float | Non
     if frac is None:
         frac = float(patch.shape[1] * patch.shape[2]) / float(H * W)
     e = PRESETS["none"] if eot is None else (load_eot(eot) if isinstance(eot, str) else eot)
-    r = PatchRenderer((H, W), (int(patch.shape[1]), int(patch.shape[2])), frac=frac, shape=shape, placement=placement,  # type: ignore[arg-type]
-                      position=position, eot=e, frame=frame).to(x.device)
+    r = PatchRenderer(
+        (H, W),
+        (int(patch.shape[1]), int(patch.shape[2])),
+        frac=frac,
+        shape=shape,
+        placement=placement,  # type: ignore[arg-type]
+        position=position,
+        eot=e,
+        frame=frame,
+    ).to(x.device)
     return r.paste(x, patch.to(x.device, x.dtype), generator)[0]
 
 
 @torch.no_grad()
-def judge_patch(patch: torch.Tensor, images: ImageSet, target_class: str, models: Sequence[WrappedModel], *,
-                frac: float, shape: str = "square", placement: str = "side",
-                position: tuple[float, float] | None = None, eot: EOTConfig = PRESETS["none"], seed: int = 0,
-                frame: bool = False, batch_size: int = 256, device: torch.device | str = "cpu",
-                clean_cache: CleanCache | None = None,
-                progress: Callable[[int], None] | None = None) -> PatchOutcomes:
+def judge_patch(
+    patch: torch.Tensor,
+    images: ImageSet,
+    target_class: str,
+    models: Sequence[WrappedModel],
+    *,
+    frac: float,
+    shape: str = "square",
+    placement: str = "side",
+    position: tuple[float, float] | None = None,
+    eot: EOTConfig = PRESETS["none"],
+    seed: int = 0,
+    frame: bool = False,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    clean_cache: CleanCache | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> PatchOutcomes:
     """Paste ``patch`` into every image and record each model's per-image outcome.
 
     Args:
@@ -161,8 +208,16 @@ def judge_patch(patch: torch.Tensor, images: ImageSet, target_class: str, models
     maps = [match_labels(images.classes, m.labels, model_name=m.name) for m in models]
     t_model = [int(mp[t_data]) for mp in maps]
     H, W = images.images.shape[-2:]
-    renderer = PatchRenderer((int(H), int(W)), (int(patch.shape[1]), int(patch.shape[2])), frac=frac, shape=shape, placement=placement,
-                             position=position, eot=eot, frame=frame).to(device)
+    renderer = PatchRenderer(
+        (int(H), int(W)),
+        (int(patch.shape[1]), int(patch.shape[2])),
+        frac=frac,
+        shape=shape,
+        placement=placement,
+        position=position,
+        eot=eot,
+        frame=frame,
+    ).to(device)
     patch = patch.to(device).float()
     g = torch.Generator().manual_seed(seed)
     ident = f"{images.root}:{len(images)}:{paths_digest(images.paths, images.root) if images.paths else ''}"
@@ -171,14 +226,14 @@ def judge_patch(patch: torch.Tensor, images: ImageSet, target_class: str, models
     wrong: list[list[torch.Tensor]] = [[] for _ in models]
     clean_preds: list[list[torch.Tensor]] = [[] for _ in models]
     for s in range(0, len(images), batch_size):
-        x = to_float(images.images[s:s + batch_size], device)
-        y = images.labels[s:s + batch_size].to(device)
+        x = to_float(images.images[s : s + batch_size], device)
+        y = images.labels[s : s + batch_size].to(device)
         params = renderer.sample(x.shape[0], g)
         xp = renderer(x, patch, params)
         for i, m in enumerate(models):
             truth = maps[i].to(device)[y]
             c = cached[i]
-            pc = c[s:s + batch_size].to(device) if c is not None else m(x).argmax(1)
+            pc = c[s : s + batch_size].to(device) if c is not None else m(x).argmax(1)
             clean_preds[i].append(pc.cpu())
             pp = m(xp).argmax(1)
             hit[i].append((pp == t_model[i]).cpu())
@@ -190,9 +245,13 @@ def judge_patch(patch: torch.Tensor, images: ImageSet, target_class: str, models
             clean_cache.setdefault((m.name, ident), torch.cat(clean_preds[i]))
     truth_all = [maps[i][images.labels] for i in range(len(models))]
     clean_ok = torch.stack([torch.cat(clean_preds[i]) == truth_all[i] for i in range(len(models))])
-    return PatchOutcomes(models=[m.name for m in models], hit=torch.stack([torch.cat(h) for h in hit]),
-                         wrong=torch.stack([torch.cat(w) for w in wrong]), clean_ok=clean_ok,
-                         non_target=images.labels != t_data)
+    return PatchOutcomes(
+        models=[m.name for m in models],
+        hit=torch.stack([torch.cat(h) for h in hit]),
+        wrong=torch.stack([torch.cat(w) for w in wrong]),
+        clean_ok=clean_ok,
+        non_target=images.labels != t_data,
+    )
 
 
 def summarise_outcomes(o: PatchOutcomes, *, source_names: Sequence[str] = ()) -> list[ModelTransfer]:
@@ -205,27 +264,71 @@ def summarise_outcomes(o: PatchOutcomes, *, source_names: Sequence[str] = ()) ->
     out = []
     for i, name in enumerate(o.models):
         hits = int((o.hit[i] & non).sum())
-        out.append(ModelTransfer(name=name, tsuc=hits / n_non, ci95=wilson_interval(hits, n_non), successes=hits,
-                                 n=n_non, clean_accuracy=float(o.clean_ok[i].sum()) / n, n_clean=n,
-                                 untargeted_error=float((o.wrong[i] & non).sum()) / n_non,
-                                 is_source=name in set(source_names)))
+        out.append(
+            ModelTransfer(
+                name=name,
+                tsuc=hits / n_non,
+                ci95=wilson_interval(hits, n_non),
+                successes=hits,
+                n=n_non,
+                clean_accuracy=float(o.clean_ok[i].sum()) / n,
+                n_clean=n,
+                untargeted_error=float((o.wrong[i] & non).sum()) / n_non,
+                is_source=name in set(source_names),
+            )
+        )
     return out
 
 
-def evaluate_patch(patch: torch.Tensor, images: ImageSet, target_class: str, models: Sequence[WrappedModel], *,
-                   frac: float, shape: str = "square", placement: str = "side",
-                   position: tuple[float, float] | None = None, eot: EOTConfig = PRESETS["none"], seed: int = 0,
-                   frame: bool = False, batch_size: int = 256, device: torch.device | str = "cpu",
-                   source_names: Sequence[str] = (), clean_cache: CleanCache | None = None,
-                   progress: Callable[[int], None] | None = None) -> list[ModelTransfer]:
+def evaluate_patch(
+    patch: torch.Tensor,
+    images: ImageSet,
+    target_class: str,
+    models: Sequence[WrappedModel],
+    *,
+    frac: float,
+    shape: str = "square",
+    placement: str = "side",
+    position: tuple[float, float] | None = None,
+    eot: EOTConfig = PRESETS["none"],
+    seed: int = 0,
+    frame: bool = False,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    source_names: Sequence[str] = (),
+    clean_cache: CleanCache | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[ModelTransfer]:
     """:func:`judge_patch`, summarised per model (``source_names`` are flagged ``is_source``)."""
-    o = judge_patch(patch, images, target_class, models, frac=frac, shape=shape, placement=placement,
-                    position=position, eot=eot, seed=seed, frame=frame, batch_size=batch_size, device=device,
-                    clean_cache=clean_cache, progress=progress)
+    o = judge_patch(
+        patch,
+        images,
+        target_class,
+        models,
+        frac=frac,
+        shape=shape,
+        placement=placement,
+        position=position,
+        eot=eot,
+        seed=seed,
+        frame=frame,
+        batch_size=batch_size,
+        device=device,
+        clean_cache=clean_cache,
+        progress=progress,
+    )
     if not bool(o.non_target.any()):
         raise DataError(f"no image in {images.root} is of another class than the target {target_class!r}")
     return summarise_outcomes(o, source_names=source_names)
 
 
-__all__ = ["CleanCache", "ModelTransfer", "PatchOutcomes", "TransferResult", "evaluate_patch", "judge_patch",
-           "render_patch", "summarise_outcomes"]
+__all__ = [
+    "CleanCache",
+    "ModelTransfer",
+    "PatchOutcomes",
+    "TransferResult",
+    "evaluate_patch",
+    "judge_patch",
+    "render_patch",
+    "summarise_outcomes",
+]

@@ -101,13 +101,14 @@ def os_error_text(exc: OSError, path: str | os.PathLike | None = None) -> str:
     """
     where = path if path is not None else (exc.filename if exc.filename is not None else "")
     cause = exc.strerror or str(exc) or type(exc).__name__
-    extra = {errno.ENOTDIR: " (a parent of it is a file, not a folder)",
-             errno.EISDIR: " (it is a folder; name a file)",
-             errno.EEXIST: " (something else already has that name)",
-             errno.EROFS: " (read-only file system)",
-             errno.ENOSPC: " (free some space, or write elsewhere)",
-             errno.EDQUOT: " (disk quota exceeded: free some space, or write elsewhere)",
-             }.get(exc.errno or 0, "")
+    extra = {
+        errno.ENOTDIR: " (a parent of it is a file, not a folder)",
+        errno.EISDIR: " (it is a folder; name a file)",
+        errno.EEXIST: " (something else already has that name)",
+        errno.EROFS: " (read-only file system)",
+        errno.ENOSPC: " (free some space, or write elsewhere)",
+        errno.EDQUOT: " (disk quota exceeded: free some space, or write elsewhere)",
+    }.get(exc.errno or 0, "")
     return f"{where}: {cause}{extra}" if where != "" else f"{cause}{extra}"
 
 
@@ -127,8 +128,9 @@ def writing(path: str | os.PathLike, what: str = "") -> Iterator[Path]:
         raise
     except OSError as exc:
         label = f"cannot write {what} " if what else "cannot write "
-        raise WriteError(label + os_error_text(exc, p if exc.filename is None or _is_tmp(exc.filename) else None)) \
-            from exc
+        raise WriteError(
+            label + os_error_text(exc, p if exc.filename is None or _is_tmp(exc.filename) else None)
+        ) from exc
 
 
 def _is_tmp(name: Any) -> bool:
@@ -248,8 +250,9 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike, what: str = "") -> Path
     return path
 
 
-def read_json_object(path: str | os.PathLike, what: str = "file", *, error: type[Exception] = ConfigError,
-                     missing: str = "") -> dict[str, Any]:
+def read_json_object(
+    path: str | os.PathLike, what: str = "file", *, error: type[Exception] = ConfigError, missing: str = ""
+) -> dict[str, Any]:
     """Read a JSON file that must hold an object, with one clear error per way it can fail.
 
     Args:

@@ -5,9 +5,28 @@ layout (:class:`patchlab.layout.Layout`); ``measure_patch`` measures printed cop
 on a scan or a rendered page.
 """
 
-from .sheets import (PAPERS, PatchSource, PrintResult, layout_path_for, load_patch_source, make_board_pdf,
-                     make_chart_pdf, make_patch_pdf)
+from .sheets import (
+    PAPERS,
+    PatchSource,
+    PrintResult,
+    layout_path_for,
+    load_patch_source,
+    make_board_pdf,
+    make_chart_pdf,
+    make_patch_pdf,
+)
 from .verify import PatchMeasurement, measure_patch, render_pdf
 
-__all__ = ["PAPERS", "PatchSource", "PrintResult", "layout_path_for", "load_patch_source", "make_board_pdf",
-           "make_chart_pdf", "make_patch_pdf", "PatchMeasurement", "measure_patch", "render_pdf"]
+__all__ = [
+    "PAPERS",
+    "PatchSource",
+    "PrintResult",
+    "layout_path_for",
+    "load_patch_source",
+    "make_board_pdf",
+    "make_chart_pdf",
+    "make_patch_pdf",
+    "PatchMeasurement",
+    "measure_patch",
+    "render_pdf",
+]

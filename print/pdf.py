@@ -36,8 +36,9 @@ class MMCanvas:
         self.page_mm = page_mm
         self._buf = io.BytesIO()
         # invariant: no timestamps or random ids, so equal inputs give equal bytes.
-        self.c = rl_canvas.Canvas(self._buf, pagesize=(page_mm[0] * mm, page_mm[1] * mm), invariant=1,
-                                  pageCompression=1)
+        self.c = rl_canvas.Canvas(
+            self._buf, pagesize=(page_mm[0] * mm, page_mm[1] * mm), invariant=1, pageCompression=1
+        )
         self.c.setTitle(title)
         self.c.setAuthor("patchlab")
         self.c.setCreator("patchlab print")
@@ -87,8 +88,10 @@ class MMCanvas:
             for j0, j1 in zip(starts.tolist(), ends.tolist()):
                 ov_x = _CELL_OVERLAP * cw if j1 < W else 0.0
                 r, g, b = (int(v) for v in row[j0])
-                ops.append(f"{r / 255:.6f} {g / 255:.6f} {b / 255:.6f} rg "
-                           f"{x0 + j0 * cw:.4f} {y_low:.4f} {(j1 - j0) * cw + ov_x:.4f} {ch + ov_y:.4f} re f")
+                ops.append(
+                    f"{r / 255:.6f} {g / 255:.6f} {b / 255:.6f} rg "
+                    f"{x0 + j0 * cw:.4f} {y_low:.4f} {(j1 - j0) * cw + ov_x:.4f} {ch + ov_y:.4f} re f"
+                )
         ops.append("Q")
         self.c.addLiteral("\n".join(ops))
 
@@ -99,8 +102,12 @@ class MMCanvas:
         bits = marker_bits(marker_id, dictionary)
         n = bits.shape[0]
         self.rect(x0, y0, side_x, side_y, BLACK)
-        white = [(x0 + j * side_x / n, y0 + i * side_y / n, side_x / n, side_y / n)
-                 for i in range(n) for j in range(n) if bits[i, j]]
+        white = [
+            (x0 + j * side_x / n, y0 + i * side_y / n, side_x / n, side_y / n)
+            for i in range(n)
+            for j in range(n)
+            if bits[i, j]
+        ]
         self.rects(white, WHITE)
 
     def cut_marks(self, x: float, y: float, w: float, h: float) -> None:
@@ -112,8 +119,9 @@ class MMCanvas:
             self.c.line(cx * mm, self._y(cy + sy * g), cx * mm, self._y(cy + sy * (g + L)))  # along the vertical edge
             self.c.line((cx + sx * g) * mm, self._y(cy), (cx + sx * (g + L)) * mm, self._y(cy))
 
-    def text(self, x: float, y: float, s: str, *, size_pt: float = 7.0, anchor: str = "left",
-             font: str = "Helvetica") -> None:
+    def text(
+        self, x: float, y: float, s: str, *, size_pt: float = 7.0, anchor: str = "left", font: str = "Helvetica"
+    ) -> None:
         """Text whose baseline starts (or centres, or ends) at ``(x, y)`` mm."""
         self.fill(BLACK)
         self.c.setFont(font, size_pt)

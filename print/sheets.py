@@ -24,9 +24,16 @@ from reportlab.pdfbase.pdfmetrics import stringWidth
 
 from patchlab.errors import ConfigError
 from patchlab.layout import DEFAULT_ARUCO_DICT, Layout, MarkerSpec, PatchSpec, SwatchSpec
-from patchlab.markers import (FRAME_MARKER_RATIO, MARKERS_PER_COPY, CarrierGeometry, carrier_geometry, charuco_board,
-                              dictionary_name,
-                              frame_geometry, get_dictionary)
+from patchlab.markers import (
+    FRAME_MARKER_RATIO,
+    MARKERS_PER_COPY,
+    CarrierGeometry,
+    carrier_geometry,
+    charuco_board,
+    dictionary_name,
+    frame_geometry,
+    get_dictionary,
+)
 from patchlab.runs import RUN_JSON, read_run
 from patchlab.utils import atomic_write_bytes, versions
 
@@ -57,8 +64,7 @@ PRINT_VERSION_MODULES = ("cv2", "numpy", "reportlab")
 #: ChArUco board defaults: square side, marker side as a fraction of it, dictionary.
 BOARD_SQUARE_MM, BOARD_MARKER_RATIO, BOARD_DICT = 25.0, 0.75, "DICT_5X5_100"
 
-INSTRUCTIONS = ("Print at 100 % / actual size (no 'fit to page'), colour management off, best quality, "
-                "matte paper.")
+INSTRUCTIONS = "Print at 100 % / actual size (no 'fit to page'), colour management off, best quality, matte paper."
 
 
 def layout_path_for(pdf_path: str | Path) -> Path:
@@ -147,8 +153,17 @@ def _square_marker(mid: int, x: float, y: float, side: float, copy: int) -> Mark
     return MarkerSpec(id=int(mid), corners_mm=[(x, y), (x + side, y), (x + side, y + side), (x, y + side)], copy=copy)
 
 
-def _chart_block(x: float, y: float, w: float, items: list[tuple[str, tuple[int, int, int]]], *, swatch: float,
-                 gap: float, marker: float, ids: tuple[int, int, int, int]) -> tuple[list[SwatchSpec], list[MarkerSpec], float]:
+def _chart_block(
+    x: float,
+    y: float,
+    w: float,
+    items: list[tuple[str, tuple[int, int, int]]],
+    *,
+    swatch: float,
+    gap: float,
+    marker: float,
+    ids: tuple[int, int, int, int],
+) -> tuple[list[SwatchSpec], list[MarkerSpec], float]:
     """Swatches in a grid between a column of markers on each side; returns swatches,
     the four corner markers and the block height."""
     inner_x0 = x + marker + gap
@@ -160,14 +175,21 @@ def _chart_block(x: float, y: float, w: float, items: list[tuple[str, tuple[int,
     grid_w = cols * (swatch + gap) - gap
     ox = inner_x0 + (inner_w - grid_w) / 2
     height = max(rows * (swatch + gap) - gap, 2 * marker + gap)
-    swatches = [SwatchSpec(name=name, rect_mm=(ox + (k % cols) * (swatch + gap), y + (k // cols) * (swatch + gap),
-                                               swatch, swatch), srgb=tuple(int(v) for v in rgb))
-                for k, (name, rgb) in enumerate(items)]
+    swatches = [
+        SwatchSpec(
+            name=name,
+            rect_mm=(ox + (k % cols) * (swatch + gap), y + (k // cols) * (swatch + gap), swatch, swatch),
+            srgb=tuple(int(v) for v in rgb),
+        )
+        for k, (name, rgb) in enumerate(items)
+    ]
     tl, tr, br, bl = ids
-    markers = [_square_marker(tl, x, y, marker, SHEET_MARKER_COPY),
-               _square_marker(tr, x + w - marker, y, marker, SHEET_MARKER_COPY),
-               _square_marker(br, x + w - marker, y + height - marker, marker, SHEET_MARKER_COPY),
-               _square_marker(bl, x, y + height - marker, marker, SHEET_MARKER_COPY)]
+    markers = [
+        _square_marker(tl, x, y, marker, SHEET_MARKER_COPY),
+        _square_marker(tr, x + w - marker, y, marker, SHEET_MARKER_COPY),
+        _square_marker(br, x + w - marker, y + height - marker, marker, SHEET_MARKER_COPY),
+        _square_marker(bl, x, y + height - marker, marker, SHEET_MARKER_COPY),
+    ]
     return swatches, markers, height
 
 
@@ -193,6 +215,7 @@ def _fit_caption(lines: list[str], width: float) -> tuple[list[str], float]:
 # --------------------------------------------------------------------------------------
 # patch sheets
 # --------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class PatchSource:
@@ -234,8 +257,9 @@ def load_patch_source(src: str | Path) -> PatchSource:
     elif p.is_file():
         png, run_id = p, p.stem
         if p.suffix.lower() in (".jpg", ".jpeg"):
-            warnings.warn(f"{p} is a JPEG: its compression artefacts will be printed; print the lossless patch.png",
-                          stacklevel=2)
+            warnings.warn(
+                f"{p} is a JPEG: its compression artefacts will be printed; print the lossless patch.png", stacklevel=2
+            )
     else:
         raise ConfigError(f"patch not found: {p} (pass an optimiser run folder or a patch image)")
     data = png.read_bytes()
@@ -249,10 +273,14 @@ def load_patch_source(src: str | Path) -> PatchSource:
         raise DataError(f"cannot read patch image {png}: {exc}") from exc
     img = np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)
     seed = run.get("seed")
-    return PatchSource(image=img, path=str(png.resolve()), run_id=run_id,
-                       target_class=None if run.get("target_class") is None else str(run["target_class"]),
-                       seed=int(seed) if isinstance(seed, (int, float)) else None,
-                       sha256=hashlib.sha256(data).hexdigest())
+    return PatchSource(
+        image=img,
+        path=str(png.resolve()),
+        run_id=run_id,
+        target_class=None if run.get("target_class") is None else str(run["target_class"]),
+        seed=int(seed) if isinstance(seed, (int, float)) else None,
+        sha256=hashlib.sha256(data).hexdigest(),
+    )
 
 
 @dataclass(frozen=True)
@@ -265,9 +293,19 @@ class _Cutout:
     carrier: CarrierGeometry | None = None
 
 
-def _cutouts(w_px: int, h_px: int, mm_px: float, copies: int, *, markers: bool, marker_ratio: float,
-             dictionary: str, carrier: str | None, max_distance_m: float | None,
-             focal_px: float | None) -> list[_Cutout]:
+def _cutouts(
+    w_px: int,
+    h_px: int,
+    mm_px: float,
+    copies: int,
+    *,
+    markers: bool,
+    marker_ratio: float,
+    dictionary: str,
+    carrier: str | None,
+    max_distance_m: float | None,
+    focal_px: float | None,
+) -> list[_Cutout]:
     out = []
     for c in range(copies):
         if carrier is not None:
@@ -276,8 +314,14 @@ def _cutouts(w_px: int, h_px: int, mm_px: float, copies: int, *, markers: bool, 
             with warnings.catch_warnings():
                 if c > 0:  # one warning per sheet
                     warnings.simplefilter("ignore")
-                g = carrier_geometry(carrier, (w_px * mm_px, h_px * mm_px), max_distance_m=max_distance_m,
-                                     focal_px=focal_px, copy=c, dictionary=dictionary)
+                g = carrier_geometry(
+                    carrier,
+                    (w_px * mm_px, h_px * mm_px),
+                    max_distance_m=max_distance_m,
+                    focal_px=focal_px,
+                    copy=c,
+                    dictionary=dictionary,
+                )
             x0, y0, _, _ = g.patch_box
             out.append(_Cutout(g.card_mm, (x0, y0), list(zip(g.marker_ids, g.marker_corners())), g))
             continue
@@ -286,15 +330,31 @@ def _cutouts(w_px: int, h_px: int, mm_px: float, copies: int, *, markers: bool, 
             continue
         fg = frame_geometry((w_px, h_px), marker_ratio=marker_ratio, copy=c, dictionary=dictionary)
         b = fg.band_px * mm_px
-        out.append(_Cutout(((w_px + 2 * fg.band_px) * mm_px, (h_px + 2 * fg.band_px) * mm_px), (b, b),
-                           [(mid, corners * mm_px) for mid, corners in zip(fg.marker_ids, fg.marker_corners())]))
+        out.append(
+            _Cutout(
+                ((w_px + 2 * fg.band_px) * mm_px, (h_px + 2 * fg.band_px) * mm_px),
+                (b, b),
+                [(mid, corners * mm_px) for mid, corners in zip(fg.marker_ids, fg.marker_corners())],
+            )
+        )
     return out
 
 
-def make_patch_pdf(source: PatchSource, *, size_mm: float, paper: str = "a4", copies: int = 1, markers: bool = True,
-                   chart: bool = False, marker_ratio: float = FRAME_MARKER_RATIO,
-                   dictionary: str = DEFAULT_ARUCO_DICT, date: str | None = None, carrier: str | None = None,
-                   max_distance_m: float | None = None, focal_px: float | None = None) -> PrintResult:
+def make_patch_pdf(
+    source: PatchSource,
+    *,
+    size_mm: float,
+    paper: str = "a4",
+    copies: int = 1,
+    markers: bool = True,
+    chart: bool = False,
+    marker_ratio: float = FRAME_MARKER_RATIO,
+    dictionary: str = DEFAULT_ARUCO_DICT,
+    date: str | None = None,
+    carrier: str | None = None,
+    max_distance_m: float | None = None,
+    focal_px: float | None = None,
+) -> PrintResult:
     """Lay out ``copies`` copies of a patch at ``size_mm`` wide and draw the PDF.
 
     Each copy is the patch (exact cells, ``size_mm`` wide, height by aspect
@@ -321,14 +381,29 @@ def make_patch_pdf(source: PatchSource, *, size_mm: float, paper: str = "a4", co
     if copies < 1:
         raise ConfigError(f"--copies must be >= 1, got {copies}")
     if markers and copies > max_copies(dictionary):
-        raise ConfigError(f"{copies} copies need {4 * copies} marker ids; {dictionary} has room for "
-                          f"{max_copies(dictionary)} copies besides a chart")
+        raise ConfigError(
+            f"{copies} copies need {4 * copies} marker ids; {dictionary} has room for "
+            f"{max_copies(dictionary)} copies besides a chart"
+        )
     mm_px = size_mm / w_px
     markers = markers or carrier is not None
-    cutouts = _cutouts(w_px, h_px, mm_px, copies, markers=markers, marker_ratio=marker_ratio, dictionary=dictionary,
-                       carrier=carrier, max_distance_m=max_distance_m, focal_px=focal_px)
-    geos = [frame_geometry((w_px, h_px), marker_ratio=marker_ratio, copy=0, dictionary=dictionary)
-            if markers and carrier is None else None]
+    cutouts = _cutouts(
+        w_px,
+        h_px,
+        mm_px,
+        copies,
+        markers=markers,
+        marker_ratio=marker_ratio,
+        dictionary=dictionary,
+        carrier=carrier,
+        max_distance_m=max_distance_m,
+        focal_px=focal_px,
+    )
+    geos = [
+        frame_geometry((w_px, h_px), marker_ratio=marker_ratio, copy=0, dictionary=dictionary)
+        if markers and carrier is None
+        else None
+    ]
     band_px = geos[0].band_px if geos[0] is not None else 0
     cut_w, cut_h = cutouts[0].size
     tile_w = cut_w + 2 * TILE_MARGIN_MM
@@ -338,21 +413,29 @@ def make_patch_pdf(source: PatchSource, *, size_mm: float, paper: str = "a4", co
     cols = int((page.width + TILE_SPACING_MM) // (tile_w + TILE_SPACING_MM))
     rows = int((avail_h + TILE_SPACING_MM) // (tile_h + TILE_SPACING_MM))
     if (cols < 1 or rows < 1) and carrier is not None:
-        raise ConfigError(f"a {cutouts[0].carrier.name} carrier ({cut_w:g} x {cut_h:g} mm) does not fit on "
-                          f"{page.paper.upper()} ({page.width:.0f} x {avail_h:.0f} mm printable): choose a larger "
-                          "--paper" + (" or --no-chart" if chart else ""))
+        raise ConfigError(
+            f"a {cutouts[0].carrier.name} carrier ({cut_w:g} x {cut_h:g} mm) does not fit on "
+            f"{page.paper.upper()} ({page.width:.0f} x {avail_h:.0f} mm printable): choose a larger "
+            "--paper" + (" or --no-chart" if chart else "")
+        )
     if cols < 1 or rows < 1:
-        fit = min((page.width - 2 * TILE_MARGIN_MM) * w_px / (w_px + 2 * band_px),
-                  (avail_h - 2 * TILE_MARGIN_MM - CAPTION_MM) * w_px / (h_px + 2 * band_px))
+        fit = min(
+            (page.width - 2 * TILE_MARGIN_MM) * w_px / (w_px + 2 * band_px),
+            (avail_h - 2 * TILE_MARGIN_MM - CAPTION_MM) * w_px / (h_px + 2 * band_px),
+        )
         frame = " with its marker frame" if markers else ""
         raise ConfigError(
             f"a {size_mm:g} mm patch does not fit on {page.paper.upper()}: its cut-out{frame} is "
             f"{cut_w:.1f} x {cut_h:.1f} mm, the printable area is {page.width:.0f} x {avail_h:.0f} mm; "
             f"the largest size that fits is {max(np.floor(fit), 0):.0f} mm (or choose a larger --paper"
-            + (", --no-chart" if chart else "") + ")")
+            + (", --no-chart" if chart else "")
+            + ")"
+        )
     if copies > cols * rows:
-        raise ConfigError(f"{copies} copies of a {size_mm:g} mm patch do not fit on {page.paper.upper()} "
-                          f"(at most {cols * rows} do): lower --copies or --size-mm")
+        raise ConfigError(
+            f"{copies} copies of a {size_mm:g} mm patch do not fit on {page.paper.upper()} "
+            f"(at most {cols * rows} do): lower --copies or --size-mm"
+        )
     used_cols = min(cols, copies)
     used_rows = -(-copies // used_cols)
     grid_w = used_cols * (tile_w + TILE_SPACING_MM) - TILE_SPACING_MM
@@ -368,15 +451,19 @@ def make_patch_pdf(source: PatchSource, *, size_mm: float, paper: str = "a4", co
         cx, cy = tx + TILE_MARGIN_MM, ty + TILE_MARGIN_MM  # cut rectangle's corner
         co = cutouts[c]
         px, py = cx + co.patch_offset[0], cy + co.patch_offset[1]  # patch corner
-        layout.patches.append(PatchSpec(x_mm=px, y_mm=py, width_mm=w_px * mm_px, height_mm=h_px * mm_px,
-                                        pixels=(w_px, h_px), copy=c))
+        layout.patches.append(
+            PatchSpec(x_mm=px, y_mm=py, width_mm=w_px * mm_px, height_mm=h_px * mm_px, pixels=(w_px, h_px), copy=c)
+        )
         for mid, corners in co.markers:
-            layout.markers.append(MarkerSpec(id=int(mid), corners_mm=[(cx + u, cy + v) for u, v in corners.tolist()],
-                                             copy=c))
+            layout.markers.append(
+                MarkerSpec(id=int(mid), corners_mm=[(cx + u, cy + v) for u, v in corners.tolist()], copy=c)
+            )
         cuts.append({"copy": c, "cut_rect_mm": [cx, cy, cut_w, cut_h], "marker_ids": [int(m) for m, _ in co.markers]})
         target = f" · target {source.target_class}" if source.target_class else ""
-        lines = [f"patchlab · run {source.run_id}{target}",
-                 f"{size_mm:g} mm ({w_px}x{h_px} px) · copy {c + 1}/{copies} · {date}"]
+        lines = [
+            f"patchlab · run {source.run_id}{target}",
+            f"{size_mm:g} mm ({w_px}x{h_px} px) · copy {c + 1}/{copies} · {date}",
+        ]
         lines, pt = _fit_caption(lines, tile_w)
         captions.append((tx + tile_w / 2, cy + cut_h + TILE_MARGIN_MM + 2.3, lines, pt))
 
@@ -385,29 +472,58 @@ def make_patch_pdf(source: PatchSource, *, size_mm: float, paper: str = "a4", co
         sy = page.y0 + used_rows * (tile_h + TILE_SPACING_MM) + TILE_SPACING_MM
         sy = max(sy, page.y0)
         ids = chart_marker_ids(dictionary)
-        sw, mk, _ = _chart_block(page.x0, sy, page.width, strip_swatches(_strip_count(page.width)),
-                                 swatch=STRIP_SWATCH_MM, gap=STRIP_GAP_MM, marker=STRIP_SWATCH_MM, ids=ids)
+        sw, mk, _ = _chart_block(
+            page.x0,
+            sy,
+            page.width,
+            strip_swatches(_strip_count(page.width)),
+            swatch=STRIP_SWATCH_MM,
+            gap=STRIP_GAP_MM,
+            marker=STRIP_SWATCH_MM,
+            ids=ids,
+        )
         layout.swatches += sw
         layout.markers += mk
         strip_ids = list(ids)
         strip_caption_y = sy + strip_h + 3.5
 
     layout.meta = {
-        "created_by": "patchlab print patch", "date": date, "paper": page.paper,
-        "source": source.path, "source_sha256": source.sha256, "run_id": source.run_id,
-        "target_class": source.target_class, "seed": source.seed,
-        "size_mm": size_mm, "patch_px": [w_px, h_px], "mm_per_px": mm_px,
-        "markers": markers, "marker_ratio": marker_ratio if markers else None,
-        "frame": ({"band_px": band_px, "band_mm": band_px * mm_px, "marker_mm": geos[0].marker_px * mm_px,
-                   "quiet_mm": geos[0].quiet_px * mm_px} if geos[0] is not None else None),
+        "created_by": "patchlab print patch",
+        "date": date,
+        "paper": page.paper,
+        "source": source.path,
+        "source_sha256": source.sha256,
+        "run_id": source.run_id,
+        "target_class": source.target_class,
+        "seed": source.seed,
+        "size_mm": size_mm,
+        "patch_px": [w_px, h_px],
+        "mm_per_px": mm_px,
+        "markers": markers,
+        "marker_ratio": marker_ratio if markers else None,
+        "frame": (
+            {
+                "band_px": band_px,
+                "band_mm": band_px * mm_px,
+                "marker_mm": geos[0].marker_px * mm_px,
+                "quiet_mm": geos[0].quiet_px * mm_px,
+            }
+            if geos[0] is not None
+            else None
+        ),
         "carrier": None if carrier is None else cutouts[0].carrier.to_dict(),
-        "copies": cuts, "chart_marker_ids": strip_ids, "versions": versions(PRINT_VERSION_MODULES),
+        "copies": cuts,
+        "chart_marker_ids": strip_ids,
+        "versions": versions(PRINT_VERSION_MODULES),
     }
 
     cnv = MMCanvas(page.size, title=f"patchlab patch {source.run_id}", subject=f"{size_mm:g} mm adversarial patch")
-    _header(cnv, f"patchlab patch · run {source.run_id}"
-                 + (f" · target {source.target_class}" if source.target_class else "")
-                 + f" · {size_mm:g} mm · {copies} cop{'y' if copies == 1 else 'ies'} · {date}")
+    _header(
+        cnv,
+        f"patchlab patch · run {source.run_id}"
+        + (f" · target {source.target_class}" if source.target_class else "")
+        + f" · {size_mm:g} mm · {copies} cop{'y' if copies == 1 else 'ies'} · {date}",
+    )
     cnv.layout(layout, {c: img for c in range(copies)})
     for cut in cuts:
         cnv.cut_marks(*cut["cut_rect_mm"])
@@ -415,8 +531,12 @@ def make_patch_pdf(source: PatchSource, *, size_mm: float, paper: str = "a4", co
         for i, s in enumerate(lines):
             cnv.text(x, y + i * pt * 0.42, s, size_pt=pt, anchor="centre")
     if chart:
-        cnv.text(page.x0, strip_caption_y, "colour chart: photograph it beside the patch under the same light for "
-                 "`patchlab calib color`", size_pt=6)
+        cnv.text(
+            page.x0,
+            strip_caption_y,
+            "colour chart: photograph it beside the patch under the same light for `patchlab calib color`",
+            size_pt=6,
+        )
     return PrintResult(pdf=cnv.finish(), layout=layout)
 
 
@@ -424,8 +544,16 @@ def make_patch_pdf(source: PatchSource, *, size_mm: float, paper: str = "a4", co
 # colour chart
 # --------------------------------------------------------------------------------------
 
-def make_chart_pdf(*, paper: str = "a4", n_swatches: int = 150, seed: int = 0, swatch_mm: float = CHART_SWATCH_MM,
-                   dictionary: str = DEFAULT_ARUCO_DICT, date: str | None = None) -> PrintResult:
+
+def make_chart_pdf(
+    *,
+    paper: str = "a4",
+    n_swatches: int = 150,
+    seed: int = 0,
+    swatch_mm: float = CHART_SWATCH_MM,
+    dictionary: str = DEFAULT_ARUCO_DICT,
+    date: str | None = None,
+) -> PrintResult:
     """A colour chart page: grey ramp, saturated and skin-like swatches and an RGB-cube
     fill (see :func:`patchlab.print.swatches.chart_swatches`), four corner markers."""
     page = _Page(paper.lower(), paper_size(paper))
@@ -436,28 +564,54 @@ def make_chart_pdf(*, paper: str = "a4", n_swatches: int = 150, seed: int = 0, s
     gap = max(CHART_GAP_MM * swatch_mm / CHART_SWATCH_MM, 1.5)
     items = chart_swatches(n_swatches, seed=seed)
     ids = chart_marker_ids(dictionary)
-    swatches, mk, height = _chart_block(page.x0, page.y0, page.width, items, swatch=swatch_mm, gap=gap,
-                                        marker=CHART_MARKER_MM, ids=ids)
+    swatches, mk, height = _chart_block(
+        page.x0, page.y0, page.width, items, swatch=swatch_mm, gap=gap, marker=CHART_MARKER_MM, ids=ids
+    )
     if height > page.height - CAPTION_MM:
-        raise ConfigError(f"{n_swatches} swatches of {swatch_mm:g} mm do not fit on {page.paper.upper()}: "
-                          f"lower --swatches or --swatch-mm, or use a larger --paper")
+        raise ConfigError(
+            f"{n_swatches} swatches of {swatch_mm:g} mm do not fit on {page.paper.upper()}: "
+            f"lower --swatches or --swatch-mm, or use a larger --paper"
+        )
     date = date or _dt.date.today().isoformat()
-    layout = Layout(kind="chart", page_mm=page.size, aruco_dict=dictionary, markers=mk, swatches=swatches,
-                    meta={"created_by": "patchlab print chart", "date": date, "paper": page.paper, "seed": seed,
-                          "n_swatches": n_swatches, "swatch_mm": swatch_mm, "gap_mm": gap,
-                          "chart_marker_ids": list(ids), "versions": versions(PRINT_VERSION_MODULES)})
+    layout = Layout(
+        kind="chart",
+        page_mm=page.size,
+        aruco_dict=dictionary,
+        markers=mk,
+        swatches=swatches,
+        meta={
+            "created_by": "patchlab print chart",
+            "date": date,
+            "paper": page.paper,
+            "seed": seed,
+            "n_swatches": n_swatches,
+            "swatch_mm": swatch_mm,
+            "gap_mm": gap,
+            "chart_marker_ids": list(ids),
+            "versions": versions(PRINT_VERSION_MODULES),
+        },
+    )
     cnv = MMCanvas(page.size, title="patchlab colour chart", subject="printer-to-camera colour calibration")
-    _header(cnv, f"patchlab colour chart · {n_swatches} swatches · seed {seed} · {date} · "
-                 "print with the same printer, paper and settings as the patch")
+    _header(
+        cnv,
+        f"patchlab colour chart · {n_swatches} swatches · seed {seed} · {date} · "
+        "print with the same printer, paper and settings as the patch",
+    )
     cnv.layout(layout)
-    cnv.text(page.x0, page.y0 + height + 5, "photograph the whole chart, flat, evenly lit, filling the frame, then "
-             "`patchlab calib color --photo PHOTO --chart THIS.layout.json`", size_pt=6)
+    cnv.text(
+        page.x0,
+        page.y0 + height + 5,
+        "photograph the whole chart, flat, evenly lit, filling the frame, then "
+        "`patchlab calib color --photo PHOTO --chart THIS.layout.json`",
+        size_pt=6,
+    )
     return PrintResult(pdf=cnv.finish(), layout=layout)
 
 
 # --------------------------------------------------------------------------------------
 # ChArUco board
 # --------------------------------------------------------------------------------------
+
 
 def black_squares(board: "cv2.aruco.CharucoBoard") -> np.ndarray:
     """``(rows, cols)`` bool: which chessboard squares OpenCV draws black (read off its own render)."""
@@ -468,9 +622,15 @@ def black_squares(board: "cv2.aruco.CharucoBoard") -> np.ndarray:
     return img[1::cell, 1::cell][:sy, :sx] < 128
 
 
-def make_board_pdf(*, paper: str = "a4", squares: tuple[int, int] | None = None, square_mm: float = BOARD_SQUARE_MM,
-                   marker_ratio: float = BOARD_MARKER_RATIO, dictionary: str = BOARD_DICT,
-                   date: str | None = None) -> PrintResult:
+def make_board_pdf(
+    *,
+    paper: str = "a4",
+    squares: tuple[int, int] | None = None,
+    square_mm: float = BOARD_SQUARE_MM,
+    marker_ratio: float = BOARD_MARKER_RATIO,
+    dictionary: str = BOARD_DICT,
+    date: str | None = None,
+) -> PrintResult:
     """A ChArUco board for camera calibration, as big as the paper allows by default."""
     page = _Page(paper.lower(), paper_size(paper))
     if square_mm <= 0 or not 0.3 <= marker_ratio <= 0.9:
@@ -479,39 +639,76 @@ def make_board_pdf(*, paper: str = "a4", squares: tuple[int, int] | None = None,
         squares = (int(page.width // square_mm), int((page.height - CAPTION_MM) // square_mm))
     sx, sy = squares
     if sx < 3 or sy < 3:
-        raise ConfigError(f"a ChArUco board needs at least 3x3 squares; {square_mm:g} mm squares give {sx}x{sy} on "
-                          f"{page.paper.upper()}: lower --square-mm")
+        raise ConfigError(
+            f"a ChArUco board needs at least 3x3 squares; {square_mm:g} mm squares give {sx}x{sy} on "
+            f"{page.paper.upper()}: lower --square-mm"
+        )
     if sx * square_mm > page.width or sy * square_mm > page.height - CAPTION_MM:
-        raise ConfigError(f"a {sx}x{sy} board of {square_mm:g} mm squares ({sx * square_mm:g} x {sy * square_mm:g} mm) "
-                          f"does not fit on {page.paper.upper()} ({page.width:.0f} x {page.height - CAPTION_MM:.0f} mm "
-                          f"printable)")
+        raise ConfigError(
+            f"a {sx}x{sy} board of {square_mm:g} mm squares ({sx * square_mm:g} x {sy * square_mm:g} mm) "
+            f"does not fit on {page.paper.upper()} ({page.width:.0f} x {page.height - CAPTION_MM:.0f} mm "
+            f"printable)"
+        )
     marker_mm = round(square_mm * marker_ratio, 3)
     n_markers = (sx * sy) // 2
     n_dict = get_dictionary(dictionary).bytesList.shape[0]
     if n_markers > n_dict:
-        raise ConfigError(f"a {sx}x{sy} board needs {n_markers} markers, {dictionary} has {n_dict}: choose a larger "
-                          "dictionary or fewer squares")
+        raise ConfigError(
+            f"a {sx}x{sy} board needs {n_markers} markers, {dictionary} has {n_dict}: choose a larger "
+            "dictionary or fewer squares"
+        )
     ox = page.x0 + (page.width - sx * square_mm) / 2
     oy = page.y0
-    spec = {"squares": [sx, sy], "square_mm": square_mm, "marker_mm": marker_mm, "dictionary": dictionary,
-            "legacy_pattern": False, "origin_mm": [ox, oy]}
+    spec = {
+        "squares": [sx, sy],
+        "square_mm": square_mm,
+        "marker_mm": marker_mm,
+        "dictionary": dictionary,
+        "legacy_pattern": False,
+        "origin_mm": [ox, oy],
+    }
     board = charuco_board(spec)
     markers = []
     for mid, pts in zip(board.getIds().ravel().tolist(), board.getObjPoints()):
         pts = np.asarray(pts, np.float64).reshape(4, 3)[:, :2]
-        markers.append(MarkerSpec(id=int(mid), corners_mm=[(ox + u, oy + v) for u, v in pts.tolist()],
-                                  copy=SHEET_MARKER_COPY))
+        markers.append(
+            MarkerSpec(id=int(mid), corners_mm=[(ox + u, oy + v) for u, v in pts.tolist()], copy=SHEET_MARKER_COPY)
+        )
     date = date or _dt.date.today().isoformat()
-    layout = Layout(kind="board", page_mm=page.size, aruco_dict=dictionary, markers=markers, board=spec,
-                    meta={"created_by": "patchlab print board", "date": date, "paper": page.paper,
-                          "versions": versions(PRINT_VERSION_MODULES)})
+    layout = Layout(
+        kind="board",
+        page_mm=page.size,
+        aruco_dict=dictionary,
+        markers=markers,
+        board=spec,
+        meta={
+            "created_by": "patchlab print board",
+            "date": date,
+            "paper": page.paper,
+            "versions": versions(PRINT_VERSION_MODULES),
+        },
+    )
     cnv = MMCanvas(page.size, title="patchlab ChArUco board", subject="camera calibration")
-    _header(cnv, f"patchlab ChArUco board · {sx}x{sy} squares of {square_mm:g} mm · markers {marker_mm:g} mm "
-                 f"{dictionary} · {date}")
+    _header(
+        cnv,
+        f"patchlab ChArUco board · {sx}x{sy} squares of {square_mm:g} mm · markers {marker_mm:g} mm "
+        f"{dictionary} · {date}",
+    )
     blk = black_squares(board)
-    cnv.rects([(ox + j * square_mm, oy + i * square_mm, square_mm, square_mm)
-               for i in range(sy) for j in range(sx) if blk[i, j]])
+    cnv.rects(
+        [
+            (ox + j * square_mm, oy + i * square_mm, square_mm, square_mm)
+            for i in range(sy)
+            for j in range(sx)
+            if blk[i, j]
+        ]
+    )
     cnv.layout(layout)
-    cnv.text(page.x0, oy + sy * square_mm + 4.5, "mount it flat and rigid; film it from many angles and distances, "
-             "then `patchlab calib camera --images DIR --board THIS.layout.json`", size_pt=6)
+    cnv.text(
+        page.x0,
+        oy + sy * square_mm + 4.5,
+        "mount it flat and rigid; film it from many angles and distances, "
+        "then `patchlab calib camera --images DIR --board THIS.layout.json`",
+        size_pt=6,
+    )
     return PrintResult(pdf=cnv.finish(), layout=layout)

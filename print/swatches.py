@@ -16,12 +16,34 @@ RGB = tuple[int, int, int]
 
 #: Skin-like sRGB tones, light to dark (spread over common photographic skin reflectances).
 SKIN_TONES: tuple[RGB, ...] = (
-    (255, 224, 196), (247, 207, 178), (241, 194, 167), (232, 180, 148), (224, 172, 138), (207, 150, 114),
-    (198, 134, 98), (175, 116, 84), (161, 102, 70), (135, 86, 60), (110, 70, 48), (80, 52, 38),
+    (255, 224, 196),
+    (247, 207, 178),
+    (241, 194, 167),
+    (232, 180, 148),
+    (224, 172, 138),
+    (207, 150, 114),
+    (198, 134, 98),
+    (175, 116, 84),
+    (161, 102, 70),
+    (135, 86, 60),
+    (110, 70, 48),
+    (80, 52, 38),
 )
 #: Hue angles (degrees) of the saturated swatches: primaries, secondaries and the six between them.
-_HUES = {"red": 0, "orange": 30, "yellow": 60, "chartreuse": 90, "green": 120, "spring": 150, "cyan": 180,
-         "azure": 210, "blue": 240, "violet": 270, "magenta": 300, "rose": 330}
+_HUES = {
+    "red": 0,
+    "orange": 30,
+    "yellow": 60,
+    "chartreuse": 90,
+    "green": 120,
+    "spring": 150,
+    "cyan": 180,
+    "azure": 210,
+    "blue": 240,
+    "violet": 270,
+    "magenta": 300,
+    "rose": 330,
+}
 _PRIMARY_SECONDARY = ("red", "yellow", "green", "cyan", "blue", "magenta")
 
 

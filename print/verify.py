@@ -107,8 +107,15 @@ def _line_intersection(p1, d1, p2, d2) -> np.ndarray:
     return p1 + t[0] * d1
 
 
-def measure_patch(image: np.ndarray, layout: Layout, px_per_mm: float, copy: int = 0, *,
-                  patch: np.ndarray | None = None, detections: list[Detection] | None = None) -> PatchMeasurement:
+def measure_patch(
+    image: np.ndarray,
+    layout: Layout,
+    px_per_mm: float,
+    copy: int = 0,
+    *,
+    patch: np.ndarray | None = None,
+    detections: list[Detection] | None = None,
+) -> PatchMeasurement:
     """Measure one patch copy on an RGB page image of known resolution.
 
     Args:
@@ -128,12 +135,20 @@ def measure_patch(image: np.ndarray, layout: Layout, px_per_mm: float, copy: int
     marks = {m.id: m for m in layout.markers_of(copy)}
     if not marks:
         raise ConfigError(f"patch copy {copy} was printed without markers (--no-markers): nothing to locate it by")
-    dets = [d for d in (detections if detections is not None else detect_markers(cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-                                                                                  layout.aruco_dict))
-            if d.id in marks]
+    dets = [
+        d
+        for d in (
+            detections
+            if detections is not None
+            else detect_markers(cv2.cvtColor(image, cv2.COLOR_RGB2BGR), layout.aruco_dict)
+        )
+        if d.id in marks
+    ]
     if len(dets) < 2:
-        raise DataError(f"found {len(dets)} of the 4 markers of patch copy {copy} (ids {sorted(marks)}): "
-                        "is the whole copy in the image and in focus?")
+        raise DataError(
+            f"found {len(dets)} of the 4 markers of patch copy {copy} (ids {sorted(marks)}): "
+            "is the whole copy in the image and in focus?"
+        )
     src = np.concatenate([np.asarray(marks[d.id].corners_mm, np.float64) for d in dets])
     dst = np.concatenate([d.corners + 0.5 for d in dets])  # edge coordinates
     Hm, _ = cv2.findHomography(src, dst, 0)
@@ -168,14 +183,23 @@ def measure_patch(image: np.ndarray, layout: Layout, px_per_mm: float, copy: int
             raise ConfigError(f"patch image is {w}x{h} px but the layout printed {spec.pixels[0]}x{spec.pixels[1]}")
         cells = read_cells(image, meas, (w, h))
         psnr = psnr_db(cells, patch)
-    return PatchMeasurement(copy=copy, width_mm=float(w_mm), height_mm=float(h_mm),
-                            width_error_mm=float(w_mm - spec.width_mm), height_error_mm=float(h_mm - spec.height_mm),
-                            offset_mm=offset, marker_side_mm=marker_side, marker_error_mm=marker_side - layout_side,
-                            psnr_db=psnr, markers_found=len(dets))
+    return PatchMeasurement(
+        copy=copy,
+        width_mm=float(w_mm),
+        height_mm=float(h_mm),
+        width_error_mm=float(w_mm - spec.width_mm),
+        height_error_mm=float(h_mm - spec.height_mm),
+        offset_mm=offset,
+        marker_side_mm=marker_side,
+        marker_error_mm=marker_side - layout_side,
+        psnr_db=psnr,
+        markers_found=len(dets),
+    )
 
 
-def read_cells(image: np.ndarray, corners_px: np.ndarray, grid: tuple[int, int], *, core: float = _CELL_CORE,
-               sub: int = 4) -> np.ndarray:
+def read_cells(
+    image: np.ndarray, corners_px: np.ndarray, grid: tuple[int, int], *, core: float = _CELL_CORE, sub: int = 4
+) -> np.ndarray:
     """Resample the quadrilateral ``corners_px`` (edge coords, TL TR BR BL) to a ``grid``
     ``(w, h)`` of cells, each the mean of ``sub x sub`` samples over its central ``core``."""
     w, h = grid
@@ -197,7 +221,7 @@ PSNR_IDENTICAL_DB = 100.0
 def psnr_db(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio (dB) between two 0-255 images, at most ``PSNR_IDENTICAL_DB``."""
     mse = float(np.mean((np.asarray(a, np.float64) - np.asarray(b, np.float64)) ** 2))
-    return PSNR_IDENTICAL_DB if mse == 0 else min(PSNR_IDENTICAL_DB, 10 * math.log10(255.0 ** 2 / mse))
+    return PSNR_IDENTICAL_DB if mse == 0 else min(PSNR_IDENTICAL_DB, 10 * math.log10(255.0**2 / mse))
 
 
 def render_pdf(pdf: str | Path, dpi: float, *, crop_mm: tuple[float, float, float, float] | None = None) -> np.ndarray:

@@ -28,8 +28,10 @@ def card(name: str) -> str:
 @pytest.fixture(scope="session")
 def shared() -> Path:
     if not SHARED.exists():
-        pytest.fail(f"../shared not found at {SHARED}: tests read the real data and models there "
-                    "(set PATCHLAB_SHARED to its location)")
+        pytest.fail(
+            f"../shared not found at {SHARED}: tests read the real data and models there "
+            "(set PATCHLAB_SHARED to its location)"
+        )
     return SHARED
 
 

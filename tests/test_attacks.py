@@ -30,12 +30,14 @@ def vit():
 
 
 def _torchattacks_cases(ta, m):
-    return [("fgsm", {}, ta.FGSM(m)),
-            ("bim", {}, ta.BIM(m)),
-            ("pgd", {"random_start": False}, ta.PGD(m, random_start=False)),
-            ("pgd", {"random_start": False, "norm": "l2"}, ta.PGDL2(m, random_start=False)),
-            ("bim", {"norm": "l2"}, ta.PGDL2(m, random_start=False)),
-            ("fgsm", {"norm": "l2"}, ta.PGDL2(m, eps=1.0, alpha=1.0, steps=1, random_start=False))]
+    return [
+        ("fgsm", {}, ta.FGSM(m)),
+        ("bim", {}, ta.BIM(m)),
+        ("pgd", {"random_start": False}, ta.PGD(m, random_start=False)),
+        ("pgd", {"random_start": False, "norm": "l2"}, ta.PGDL2(m, random_start=False)),
+        ("bim", {"norm": "l2"}, ta.PGDL2(m, random_start=False)),
+        ("fgsm", {"norm": "l2"}, ta.PGDL2(m, eps=1.0, alpha=1.0, steps=1, random_start=False)),
+    ]
 
 
 @pytest.mark.parametrize("which", ["resnet20", "vit"])
@@ -97,9 +99,16 @@ def test_targets_random_and_by_name(batch, resnet20):
         fgsm(resnet20, batch, "giraffe")
 
 
-@pytest.mark.parametrize("kw, match", [({"eps": 2.0}, "eps must be in"), ({"eps": -0.1}, "eps must be in"),
-                                       ({"alpha": 0.0}, "alpha"), ({"steps": 0}, "steps"),
-                                       ({"norm": "l1"}, "unknown norm")])
+@pytest.mark.parametrize(
+    "kw, match",
+    [
+        ({"eps": 2.0}, "eps must be in"),
+        ({"eps": -0.1}, "eps must be in"),
+        ({"alpha": 0.0}, "alpha"),
+        ({"steps": 0}, "steps"),
+        ({"norm": "l1"}, "unknown norm"),
+    ],
+)
 def test_bad_hyperparameters(kw, match, batch, resnet20):
     with pytest.raises(ConfigError, match=match):
         pgd(resnet20, batch[:2], **kw)
@@ -114,10 +123,24 @@ def test_bad_images(resnet20):
 
 # -- masks ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("spec, fraction", [("center:s", 0.1614), ("center:m", 0.2870), ("center:l", 0.4484),
-                                            ("frame:s", 0.1706), ("frame:m", 0.2805), ("frame:l", 0.4508),
-                                            ("center:90px", 0.1614), ("frame:10px", 0.1706), ("frame:17px", 0.2805),
-                                            ("frame:29px", 0.4508), ("random:l", 0.45), ("random:28%", 0.28)])
+
+@pytest.mark.parametrize(
+    "spec, fraction",
+    [
+        ("center:s", 0.1614),
+        ("center:m", 0.2870),
+        ("center:l", 0.4484),
+        ("frame:s", 0.1706),
+        ("frame:m", 0.2805),
+        ("frame:l", 0.4508),
+        ("center:90px", 0.1614),
+        ("frame:10px", 0.1706),
+        ("frame:17px", 0.2805),
+        ("frame:29px", 0.4508),
+        ("random:l", 0.45),
+        ("random:28%", 0.28),
+    ],
+)
 def test_masks_at_the_papers_sizes(spec, fraction):
     """On the paper's 224x224 images each spec covers the paper's fraction (to 1e-3)."""
     m = build_mask(spec, (224, 224), n=2, generator=torch.Generator().manual_seed(0))
@@ -135,10 +158,19 @@ def test_mask_shapes_and_randomness():
     assert not torch.equal(r[0], r[1])
 
 
-@pytest.mark.parametrize("spec, match", [("centre:1.5", "fraction must be in"), ("circle:0.2", "unknown mask spec"),
-                                         ("center:0px", "covers no pixel"), ("random:0.0001", "covers no pixel"),
-                                         ("center:40px", "does not fit"), ("frame:17px", "does not fit"),
-                                         ("random:5px", "takes a fraction"), ("file:/no/such.png", "not found")])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        ("centre:1.5", "fraction must be in"),
+        ("circle:0.2", "unknown mask spec"),
+        ("center:0px", "covers no pixel"),
+        ("random:0.0001", "covers no pixel"),
+        ("center:40px", "does not fit"),
+        ("frame:17px", "does not fit"),
+        ("random:5px", "takes a fraction"),
+        ("file:/no/such.png", "not found"),
+    ],
+)
 def test_bad_mask_specs(spec, match):
     with pytest.raises(ConfigError, match=match):
         build_mask(spec, (32, 32))
@@ -164,8 +196,9 @@ def test_regional_stays_in_the_mask_and_lowers_l0_l2(batch, resnet20):
     y = resnet20(batch).argmax(1)
     full = pgd(resnet20, batch, labels=y, random_start=False)
     for spec in ("center:m", "frame:m", "random:m"):
-        r = regional(resnet20, batch, labels=y, mask=spec, random_start=False,
-                     generator=torch.Generator().manual_seed(0))
+        r = regional(
+            resnet20, batch, labels=y, mask=spec, random_start=False, generator=torch.Generator().manual_seed(0)
+        )
         m = build_mask(spec, (32, 32), n=len(batch), generator=torch.Generator().manual_seed(0))
         # the target draws nothing here, so the mask drawn inside regional is this one
         outside = ((r.adversarial - batch).abs() * (1 - m)).amax()
@@ -196,16 +229,20 @@ def test_regional_released_settings_stop_on_the_transfer_model(batch, resnet20):
 
 # -- FGVM ----------------------------------------------------------------------------
 
+
 def test_smoothness_loss_is_seed_004s_formula():
     """Seed 004 computes it on one grey channel; ours applies it to each channel and sums."""
     x = torch.rand(2, 3, 9, 7, dtype=torch.float64)
     k = torch.tensor([[0, 0, 0], [0, -3, 1], [0, 1, 1]], dtype=torch.float64).view(1, 1, 3, 3)
-    ref = sum((F.conv2d(F.pad(x[:, c:c + 1], (1, 1, 1, 1), "reflect"), k) ** 2).flatten(1).sum(1) for c in range(3))
+    ref = sum((F.conv2d(F.pad(x[:, c : c + 1], (1, 1, 1, 1), "reflect"), k) ** 2).flatten(1).sum(1) for c in range(3))
     assert torch.allclose(smoothness_loss(x), ref)
     # NumPy transcription of the same sum for one image, one channel
     a = np.pad(x[0, 0].numpy(), 1, mode="reflect")
-    v = sum((-3 * a[i + 1, j + 1] + a[i + 1, j + 2] + a[i + 2, j + 1] + a[i + 2, j + 2]) ** 2
-            for i in range(9) for j in range(7))
+    v = sum(
+        (-3 * a[i + 1, j + 1] + a[i + 1, j + 2] + a[i + 2, j + 1] + a[i + 2, j + 2]) ** 2
+        for i in range(9)
+        for j in range(7)
+    )
     one = smoothness_loss(x[:1, :1])
     assert float(one) == pytest.approx(v)
     assert torch.autograd.gradcheck(smoothness_loss, (x.clone().requires_grad_(True),))
@@ -222,14 +259,16 @@ def test_fgvm_targeted_from_images_and_noise(batch, resnet20):
     g = torch.Generator().manual_seed(0)
     smooth = fgvm(resnet20, batch[:2], "frog", labels=y[:2], steps=60, lr=0.01, init="noise", generator=g)
     g = torch.Generator().manual_seed(0)
-    rough = fgvm(resnet20, batch[:2], "frog", labels=y[:2], steps=60, lr=0.01, init="noise", smoothness=0.0,
-                 generator=g)
+    rough = fgvm(
+        resnet20, batch[:2], "frog", labels=y[:2], steps=60, lr=0.01, init="noise", smoothness=0.0, generator=g
+    )
     assert float(smooth.extras["tv"].mean()) < float(rough.extras["tv"].mean())
     with pytest.raises(ConfigError, match="unknown init"):
         fgvm(resnet20, batch[:1], "frog", init="zeros")
 
 
 # -- results and records ---------------------------------------------------------------
+
 
 def test_result_round_trip_summary_and_concat(batch, resnet20):
     r = pgd(resnet20, batch[:5], steps=2, generator=torch.Generator().manual_seed(0))
@@ -252,8 +291,8 @@ def test_result_round_trip_summary_and_concat(batch, resnet20):
 
 def test_flow_colour_wheel():
     flow = torch.zeros(1, 2, 1, 3)
-    flow[0, 0, 0, 0] = 1.0   # +x: hue 0, red
-    flow[0, 1, 0, 1] = 0.5   # +y: hue 1/4 at half magnitude
+    flow[0, 0, 0, 0] = 1.0  # +x: hue 0, red
+    flow[0, 1, 0, 1] = 0.5  # +y: hue 1/4 at half magnitude
     rgb = flow_to_rgb(flow)
     assert rgb.shape == (1, 3, 1, 3)
     assert torch.allclose(rgb[0, :, 0, 0], torch.tensor([1.0, 0.0, 0.0]))

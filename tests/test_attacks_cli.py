@@ -27,14 +27,40 @@ def tiny(tmp_path_factory, shared):
 
 
 def _base(tiny, out, *more):
-    return ["attack", *more, "--model", card("resnet20"), "--data", str(tiny), "--out", str(out), "--n", "6",
-            "--device", "cpu"]
+    return [
+        "attack",
+        *more,
+        "--model",
+        card("resnet20"),
+        "--data",
+        str(tiny),
+        "--out",
+        str(out),
+        "--n",
+        "6",
+        "--device",
+        "cpu",
+    ]
 
 
 def test_pgd_run_folder_tables_and_json(tiny, tmp_path):
     out = tmp_path / "run"
-    r = runner.invoke(app, [*_base(tiny, out, "pgd"), "--transfer", card("resnet32"), "--target", "random",
-                            "--set", "random_start=false", "--steps", "3", "--json", str(tmp_path / "s.json")])
+    r = runner.invoke(
+        app,
+        [
+            *_base(tiny, out, "pgd"),
+            "--transfer",
+            card("resnet32"),
+            "--target",
+            "random",
+            "--set",
+            "random_start=false",
+            "--steps",
+            "3",
+            "--json",
+            str(tmp_path / "s.json"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "that the source classifies correctly" in r.output
     assert "success" in r.output and "transfer" in r.output
@@ -61,8 +87,9 @@ def test_regional_and_fgvm_through_the_generic_options(tiny, tmp_path):
     assert r.exit_code == 0, r.output
     doc = json.loads((tmp_path / "reg" / "attack.json").read_text())
     assert doc["config"]["mask"] == "center:m" and max(im["l0"] for im in doc["images"]) <= 0.3
-    r = runner.invoke(app, [*_base(tiny, tmp_path / "fg", "fgvm"), "--target", "frog", "--set", "steps=5",
-                            "--set", "lr=0.01"])
+    r = runner.invoke(
+        app, [*_base(tiny, tmp_path / "fg", "fgvm"), "--target", "frog", "--set", "steps=5", "--set", "lr=0.01"]
+    )
     assert r.exit_code == 0, r.output
     assert "mean target_prob" in r.output and "mean tv" in r.output
     doc = json.loads((tmp_path / "fg" / "attack.json").read_text())
@@ -70,23 +97,26 @@ def test_regional_and_fgvm_through_the_generic_options(tiny, tmp_path):
     assert "leaving out the target class" in r.output
 
 
-@pytest.mark.parametrize("args, match", [
-    (["pgd", "--eps", "2"], "eps must be in (0, 1]"),
-    (["pgd", "--eps", "-0.1"], "eps must be in (0, 1]"),
-    (["pgd", "--mask", "hexagon:0.2"], "unknown mask spec"),
-    (["pgd", "--mask", "center:0px"], "covers no pixel"),
-    (["pgd", "--mask", "random:0.0001"], "covers no pixel"),
-    (["pgd", "--target", "giraffe"], "is not a class of model"),
-    (["pgd", "--mask", "center:40px"], "does not fit"),
-    (["pgd", "--mask", "frame:20px"], "does not fit"),
-    (["stadvx"], "unknown attack"),
-    (["fgsm", "--alpha", "0.1"], "takes no --alpha"),
-    (["pgd", "--set", "tau=0.05"], "has no hyperparameter 'tau'"),
-    (["pgd", "--set", "steps=many"], "takes a whole number"),
-    (["pgd", "--set", "random_start=maybe"], "takes true or false"),
-    (["pgd", "--steps", "3", "--set", "steps=4"], "given twice"),
-    (["regional", "--set", "released=true"], "give --transfer"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["pgd", "--eps", "2"], "eps must be in (0, 1]"),
+        (["pgd", "--eps", "-0.1"], "eps must be in (0, 1]"),
+        (["pgd", "--mask", "hexagon:0.2"], "unknown mask spec"),
+        (["pgd", "--mask", "center:0px"], "covers no pixel"),
+        (["pgd", "--mask", "random:0.0001"], "covers no pixel"),
+        (["pgd", "--target", "giraffe"], "is not a class of model"),
+        (["pgd", "--mask", "center:40px"], "does not fit"),
+        (["pgd", "--mask", "frame:20px"], "does not fit"),
+        (["stadvx"], "unknown attack"),
+        (["fgsm", "--alpha", "0.1"], "takes no --alpha"),
+        (["pgd", "--set", "tau=0.05"], "has no hyperparameter 'tau'"),
+        (["pgd", "--set", "steps=many"], "takes a whole number"),
+        (["pgd", "--set", "random_start=maybe"], "takes true or false"),
+        (["pgd", "--steps", "3", "--set", "steps=4"], "given twice"),
+        (["regional", "--set", "released=true"], "give --transfer"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_1(args, match, tiny, tmp_path):
     r = runner.invoke(app, _base(tiny, tmp_path / "bad", *args))
     assert r.exit_code == 1, r.output

@@ -23,10 +23,22 @@ K_TRUE = np.array([[900.0, 0, 478.3], [0, 905.0, 351.7], [0, 0, 1]])
 DIST_TRUE = np.array([-0.12, 0.06, 0.0005, -0.0003, 0.0])
 SIZE = (960, 720)
 # (tilt about x, tilt about y, roll, distance mm, target offset mm): varied, as a user films a board
-POSES = [(0, 0, 0, 380, (0, 0)), (28, 0, 5, 420, (0, 20)), (-28, 0, -5, 420, (0, -20)), (0, 28, 10, 420, (25, 0)),
-         (0, -28, -10, 420, (-25, 0)), (22, 22, 0, 450, (15, 15)), (-22, 22, 15, 450, (-15, 20)),
-         (22, -22, -15, 450, (20, -15)), (-22, -22, 0, 450, (-20, -20)), (10, -32, 30, 480, (0, 0)),
-         (35, 5, 0, 470, (0, 30)), (-10, 35, -20, 480, (-10, 0)), (0, 0, 90, 330, (30, -40)), (15, 10, -90, 340, (-30, 40))]
+POSES = [
+    (0, 0, 0, 380, (0, 0)),
+    (28, 0, 5, 420, (0, 20)),
+    (-28, 0, -5, 420, (0, -20)),
+    (0, 28, 10, 420, (25, 0)),
+    (0, -28, -10, 420, (-25, 0)),
+    (22, 22, 0, 450, (15, 15)),
+    (-22, 22, 15, 450, (-15, 20)),
+    (22, -22, -15, 450, (20, -15)),
+    (-22, -22, 0, 450, (-20, -20)),
+    (10, -32, 30, 480, (0, 0)),
+    (35, 5, 0, 470, (0, 30)),
+    (-10, 35, -20, 480, (-10, 0)),
+    (0, 0, 90, 330, (30, -40)),
+    (15, 10, -90, 340, (-30, 40)),
+]
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +54,10 @@ def board(tmp_path_factory):
 def views(board):
     layout, _, page = board
     spec = layout.board
-    centre = (spec["origin_mm"][0] + spec["squares"][0] * spec["square_mm"] / 2,
-              spec["origin_mm"][1] + spec["squares"][1] * spec["square_mm"] / 2)
+    centre = (
+        spec["origin_mm"][0] + spec["squares"][0] * spec["square_mm"] / 2,
+        spec["origin_mm"][1] + spec["squares"][1] * spec["square_mm"] / 2,
+    )
     rng = np.random.default_rng(0)
     out = []
     for k, (tx, ty, roll, d, (ox, oy)) in enumerate(POSES):
@@ -58,9 +72,11 @@ def test_recovers_focal_length_and_principal_point(board, views):
     cal = calibrate_camera(views, layout)
     f_err = max(abs(cal.fx / K_TRUE[0, 0] - 1), abs(cal.fy / K_TRUE[1, 1] - 1))
     c_err = max(abs(cal.cx - K_TRUE[0, 2]), abs(cal.cy - K_TRUE[1, 2]))
-    print(f"fx {cal.fx:.2f} fy {cal.fy:.2f} (rel. err {100 * f_err:.3f} %), cx {cal.cx:.2f} cy {cal.cy:.2f} "
-          f"(err {c_err:.2f} px), k1 {cal.dist_coeffs[0]:.4f}, RMS {cal.rms_px:.3f} px, "
-          f"{cal.views_used}/{cal.views_total} views")
+    print(
+        f"fx {cal.fx:.2f} fy {cal.fy:.2f} (rel. err {100 * f_err:.3f} %), cx {cal.cx:.2f} cy {cal.cy:.2f} "
+        f"(err {c_err:.2f} px), k1 {cal.dist_coeffs[0]:.4f}, RMS {cal.rms_px:.3f} px, "
+        f"{cal.views_used}/{cal.views_total} views"
+    )
     assert f_err < 0.01 and c_err < 2.0
     assert cal.rms_px < 0.5 and cal.views_used == len(POSES) and cal.image_size == SIZE
     assert abs(cal.dist_coeffs[0] - DIST_TRUE[0]) < 0.03  # barrel distortion seen

@@ -15,8 +15,16 @@ import pytest
 import torch
 
 from patchlab.calib.chart import read_chart
-from patchlab.calib.color import (ColorTransform, apply_color_transform, fit_color_transform, load_color_transform,
-                                  load_palette, palette_text, predict, write_palette)
+from patchlab.calib.color import (
+    ColorTransform,
+    apply_color_transform,
+    fit_color_transform,
+    load_color_transform,
+    load_palette,
+    palette_text,
+    predict,
+    write_palette,
+)
 from patchlab.calib.colorcal import calibrate_color, holdout_split
 from patchlab.calib.synth import look_at, photograph, render_plane_view
 from patchlab.color import linear_to_srgb, srgb_to_linear
@@ -63,9 +71,11 @@ def test_recovers_synthetic_printer_camera_to_below_2_delta_e(chart, chart_photo
     layout, _, _ = chart
     cal = calibrate_color(chart_photo, layout, seed=0)
     before, after = cal.heldout_before, cal.heldout_after
-    print(f"held-out CIEDE2000 before {before['mean']:.2f} (max {before['max']:.2f}), "
-          f"after {after['mean']:.2f} (max {after['max']:.2f}), {cal.improvement:.1f}x; flat field "
-          f"{cal.reading.flat_field}")
+    print(
+        f"held-out CIEDE2000 before {before['mean']:.2f} (max {before['max']:.2f}), "
+        f"after {after['mean']:.2f} (max {after['max']:.2f}), {cal.improvement:.1f}x; flat field "
+        f"{cal.reading.flat_field}"
+    )
     assert cal.reading.markers_found == [46, 47, 48, 49]
     assert after["n"] >= 30 and after["mean"] < 2.0 and after["max"] < 5.0
     assert before["mean"] > 5.0 and cal.improvement > 3.0  # "no calibration" is far worse
@@ -89,8 +99,9 @@ def test_observed_colours_match_the_true_distortion(chart, chart_photo):
     layout, _, _ = chart
     r = read_chart(chart_photo, layout, flat_field=False)
     truth = printer_camera(r.intended.astype(np.uint8)[None])[0].astype(np.float64)
-    centre = np.array([abs(x + w / 2 - 105) < 40 and abs(y + h / 2 - 135) < 40 for x, y, w, h in
-                       (s.rect_mm for s in layout.swatches)])  # little vignetting near the centre
+    centre = np.array(
+        [abs(x + w / 2 - 105) < 40 and abs(y + h / 2 - 135) < 40 for x, y, w, h in (s.rect_mm for s in layout.swatches)]
+    )  # little vignetting near the centre
     assert np.abs(r.raw[centre] - truth[centre]).mean() < 4.0
 
 
@@ -102,16 +113,19 @@ def test_no_chart_in_photo_is_a_data_error(chart):
 
 
 def test_transform_is_differentiable_and_follows_dtype():
-    t = ColorTransform(torch.tensor([[0.0, 0.1, 0.35, 1.0], [0.0, 0.2, 0.5, 1.0], [0.0, 0.05, 0.3, 1.0]]),
-                       torch.tensor([[0.8, 0.1, 0.0], [0.05, 0.85, 0.05], [0.0, 0.1, 0.8]]),
-                       torch.tensor([0.02, 0.02, 0.03]))
+    t = ColorTransform(
+        torch.tensor([[0.0, 0.1, 0.35, 1.0], [0.0, 0.2, 0.5, 1.0], [0.0, 0.05, 0.3, 1.0]]),
+        torch.tensor([[0.8, 0.1, 0.0], [0.05, 0.85, 0.05], [0.0, 0.1, 0.8]]),
+        torch.tensor([0.02, 0.02, 0.03]),
+    )
     g = torch.Generator().manual_seed(0)
     x = (torch.rand(2, 3, 4, 5, generator=g, dtype=torch.float64) * 0.9 + 0.05).requires_grad_(True)
     assert torch.autograd.gradcheck(t, (x,), eps=1e-6, atol=1e-5)
     # also in the curve values (what a joint fit would need)
     c = t.curves.double().requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda cc: apply_color_transform(x.detach(), cc, t.matrix, t.offset), (c,),
-                                    eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(
+        lambda cc: apply_color_transform(x.detach(), cc, t.matrix, t.offset), (c,), eps=1e-6, atol=1e-5
+    )
     y32 = t(x.detach().float())
     assert y32.dtype == torch.float32 and y32.shape == (2, 3, 4, 5) and 0 <= y32.min() and y32.max() <= 1
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
@@ -125,9 +139,11 @@ def test_identity_transform_is_near_identity():
 
 def test_fit_recovers_an_in_family_transform_exactly():
     rng = np.random.default_rng(0)
-    true = ColorTransform(torch.tensor([[0.0, 0.03, 0.12, 0.3, 1.0]] * 3),
-                          torch.tensor([[0.85, 0.1, 0.0], [0.05, 0.8, 0.1], [0.0, 0.08, 0.9]]),
-                          torch.tensor([0.03, 0.02, 0.025]))
+    true = ColorTransform(
+        torch.tensor([[0.0, 0.03, 0.12, 0.3, 1.0]] * 3),
+        torch.tensor([[0.85, 0.1, 0.0], [0.05, 0.8, 0.1], [0.0, 0.08, 0.9]]),
+        torch.tensor([0.03, 0.02, 0.025]),
+    )
     x = rng.integers(0, 256, (120, 3)).astype(np.float64)
     y = predict(true, x)
     fit = fit_color_transform(x, y, knots=4)

@@ -27,16 +27,23 @@ def test_300_frames_three_models_pose_and_rate(tmp_path):
     from patchlab.models import load_model
 
     layout, _, img = printed()
-    sim = simulate_capture(img, layout, CIFAR_TEST, tmp_path / "clip.mp4", config=SimConfig(frames=300, seed=3),
-                           target_class=TARGET)
+    sim = simulate_capture(
+        img, layout, CIFAR_TEST, tmp_path / "clip.mp4", config=SimConfig(frames=300, seed=3), target_class=TARGET
+    )
     assert sim.frames == 300
     truth = read_truth(sim.truth)
     old = torch.get_num_threads()
     torch.set_num_threads(default_threads())
     try:
         models = [load_model(card(m)) for m in MODELS]
-        summ = run_capture(open_source(str(sim.video)), models, tmp_path / "cap", CaptureConfig(target=TARGET),
-                           layout=layout, truth=truth)
+        summ = run_capture(
+            open_source(str(sim.video)),
+            models,
+            tmp_path / "cap",
+            CaptureConfig(target=TARGET),
+            layout=layout,
+            truth=truth,
+        )
     finally:
         torch.set_num_threads(old)
     _, frames = load_capture(tmp_path / "cap")

@@ -31,22 +31,63 @@ def fake_run(root: Path, *, size: int = 64, seed: int = 0, target: str = TARGET,
     img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
     Image.fromarray(img).save(root / "patch.png")
     np.save(root / "patch.npy", img.transpose(2, 0, 1).astype(np.float32) / 255.0)
-    hist = [{"step": s, "loss": 3.0 * np.exp(-s / 40) + 0.1, "terms": {"ot": 2.5 * np.exp(-s / 40), "tv": 0.1},
-             "tsuc": min(1.0, s / 120)} for s in range(0, 200, 10)] if history else []
-    run = {"run_id": root.name, "status": "finished", "target_class": target, "target_index": 3, "seed": seed,
-           "config": {"loss": "ot", "steps": 200, "patch_size": size, "frac": 0.1, "placement": "side"},
-           "command": ["patchlab", "optimize", "--source", "resnet20.json", "--target", target, "--out", str(root)],
-           "sources": [{"name": "cifar10-resnet20", "ref": "resnet20.json"}], "layers": {},
-           "patch": {"pixels": [size, size], "shape": "square", "frac": 0.1, "side_px": 10},
-           "data": {"root": str(CIFAR_TEST), "n_images": 500, "image_size": [32, 32]},
-           "history": hist, "versions": {"patchlab": "0.1.0", "torch": "2"}, "started": "2025-01-01T00:00:00",
-           "finished": "2025-01-01T00:10:00", "seconds": 600}
+    hist = (
+        [
+            {
+                "step": s,
+                "loss": 3.0 * np.exp(-s / 40) + 0.1,
+                "terms": {"ot": 2.5 * np.exp(-s / 40), "tv": 0.1},
+                "tsuc": min(1.0, s / 120),
+            }
+            for s in range(0, 200, 10)
+        ]
+        if history
+        else []
+    )
+    run = {
+        "run_id": root.name,
+        "status": "finished",
+        "target_class": target,
+        "target_index": 3,
+        "seed": seed,
+        "config": {"loss": "ot", "steps": 200, "patch_size": size, "frac": 0.1, "placement": "side"},
+        "command": ["patchlab", "optimize", "--source", "resnet20.json", "--target", target, "--out", str(root)],
+        "sources": [{"name": "cifar10-resnet20", "ref": "resnet20.json"}],
+        "layers": {},
+        "patch": {"pixels": [size, size], "shape": "square", "frac": 0.1, "side_px": 10},
+        "data": {"root": str(CIFAR_TEST), "n_images": 500, "image_size": [32, 32]},
+        "history": hist,
+        "versions": {"patchlab": "0.1.0", "torch": "2"},
+        "started": "2025-01-01T00:00:00",
+        "finished": "2025-01-01T00:10:00",
+        "seconds": 600,
+    }
     (root / "run.json").write_text(json.dumps(run))
-    transfer = {"run_id": root.name, "target_class": target, "placement": "side",
-                "models": [{"name": "cifar10-resnet20", "tsuc": 0.62, "ci95": [0.55, 0.69], "clean_accuracy": 0.81,
-                            "untargeted_error": 0.7, "n": 180, "is_source": True},
-                           {"name": "cifar10-vit_tiny_p4", "tsuc": 0.21, "ci95": [0.16, 0.28],
-                            "clean_accuracy": 0.80, "untargeted_error": 0.4, "n": 180, "is_source": False}]}
+    transfer = {
+        "run_id": root.name,
+        "target_class": target,
+        "placement": "side",
+        "models": [
+            {
+                "name": "cifar10-resnet20",
+                "tsuc": 0.62,
+                "ci95": [0.55, 0.69],
+                "clean_accuracy": 0.81,
+                "untargeted_error": 0.7,
+                "n": 180,
+                "is_source": True,
+            },
+            {
+                "name": "cifar10-vit_tiny_p4",
+                "tsuc": 0.21,
+                "ci95": [0.16, 0.28],
+                "clean_accuracy": 0.80,
+                "untargeted_error": 0.4,
+                "n": 180,
+                "is_source": False,
+            },
+        ],
+    }
     (root / "transfer.json").write_text(json.dumps(transfer))
     return root
 
@@ -75,9 +116,14 @@ def video(frames: int = 30, seed: int = 0, control: str | None = None, ext: str 
 
     layout, _, img = printed()
     name = f"sim-{frames}-{seed}-{control or 'patch'}{ext}"
-    return simulate_capture(img, layout, CIFAR_TEST, _TMP / name,
-                            config=SimConfig(frames=frames, seed=seed, control=control, scene_frames=15),
-                            target_class=TARGET)
+    return simulate_capture(
+        img,
+        layout,
+        CIFAR_TEST,
+        _TMP / name,
+        config=SimConfig(frames=frames, seed=seed, control=control, scene_frames=15),
+        target_class=TARGET,
+    )
 
 
 @functools.lru_cache(maxsize=None)
@@ -99,10 +145,18 @@ def capture(control: str | None = None, camera: bool = True) -> Path:
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run_capture(open_source(str(res.video)), [load_model(card("resnet20"))], out,
-                    CaptureConfig(target=TARGET, batch_size=8, sample_every=5), layout=layout,
-                    layout_path=str(lay_path), camera=cam, camera_path="simulator camera" if camera else None,
-                    truth=read_truth(res.truth), command=["patchlab", "capture", "run", "--source", str(res.video)])
+        run_capture(
+            open_source(str(res.video)),
+            [load_model(card("resnet20"))],
+            out,
+            CaptureConfig(target=TARGET, batch_size=8, sample_every=5),
+            layout=layout,
+            layout_path=str(lay_path),
+            camera=cam,
+            camera_path="simulator camera" if camera else None,
+            truth=read_truth(res.truth),
+            command=["patchlab", "capture", "run", "--source", str(res.video)],
+        )
     finally:
         torch.set_num_threads(old)
     return out

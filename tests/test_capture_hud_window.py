@@ -26,8 +26,12 @@ def xvfb():
     exe = shutil.which("Xvfb")
     assert exe, "Xvfb is not installed (Debian: apt-get install xvfb; .ci/run installs it)"
     r, w = os.pipe()
-    proc = subprocess.Popen([exe, "-displayfd", str(w), "-screen", "0", "800x600x24", "-nolisten", "tcp"],
-                            pass_fds=(w,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [exe, "-displayfd", str(w), "-screen", "0", "800x600x24", "-nolisten", "tcp"],
+        pass_fds=(w,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     os.close(w)
     with os.fdopen(r) as fh:
         display = ":" + fh.readline().strip()

@@ -18,8 +18,15 @@ from typer.testing import CliRunner
 
 from conftest import REPO, card
 from patchlab.capture.defenses import BlurDefense, JpegDefense, get_defense
-from patchlab.capture.loop import (FRAMES_JSONL, SUMMARY_JSON, CaptureConfig, FrameScorer, crop_box, load_capture,
-                                   run_capture)
+from patchlab.capture.loop import (
+    FRAMES_JSONL,
+    SUMMARY_JSON,
+    CaptureConfig,
+    FrameScorer,
+    crop_box,
+    load_capture,
+    run_capture,
+)
 from patchlab.capture.pose import MarkerPose
 from patchlab.capture.simulate import read_truth
 from patchlab.capture.sources import ImageDirSource, VideoSource, open_source
@@ -57,8 +64,15 @@ def _check_log(out, n_expected=None):
 def test_video_every_frame_logged_with_truth_and_pose(tmp_path, model):
     res = video()
     layout, lay_path, _ = printed()
-    s = run_capture(open_source(str(res.video)), [model], tmp_path / "c", CaptureConfig(target=TARGET, batch_size=4),
-                    layout=layout, layout_path=str(lay_path), truth=read_truth(res.truth))
+    s = run_capture(
+        open_source(str(res.video)),
+        [model],
+        tmp_path / "c",
+        CaptureConfig(target=TARGET, batch_size=4),
+        layout=layout,
+        layout_path=str(lay_path),
+        truth=read_truth(res.truth),
+    )
     summ, frames = _check_log(tmp_path / "c", 30)
     assert s.status == "finished" and s.end_reason == "end of stream" and s.truth
     f0 = frames[0]
@@ -89,8 +103,13 @@ def test_frames_of_the_target_class_do_not_count(tmp_path, model):
 
 def test_record_writes_the_annotated_video(tmp_path, model):
     rec = tmp_path / "annotated.avi"
-    run_capture(open_source(str(video().video)), [model], tmp_path / "c",
-                CaptureConfig(target=TARGET, record=str(rec), max_frames=12), layout=printed()[0])
+    run_capture(
+        open_source(str(video().video)),
+        [model],
+        tmp_path / "c",
+        CaptureConfig(target=TARGET, record=str(rec), max_frames=12),
+        layout=printed()[0],
+    )
     cap = cv2.VideoCapture(str(rec))
     n = 0
     first = None
@@ -145,8 +164,13 @@ def test_sigint_stops_cleanly_in_process(tmp_path, model):
         if len(calls) == 2:
             os.kill(os.getpid(), signal.SIGINT)
 
-    s = run_capture(open_source(str(video().video)), [model], tmp_path / "c", CaptureConfig(target=TARGET, batch_size=4),
-                    on_batch=on_batch)
+    s = run_capture(
+        open_source(str(video().video)),
+        [model],
+        tmp_path / "c",
+        CaptureConfig(target=TARGET, batch_size=4),
+        on_batch=on_batch,
+    )
     summ, frames = _check_log(tmp_path / "c")
     assert s.status == "interrupted" and summ["end_reason"] == "interrupted"
     assert sum(calls) == s.frames < 30
@@ -155,8 +179,14 @@ def test_sigint_stops_cleanly_in_process(tmp_path, model):
 
 def test_stop_event_and_existing_capture(tmp_path, model):
     stop = threading.Event()
-    s = run_capture(open_source(str(video().video)), [model], tmp_path / "c", CaptureConfig(target=TARGET, batch_size=2),
-                    stop=stop, on_batch=lambda r: stop.set())
+    s = run_capture(
+        open_source(str(video().video)),
+        [model],
+        tmp_path / "c",
+        CaptureConfig(target=TARGET, batch_size=2),
+        stop=stop,
+        on_batch=lambda r: stop.set(),
+    )
     assert s.frames == 2 and s.status == "interrupted"
     with pytest.raises(ConfigError, match="already holds a capture"):
         run_capture(open_source(str(video().video)), [model], tmp_path / "c", CaptureConfig(target=TARGET))
@@ -168,15 +198,26 @@ def test_a_crash_keeps_what_was_scored(tmp_path, model):
             raise RuntimeError("disk on fire")
 
     with pytest.raises(RuntimeError, match="disk on fire"):
-        run_capture(open_source(str(video().video)), [model], tmp_path / "c", CaptureConfig(target=TARGET, batch_size=4),
-                    on_batch=boom)
+        run_capture(
+            open_source(str(video().video)),
+            [model],
+            tmp_path / "c",
+            CaptureConfig(target=TARGET, batch_size=4),
+            on_batch=boom,
+        )
     summ, frames = _check_log(tmp_path / "c", 12)
     assert summ["status"] == "error" and "disk on fire" in summ["error"]
 
 
 def _pose(size, cx, cy):
-    q = np.array([[cx - size / 2, cy - size / 2], [cx + size / 2, cy - size / 2], [cx + size / 2, cy + size / 2],
-                  [cx - size / 2, cy + size / 2]])
+    q = np.array(
+        [
+            [cx - size / 2, cy - size / 2],
+            [cx + size / 2, cy - size / 2],
+            [cx + size / 2, cy + size / 2],
+            [cx - size / 2, cy + size / 2],
+        ]
+    )
     return MarkerPose(copy=0, marker_ids=(0, 1, 2), quad_px=q, size_px=size, angle_deg=0.0, center_px=(cx, cy))
 
 
@@ -219,7 +260,7 @@ def test_scorer_batches_match_single_frames(model):
     sc = FrameScorer([model, model], TARGET)
     assert sc.names == [model.name, model.name + "#2"]
     batch = sc.score(crops)
-    one = [sc.score(crops[i:i + 1])[0] for i in range(5)]
+    one = [sc.score(crops[i : i + 1])[0] for i in range(5)]
     for a, b in zip(batch, one):
         assert a[model.name]["top5"][0][0] == b[model.name]["top5"][0][0]
         assert a[model.name]["p_target"] == pytest.approx(b[model.name]["p_target"], abs=1e-4)
@@ -233,19 +274,68 @@ def test_scorer_batches_match_single_frames(model):
 def test_cli_capture_run(tmp_path):
     res = video()
     out = tmp_path / "c"
-    r = CliRunner().invoke(app, ["capture", "run", "--source", str(res.video), "--target", TARGET, "--out", str(out),
-                                 "--models", card("resnet20"), "--layout", str(printed()[1]), "--crop", "roi",
-                                 "--defense", "jpeg", "--max-frames", "10", "--no-hud"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "capture",
+            "run",
+            "--source",
+            str(res.video),
+            "--target",
+            TARGET,
+            "--out",
+            str(out),
+            "--models",
+            card("resnet20"),
+            "--layout",
+            str(printed()[1]),
+            "--crop",
+            "roi",
+            "--defense",
+            "jpeg",
+            "--max-frames",
+            "10",
+            "--no-hud",
+        ],
+    )
     assert r.exit_code == 0, r.output
     summ, frames = _check_log(out, 10)
     assert summ["truth"] and summ["config"]["defense"]["name"] == "jpeg"
     assert {f["crop"] for f in frames} <= {"roi", "skipped (lost)"} and "roi" in {f["crop"] for f in frames}
     assert summ["config"]["on_lost"] == "skip" and all(f["scored"] == (f["pose"] is not None) for f in frames)
-    bad = CliRunner().invoke(app, ["capture", "run", "--source", "/dev/video97", "--target", TARGET, "--out",
-                                   str(tmp_path / "x"), "--models", card("resnet20")])
+    bad = CliRunner().invoke(
+        app,
+        [
+            "capture",
+            "run",
+            "--source",
+            "/dev/video97",
+            "--target",
+            TARGET,
+            "--out",
+            str(tmp_path / "x"),
+            "--models",
+            card("resnet20"),
+        ],
+    )
     assert bad.exit_code == 1 and "cannot open camera /dev/video97" in bad.output
-    bad = CliRunner().invoke(app, ["capture", "run", "--source", str(res.video), "--target", TARGET, "--out",
-                                   str(tmp_path / "y"), "--models", card("resnet20"), "--defense", "lgs"])
+    bad = CliRunner().invoke(
+        app,
+        [
+            "capture",
+            "run",
+            "--source",
+            str(res.video),
+            "--target",
+            TARGET,
+            "--out",
+            str(tmp_path / "y"),
+            "--models",
+            card("resnet20"),
+            "--defense",
+            "lgs",
+        ],
+    )
     assert bad.exit_code == 1 and "unknown defence" in bad.output
     assert not (tmp_path / "y" / FRAMES_JSONL).exists()
 
@@ -254,10 +344,32 @@ def test_cli_ctrl_c_in_a_real_process(tmp_path):
     """SIGINT to `patchlab capture run` replaying a video live: exit 0, complete log and summary."""
     out = tmp_path / "c"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "patchlab", "capture", "run", "--source", str(video().video),
-                             "--realtime", "--batch-size", "1", "--target", TARGET, "--out", str(out), "--models",
-                             card("resnet20"), "--no-hud"], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "patchlab",
+            "capture",
+            "run",
+            "--source",
+            str(video().video),
+            "--realtime",
+            "--batch-size",
+            "1",
+            "--target",
+            TARGET,
+            "--out",
+            str(out),
+            "--models",
+            card("resnet20"),
+            "--no-hud",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     log = out / FRAMES_JSONL
     t0 = time.monotonic()
     while time.monotonic() - t0 < 120:

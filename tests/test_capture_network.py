@@ -30,8 +30,16 @@ class MjpegServer:
     goes silent for ``stall_s``; frame ``cut_at`` is cut off halfway and the connection
     closed; after the last frame the server shuts down. Counts what it sent."""
 
-    def __init__(self, jpegs: list[bytes], *, fps: float = 30.0, stall_at: int | None = None, stall_s: float = 3.0,
-                 cut_at: int | None = None, with_length: bool = True) -> None:
+    def __init__(
+        self,
+        jpegs: list[bytes],
+        *,
+        fps: float = 30.0,
+        stall_at: int | None = None,
+        stall_s: float = 3.0,
+        cut_at: int | None = None,
+        with_length: bool = True,
+    ) -> None:
         self.jpegs, self.fps = jpegs, fps
         self.stall_at, self.stall_s, self.cut_at = stall_at, stall_s, cut_at
         self.with_length = with_length
@@ -149,8 +157,9 @@ def test_mjpeg_live_stall_and_reconnect_every_frame_accounted(tmp_path, model):
     with MjpegServer(jpegs, stall_at=25, stall_s=3.0, cut_at=45) as srv:
         src = StreamSource(srv.url, stall_timeout_s=0.8, lost_after_s=4.5)
         t0 = time.monotonic()
-        summ = run_capture(src, [model], tmp_path / "c", CaptureConfig(target=TARGET, crop="roi", batch_size=4),
-                           layout=layout)
+        summ = run_capture(
+            src, [model], tmp_path / "c", CaptureConfig(target=TARGET, crop="roi", batch_size=4), layout=layout
+        )
         took = time.monotonic() - t0
     saved, frames = load_capture(tmp_path / "c")
     st = saved["stream"]
@@ -191,8 +200,21 @@ def test_source_0_without_a_camera_is_one_clear_line(tmp_path):
 
     if not sys.platform.startswith("linux") or Path("/dev/video0").exists():
         pytest.skip("this machine has a camera 0")
-    r = CliRunner().invoke(app, ["capture", "run", "--source", "0", "--target", TARGET, "--out", str(tmp_path / "c"),
-                                 "--models", card("resnet20")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "capture",
+            "run",
+            "--source",
+            "0",
+            "--target",
+            TARGET,
+            "--out",
+            str(tmp_path / "c"),
+            "--models",
+            card("resnet20"),
+        ],
+    )
     assert r.exit_code == 1
     lines = [ln for ln in r.output.strip().splitlines() if ln.strip()]
     text = " ".join(ln.strip() for ln in lines)

@@ -14,8 +14,14 @@ import numpy as np
 import pytest
 
 from patchlab.calib.synth import look_at, photograph, render_plane_view
-from patchlab.capture.pose import (MarkerDetector, PatchTarget, PoseEstimator, euler_from_rotation, quad_metrics,
-                                   refine_marker_edges)
+from patchlab.capture.pose import (
+    MarkerDetector,
+    PatchTarget,
+    PoseEstimator,
+    euler_from_rotation,
+    quad_metrics,
+    refine_marker_edges,
+)
 from patchlab.errors import ConfigError
 from patchlab.sheet import render_sheet
 from test_capture_helpers import printed
@@ -91,13 +97,15 @@ def test_distance_and_tilts_with_a_camera(sheet, tx, ty, roll, d):
     pose = look_at(tuple(centre), d, tilt_x_deg=tx, tilt_y_deg=ty, roll_deg=roll)
     gray = _view(layout, img, pose, dist=DIST)
     p = PoseEstimator(PatchTarget.from_layout(layout), camera=(K, DIST)).estimate(
-        MarkerDetector(layout.aruco_dict).detect(gray))
+        MarkerDetector(layout.aruco_dict).detect(gray)
+    )
     assert p is not None
     assert p.distance_mm == pytest.approx(d, rel=0.02)
     ex = euler_from_rotation(cv2.Rodrigues(pose.rvec)[0])
     assert np.allclose([p.tilt_x_deg, p.tilt_y_deg, p.roll_deg], ex, atol=2.5), (p, ex)
-    assert p.view_angle_deg == pytest.approx(math.degrees(math.acos(math.cos(math.radians(tx)) *
-                                                                     math.cos(math.radians(ty)))), abs=2.5)
+    assert p.view_angle_deg == pytest.approx(
+        math.degrees(math.acos(math.cos(math.radians(tx)) * math.cos(math.radians(ty)))), abs=2.5
+    )
     size, angle, _ = quad_metrics(_truth_quad(layout, pose, DIST))
     assert abs(p.size_px / size - 1) < 0.01 and p.reproj_px < 0.5
 

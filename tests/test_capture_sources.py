@@ -9,8 +9,16 @@ import numpy as np
 import pytest
 
 from patchlab.capture.errors import CaptureError
-from patchlab.capture.sources import (CAMERA_LOST, END_OF_STREAM, MAX_FRAMES, TRUNCATED, ImageDirSource,
-                                      ThreadedReader, VideoSource, open_source)
+from patchlab.capture.sources import (
+    CAMERA_LOST,
+    END_OF_STREAM,
+    MAX_FRAMES,
+    TRUNCATED,
+    ImageDirSource,
+    ThreadedReader,
+    VideoSource,
+    open_source,
+)
 
 
 class FakeCamera:
@@ -56,7 +64,7 @@ def test_unplugged_camera_ends_as_camera_lost():
 
 
 def test_lost_camera_is_declared_after_the_timeout_too():
-    src = VideoSource(FakeCamera(3), "fake camera", live=True, lost_after_s=0.1, lost_after_reads=10 ** 6)
+    src = VideoSource(FakeCamera(3), "fake camera", live=True, lost_after_s=0.1, lost_after_reads=10**6)
     t0 = time.monotonic()
     assert len(list(src)) == 3
     assert src.end_reason == CAMERA_LOST and time.monotonic() - t0 < 2.0

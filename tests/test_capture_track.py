@@ -27,8 +27,9 @@ def film(name: str, **kw):
     layout, _, img = printed()
     base = dict(frames=60, seed=11, scene_frames=20)
     base.update(kw)
-    res = simulate_capture(img, layout, CIFAR_TEST, _TMP / f"track-{name}.mp4", config=SimConfig(**base),
-                           target_class=TARGET)
+    res = simulate_capture(
+        img, layout, CIFAR_TEST, _TMP / f"track-{name}.mp4", config=SimConfig(**base), target_class=TARGET
+    )
     return res, read_truth(res.truth)
 
 
@@ -45,8 +46,9 @@ def frames_of(video, *, track=True, mask=None, layout=None):
         if mask is not None:
             gray = mask(i, gray)
         s = tr.step(gray)
-        out.append({"index": i, "pose_source": s.source, "pose": None if s.pose is None else s.pose.to_dict(),
-                    "step": s})
+        out.append(
+            {"index": i, "pose_source": s.source, "pose": None if s.pose is None else s.pose.to_dict(), "step": s}
+        )
         i += 1
     cap.release()
     return out
@@ -54,6 +56,7 @@ def frames_of(video, *, track=True, mask=None, layout=None):
 
 def _hide_markers(truth, frames_hidden):
     """Paint the markers over (grey) on the given frames: detection cannot see them."""
+
     def mask(i, gray):
         if i not in frames_hidden:
             return gray
@@ -69,6 +72,7 @@ def _hide_markers(truth, frames_hidden):
         cv2.fillConvexPoly(m, np.round(inner).astype(np.int32), 0)
         g[m > 0] = 128
         return g
+
     return mask
 
 
@@ -116,12 +120,15 @@ def test_tracking_stops_when_the_card_is_gone():
     assert after.count(LOST) >= len(after) - 3, after
 
 
-@pytest.mark.parametrize("name,kw", [
-    ("dim-blurred", dict(exposure_range=(0.5, 0.8), defocus_sigma=0.6, defocus_max=1.2, noise_sigma=4.0)),
-    ("bright-glare", dict(exposure_range=(1.0, 1.35), glare=0.6, ae_swing=0.2)),
-    ("fast-shaky", dict(speed=2.5, shake_px=2.0, rolling_shutter=0.5, exposure_time=0.8)),
-    ("cluttered", dict(clutter=12, wander_frac=0.15, noise_sigma=3.0)),
-])
+@pytest.mark.parametrize(
+    "name,kw",
+    [
+        ("dim-blurred", dict(exposure_range=(0.5, 0.8), defocus_sigma=0.6, defocus_max=1.2, noise_sigma=4.0)),
+        ("bright-glare", dict(exposure_range=(1.0, 1.35), glare=0.6, ae_swing=0.2)),
+        ("fast-shaky", dict(speed=2.5, shake_px=2.0, rolling_shutter=0.5, exposure_time=0.8)),
+        ("cluttered", dict(clutter=12, wander_frac=0.15, noise_sigma=3.0)),
+    ],
+)
 def test_pose_holds_across_conditions(name, kw):
     """A pose on nearly every frame where the patch is in view, accurate, under light,
     blur, motion and background changes well beyond one tuned setting."""

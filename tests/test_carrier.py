@@ -15,8 +15,16 @@ from typer.testing import CliRunner
 from patchlab.cli import app
 from patchlab.errors import ConfigError
 from patchlab.layout import load_layout
-from patchlab.markers import (CARRIERS, MIN_PX_PER_CELL, CarrierGeometry, carrier_frame, carrier_geometry,
-                              default_focal_px, detect_markers, get_dictionary)
+from patchlab.markers import (
+    CARRIERS,
+    MIN_PX_PER_CELL,
+    CarrierGeometry,
+    carrier_frame,
+    carrier_geometry,
+    default_focal_px,
+    detect_markers,
+    get_dictionary,
+)
 from test_capture_helpers import run_dir
 
 
@@ -29,8 +37,12 @@ def test_geometry_markers_fit_and_reach_the_distance():
         (mx0, my0), (mx1, my1) = c.min(0), c.max(0)
         assert mx0 >= g.quiet_mm - 1e-9 and my0 >= g.quiet_mm - 1e-9
         assert mx1 <= 148 - g.quiet_mm + 1e-9 and my1 <= 210 - g.quiet_mm + 1e-9
-        assert mx1 + g.quiet_mm <= x0 + 1e-9 or mx0 - g.quiet_mm >= x1 - 1e-9 or \
-            my1 + g.quiet_mm <= y0 + 1e-9 or my0 - g.quiet_mm >= y1 - 1e-9
+        assert (
+            mx1 + g.quiet_mm <= x0 + 1e-9
+            or mx0 - g.quiet_mm >= x1 - 1e-9
+            or my1 + g.quiet_mm <= y0 + 1e-9
+            or my0 - g.quiet_mm >= y1 - 1e-9
+        )
     cells = get_dictionary(g.dictionary).markerSize + 2
     f = default_focal_px()
     assert f == pytest.approx(320 / np.tan(np.radians(30)))
@@ -54,8 +66,24 @@ def test_geometry_markers_fit_and_reach_the_distance():
 @pytest.mark.parametrize("dictionary", ["aruco4x4", "apriltag36h11"])
 def test_printed_carrier_is_found_where_the_layout_says(tmp_path, dictionary):
     out = tmp_path / "card.pdf"
-    r = CliRunner().invoke(app, ["print", "patch", str(run_dir()), "--size-mm", "60", "--out", str(out),
-                                 "--carrier", "A6", "--max-distance-m", "1.2", "--dictionary", dictionary])
+    r = CliRunner().invoke(
+        app,
+        [
+            "print",
+            "patch",
+            str(run_dir()),
+            "--size-mm",
+            "60",
+            "--out",
+            str(out),
+            "--carrier",
+            "A6",
+            "--max-distance-m",
+            "1.2",
+            "--dictionary",
+            dictionary,
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "A6 carrier" in r.output and "decodable to" in r.output
     lay = load_layout(tmp_path / "card.layout.json")

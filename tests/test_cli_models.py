@@ -25,15 +25,30 @@ def test_models_list_filters_by_pattern():
 
 
 def test_models_list_shows_cards_in_a_folder(shared):
-    res = runner.invoke(app, ["models", "list", "*resnet*", "--cards", str(shared / "models" / "cifar10"),
-                              "--source", "patchlab"])
+    res = runner.invoke(
+        app, ["models", "list", "*resnet*", "--cards", str(shared / "models" / "cifar10"), "--source", "patchlab"]
+    )
     assert res.exit_code == 0 and "resnet20.json" in res.output
 
 
 def test_models_check_writes_json(tmp_path):
     out = tmp_path / "acc.json"
-    res = runner.invoke(app, ["models", "check", card("resnet20"), "--data", str(CIFAR_TEST),
-                              "--limit-per-class", "20", "--device", "cpu", "--json", str(out)])
+    res = runner.invoke(
+        app,
+        [
+            "models",
+            "check",
+            card("resnet20"),
+            "--data",
+            str(CIFAR_TEST),
+            "--limit-per-class",
+            "20",
+            "--device",
+            "cpu",
+            "--json",
+            str(out),
+        ],
+    )
     assert res.exit_code == 0, res.output
     d = json.loads(out.read_text())
     (m,) = d["models"]
@@ -91,6 +106,7 @@ def test_bad_device_is_a_clear_error():
 
 
 def test_python_dash_m_entry_point():
-    res = subprocess.run([sys.executable, "-m", "patchlab", "models", "--help"], capture_output=True, text=True,
-                         timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "patchlab", "models", "--help"], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0 and "check" in res.stdout

@@ -13,9 +13,28 @@ from conftest import CIFAR_TEST, card
 from patchlab.cli import app
 
 R20, R32 = card("resnet20"), card("resnet32")
-BASE = ["optimize", "--source", R20, "--data", str(CIFAR_TEST), "--target", "frog", "--limit-per-class", "20",
-        "--batch-size", "8", "--device", "cpu", "--seed", "3", "--checkpoint-every", "2", "--log-every", "1",
-        "--no-cache"]
+BASE = [
+    "optimize",
+    "--source",
+    R20,
+    "--data",
+    str(CIFAR_TEST),
+    "--target",
+    "frog",
+    "--limit-per-class",
+    "20",
+    "--batch-size",
+    "8",
+    "--device",
+    "cpu",
+    "--seed",
+    "3",
+    "--checkpoint-every",
+    "2",
+    "--log-every",
+    "1",
+    "--no-cache",
+]
 
 
 def invoke(*args):
@@ -67,8 +86,22 @@ def test_eval_transfer_judges_the_holdout_and_writes_transfer_json(run4, tmp_pat
         assert 0 <= m["ci95"][0] <= m["tsuc"] <= m["ci95"][1] <= 1
         assert 0.5 < m["clean_accuracy"] <= 1.0
     # an outside patch on other data
-    res = invoke("eval", "transfer", "--patch", str(run4 / "patch.png"), "--data", str(CIFAR_TEST), "--target", "frog",
-                 "--limit-per-class", "5", "--models", R20, "--device", "cpu")
+    res = invoke(
+        "eval",
+        "transfer",
+        "--patch",
+        str(run4 / "patch.png"),
+        "--data",
+        str(CIFAR_TEST),
+        "--target",
+        "frog",
+        "--limit-per-class",
+        "5",
+        "--models",
+        R20,
+        "--device",
+        "cpu",
+    )
     assert res.exit_code == 0, res.output
     assert "cifar10-resnet20" in res.output
 
@@ -87,13 +120,16 @@ def test_eval_matrix_writes_json_markdown_and_heatmap(run4, tmp_path):
     assert Image.open(tmp_path / "matrix.png").size[0] > 100
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["--target", "froggy"], "unknown class 'froggy'"),
-    (["--patch-frac", "1.5"], "patch-frac must be in"),
-    (["--patch-frac", "0.9", "--frame-markers"], "larger than the 32x32 image"),
-    (["--loss", "emd"], "unknown loss"),
-    (["--eot", "wobbly"], "unknown EOT preset"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--target", "froggy"], "unknown class 'froggy'"),
+        (["--patch-frac", "1.5"], "patch-frac must be in"),
+        (["--patch-frac", "0.9", "--frame-markers"], "larger than the 32x32 image"),
+        (["--loss", "emd"], "unknown loss"),
+        (["--eot", "wobbly"], "unknown EOT preset"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_1(tmp_path, args, msg):
     res = invoke(*BASE, "--steps", "1", "--out", str(tmp_path / "o"), *args)
     assert res.exit_code == 1, res.output
@@ -126,8 +162,28 @@ def test_optimize_through_a_colour_transform_with_nps_and_tv(tmp_path):
     pal = tmp_path / "palette.txt"
     pal.write_text("0 0 0\n255 255 255\n128 128 128\n")
     out = tmp_path / "calib"
-    res = invoke(*BASE, "--loss", "ce", "--steps", "2", "--calib", str(color), "--nps", str(pal), "--nps-weight", "0.5",
-                 "--tv", "0.2", "--frame-markers", "--patch-frac", "0.2", "--eot", "physical", "--out", str(out))
+    res = invoke(
+        *BASE,
+        "--loss",
+        "ce",
+        "--steps",
+        "2",
+        "--calib",
+        str(color),
+        "--nps",
+        str(pal),
+        "--nps-weight",
+        "0.5",
+        "--tv",
+        "0.2",
+        "--frame-markers",
+        "--patch-frac",
+        "0.2",
+        "--eot",
+        "physical",
+        "--out",
+        str(out),
+    )
     assert res.exit_code == 0, res.output
     rec = json.loads((out / "run.json").read_text())
     assert rec["config"]["calib"] == str(color.resolve()) and rec["config"]["palette"] == str(pal.resolve())
@@ -142,11 +198,16 @@ def test_matrix_row_label_names_the_knobs_a_study_varies():
     from patchlab.eval.matrix import row_label
     from patchlab.optimize import OptimizeConfig
 
-    rec = {"sources": [{"name": "cifar10-resnet20"}], "target_class": "frog",
-           "config": OptimizeConfig(target="frog", loss="sw", frac=0.1).to_dict()}
+    rec = {
+        "sources": [{"name": "cifar10-resnet20"}],
+        "target_class": "frog",
+        "config": OptimizeConfig(target="frog", loss="sw", frac=0.1).to_dict(),
+    }
     assert row_label(rec) == "sw 10% resnet20->frog"
-    assert row_label({**rec, "config": {**rec["config"], "layers": "auto", "tv": 0.0}}) == \
-        "sw 10% resnet20->frog [auto] tv=0.0"
+    assert (
+        row_label({**rec, "config": {**rec["config"], "layers": "auto", "tv": 0.0}})
+        == "sw 10% resnet20->frog [auto] tv=0.0"
+    )
     rec["config"].update(projections=50, target_images=200)
     assert row_label(rec) == "sw 10% resnet20->frog proj=50 timg=200"
     rec["config"].update(loss="ce")  # neither knob means anything to CE

@@ -83,8 +83,18 @@ def test_calib_color_from_a_photo_of_the_chart(sheets):
     photo = photograph(view, rng=np.random.default_rng(0), vignetting=0.2, noise_sigma=2, jpeg_quality=90)
     cv2.imwrite(str(tmp / "chart_photo.jpg"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
     out = tmp / "calib" / "color.json"
-    res = ok(["calib", "color", "--photo", str(tmp / "chart_photo.jpg"), "--chart", str(tmp / "chart.layout.json"),
-              "--out", str(out)])
+    res = ok(
+        [
+            "calib",
+            "color",
+            "--photo",
+            str(tmp / "chart_photo.jpg"),
+            "--chart",
+            str(tmp / "chart.layout.json"),
+            "--out",
+            str(out),
+        ]
+    )
     assert "held-out CIEDE2000" in res.output and "better" in res.output
     d = json.loads(out.read_text())
     assert d["metrics"]["heldout"]["after"]["mean"] < 2.0 < d["metrics"]["heldout"]["before"]["mean"]
@@ -104,14 +114,17 @@ def test_calib_camera_from_a_folder(sheets, tmp_path):
     cx = spec["origin_mm"][0] + spec["squares"][0] * spec["square_mm"] / 2
     cy = spec["origin_mm"][1] + spec["squares"][1] * spec["square_mm"] / 2
     rng = np.random.default_rng(0)
-    for k, (tx, ty, roll) in enumerate([(0, 0, 0), (25, 0, 5), (-25, 0, -5), (0, 25, 10), (0, -25, -10),
-                                        (20, 20, 0), (-20, -20, 20)]):
-        v = render_plane_view(page, 150 / 25.4, K, None, look_at((cx, cy), 560, tilt_x_deg=tx, tilt_y_deg=ty,
-                                                                 roll_deg=roll), (640, 480))
+    for k, (tx, ty, roll) in enumerate(
+        [(0, 0, 0), (25, 0, 5), (-25, 0, -5), (0, 25, 10), (0, -25, -10), (20, 20, 0), (-20, -20, 20)]
+    ):
+        v = render_plane_view(
+            page, 150 / 25.4, K, None, look_at((cx, cy), 560, tilt_x_deg=tx, tilt_y_deg=ty, roll_deg=roll), (640, 480)
+        )
         cv2.imwrite(str(tmp_path / f"img{k}.png"), photograph(v, rng=rng, noise_sigma=1.5))
     out = tmp_path / "out" / "camera.json"
-    res = ok(["calib", "camera", "--images", str(tmp_path), "--board", str(tmp / "board.layout.json"),
-              "--out", str(out)])
+    res = ok(
+        ["calib", "camera", "--images", str(tmp_path), "--board", str(tmp / "board.layout.json"), "--out", str(out)]
+    )
     assert "7 of 7 views used" in res.output
     d = json.loads(out.read_text())
     assert abs(d["fx"] / 800 - 1) < 0.01 and abs(d["cx"] - 322) < 2 and d["image_size"] == [640, 480]
@@ -119,18 +132,34 @@ def test_calib_camera_from_a_folder(sheets, tmp_path):
 
 # ---------------------------------------------------------------------------------------- bad input
 
+
 def test_patch_larger_than_the_paper(sheets, tmp_path):
     tmp, _ = sheets
-    res = fails(["print", "patch", str(tmp / "run-7"), "--size-mm", "400", "--out", str(tmp_path / "big.pdf")],
-                "does not fit on A4", tmp_path)
+    res = fails(
+        ["print", "patch", str(tmp / "run-7"), "--size-mm", "400", "--out", str(tmp_path / "big.pdf")],
+        "does not fit on A4",
+        tmp_path,
+    )
     assert "largest size that fits" in res.output
 
 
 def test_photo_with_no_chart(sheets, tmp_path):
     tmp, _ = sheets
     cv2.imwrite(str(tmp_path / "cat.jpg"), np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8))
-    fails(["calib", "color", "--photo", str(tmp_path / "cat.jpg"), "--chart", str(tmp / "chart.layout.json"),
-           "--out", str(tmp_path / "color.json")], "no colour chart found", tmp_path)
+    fails(
+        [
+            "calib",
+            "color",
+            "--photo",
+            str(tmp_path / "cat.jpg"),
+            "--chart",
+            str(tmp / "chart.layout.json"),
+            "--out",
+            str(tmp_path / "color.json"),
+        ],
+        "no colour chart found",
+        tmp_path,
+    )
 
 
 def test_blurred_board(sheets, tmp_path):
@@ -142,36 +171,121 @@ def test_blurred_board(sheets, tmp_path):
     for k in range(6):
         v = render_plane_view(page, 100 / 25.4, K, None, look_at((108, 150), 560, tilt_x_deg=5 * k), (640, 480))
         cv2.imwrite(str(imgs / f"img{k}.png"), cv2.GaussianBlur(v, (0, 0), 7))
-    fails(["calib", "camera", "--images", str(imgs), "--board", str(tmp / "board.layout.json"),
-           "--out", str(tmp_path / "camera.json")], "only 0 of 6 views show the ChArUco board", tmp_path)
+    fails(
+        [
+            "calib",
+            "camera",
+            "--images",
+            str(imgs),
+            "--board",
+            str(tmp / "board.layout.json"),
+            "--out",
+            str(tmp_path / "camera.json"),
+        ],
+        "only 0 of 6 views show the ChArUco board",
+        tmp_path,
+    )
 
 
 def test_missing_layout_file(sheets, tmp_path):
     tmp, _ = sheets
     cv2.imwrite(str(tmp_path / "p.png"), np.zeros((10, 10, 3), np.uint8))
-    fails(["calib", "color", "--photo", str(tmp_path / "p.png"), "--chart", str(tmp_path / "missing.layout.json"),
-           "--out", str(tmp_path / "color.json")], "layout file not found", tmp_path)
-    fails(["calib", "camera", "--images", str(tmp_path), "--board", str(tmp_path / "missing.layout.json"),
-           "--out", str(tmp_path / "camera.json")], "layout file not found", tmp_path)
-    fails(["print", "check", str(tmp_path / "p.png"), "--layout", str(tmp_path / "missing.layout.json")],
-          "layout file not found", tmp_path)
+    fails(
+        [
+            "calib",
+            "color",
+            "--photo",
+            str(tmp_path / "p.png"),
+            "--chart",
+            str(tmp_path / "missing.layout.json"),
+            "--out",
+            str(tmp_path / "color.json"),
+        ],
+        "layout file not found",
+        tmp_path,
+    )
+    fails(
+        [
+            "calib",
+            "camera",
+            "--images",
+            str(tmp_path),
+            "--board",
+            str(tmp_path / "missing.layout.json"),
+            "--out",
+            str(tmp_path / "camera.json"),
+        ],
+        "layout file not found",
+        tmp_path,
+    )
+    fails(
+        ["print", "check", str(tmp_path / "p.png"), "--layout", str(tmp_path / "missing.layout.json")],
+        "layout file not found",
+        tmp_path,
+    )
 
 
 def test_other_bad_input(sheets, tmp_path):
     tmp, _ = sheets
     run = str(tmp / "run-7")
     fails(["print", "patch", run, "--size-mm", "30", "--out", str(tmp_path / "p.png")], "must name a .pdf", tmp_path)
-    fails(["print", "patch", str(tmp_path / "nope"), "--size-mm", "30", "--out", str(tmp_path / "p.pdf")],
-          "patch not found", tmp_path)
-    fails(["print", "patch", run, "--size-mm", "30", "--copies", "12", "--out", str(tmp_path / "p.pdf")],
-          "room for 11 copies", tmp_path)
-    fails(["print", "board", "--squares", "7by10", "--out", str(tmp_path / "b.pdf")], "--squares must look like",
-          tmp_path)
-    fails(["calib", "camera", "--board", str(tmp / "board.layout.json"), "--out", str(tmp_path / "c.json")],
-          "exactly one of --images", tmp_path)
-    fails(["calib", "camera", "--images", str(tmp_path), "--board", str(tmp / "chart.layout.json"),
-           "--out", str(tmp_path / "c.json")], "not a ChArUco board", tmp_path)
-    fails(["calib", "color", "--photo", str(tmp_path / "none.jpg"), "--chart", str(tmp / "chart.layout.json"),
-           "--out", str(tmp_path / "c.json")], "photo not found", tmp_path)
-    fails(["calib", "color", "--photo", str(tmp / "chart.pdf"), "--chart", str(tmp / "board.layout.json"),
-           "--out", str(tmp_path / "c.json")], "cannot read image", tmp_path)
+    fails(
+        ["print", "patch", str(tmp_path / "nope"), "--size-mm", "30", "--out", str(tmp_path / "p.pdf")],
+        "patch not found",
+        tmp_path,
+    )
+    fails(
+        ["print", "patch", run, "--size-mm", "30", "--copies", "12", "--out", str(tmp_path / "p.pdf")],
+        "room for 11 copies",
+        tmp_path,
+    )
+    fails(
+        ["print", "board", "--squares", "7by10", "--out", str(tmp_path / "b.pdf")], "--squares must look like", tmp_path
+    )
+    fails(
+        ["calib", "camera", "--board", str(tmp / "board.layout.json"), "--out", str(tmp_path / "c.json")],
+        "exactly one of --images",
+        tmp_path,
+    )
+    fails(
+        [
+            "calib",
+            "camera",
+            "--images",
+            str(tmp_path),
+            "--board",
+            str(tmp / "chart.layout.json"),
+            "--out",
+            str(tmp_path / "c.json"),
+        ],
+        "not a ChArUco board",
+        tmp_path,
+    )
+    fails(
+        [
+            "calib",
+            "color",
+            "--photo",
+            str(tmp_path / "none.jpg"),
+            "--chart",
+            str(tmp / "chart.layout.json"),
+            "--out",
+            str(tmp_path / "c.json"),
+        ],
+        "photo not found",
+        tmp_path,
+    )
+    fails(
+        [
+            "calib",
+            "color",
+            "--photo",
+            str(tmp / "chart.pdf"),
+            "--chart",
+            str(tmp / "board.layout.json"),
+            "--out",
+            str(tmp_path / "c.json"),
+        ],
+        "cannot read image",
+        tmp_path,
+    )

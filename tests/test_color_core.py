@@ -43,8 +43,12 @@ def test_srgb_curves_invert_and_lab_of_primaries():
     torch.testing.assert_close(linear_to_srgb(srgb_to_linear(x)), x)
     lab = srgb_to_lab(torch.tensor([[1.0, 1, 1], [0, 0, 0], [1, 0, 0]], dtype=torch.float64), dim=-1)
     # white, black and sRGB red (reference Lab 53.24, 80.09, 67.20)
-    torch.testing.assert_close(lab, torch.tensor([[100.0, 0, 0], [0, 0, 0], [53.2408, 80.0925, 67.2032]],
-                                                 dtype=torch.float64), atol=2e-3, rtol=0)
+    torch.testing.assert_close(
+        lab,
+        torch.tensor([[100.0, 0, 0], [0, 0, 0], [53.2408, 80.0925, 67.2032]], dtype=torch.float64),
+        atol=2e-3,
+        rtol=0,
+    )
 
 
 def test_image_delta_e_keeps_shape_and_has_finite_gradients_at_black_and_grey():

@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from patchlab.defenses import (DefendedModel, Jpeg, LocalGradientsSmoothing, defend, get_defense,
-                               list_defenses)
+from patchlab.defenses import DefendedModel, Jpeg, LocalGradientsSmoothing, defend, get_defense, list_defenses
 from patchlab.errors import ConfigError
 from patchlab.models import WrappedModel, load_model
 
@@ -38,14 +37,14 @@ def lgs_reference(img: np.ndarray, *, window: int, overlap: int, threshold: floa
     for i in range(h - 1):
         for j in range(w):
             gy[i, j] = gray[i, j] * 1 + gray[i + 1, j] * -1
-    grad = np.sqrt(gx ** 2 + gy ** 2)
+    grad = np.sqrt(gx**2 + gy**2)
     grad = (grad - grad.min()) / (grad.max() - grad.min() + 1e-7)
     stride = window - overlap
     cover = np.zeros_like(grad)
     for top in range(0, h - window + 1, stride):
         for left in range(0, w - window + 1, stride):
-            if grad[top:top + window, left:left + window].mean() > threshold:
-                cover[top:top + window, left:left + window] += 1
+            if grad[top : top + window, left : left + window].mean() > threshold:
+                cover[top : top + window, left : left + window] += 1
     grad = grad * (cover >= 1)
     mask = np.clip(smoothing * grad, 0, 1)
     return img * (1 - mask[None])
@@ -56,19 +55,23 @@ def _fixed_image(size: int) -> torch.Tensor:
     from patchlab.data import read_image
 
     x = read_image(sorted((CIFAR_TEST / "airplane").iterdir())[0])[None]
-    x = torch.nn.functional.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
-                                        align_corners=False).clamp(0, 1)
+    x = torch.nn.functional.interpolate(
+        x, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+    ).clamp(0, 1)
     g = torch.Generator().manual_seed(3)
     s = size // 4
-    x[..., size // 8:size // 8 + s, size // 2:size // 2 + s] = torch.rand(3, s, s, generator=g)
+    x[..., size // 8 : size // 8 + s, size // 2 : size // 2 + s] = torch.rand(3, s, s, generator=g)
     return x
 
 
-@pytest.mark.parametrize("size,params", [
-    (96, dict(window=15, overlap=5, threshold=0.1, smoothing=2.3)),   # the paper's parameters, unscaled
-    (64, dict(window=9, overlap=3, threshold=0.2, smoothing=1.5)),
-    (32, dict(window=3, overlap=1, threshold=0.1, smoothing=2.3)),    # what ref=224 scaling gives at 32 px
-])
+@pytest.mark.parametrize(
+    "size,params",
+    [
+        (96, dict(window=15, overlap=5, threshold=0.1, smoothing=2.3)),  # the paper's parameters, unscaled
+        (64, dict(window=9, overlap=3, threshold=0.2, smoothing=1.5)),
+        (32, dict(window=3, overlap=1, threshold=0.1, smoothing=2.3)),  # what ref=224 scaling gives at 32 px
+    ],
+)
 def test_lgs_matches_numpy_reference(size, params):
     x = _fixed_image(size)
     d = LocalGradientsSmoothing(**params, ref=0)
@@ -92,7 +95,7 @@ def test_lgs_suppresses_the_patch_more_than_the_photo():
     x = _fixed_image(96)
     m = get_defense("lgs:ref=0").mask(x)[0, 0]
     s = 96 // 4
-    patch = m[96 // 8:96 // 8 + s, 96 // 2:96 // 2 + s].mean()
+    patch = m[96 // 8 : 96 // 8 + s, 96 // 2 : 96 // 2 + s].mean()
     assert patch > 3 * m.mean() * 0.5 and patch > m[60:, :40].mean()
 
 
@@ -186,17 +189,20 @@ def test_spec_parsing_and_round_trip():
     assert isinstance(get_defense("JPEG:40"), Jpeg)
 
 
-@pytest.mark.parametrize("spec,match", [
-    ("sharpen", "unknown defence 'sharpen'"),
-    ("median:4", "odd"),
-    ("jpeg:101", "1..100"),
-    ("lgs:window=5,overlap=5", "overlap < window"),
-    ("lgs:foo=1", "no parameter 'foo'"),
-    ("blur:1,2", "at most 1 positional"),
-    ("blur:x", "bad value for blur sigma"),
-    ("lgs:bpda", "differentiable"),
-    ("median:2.5", "bad value"),
-])
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ("sharpen", "unknown defence 'sharpen'"),
+        ("median:4", "odd"),
+        ("jpeg:101", "1..100"),
+        ("lgs:window=5,overlap=5", "overlap < window"),
+        ("lgs:foo=1", "no parameter 'foo'"),
+        ("blur:1,2", "at most 1 positional"),
+        ("blur:x", "bad value for blur sigma"),
+        ("lgs:bpda", "differentiable"),
+        ("median:2.5", "bad value"),
+    ],
+)
 def test_bad_specs(spec, match):
     with pytest.raises(ConfigError, match=match):
         get_defense(spec)
@@ -266,8 +272,24 @@ def test_eval_transfer_with_a_defense_names_it(tmp_path):
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(tmp_path / "p.png")
     out = tmp_path / "t.json"
-    base = ["eval", "transfer", "--patch", str(tmp_path / "p.png"), "--data", str(CIFAR_TEST), "--target", "frog",
-            "--limit-per-class", "2", "--patch-frac", "0.2", "--models", card("resnet20"), "--device", "cpu"]
+    base = [
+        "eval",
+        "transfer",
+        "--patch",
+        str(tmp_path / "p.png"),
+        "--data",
+        str(CIFAR_TEST),
+        "--target",
+        "frog",
+        "--limit-per-class",
+        "2",
+        "--patch-frac",
+        "0.2",
+        "--models",
+        card("resnet20"),
+        "--device",
+        "cpu",
+    ]
     r = CliRunner().invoke(app, base + ["--defense", "lgs", "--json", str(out)])
     assert r.exit_code == 0, r.output
     res = TransferResult.from_dict(json.loads(out.read_text()))
@@ -289,12 +311,49 @@ def test_eval_matrix_with_a_defense_counts_the_defended_source_as_white_box(tmp_
     from patchlab.eval.matrix import MatrixResult
 
     run = tmp_path / "run"
-    r = CliRunner().invoke(app, ["optimize", "--source", card("resnet20"), "--data", str(CIFAR_TEST), "--target",
-                                 "frog", "--limit-per-class", "5", "--batch-size", "8", "--device", "cpu", "--loss",
-                                 "ce", "--steps", "2", "--no-cache", "--out", str(run)])
+    r = CliRunner().invoke(
+        app,
+        [
+            "optimize",
+            "--source",
+            card("resnet20"),
+            "--data",
+            str(CIFAR_TEST),
+            "--target",
+            "frog",
+            "--limit-per-class",
+            "5",
+            "--batch-size",
+            "8",
+            "--device",
+            "cpu",
+            "--loss",
+            "ce",
+            "--steps",
+            "2",
+            "--no-cache",
+            "--out",
+            str(run),
+        ],
+    )
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(app, ["eval", "matrix", str(run), "--models", card("resnet20"), card("resnet32"),
-                                 "--defense", "jpeg:50", "--device", "cpu", "--out", str(tmp_path / "m")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "matrix",
+            str(run),
+            "--models",
+            card("resnet20"),
+            card("resnet32"),
+            "--defense",
+            "jpeg:50",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "m"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     m = MatrixResult.read(tmp_path / "m")
     assert m.models == ["cifar10-resnet20+jpeg:quality=50", "cifar10-resnet32+jpeg:quality=50"]

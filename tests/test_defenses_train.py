@@ -38,8 +38,9 @@ def test_pgd_matches_torchattacks(resnet20, batch):
     ta = pytest.importorskip("torchattacks")
     x, y = batch
     ref = ta.PGD(resnet20, eps=8 / 255, alpha=2 / 255, steps=5, random_start=False)(x, y)
-    assert torch.allclose(T.pgd(resnet20, x, y, eps=8 / 255, alpha=2 / 255, steps=5, random_start=False), ref,
-                          atol=1e-6)
+    assert torch.allclose(
+        T.pgd(resnet20, x, y, eps=8 / 255, alpha=2 / 255, steps=5, random_start=False), ref, atol=1e-6
+    )
     # random start from the global generator: the same uniform draws as torchattacks' uniform_
     torch.manual_seed(11)
     ref = ta.PGD(resnet20, eps=8 / 255, alpha=2 / 255, steps=3, random_start=True)(x, y)
@@ -68,7 +69,7 @@ def test_attacks_lower_accuracy_on_a_real_model(resnet20, batch):
     assert T.RobustAccuracy.from_dict(r.to_dict()) == r
     xp = T.patch_attack(resnet20, x, y, frac=0.1, steps=5, generator=torch.Generator().manual_seed(0))
     changed = (xp != x).any(1)
-    assert changed.flatten(1).sum(1).max() <= round(0.1 ** 0.5 * 32) ** 2
+    assert changed.flatten(1).sum(1).max() <= round(0.1**0.5 * 32) ** 2
     assert (resnet20(xp).argmax(1) == y).float().mean() < r.clean
 
 
@@ -132,9 +133,32 @@ def test_cli_defend_train_writes_a_loadable_card(tmp_path, resnet20):
     from patchlab.cli import app
 
     out = tmp_path / "r20_adv.json"
-    args = ["defend", "train", "--model", card("resnet20"), "--data", str(CIFAR_TEST), "--attack", "fgsm-rs",
-            "--limit-per-class", "2", "--epochs", "1", "--eval-n", "4", "--eval-steps", "2", "--check-n", "4",
-            "--batch-size", "5", "--out", str(out), "--device", "cpu"]
+    args = [
+        "defend",
+        "train",
+        "--model",
+        card("resnet20"),
+        "--data",
+        str(CIFAR_TEST),
+        "--attack",
+        "fgsm-rs",
+        "--limit-per-class",
+        "2",
+        "--epochs",
+        "1",
+        "--eval-n",
+        "4",
+        "--eval-steps",
+        "2",
+        "--check-n",
+        "4",
+        "--batch-size",
+        "5",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 0, r.output
     c = json.loads(out.read_text())

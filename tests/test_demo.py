@@ -10,8 +10,16 @@ from typer.testing import CliRunner
 from patchlab.cli import app
 from patchlab import pipeline
 
-STAGES = ["OT patch (sw)", "CE patch", "transfer matrix", "print", "film (simulated)", "capture loop",
-          "physical tSuc", "report"]
+STAGES = [
+    "OT patch (sw)",
+    "CE patch",
+    "transfer matrix",
+    "print",
+    "film (simulated)",
+    "capture loop",
+    "physical tSuc",
+    "report",
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +45,19 @@ def test_quick_demo_runs_every_stage_and_names_the_files(first):
     out, output = first
     state = json.loads((out / "demo.json").read_text())
     assert [s for s in STAGES if state["stages"][s]["status"] == "done"] == STAGES
-    for f in ("report.html", "report.pdf", "print/patch.pdf", "print/patch.layout.json", "capture/video.mp4",
-              "capture/control.mp4", "capture/video/frames.jsonl", "matrix/matrix.json", "physical.json",
-              "runs/sw/patch.png", "runs/ce/patch.png"):
+    for f in (
+        "report.html",
+        "report.pdf",
+        "print/patch.pdf",
+        "print/patch.layout.json",
+        "capture/video.mp4",
+        "capture/control.mp4",
+        "capture/video/frames.jsonl",
+        "matrix/matrix.json",
+        "physical.json",
+        "runs/sw/patch.png",
+        "runs/ce/patch.png",
+    ):
         assert (out / f).is_file(), f
     html = (out / "report.html").read_text()
     compare = html.split("Patches side by side", 1)[1]

@@ -41,8 +41,16 @@ def test_renderer_rows_render_exactly_as_the_whole_batch():
 def test_two_gloo_processes_equal_one_process(tmp_path):
     """torchrun (torch.distributed.run, elastic launcher), 2 CPU ranks, gloo; patch checksum checked every step."""
     env = dict(os.environ, PATCHLAB_DIST_CHECK="1", PATCHLAB_THREADS="1", OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           str(HERE / "dist_patch_worker.py"), str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        str(HERE / "dist_patch_worker.py"),
+        str(tmp_path),
+    ]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     model, data = W.load_inputs()  # the single-process reference, computed while the ranks run
     single, _ = W.run_specs(model, data)

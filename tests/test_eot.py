@@ -29,9 +29,9 @@ def test_no_eot_pastes_the_patch_pixel_for_pixel():
     out, params = r.paste(imgs, patch, gen())
     for i in range(16):
         x, y = params.top_left[i].tolist()
-        assert torch.allclose(out[i, :, y:y + 10, x:x + 10], patch, atol=1e-5)
+        assert torch.allclose(out[i, :, y : y + 10, x : x + 10], patch, atol=1e-5)
         rest = out[i].clone()
-        rest[:, y:y + 10, x:x + 10] = imgs[i, :, y:y + 10, x:x + 10]
+        rest[:, y : y + 10, x : x + 10] = imgs[i, :, y : y + 10, x : x + 10]
         assert torch.allclose(rest, imgs[i], atol=1e-5)
 
 
@@ -84,7 +84,7 @@ def test_circle_leaves_the_corners_of_its_box():
     imgs = torch.zeros(1, 3, 32, 32)
     out, p = r.paste(imgs, torch.ones(3, 14, 14), gen())
     x, y = p.top_left[0].tolist()
-    box = out[0, 0, y:y + 14, x:x + 14]
+    box = out[0, 0, y : y + 14, x : x + 14]
     assert float(box[0, 0]) == 0.0 and float(box[7, 7]) == 1.0
 
 
@@ -124,7 +124,7 @@ def test_colour_transform_is_applied_to_the_sticker():
     r = PatchRenderer((16, 16), (8, 8), frac=0.25, placement="center", color=dim)
     out, p = r.paste(torch.zeros(1, 3, 16, 16), torch.ones(3, 8, 8), gen())
     x, y = p.top_left[0].tolist()
-    seen = float(out[0, :, y:y + 8, x:x + 8].mean())
+    seen = float(out[0, :, y : y + 8, x : x + 8].mean())
     assert abs(seen - 0.7354) < 0.01  # white printed at half the light: sRGB(0.5)
     grad_patch = torch.full((3, 8, 8), 0.5, requires_grad=True)
     r(torch.zeros(1, 3, 16, 16), grad_patch, p).sum().backward()

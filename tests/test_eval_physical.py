@@ -20,11 +20,25 @@ from test_capture_helpers import TARGET, capture
 def _fake_frames(n, rng):
     frames = []
     for i in range(n):
-        pose = None if i % 5 == 0 else {"size_px": float(50 + i), "distance_mm": float(100 + 2 * i),
-                                         "view_angle_deg": float(i % 40), "angle_deg": float(i % 30 - 15)}
+        pose = (
+            None
+            if i % 5 == 0
+            else {
+                "size_px": float(50 + i),
+                "distance_mm": float(100 + 2 * i),
+                "view_angle_deg": float(i % 40),
+                "angle_deg": float(i % 30 - 15),
+            }
+        )
         hit = bool(rng.random() < (0.2 if pose is None else min(1.0, i / n)))
-        frames.append({"index": i, "brightness": float(80 + i % 50), "pose": pose,
-                       "models": {"m": {"top5": [["cat" if hit else "dog", 0.9]], "p_target": 0.5, "hit": hit}}})
+        frames.append(
+            {
+                "index": i,
+                "brightness": float(80 + i % 50),
+                "pose": pose,
+                "models": {"m": {"top5": [["cat" if hit else "dog", 0.9]], "p_target": 0.5, "hit": hit}},
+            }
+        )
     return frames
 
 
@@ -83,8 +97,9 @@ def test_bin_curve_plots_every_point():
         p = bin_curve(t, control=res.control_bins[q])
         assert p is not None and p.png[:8] == b"\x89PNG\r\n\x1a\n"
         name = res.models[0].model
-        expected = sum(r.rates[name]["n"] > 0 for r in t.rows) + sum(r.rates[name]["n"] > 0
-                                                                    for r in res.control_bins[q].rows)
+        expected = sum(r.rates[name]["n"] > 0 for r in t.rows) + sum(
+            r.rates[name]["n"] > 0 for r in res.control_bins[q].rows
+        )
         assert p.n_points == expected and p.n_series == 2
     assert bin_curve(bin_frames([], ["m"], "size")) is None
 
@@ -119,9 +134,26 @@ def test_a_half_written_last_line_is_ignored(tmp_path):
 
 def test_cli_eval_physical(tmp_path):
     out = tmp_path / "phys.json"
-    r = CliRunner().invoke(app, ["eval", "physical", str(capture()), "--control", str(capture(control="blank")),
-                                 "--bins", "distance", "--bins", "size", "--n-bins", "3", "--json", str(out),
-                                 "--plots", str(tmp_path / "plots")])
+    r = CliRunner().invoke(
+        app,
+        [
+            "eval",
+            "physical",
+            str(capture()),
+            "--control",
+            str(capture(control="blank")),
+            "--bins",
+            "distance",
+            "--bins",
+            "size",
+            "--n-bins",
+            "3",
+            "--json",
+            str(out),
+            "--plots",
+            str(tmp_path / "plots"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     d = json.loads(out.read_text())
     assert set(d["bins"]) == {"distance", "size"} and len(d["bins"]["size"]["rows"]) == 3

@@ -13,8 +13,7 @@ from patchlab import losses as L
 
 def clouds(n=37, m=23, d=8, dtype=torch.float64, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, d, generator=g, dtype=dtype),
-            torch.randn(m, d, generator=g, dtype=dtype) * 1.5 + 0.4)
+    return (torch.randn(n, d, generator=g, dtype=dtype), torch.randn(m, d, generator=g, dtype=dtype) * 1.5 + 0.4)
 
 
 @pytest.mark.parametrize("n,m", [(40, 40), (37, 23), (5, 64)])
@@ -63,7 +62,8 @@ def test_feature_l2_and_ce_reference_values():
     assert float(L.feature_l2(x, y)) == pytest.approx(float(ref))
     logits = torch.randn(5, 10)
     assert float(L.targeted_cross_entropy(logits, 3)) == pytest.approx(
-        float(F.cross_entropy(logits, torch.full((5,), 3))))
+        float(F.cross_entropy(logits, torch.full((5,), 3)))
+    )
 
 
 def test_total_variation_and_nps_reference_values():

@@ -68,7 +68,8 @@ def test_cifar_resnet_architecture_matches_he_et_al():
     n56 = sum(p.numel() for p in CifarResNet(56).parameters())
     assert 0.26e6 < n20 < 0.28e6 and 0.84e6 < n56 < 0.86e6
     assert {"cifar_resnet20", "cifar_resnet32", "cifar_resnet44", "cifar_resnet56", "cifar_resnet110"} <= set(
-        list_models("cifar_resnet*"))
+        list_models("cifar_resnet*")
+    )
     with pytest.raises(ValueError, match="6n\\+2"):
         CifarResNet(21)
 

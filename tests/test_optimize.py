@@ -12,14 +12,22 @@ from conftest import card
 from patchlab.errors import ConfigError, DataError
 from patchlab.eval.transfer import evaluate_patch
 from patchlab.models import load_model
-from patchlab.optimize import (OptimizationDiverged, OptimizeConfig, PatchOptimizer, prepare_run,
-                               run_optimization)
+from patchlab.optimize import OptimizationDiverged, OptimizeConfig, PatchOptimizer, prepare_run, run_optimization
 from patchlab.runs import read_patch
 
 
 def cfg(**kw) -> OptimizeConfig:
-    base = dict(target="frog", loss="ce", steps=6, batch_size=16, frac=0.1, placement="random", seed=1,
-                checkpoint_every=3, log_every=1)
+    base = dict(
+        target="frog",
+        loss="ce",
+        steps=6,
+        batch_size=16,
+        frac=0.1,
+        placement="random",
+        seed=1,
+        checkpoint_every=3,
+        log_every=1,
+    )
     base.update(kw)
     return OptimizeConfig(**base)
 
@@ -31,8 +39,9 @@ def test_ce_patch_learns_on_a_real_model(resnet20, cifar_small, tmp_path):
     start = prep.optimizer.init_patch(torch.Generator().manual_seed(1))
     before = evaluate_patch(start, hold, "frog", [resnet20], frac=0.2, placement="random")[0]
     run_optimization(prep, tmp_path / "run", command=["test"])
-    after = evaluate_patch(torch.from_numpy(read_patch(tmp_path / "run")), hold, "frog", [resnet20], frac=0.2,
-                           placement="random")[0]
+    after = evaluate_patch(
+        torch.from_numpy(read_patch(tmp_path / "run")), hold, "frog", [resnet20], frac=0.2, placement="random"
+    )[0]
     # an optimised 20% patch turns far more held-out images into frogs than its noise start
     assert after.tsuc > before.tsuc + 0.25, (before.tsuc, after.tsuc)
     rec = json.loads((tmp_path / "run" / "run.json").read_text())
@@ -47,8 +56,11 @@ def test_feature_losses_take_steps_on_several_layers(resnet20, cifar_small, tmp_
     res = run_optimization(prep, tmp_path / loss, command=["test"])
     rec = json.loads((tmp_path / loss / "run.json").read_text())
     assert res.status == "finished"
-    assert set(rec["history"][-1]["terms"]) == {f"{loss}[cifar10-resnet20:linear]",
-                                               f"{loss}[cifar10-resnet20:layer2.1]", "tv"}
+    assert set(rec["history"][-1]["terms"]) == {
+        f"{loss}[cifar10-resnet20:linear]",
+        f"{loss}[cifar10-resnet20:layer2.1]",
+        "tv",
+    }
     assert [r["module"] for r in rec["layers"]["cifar10-resnet20"]] == ["linear", "layer2.1"]
 
 
@@ -102,8 +114,9 @@ class _NaNAt(PatchOptimizer):
 
 def test_nan_stops_with_a_message_and_keeps_the_last_good_patch(resnet20, cifar_small, tmp_path):
     good, _ = _patch_after(tmp_path, "good", resnet20, cifar_small, 2, checkpoint_every=1)
-    prep = prepare_run(cfg(steps=6, loss="sw", projections=16, checkpoint_every=1), [resnet20], cifar_small,
-                       cache=False)
+    prep = prepare_run(
+        cfg(steps=6, loss="sw", projections=16, checkpoint_every=1), [resnet20], cifar_small, cache=False
+    )
     prep.optimizer.__class__ = _NaNAt
     with pytest.raises(OptimizationDiverged, match="became nan at step 3"):
         run_optimization(prep, tmp_path / "nan", command=["test"])
@@ -179,8 +192,7 @@ def test_bad_input(resnet20, cifar_small, tmp_path):
     with pytest.raises(ConfigError, match="larger than the 32x32 image"):
         prepare_run(cfg(frac=0.9, frame_markers=True), [resnet20], cifar_small, cache=False)
     # a target class whose only image is held out: nothing to take target features from
-    keep = [i for i, l in enumerate(cifar_small.labels.tolist()) if l != 6] + \
-           [cifar_small.labels.tolist().index(6)]
+    keep = [i for i, l in enumerate(cifar_small.labels.tolist()) if l != 6] + [cifar_small.labels.tolist().index(6)]
     one_frog = cifar_small.subset(keep)
     with pytest.raises(DataError, match="no images of the target class 'frog'"):
         prepare_run(cfg(loss="sw", holdout_frac=0.6), [resnet20], one_frog, cache=False)

@@ -20,8 +20,18 @@ def test_streamed_run_reads_only_target_images_up_front(resnet20, tmp_path, monk
     read = []
     orig = data_mod.read_image
     monkeypatch.setattr(data_mod, "read_image", lambda p: read.append(p) or orig(p))
-    cfg = OptimizeConfig(target="frog", loss="sw", steps=3, batch_size=8, projections=16, seed=1,
-                         layers="auto", target_images=6, checkpoint_every=3, log_every=1)
+    cfg = OptimizeConfig(
+        target="frog",
+        loss="sw",
+        steps=3,
+        batch_size=8,
+        projections=16,
+        seed=1,
+        layers="auto",
+        target_images=6,
+        checkpoint_every=3,
+        log_every=1,
+    )
     prep = prepare_stream_run(cfg, [resnet20], CIFAR_TEST, workers=0, limit_per_class=20, cache=False)
     up_front = len(read)
     assert up_front <= 6 + 8  # the target images and the stream's first batch: not the 200-image set
@@ -34,10 +44,33 @@ def test_streamed_run_reads_only_target_images_up_front(resnet20, tmp_path, monk
 
 def test_cli_workers_stream_in_worker_processes(tmp_path):
     out = tmp_path / "w"
-    r = CliRunner().invoke(app, ["optimize", "--out", str(out), "--source", card("resnet20"), "--data",
-                                 str(CIFAR_TEST), "--target", "frog", "--loss", "ce", "--steps", "4",
-                                 "--batch-size", "8", "--limit-per-class", "10", "--workers", "2",
-                                 "--no-cache", "--device", "cpu"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "optimize",
+            "--out",
+            str(out),
+            "--source",
+            card("resnet20"),
+            "--data",
+            str(CIFAR_TEST),
+            "--target",
+            "frog",
+            "--loss",
+            "ce",
+            "--steps",
+            "4",
+            "--batch-size",
+            "8",
+            "--limit-per-class",
+            "10",
+            "--workers",
+            "2",
+            "--no-cache",
+            "--device",
+            "cpu",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert np.isfinite(np.load(out / "patch.npy")).all()
     assert json.loads((out / "run.json").read_text())["data"]["streamed"] == {"workers": 2}
@@ -49,13 +82,15 @@ def test_bf16_autocast_and_channels_last_on_cpu(resnet20):
 
     seen = []
     conv = next(m for m in resnet20.modules() if isinstance(m, torch.nn.Conv2d))
-    h = conv.register_forward_hook(lambda m, i, o: seen.append((o.dtype, i[0].is_contiguous(
-        memory_format=torch.channels_last))))
+    h = conv.register_forward_hook(
+        lambda m, i, o: seen.append((o.dtype, i[0].is_contiguous(memory_format=torch.channels_last)))
+    )
     try:
         g = torch.Generator().manual_seed(0)
         x = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=g)
-        res = PatchAttack(loss="ce", steps=2, batch_size=8, precision="bf16", channels_last=True,
-                          cache=False)(resnet20, x, "frog")
+        res = PatchAttack(loss="ce", steps=2, batch_size=8, precision="bf16", channels_last=True, cache=False)(
+            resnet20, x, "frog"
+        )
     finally:
         h.remove()
     assert seen and all(d == torch.bfloat16 for d, _ in seen) and all(cl for _, cl in seen)

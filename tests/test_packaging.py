@@ -18,8 +18,12 @@ STAGES = ("calib", "print", "capture", "eval")
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                    "-w", str(out), str(REPO)], check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     (whl,) = out.glob("patchlab-*.whl")
     return whl
 
@@ -39,16 +43,23 @@ def test_wheel_maps_stage_folders_under_patchlab(wheel):
 
 def test_installed_copy_imports_the_stages(wheel, tmp_path):
     target = tmp_path / "site"
-    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     for stage in STAGES:
         assert not (target / stage).exists()
-    code = ("import patchlab.calib, patchlab.print, patchlab.capture, patchlab.eval, builtins;"
-            "print(patchlab.calib.__file__); print(patchlab.eval.__file__);"
-            "assert builtins.print is print")
+    code = (
+        "import patchlab.calib, patchlab.print, patchlab.capture, patchlab.eval, builtins;"
+        "print(patchlab.calib.__file__); print(patchlab.eval.__file__);"
+        "assert builtins.print is print"
+    )
     env = dict(os.environ, PYTHONPATH=str(target))
-    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                         timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 0, res.stderr
     for line in res.stdout.split():
         assert Path(line).is_relative_to(target), line

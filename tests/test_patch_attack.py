@@ -31,8 +31,9 @@ def _wb_tsuc(patch, model, hold, frac=0.2):
 @pytest.mark.parametrize("loss", ["sw", "w2", "quantile", "l2", "ce"])
 def test_every_loss_learns_against_a_random_patch(resnet20, split_data, loss):
     train, hold = split_data
-    attack = PatchAttack(loss=loss, steps=40, batch_size=32, frac=0.2, lr=0.05, placement="random",
-                         projections=64, seed=3, cache=False)
+    attack = PatchAttack(
+        loss=loss, steps=40, batch_size=32, frac=0.2, lr=0.05, placement="random", projections=64, seed=3, cache=False
+    )
     res = attack(resnet20, train, "frog")
     noise = torch.rand(res.patch.shape, generator=torch.Generator().manual_seed(99))
     learnt, rand = _wb_tsuc(res, resnet20, hold), _wb_tsuc(noise, resnet20, hold)
@@ -60,7 +61,8 @@ def test_nps_is_measured_on_the_rendered_colours(resnet20, split_data):
 
     palette = torch.tensor([[0.0, 0.0, 0.0], [0.6, 0.6, 0.6]])
     prep = PatchAttack(loss="ce", steps=1, nps=1.0, palette=palette, color=Dim(), cache=False).prepare(
-        resnet20, train, "frog")
+        resnet20, train, "frog"
+    )
     p = torch.rand(3, *prep.optimizer.renderer.patch_hw)
     _, value = prep.optimizer.regularizers(p)["nps"]
     assert float(value) == pytest.approx(float(non_printability(p * 0.6, palette)), rel=1e-6)
@@ -70,25 +72,57 @@ def test_nps_is_measured_on_the_rendered_colours(resnet20, split_data):
 def test_cli_and_library_make_the_same_patch(resnet20, tmp_path):
     """`patchlab optimize` is a run folder around PatchAttack: the same seed gives the same bits."""
     out = tmp_path / "cli"
-    r = runner.invoke(app, ["--threads", "1", "optimize", "--source", card("resnet20"), "--data", str(CIFAR_TEST),
-                            "--limit-per-class", "20", "--target", "frog", "--loss", "sw", "--patch-frac", "0.2",
-                            "--steps", "6", "--batch-size", "16", "--projections", "32", "--seed", "4",
-                            "--device", "cpu", "--no-cache", "--out", str(out)])
+    r = runner.invoke(
+        app,
+        [
+            "--threads",
+            "1",
+            "optimize",
+            "--source",
+            card("resnet20"),
+            "--data",
+            str(CIFAR_TEST),
+            "--limit-per-class",
+            "20",
+            "--target",
+            "frog",
+            "--loss",
+            "sw",
+            "--patch-frac",
+            "0.2",
+            "--steps",
+            "6",
+            "--batch-size",
+            "16",
+            "--projections",
+            "32",
+            "--seed",
+            "4",
+            "--device",
+            "cpu",
+            "--no-cache",
+            "--out",
+            str(out),
+        ],
+    )
     assert r.exit_code == 0, r.output
     data = patchlab.load_folder(CIFAR_TEST, limit_per_class=20)
     split = split_indices(data.labels, holdout_frac=0.2, seed=4)
     res = PatchAttack(loss="sw", frac=0.2, steps=6, batch_size=16, projections=32, seed=4, cache=False)(
-        resnet20, data.subset(split.train), "frog")
+        resnet20, data.subset(split.train), "frog"
+    )
     assert np.array_equal(read_patch(out), res.patch.numpy())
     other = PatchAttack(loss="sw", frac=0.2, steps=6, batch_size=16, projections=32, seed=5, cache=False)(
-        resnet20, data.subset(split.train), "frog")
+        resnet20, data.subset(split.train), "frog"
+    )
     assert not np.array_equal(read_patch(out), other.patch.numpy())  # the comparison can fail
 
 
 def test_untargeted_patch_raises_the_error_rate(resnet20, split_data):
     train, hold = split_data
     res = PatchAttack(loss="ce", steps=30, batch_size=32, frac=0.2, lr=0.05, placement="random", seed=2)(
-        resnet20, train, None)
+        resnet20, train, None
+    )
     assert res.target_class is None and res.config["target"] is None
     x = hold.float()
     y = resnet20(x).argmax(1)
@@ -131,15 +165,51 @@ def test_feature_cache_key_follows_weights_and_preprocessing():
 
 
 def test_eval_compare_pairs_runs_on_the_same_images(resnet20, tmp_path):
-    base = ["--threads", "1", "optimize", "--source", card("resnet20"), "--data", str(CIFAR_TEST),
-            "--limit-per-class", "20", "--target", "frog", "--patch-frac", "0.2", "--steps", "8", "--batch-size",
-            "16", "--placement", "random", "--device", "cpu", "--no-cache"]
+    base = [
+        "--threads",
+        "1",
+        "optimize",
+        "--source",
+        card("resnet20"),
+        "--data",
+        str(CIFAR_TEST),
+        "--limit-per-class",
+        "20",
+        "--target",
+        "frog",
+        "--patch-frac",
+        "0.2",
+        "--steps",
+        "8",
+        "--batch-size",
+        "16",
+        "--placement",
+        "random",
+        "--device",
+        "cpu",
+        "--no-cache",
+    ]
     for name, loss, seed in [("ce", "ce", 0), ("sw", "sw", 0), ("sw1", "sw", 1)]:
         r = runner.invoke(app, [*base, "--loss", loss, "--seed", str(seed), "--out", str(tmp_path / name)])
         assert r.exit_code == 0, r.output
-    ok = runner.invoke(app, ["--threads", "1", "eval", "compare", str(tmp_path / "sw"), str(tmp_path / "ce"),
-                             "--models", card("resnet20"), card("resnet32"), "--device", "cpu",
-                             "--json", str(tmp_path / "cmp.json")])
+    ok = runner.invoke(
+        app,
+        [
+            "--threads",
+            "1",
+            "eval",
+            "compare",
+            str(tmp_path / "sw"),
+            str(tmp_path / "ce"),
+            "--models",
+            card("resnet20"),
+            card("resnet32"),
+            "--device",
+            "cpu",
+            "--json",
+            str(tmp_path / "cmp.json"),
+        ],
+    )
     assert ok.exit_code == 0, ok.output
     assert "mean transfer A - B" in ok.output and "95% CI" in ok.output
     from patchlab.eval.compare import Comparison
@@ -149,6 +219,17 @@ def test_eval_compare_pairs_runs_on_the_same_images(resnet20, tmp_path):
     assert [m.name for m in cmp.models] == ["cifar10-resnet20", "cifar10-resnet32"] and cmp.models[0].is_source
     m = cmp.models[0]
     assert m.diff == pytest.approx(m.a - m.b) and m.ci95[0] <= m.diff <= m.ci95[1] and m.n == 36  # 40 held out, 4 frogs
-    bad = runner.invoke(app, ["eval", "compare", str(tmp_path / "sw1"), str(tmp_path / "ce"), "--models",
-                              card("resnet20"), "--device", "cpu"])
+    bad = runner.invoke(
+        app,
+        [
+            "eval",
+            "compare",
+            str(tmp_path / "sw1"),
+            str(tmp_path / "ce"),
+            "--models",
+            card("resnet20"),
+            "--device",
+            "cpu",
+        ],
+    )
     assert bad.exit_code == 1 and "same held-out images" in bad.output

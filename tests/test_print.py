@@ -17,8 +17,14 @@ from PIL import Image
 from patchlab.errors import ConfigError
 from patchlab.layout import load_layout
 from patchlab.markers import charuco_board, detect_markers, marker_bits, marker_frame
-from patchlab.print.sheets import (black_squares, layout_path_for, load_patch_source, make_board_pdf, make_chart_pdf,
-                                   make_patch_pdf)
+from patchlab.print.sheets import (
+    black_squares,
+    layout_path_for,
+    load_patch_source,
+    make_board_pdf,
+    make_chart_pdf,
+    make_patch_pdf,
+)
 from patchlab.print.verify import measure_patch, read_cells, render_pdf
 
 DPI = 600
@@ -125,9 +131,9 @@ def test_pdf_frame_is_the_core_marker_frame(printed):
     band = f.mask.copy()
     for c in g.marker_corners():
         (a0, b0), (a1, b1) = np.floor(c.min(0) * scale) - 2, np.ceil(c.max(0) * scale) + 2
-        band[int(b0):int(b1), int(a0):int(a1)] = False
+        band[int(b0) : int(b1), int(a0) : int(a1)] = False
     band[:2], band[-2:], band[:, :2], band[:, -2:] = False, False, False, False  # crop edge
-    band[f.inner_box[1] - 2:f.inner_box[3] + 2, f.inner_box[0] - 2:f.inner_box[2] + 2] = False
+    band[f.inner_box[1] - 2 : f.inner_box[3] + 2, f.inner_box[0] - 2 : f.inner_box[2] + 2] = False
     assert f.image[band].min() == 255 and page[: band.shape[0], : band.shape[1]][band].min() >= 250
 
 

@@ -58,7 +58,14 @@ def test_wrap_does_not_mutate_and_stops_parameter_gradients():
 
 
 def test_result_objects_round_trip():
-    res = patchlab.PatchResult(patch=torch.rand(3, 4, 4), history=[{"step": 1, "loss": 1.0, "tsuc": 0.5, "terms": {}}],
-                               config={"loss": "sw"}, target_class="frog", models=["m"], steps=1, seconds=0.5)
+    res = patchlab.PatchResult(
+        patch=torch.rand(3, 4, 4),
+        history=[{"step": 1, "loss": 1.0, "tsuc": 0.5, "terms": {}}],
+        config={"loss": "sw"},
+        target_class="frog",
+        models=["m"],
+        steps=1,
+        seconds=0.5,
+    )
     back = patchlab.PatchResult.from_dict(res.to_dict())
     assert torch.allclose(back.patch, res.patch) and back.history == res.history and back.final_tsuc == 0.5

@@ -71,10 +71,34 @@ def _fifo_cases(tmp: Path, fifo: Path) -> dict[str, list]:
     out = tmp / "out"
     return {
         "capture --source": ["capture", "run", "--source", fifo, "--models", R20, "--target", TARGET, "--out", out],
-        "capture --layout": ["capture", "run", "--source", video().video, "--models", R20, "--target", TARGET,
-                             "--layout", fifo, "--out", out],
-        "capture --camera": ["capture", "run", "--source", video().video, "--models", R20, "--target", TARGET,
-                             "--camera", fifo, "--out", out],
+        "capture --layout": [
+            "capture",
+            "run",
+            "--source",
+            video().video,
+            "--models",
+            R20,
+            "--target",
+            TARGET,
+            "--layout",
+            fifo,
+            "--out",
+            out,
+        ],
+        "capture --camera": [
+            "capture",
+            "run",
+            "--source",
+            video().video,
+            "--models",
+            R20,
+            "--target",
+            TARGET,
+            "--camera",
+            fifo,
+            "--out",
+            out,
+        ],
         "model card": ["models", "check", fifo, "--data", CIFAR_TEST],
         "models --data": ["models", "check", R20, "--data", fifo],
         "optimize --data": ["optimize", "--source", R20, "--data", fifo, "--target", "frog", "--out", out],
@@ -90,10 +114,23 @@ def _fifo_cases(tmp: Path, fifo: Path) -> dict[str, list]:
     }
 
 
-CASES = ["capture --source", "capture --layout", "capture --camera", "model card", "models --data",
-         "optimize --data", "report RUN", "report --matrix", "print patch RUN", "eval transfer RUN",
-         "eval physical CAPTURE", "simulate --patch", "calib color --photo", "calib camera --board",
-         "world train --data"]
+CASES = [
+    "capture --source",
+    "capture --layout",
+    "capture --camera",
+    "model card",
+    "models --data",
+    "optimize --data",
+    "report RUN",
+    "report --matrix",
+    "print patch RUN",
+    "eval transfer RUN",
+    "eval physical CAPTURE",
+    "simulate --patch",
+    "calib color --photo",
+    "calib camera --board",
+    "world train --data",
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -150,8 +187,22 @@ def test_bad_weights_never_relay_weights_only_false(tmp_path, kind):
         assert "refusing to load" in msg and "system" in msg
     else:
         assert "needs more than tensors" not in msg  # not called a pickle when it is none
-    res = CliRunner().invoke(app, ["models", "check", "patchlab:cifar_resnet20", "--weights", str(p), "--data",
-                                   str(CIFAR_TEST), "--limit-per-class", "1", "--device", "cpu"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "models",
+            "check",
+            "patchlab:cifar_resnet20",
+            "--weights",
+            str(p),
+            "--data",
+            str(CIFAR_TEST),
+            "--limit-per-class",
+            "1",
+            "--device",
+            "cpu",
+        ],
+    )
     assert res.exit_code == 1 and "weights_only=False" not in res.output and "False" not in res.output
     assert "Traceback" not in res.output
 
@@ -201,16 +252,50 @@ def test_images_of_different_sizes_suggest_what_exists(tmp_path):
 
 def test_record_is_checked_before_any_frame_is_scored(tmp_path):
     out = tmp_path / "cap"
-    res = CliRunner().invoke(app, ["capture", "run", "--source", str(video().video), "--models", R20, "--target",
-                                   TARGET, "--record", str(tmp_path / "x.txt"), "--device", "cpu", "--no-hud",
-                                   "--out", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "capture",
+            "run",
+            "--source",
+            str(video().video),
+            "--models",
+            R20,
+            "--target",
+            TARGET,
+            "--record",
+            str(tmp_path / "x.txt"),
+            "--device",
+            "cpu",
+            "--no-hud",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 1 and "--record must name a .mp4" in res.output, res.output
     assert not (out / "frames.jsonl").exists()
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    res = CliRunner().invoke(app, ["capture", "run", "--source", str(video().video), "--models", R20, "--target",
-                                   TARGET, "--record", str(blocker / "v.mp4"), "--device", "cpu", "--no-hud",
-                                   "--out", str(out)])
+    res = CliRunner().invoke(
+        app,
+        [
+            "capture",
+            "run",
+            "--source",
+            str(video().video),
+            "--models",
+            R20,
+            "--target",
+            TARGET,
+            "--record",
+            str(blocker / "v.mp4"),
+            "--device",
+            "cpu",
+            "--no-hud",
+            "--out",
+            str(out),
+        ],
+    )
     assert res.exit_code == 1 and "is a file, not a folder" in res.output, res.output
     assert not (out / "frames.jsonl").exists()
 
@@ -227,8 +312,10 @@ def board_views(tmp_path_factory):
     res.write(tmp / "board.pdf")
     page = cv2.cvtColor(render_pdf(tmp / "board.pdf", 150), cv2.COLOR_RGB2GRAY)
     spec = res.layout.board
-    centre = (spec["origin_mm"][0] + spec["squares"][0] * spec["square_mm"] / 2,
-              spec["origin_mm"][1] + spec["squares"][1] * spec["square_mm"] / 2)
+    centre = (
+        spec["origin_mm"][0] + spec["squares"][0] * spec["square_mm"] / 2,
+        spec["origin_mm"][1] + spec["squares"][1] * spec["square_mm"] / 2,
+    )
     K = np.array([[800.0, 0, 320], [0, 800, 240], [0, 0, 1]])
     rng = np.random.default_rng(0)
 
@@ -247,23 +334,31 @@ def test_copies_of_one_view_are_refused(board_views, tmp_path):
         calibrate_camera([(f"v{k}.png", one.copy()) for k in range(6)], layout)
     for k in range(6):
         cv2.imwrite(str(tmp_path / f"v{k}.png"), one)
-    res = CliRunner().invoke(app, ["calib", "camera", "--board", str(lay_path), "--images", str(tmp_path), "--out",
-                                   str(tmp_path / "cam.json")])
+    res = CliRunner().invoke(
+        app,
+        ["calib", "camera", "--board", str(lay_path), "--images", str(tmp_path), "--out", str(tmp_path / "cam.json")],
+    )
     assert res.exit_code == 1 and "differ from one another" in res.output, res.output
     assert not (tmp_path / "cam.json").exists()
 
 
 def test_a_board_only_moved_never_tilted_is_refused(board_views):
     layout, _, view = board_views
-    frames = [(f"v{k}.png", view(0, 0, dist=d, off=o)) for k, (d, o) in enumerate(
-        [(380, (0, 0)), (420, (20, 0)), (460, (-20, 10)), (400, (0, -20)), (440, (15, 15)), (500, (-10, -10))])]
+    frames = [
+        (f"v{k}.png", view(0, 0, dist=d, off=o))
+        for k, (d, o) in enumerate(
+            [(380, (0, 0)), (420, (20, 0)), (460, (-20, 10)), (400, (0, -20)), (440, (15, 15)), (500, (-10, -10))]
+        )
+    ]
     with pytest.raises(DataError, match="degenerate views"):
         calibrate_camera(frames, layout)
 
 
 def test_varied_views_still_calibrate(board_views):
     layout, _, view = board_views
-    frames = [(f"v{k}.png", view(tx, ty)) for k, (tx, ty) in enumerate(
-        [(0, 0), (25, 0), (-25, 0), (0, 25), (0, -25), (18, 18), (-18, -18)])]
+    frames = [
+        (f"v{k}.png", view(tx, ty))
+        for k, (tx, ty) in enumerate([(0, 0), (25, 0), (-25, 0), (0, 25), (0, -25), (18, 18), (-18, -18)])
+    ]
     cal = calibrate_camera(frames, layout)
     assert abs(cal.fx / 800 - 1) < 0.05 and cal.pose_spread_deg > 30 and cal.f_rel_std < 0.05

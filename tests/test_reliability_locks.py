@@ -29,8 +29,24 @@ from patchlab.runs import read_run, writing_folder
 from test_capture_helpers import TARGET, video
 
 R20 = card("resnet20")
-OPTIMIZE = ["optimize", "--source", R20, "--data", str(CIFAR_TEST), "--target", "frog", "--limit-per-class", "5",
-            "--batch-size", "4", "--steps", "1", "--device", "cpu", "--no-cache"]
+OPTIMIZE = [
+    "optimize",
+    "--source",
+    R20,
+    "--data",
+    str(CIFAR_TEST),
+    "--target",
+    "frog",
+    "--limit-per-class",
+    "5",
+    "--batch-size",
+    "4",
+    "--steps",
+    "1",
+    "--device",
+    "cpu",
+    "--no-cache",
+]
 
 
 def invoke(*args):
@@ -39,8 +55,10 @@ def invoke(*args):
 
 def hold_in_child(folder: Path) -> subprocess.Popen:
     """Another process that takes the folder's lock and waits."""
-    code = ("import sys, time; from patchlab.locks import FolderLock; "
-            f"FolderLock({str(folder)!r}, 'run folder').acquire(); print('held', flush=True); time.sleep(120)")
+    code = (
+        "import sys, time; from patchlab.locks import FolderLock; "
+        f"FolderLock({str(folder)!r}, 'run folder').acquire(); print('held', flush=True); time.sleep(120)"
+    )
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert p.stdout.readline().strip() == "held"
     return p
@@ -82,11 +100,34 @@ def _folder_commands(tmp: Path) -> dict[str, list]:
     vid = video()
     return {
         "optimize": OPTIMIZE,
-        "capture run": ["capture", "run", "--source", vid.video, "--models", R20, "--target", TARGET,
-                        "--max-frames", "2", "--device", "cpu", "--no-hud"],
+        "capture run": [
+            "capture",
+            "run",
+            "--source",
+            vid.video,
+            "--models",
+            R20,
+            "--target",
+            TARGET,
+            "--max-frames",
+            "2",
+            "--device",
+            "cpu",
+            "--no-hud",
+        ],
         "eval matrix": ["eval", "matrix", tmp / "nothing", "--models", R20, "--device", "cpu"],
-        "world make": ["world", "make", "--n-per-class", "2", "--size", "16", "--scenes-per-class", "0",
-                       "--workers", "1"],
+        "world make": [
+            "world",
+            "make",
+            "--n-per-class",
+            "2",
+            "--size",
+            "16",
+            "--scenes-per-class",
+            "0",
+            "--workers",
+            "1",
+        ],
         "world train": ["world", "train", "--data", tmp / "no-world", "--device", "cpu"],
         "demo": ["demo", "--device", "cpu"],
     }
@@ -139,8 +180,18 @@ def test_two_real_processes_one_run_folder(tmp_path):
     stopped with Ctrl-C, leaves a resumable run."""
     out = tmp_path / "run"
     env = {**os.environ, "PATCHLAB_THREADS": "1"}
-    cmd = [sys.executable, "-m", "patchlab", *OPTIMIZE[:-1], "--steps", "5000", "--checkpoint-every", "5", "--out",
-           str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "patchlab",
+        *OPTIMIZE[:-1],
+        "--steps",
+        "5000",
+        "--checkpoint-every",
+        "5",
+        "--out",
+        str(out),
+    ]
     first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.time() + 120

@@ -54,8 +54,13 @@ OPTIONS = _numeric_options()
 
 def test_the_walk_sees_the_options_of_the_issue():
     seen = {(" ".join(c), o) for c, o, _ in OPTIONS}
-    for want in [("print patch", "--size-mm"), ("optimize", "--tv"), ("optimize", "--nps-weight"),
-                 ("simulate capture", "--fps"), ("eval transfer", "--batch-size")]:
+    for want in [
+        ("print patch", "--size-mm"),
+        ("optimize", "--tv"),
+        ("optimize", "--nps-weight"),
+        ("simulate capture", "--fps"),
+        ("eval transfer", "--batch-size"),
+    ]:
         assert want in seen
 
 
@@ -76,14 +81,20 @@ def test_every_numeric_option_refuses_non_finite_and_out_of_range_values(cmd, op
         assert len(lines) == 1 and lines[0].startswith(f"error: {opt} must be"), (cmd, opt, value, res.output)
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["print", "patch", "x", "--size-mm", "nan", "--out", "p.pdf"], "--size-mm must be a finite number > 0, got nan"),
-    (["optimize", "--tv", "nan"], "--tv must be a finite number >= 0, got nan"),
-    (["optimize", "--nps-weight", "inf"], "--nps-weight must be a finite number >= 0, got inf"),
-    (["simulate", "capture", "--fps", "nan"], "--fps must be a finite number > 0, got nan"),
-    (["eval", "transfer", "x", "--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
-    (["optimize", "--patch-frac", "1.5"], "--patch-frac must be in (0, 1), got 1.5"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (
+            ["print", "patch", "x", "--size-mm", "nan", "--out", "p.pdf"],
+            "--size-mm must be a finite number > 0, got nan",
+        ),
+        (["optimize", "--tv", "nan"], "--tv must be a finite number >= 0, got nan"),
+        (["optimize", "--nps-weight", "inf"], "--nps-weight must be a finite number >= 0, got inf"),
+        (["simulate", "capture", "--fps", "nan"], "--fps must be a finite number > 0, got nan"),
+        (["eval", "transfer", "x", "--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+        (["optimize", "--patch-frac", "1.5"], "--patch-frac must be in (0, 1), got 1.5"),
+    ],
+)
 def test_the_cases_of_the_issue(args, msg):
     res = invoke(*args)
     assert res.exit_code == 1 and msg in res.output and "Traceback" not in res.output, res.output
@@ -99,18 +110,21 @@ def test_helper_messages():
     assert check_number(3, "--n", Range(1, integer=True)) == 3
 
 
-@pytest.mark.parametrize("field,value,msg", [
-    ("std", [0.2, 0.0, 0.2], "std[1] must be > 0, got 0"),
-    ("std", [0.2, -0.1, 0.2], "std[1] must be > 0"),
-    ("std", [0.2, "nan", 0.2], "std[1] must be a finite number > 0"),
-    ("mean", [0.5, float("inf"), 0.5], "mean[1] must be a finite number"),
-    ("input_size", [3, 0, 32], "input_size[1] must be an integer >= 1, got 0"),
-    ("input_size", [3, 32.5, 32], "input_size[1] must be an integer"),
-    ("input_size", [3, 32], "input_size must be [channels, height, width]"),
-    ("input_size", 32, "input_size must be a list of numbers, got 32"),
-    ("std", "x", "std must be a list of numbers"),
-    ("std", [0.2, 0.2], "mean/std must have 3 entries"),
-])
+@pytest.mark.parametrize(
+    "field,value,msg",
+    [
+        ("std", [0.2, 0.0, 0.2], "std[1] must be > 0, got 0"),
+        ("std", [0.2, -0.1, 0.2], "std[1] must be > 0"),
+        ("std", [0.2, "nan", 0.2], "std[1] must be a finite number > 0"),
+        ("mean", [0.5, float("inf"), 0.5], "mean[1] must be a finite number"),
+        ("input_size", [3, 0, 32], "input_size[1] must be an integer >= 1, got 0"),
+        ("input_size", [3, 32.5, 32], "input_size[1] must be an integer"),
+        ("input_size", [3, 32], "input_size must be [channels, height, width]"),
+        ("input_size", 32, "input_size must be a list of numbers, got 32"),
+        ("std", "x", "std must be a list of numbers"),
+        ("std", [0.2, 0.2], "mean/std must have 3 entries"),
+    ],
+)
 def test_card_numbers_are_refused_before_any_weights_are_read(tmp_path, field, value, msg):
     d = json.loads(open(R20).read())
     d[field] = [float(v) if v == "nan" else v for v in value] if isinstance(value, list) else value

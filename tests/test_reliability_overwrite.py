@@ -52,17 +52,38 @@ def _commands(tmp: Path) -> dict[str, tuple[list, list[str]]]:
         "print chart": (["print", "chart", "--swatches", "12", "--out"], ["c.pdf", "c.layout.json"]),
         "print board": (["print", "board", "--out"], ["b.pdf", "b.layout.json"]),
         "print check": (["print", "check", board, "--json"], ["check.json"]),
-        "simulate capture": (["simulate", "capture", "--patch", run, "--scenes", CIFAR_TEST / "dog", "--frames", "2",
-                              "--scene-frames", "1", "--size", "160x120", "--out"],
-                             ["v.mp4", "v.truth.jsonl", "v.sim.json", "v.camera.json", "v.layout.json"]),
+        "simulate capture": (
+            [
+                "simulate",
+                "capture",
+                "--patch",
+                run,
+                "--scenes",
+                CIFAR_TEST / "dog",
+                "--frames",
+                "2",
+                "--scene-frames",
+                "1",
+                "--size",
+                "160x120",
+                "--out",
+            ],
+            ["v.mp4", "v.truth.jsonl", "v.sim.json", "v.camera.json", "v.layout.json"],
+        ),
         "eval physical": (["eval", "physical", cap, "--json"], ["ph.json"]),
         "report": (["report", run, "--out"], ["r.html"]),
-        "models check": (["models", "check", R20, "--data", CIFAR_TEST, "--limit-per-class", "1", "--device", "cpu",
-                          "--json"], ["m.json"]),
-        "calib camera": (["calib", "camera", "--board", tmp / "board.layout.json", "--images", tmp, "--out"],
-                         ["cam.json"]),
-        "calib color": (["calib", "color", "--photo", tmp / "none.png", "--chart", tmp / "board.layout.json",
-                         "--out"], ["col.json"]),
+        "models check": (
+            ["models", "check", R20, "--data", CIFAR_TEST, "--limit-per-class", "1", "--device", "cpu", "--json"],
+            ["m.json"],
+        ),
+        "calib camera": (
+            ["calib", "camera", "--board", tmp / "board.layout.json", "--images", tmp, "--out"],
+            ["cam.json"],
+        ),
+        "calib color": (
+            ["calib", "color", "--photo", tmp / "none.png", "--chart", tmp / "board.layout.json", "--out"],
+            ["col.json"],
+        ),
     }
 
 
@@ -72,12 +93,23 @@ def commands(tmp_path_factory):
 
 
 def test_every_file_writer_without_its_own_flag_is_guarded():
-    assert {"print patch", "print chart", "print board", "print check", "simulate capture",
-            "eval physical"} <= set(FILE_WRITERS)
+    assert {"print patch", "print chart", "print board", "print check", "simulate capture", "eval physical"} <= set(
+        FILE_WRITERS
+    )
 
 
-ALL = ["print patch", "print chart", "print board", "print check", "simulate capture", "eval physical", "report",
-       "models check", "calib camera", "calib color"]
+ALL = [
+    "print patch",
+    "print chart",
+    "print board",
+    "print check",
+    "simulate capture",
+    "eval physical",
+    "report",
+    "models check",
+    "calib camera",
+    "calib color",
+]
 WITH_COMPANIONS = ["print patch", "print chart", "print board", "simulate capture"]
 
 
@@ -92,8 +124,9 @@ def test_existing_output_is_kept_without_overwrite(commands, tmp_path, command, 
     assert target.read_bytes() == b"precious"
 
 
-@pytest.mark.parametrize("command", ["print patch", "print board", "simulate capture", "eval physical", "report",
-                                     "models check"])
+@pytest.mark.parametrize(
+    "command", ["print patch", "print board", "simulate capture", "eval physical", "report", "models check"]
+)
 def test_overwrite_replaces_it(commands, tmp_path, command):
     argv, files = commands[command]
     first = invoke(*argv, tmp_path / files[0])
@@ -107,22 +140,65 @@ def test_folder_writers_keep_refusing_a_folder_with_a_result(tmp_path):
     run = tmp_path / "run"
     fake_run(run)
     before = digest(sorted(run.iterdir()))
-    res = invoke("optimize", "--source", R20, "--data", CIFAR_TEST, "--target", "frog", "--limit-per-class", "5",
-                 "--steps", "1", "--device", "cpu", "--no-cache", "--out", run)
+    res = invoke(
+        "optimize",
+        "--source",
+        R20,
+        "--data",
+        CIFAR_TEST,
+        "--target",
+        "frog",
+        "--limit-per-class",
+        "5",
+        "--steps",
+        "1",
+        "--device",
+        "cpu",
+        "--no-cache",
+        "--out",
+        run,
+    )
     assert res.exit_code == 1 and "not empty" in res.output, res.output
     assert digest(sorted(run.iterdir())) == before
     cap = capture()
     before = digest(sorted(p for p in cap.iterdir() if p.is_file()))
-    res = invoke("capture", "run", "--source", video().video, "--models", R20, "--target", "cat", "--max-frames", "2",
-                 "--device", "cpu", "--no-hud", "--out", cap)
+    res = invoke(
+        "capture",
+        "run",
+        "--source",
+        video().video,
+        "--models",
+        R20,
+        "--target",
+        "cat",
+        "--max-frames",
+        "2",
+        "--device",
+        "cpu",
+        "--no-hud",
+        "--out",
+        cap,
+    )
     assert res.exit_code == 1 and "--overwrite" in res.output, res.output
     assert digest(sorted(p for p in cap.iterdir() if p.is_file())) == before
 
 
 def test_world_make_takes_the_same_flag(tmp_path):
     out = tmp_path / "w"
-    args = ["world", "make", "--n-per-class", "2", "--size", "16", "--scenes-per-class", "0", "--workers", "1",
-            "--out", out]
+    args = [
+        "world",
+        "make",
+        "--n-per-class",
+        "2",
+        "--size",
+        "16",
+        "--scenes-per-class",
+        "0",
+        "--workers",
+        "1",
+        "--out",
+        out,
+    ]
     assert invoke(*args).exit_code == 0
     res = invoke(*args)
     assert res.exit_code == 1 and "pass --overwrite" in res.output

@@ -24,13 +24,34 @@ from patchlab.runs import UnfinishedResultWarning, read_run, status_note
 from test_capture_helpers import capture
 
 R20 = card("resnet20")
-OPTIMIZE = ["optimize", "--source", R20, "--data", str(CIFAR_TEST), "--target", "frog", "--limit-per-class", "5",
-            "--batch-size", "4", "--steps", "2", "--checkpoint-every", "1", "--device", "cpu", "--no-cache"]
+OPTIMIZE = [
+    "optimize",
+    "--source",
+    R20,
+    "--data",
+    str(CIFAR_TEST),
+    "--target",
+    "frog",
+    "--limit-per-class",
+    "5",
+    "--batch-size",
+    "4",
+    "--steps",
+    "2",
+    "--checkpoint-every",
+    "1",
+    "--device",
+    "cpu",
+    "--no-cache",
+]
 
 
 def invoke(*args):
-    return CliRunner(mix_stderr=False).invoke(app, [str(a) for a in args]) if _mix_stderr_supported() \
+    return (
+        CliRunner(mix_stderr=False).invoke(app, [str(a) for a in args])
+        if _mix_stderr_supported()
         else CliRunner().invoke(app, [str(a) for a in args])
+    )
 
 
 def _mix_stderr_supported() -> bool:
@@ -60,20 +81,39 @@ def with_status(run: Path, dest: Path, status: str, message: str = "") -> Path:
     return dest
 
 
-STATUSES = [("running", "", "no process is writing it"), ("error", "cannot write x: No space left", "failed"),
-            ("interrupted", "interrupted at step 1", "was interrupted"), ("diverged", "NaN loss", "diverged")]
+STATUSES = [
+    ("running", "", "no process is writing it"),
+    ("error", "cannot write x: No space left", "failed"),
+    ("interrupted", "interrupted at step 1", "was interrupted"),
+    ("diverged", "NaN loss", "diverged"),
+]
 
 
 @pytest.mark.parametrize("status,message,said", STATUSES)
 @pytest.mark.parametrize("command", ["eval transfer", "print patch", "report", "simulate capture"])
 def test_a_run_that_did_not_finish_is_used_with_one_warning(finished_run, tmp_path, status, message, said, command):
     run = with_status(finished_run, tmp_path / "run", status, message)
-    argv = {"eval transfer": ["eval", "transfer", run, "--models", R20, "--device", "cpu"],
-            "print patch": ["print", "patch", run, "--size-mm", "30", "--out", tmp_path / "p.pdf"],
-            "report": ["report", run, "--out", tmp_path / "r.html"],
-            "simulate capture": ["simulate", "capture", "--patch", run, "--scenes", CIFAR_TEST / "dog", "--frames",
-                                 "2", "--scene-frames", "1", "--size", "160x120", "--out", tmp_path / "v.mp4"],
-            }[command]
+    argv = {
+        "eval transfer": ["eval", "transfer", run, "--models", R20, "--device", "cpu"],
+        "print patch": ["print", "patch", run, "--size-mm", "30", "--out", tmp_path / "p.pdf"],
+        "report": ["report", run, "--out", tmp_path / "r.html"],
+        "simulate capture": [
+            "simulate",
+            "capture",
+            "--patch",
+            run,
+            "--scenes",
+            CIFAR_TEST / "dog",
+            "--frames",
+            "2",
+            "--scene-frames",
+            "1",
+            "--size",
+            "160x120",
+            "--out",
+            tmp_path / "v.mp4",
+        ],
+    }[command]
     res = invoke(*argv)
     assert res.exit_code == 0, res.output
     lines = warnings_of(res)
@@ -86,8 +126,10 @@ def test_a_run_that_did_not_finish_is_used_with_one_warning(finished_run, tmp_pa
 
 def test_a_run_still_being_written_names_its_process(finished_run, tmp_path):
     run = with_status(finished_run, tmp_path / "run", "running")
-    code = ("import time; from patchlab.locks import FolderLock; "
-            f"FolderLock({str(run)!r}).acquire(); print('held', flush=True); time.sleep(120)")
+    code = (
+        "import time; from patchlab.locks import FolderLock; "
+        f"FolderLock({str(run)!r}).acquire(); print('held', flush=True); time.sleep(120)"
+    )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert child.stdout.readline().strip() == "held"
@@ -112,16 +154,19 @@ def test_library_callers_are_warned_too(finished_run, tmp_path):
         read_run(run)
 
 
-@pytest.mark.parametrize("status,warned", [("running", True), ("error", True), ("interrupted", False),
-                                           ("finished", False)])
+@pytest.mark.parametrize(
+    "status,warned", [("running", True), ("error", True), ("interrupted", False), ("finished", False)]
+)
 def test_a_capture_that_did_not_finish_is_used_with_one_warning(tmp_path, status, warned):
     cap = tmp_path / "cap"
     shutil.copytree(capture(), cap)
     summ = json.loads((cap / "summary.json").read_text())
     summ.update(status=status, error="OSError: disk full" if status == "error" else None)
     (cap / "summary.json").write_text(json.dumps(summ))
-    for argv in (["eval", "physical", cap], ["report", _run_for_capture(tmp_path), cap, "--out", tmp_path / "r.html",
-                                             "--overwrite"]):
+    for argv in (
+        ["eval", "physical", cap],
+        ["report", _run_for_capture(tmp_path), cap, "--out", tmp_path / "r.html", "--overwrite"],
+    ):
         res = invoke(*argv)
         assert res.exit_code == 0, res.output
         lines = [ln for ln in warnings_of(res) if str(cap) in ln]

@@ -94,8 +94,11 @@ class FullDisk:
         def fake_open(file, mode="r", *a, **k):
             fh = real_open(file, mode, *a, **k)
             # "r+" rewrites bytes already allocated: a real full disk allows it, so this fake does too
-            if any(c in mode for c in "wax") and str(os.fspath(file)).startswith(root) if isinstance(
-                    file, (str, os.PathLike)) else False:
+            if (
+                any(c in mode for c in "wax") and str(os.fspath(file)).startswith(root)
+                if isinstance(file, (str, os.PathLike))
+                else False
+            ):
                 write = fh.write
 
                 def limited(data):
@@ -145,8 +148,11 @@ def test_atomic_writers_turn_oserror_into_one_line_and_keep_the_old_file(tmp_pat
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(utils, "_fsync_path", enospc)
-    for write in (lambda: utils.atomic_write_json(target, {"v": 2}), lambda: utils.atomic_write_bytes(target, b"x"),
-                  lambda: utils.atomic_torch_save({"v": 2}, target)):
+    for write in (
+        lambda: utils.atomic_write_json(target, {"v": 2}),
+        lambda: utils.atomic_write_bytes(target, b"x"),
+        lambda: utils.atomic_torch_save({"v": 2}, target),
+    ):
         with pytest.raises(WriteError, match=rf"cannot write {target}: No space left on device"):
             write()
     assert json.loads(target.read_text()) == {"v": 1}
@@ -158,8 +164,9 @@ def test_atomic_writers_name_the_path_for_every_bad_place(tmp_path, where):
     f = tmp_path / "plain.txt"
     f.write_text("x")
     (tmp_path / "d.json").mkdir()
-    path = {"under_file": f / "out.json", "proc": Path("/proc/patchlab-test/out.json"),
-            "is_dir": tmp_path / "d.json"}[where]
+    path = {"under_file": f / "out.json", "proc": Path("/proc/patchlab-test/out.json"), "is_dir": tmp_path / "d.json"}[
+        where
+    ]
     with pytest.raises(WriteError, match="cannot write"):
         utils.atomic_write_json(path, {"v": 1})
 
@@ -168,8 +175,10 @@ def test_json_writer_never_writes_a_bare_nan(tmp_path):
     import numpy as np
     import torch
 
-    p = utils.atomic_write_json(tmp_path / "n.json", {"a": float("nan"), "b": [float("inf"), 1.0],
-                                                      "c": np.float32("nan"), "d": torch.tensor([float("-inf")])})
+    p = utils.atomic_write_json(
+        tmp_path / "n.json",
+        {"a": float("nan"), "b": [float("inf"), 1.0], "c": np.float32("nan"), "d": torch.tensor([float("-inf")])},
+    )
     text = p.read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert json.loads(text) == {"a": None, "b": [None, 1.0], "c": None, "d": [None]}
@@ -179,8 +188,11 @@ def test_mark_stopped_records_the_status_in_place_when_nothing_new_can_be_writte
     import patchlab.runs as runs
 
     rec = tmp_path / "run.json"
-    rec.write_text(json.dumps({"status": "running", "history": [{"step": i, "loss": 1.0} for i in range(50)],
-                               "message": ""}, indent=2))
+    rec.write_text(
+        json.dumps(
+            {"status": "running", "history": [{"step": i, "loss": 1.0} for i in range(50)], "message": ""}, indent=2
+        )
+    )
 
     def full(*a, **k):
         raise WriteError(f"cannot write {rec}: No space left on device")
@@ -195,8 +207,24 @@ def test_mark_stopped_records_the_status_in_place_when_nothing_new_can_be_writte
 
 # ------------------------------------------------------------------ every writing command, bad --out
 #: the cheapest real optimiser run: resnet20, 2 images per class, 1 step
-OPTIMIZE = ["optimize", "--source", R20, "--data", CIFAR_TEST, "--target", "frog", "--limit-per-class", "5",
-            "--batch-size", "4", "--steps", "1", "--device", "cpu", "--no-cache"]
+OPTIMIZE = [
+    "optimize",
+    "--source",
+    R20,
+    "--data",
+    CIFAR_TEST,
+    "--target",
+    "frog",
+    "--limit-per-class",
+    "5",
+    "--batch-size",
+    "4",
+    "--steps",
+    "1",
+    "--device",
+    "cpu",
+    "--no-cache",
+]
 
 
 def real_run(out: Path) -> Path:
@@ -213,30 +241,98 @@ def _writers(tmp: Path) -> dict[str, callable]:
     real = real_run(tmp / "real-run")
     return {
         "optimize": lambda out: [*OPTIMIZE, "--out", out],
-        "eval transfer --json": lambda out: ["eval", "transfer", real, "--models", R20, "--device", "cpu",
-                                             "--json", out],
+        "eval transfer --json": lambda out: [
+            "eval",
+            "transfer",
+            real,
+            "--models",
+            R20,
+            "--device",
+            "cpu",
+            "--json",
+            out,
+        ],
         "eval matrix": lambda out: ["eval", "matrix", real, "--models", R20, "--device", "cpu", "--out", out],
         "eval physical --json": lambda out: ["eval", "physical", cap, "--json", out],
         "eval physical --plots": lambda out: ["eval", "physical", cap, "--plots", out],
         "print patch": lambda out: ["print", "patch", run, "--size-mm", "30", "--out", out],
         "print chart": lambda out: ["print", "chart", "--swatches", "12", "--out", out],
         "print board": lambda out: ["print", "board", "--out", out],
-        "simulate capture": lambda out: ["simulate", "capture", "--patch", run, "--scenes", CIFAR_TEST / "dog",
-                                         "--frames", "2", "--scene-frames", "1", "--size", "160x120", "--out", out],
-        "capture run": lambda out: ["capture", "run", "--source", vid.video, "--models", R20, "--target", TARGET,
-                                    "--max-frames", "2", "--device", "cpu", "--no-hud", "--out", out],
+        "simulate capture": lambda out: [
+            "simulate",
+            "capture",
+            "--patch",
+            run,
+            "--scenes",
+            CIFAR_TEST / "dog",
+            "--frames",
+            "2",
+            "--scene-frames",
+            "1",
+            "--size",
+            "160x120",
+            "--out",
+            out,
+        ],
+        "capture run": lambda out: [
+            "capture",
+            "run",
+            "--source",
+            vid.video,
+            "--models",
+            R20,
+            "--target",
+            TARGET,
+            "--max-frames",
+            "2",
+            "--device",
+            "cpu",
+            "--no-hud",
+            "--out",
+            out,
+        ],
         "report": lambda out: ["report", run, "--out", out],
-        "models check --json": lambda out: ["models", "check", R20, "--data", CIFAR_TEST, "--limit-per-class", "1",
-                                            "--device", "cpu", "--json", out],
-        "world make": lambda out: ["world", "make", "--n-per-class", "2", "--size", "16", "--scenes-per-class", "0",
-                                   "--workers", "1", "--out", out],
+        "models check --json": lambda out: [
+            "models",
+            "check",
+            R20,
+            "--data",
+            CIFAR_TEST,
+            "--limit-per-class",
+            "1",
+            "--device",
+            "cpu",
+            "--json",
+            out,
+        ],
+        "world make": lambda out: [
+            "world",
+            "make",
+            "--n-per-class",
+            "2",
+            "--size",
+            "16",
+            "--scenes-per-class",
+            "0",
+            "--workers",
+            "1",
+            "--out",
+            out,
+        ],
     }
 
 
 #: the file name each command's output is given (its suffix matters to some commands)
-NAMES = {"print patch": "p.pdf", "print chart": "c.pdf", "print board": "b.pdf", "simulate capture": "v.mp4",
-         "report": "r.html", "models check --json": "m.json", "eval transfer --json": "t.json",
-         "eval physical --json": "ph.json"}
+NAMES = {
+    "print patch": "p.pdf",
+    "print chart": "c.pdf",
+    "print board": "b.pdf",
+    "simulate capture": "v.mp4",
+    "report": "r.html",
+    "models check --json": "m.json",
+    "eval transfer --json": "t.json",
+    "eval physical --json": "ph.json",
+}
 
 
 @pytest.fixture(scope="module")
@@ -244,9 +340,21 @@ def writers(tmp_path_factory):
     return _writers(tmp_path_factory.mktemp("writers"))
 
 
-COMMANDS = ["optimize", "eval transfer --json", "eval matrix", "eval physical --json", "eval physical --plots",
-            "print patch", "print chart", "print board", "simulate capture", "capture run", "report",
-            "models check --json", "world make"]
+COMMANDS = [
+    "optimize",
+    "eval transfer --json",
+    "eval matrix",
+    "eval physical --json",
+    "eval physical --plots",
+    "print patch",
+    "print chart",
+    "print board",
+    "simulate capture",
+    "capture run",
+    "report",
+    "models check --json",
+    "world make",
+]
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -262,8 +370,17 @@ def test_every_writing_command_reports_a_bad_out_in_one_line(writers, tmp_path, 
     assert blocker.read_text() == "not a folder"
 
 
-@pytest.mark.parametrize("command", ["print patch", "report", "models check --json", "eval physical --json",
-                                     "simulate capture", "eval transfer --json"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "print patch",
+        "report",
+        "models check --json",
+        "eval physical --json",
+        "simulate capture",
+        "eval transfer --json",
+    ],
+)
 def test_a_file_output_that_is_a_folder_is_one_line(writers, tmp_path, command):
     out = tmp_path / NAMES[command]
     out.mkdir()
@@ -282,8 +399,10 @@ def test_a_folder_output_that_is_a_file_is_one_line(writers, tmp_path, command):
 
 
 # ------------------------------------------------------------------------ a full disk, per command
-@pytest.mark.parametrize("command", ["print patch", "report", "models check --json", "eval physical --json",
-                                     "print board", "eval transfer --json"])
+@pytest.mark.parametrize(
+    "command",
+    ["print patch", "report", "models check --json", "eval physical --json", "print board", "eval transfer --json"],
+)
 def test_full_disk_is_one_line_and_leaves_no_half_file(writers, full_disk, command):
     out = full_disk.root / NAMES[command]
     res = invoke(*writers[command](out))

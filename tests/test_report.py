@@ -19,16 +19,39 @@ SECTIONS = ["summary", "patch", "loss", "transfer", "matrix", "capture-0", "prov
 
 
 def _matrix(tmp_path):
-    m = {"models": ["cifar10-resnet20", "cifar10-vit_tiny_p4", "cifar10-mobilenetv2_100"],
-         "runs": [{"run_id": "run-0001", "run_dir": str(run_dir()), "label": "ot r20", "loss": "ot",
-                   "sources": ["cifar10-resnet20"], "target_class": "cat", "frac": 0.1,
-                   "tsuc": {"cifar10-resnet20": 0.62, "cifar10-vit_tiny_p4": 0.21},
-                   "ci95": {"cifar10-resnet20": [0.55, 0.69], "cifar10-vit_tiny_p4": [0.16, 0.28]},
-                   "mean_transfer": 0.21, "min_transfer": 0.21, "max_transfer": 0.21},
-                  {"run_id": "run-0002", "run_dir": "x", "label": "ce r20", "loss": "ce", "sources": ["cifar10-resnet20"],
-                   "target_class": "cat", "frac": 0.1, "tsuc": {"cifar10-resnet20": 0.9, "cifar10-vit_tiny_p4": 0.05,
-                                                                 "cifar10-mobilenetv2_100": 0.1},
-                   "ci95": {}, "mean_transfer": 0.075, "min_transfer": 0.05, "max_transfer": 0.1}]}
+    m = {
+        "models": ["cifar10-resnet20", "cifar10-vit_tiny_p4", "cifar10-mobilenetv2_100"],
+        "runs": [
+            {
+                "run_id": "run-0001",
+                "run_dir": str(run_dir()),
+                "label": "ot r20",
+                "loss": "ot",
+                "sources": ["cifar10-resnet20"],
+                "target_class": "cat",
+                "frac": 0.1,
+                "tsuc": {"cifar10-resnet20": 0.62, "cifar10-vit_tiny_p4": 0.21},
+                "ci95": {"cifar10-resnet20": [0.55, 0.69], "cifar10-vit_tiny_p4": [0.16, 0.28]},
+                "mean_transfer": 0.21,
+                "min_transfer": 0.21,
+                "max_transfer": 0.21,
+            },
+            {
+                "run_id": "run-0002",
+                "run_dir": "x",
+                "label": "ce r20",
+                "loss": "ce",
+                "sources": ["cifar10-resnet20"],
+                "target_class": "cat",
+                "frac": 0.1,
+                "tsuc": {"cifar10-resnet20": 0.9, "cifar10-vit_tiny_p4": 0.05, "cifar10-mobilenetv2_100": 0.1},
+                "ci95": {},
+                "mean_transfer": 0.075,
+                "min_transfer": 0.05,
+                "max_transfer": 0.1,
+            },
+        ],
+    }
     p = tmp_path / "matrix.json"
     p.write_text(json.dumps(m))
     return p
@@ -37,8 +60,13 @@ def _matrix(tmp_path):
 @pytest.fixture(scope="module")
 def full(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("report")
-    return build_report(run_dir(), [capture()], matrix=_matrix(tmp), controls=[capture(control="blank")],
-                        argv=["patchlab", "report", "..."])
+    return build_report(
+        run_dir(),
+        [capture()],
+        matrix=_matrix(tmp),
+        controls=[capture(control="blank")],
+        argv=["patchlab", "report", "..."],
+    )
 
 
 def test_every_section_and_no_empty_plot(full):
@@ -46,8 +74,17 @@ def test_every_section_and_no_empty_plot(full):
     assert keys == SECTIONS
     figs = full.figures
     names = {f.name for f in figs}
-    assert {"overview", "loss", "transfer", "matrix", "capture0-tsuc", "capture0-bins-distance", "capture0-bins-angle",
-            "capture0-bins-size", "capture0-bins-lighting"} <= names
+    assert {
+        "overview",
+        "loss",
+        "transfer",
+        "matrix",
+        "capture0-tsuc",
+        "capture0-bins-distance",
+        "capture0-bins-angle",
+        "capture0-bins-size",
+        "capture0-bins-lighting",
+    } <= names
     for f in figs:
         assert f.n_points > 0 and f.n_series > 0 and f.png[:4] == b"\x89PNG", f.name
     assert next(f for f in figs if f.name == "loss").n_points == 20 * 3 + 20  # loss, 2 terms, train tSuc
@@ -69,8 +106,12 @@ def test_missing_parts_are_said_not_measured(tmp_path):
     (run / "transfer.json").unlink()
     rep = build_report(run)
     missing = " ".join(t for s in rep.to_dict()["sections"] for t in s["missing"])
-    for what in ("Loss curves: not measured", "Digital transfer: not measured", "Transfer matrix: not measured",
-                 "Physical tSuc: not measured"):
+    for what in (
+        "Loss curves: not measured",
+        "Digital transfer: not measured",
+        "Transfer matrix: not measured",
+        "Physical tSuc: not measured",
+    ):
         assert what in missing
     assert [f.name for f in rep.figures] == []  # nothing to draw: no figure at all, not an empty one
     html = render_html(rep)
@@ -96,19 +137,30 @@ def test_pdf_renders_with_every_section(full, tmp_path):
     assert p.read_bytes()[:5] == b"%PDF-"
     if shutil.which("pdftotext"):
         text = subprocess.run(["pdftotext", str(p), "-"], capture_output=True, text=True, check=True).stdout
-        for title in ("Summary", "The patch", "Optimisation", "Digital transfer", "Transfer matrix", "Physical:",
-                      "Commands, configs and versions"):
+        for title in (
+            "Summary",
+            "The patch",
+            "Optimisation",
+            "Digital transfer",
+            "Transfer matrix",
+            "Physical:",
+            "Commands, configs and versions",
+        ):
             assert title in text
     if shutil.which("pdftoppm"):
-        subprocess.run(["pdftoppm", "-png", "-r", "30", "-f", "1", "-l", "1", str(p), str(tmp_path / "page")],
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["pdftoppm", "-png", "-r", "30", "-f", "1", "-l", "1", str(p), str(tmp_path / "page")],
+            check=True,
+            capture_output=True,
+        )
         assert list(tmp_path.glob("page*.png"))
 
 
 def test_cli_report(tmp_path):
     out = tmp_path / "r.html"
-    r = CliRunner().invoke(app, ["report", str(run_dir()), str(capture()), "--out", str(out), "--control",
-                                 str(capture(control="blank"))])
+    r = CliRunner().invoke(
+        app, ["report", str(run_dir()), str(capture()), "--out", str(out), "--control", str(capture(control="blank"))]
+    )
     assert r.exit_code == 0, r.output
     assert out.is_file() and "Filmed (" in r.output
     bad = CliRunner().invoke(app, ["report", str(run_dir()), "--out", str(tmp_path / "r.docx")])

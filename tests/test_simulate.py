@@ -11,8 +11,18 @@ from typer.testing import CliRunner
 
 from conftest import CIFAR_TEST
 from patchlab.capture.pose import MarkerDetector, PatchTarget, PoseEstimator, quad_metrics
-from patchlab.capture.simulate import (Card, PrinterModel, SimConfig, _render_card, default_camera, make_card,
-                                       read_truth, simulate_capture, sim_path_for, truth_path_for)
+from patchlab.capture.simulate import (
+    Card,
+    PrinterModel,
+    SimConfig,
+    _render_card,
+    default_camera,
+    make_card,
+    read_truth,
+    simulate_capture,
+    sim_path_for,
+    truth_path_for,
+)
 from patchlab.cli import app
 from patchlab.errors import ConfigError
 from test_capture_helpers import TARGET, printed, run_dir, tmp_root, video
@@ -102,8 +112,14 @@ def test_same_seed_same_video_and_control_shares_the_sweep():
     assert fa[inner].std() > 3 * fb[inner].std()  # random patch vs blank paper
     # outside the card the three videos are the same scene
     assert np.abs(fa[:20, :20].astype(int) - fn[:20, :20].astype(int)).mean() < 3
-    again = simulate_capture(printed()[2], printed()[0], CIFAR_TEST, tmp_root() / "again.mp4",
-                             config=SimConfig(frames=3, seed=0, scene_frames=15), target_class=TARGET)
+    again = simulate_capture(
+        printed()[2],
+        printed()[0],
+        CIFAR_TEST,
+        tmp_root() / "again.mp4",
+        config=SimConfig(frames=3, seed=0, scene_frames=15),
+        target_class=TARGET,
+    )
     assert [t["quad_px"] for t in read_truth(again.truth)] == [t["quad_px"] for t in ta[:3]]
 
 
@@ -126,6 +142,7 @@ def test_homography_renderer_matches_render_plane_view():
     card: Card = make_card(layout, img, px_per_mm=10.0, printer=PrinterModel())
     K = default_camera((320, 240))
     from patchlab.calib.synth import look_at
+
     c = np.asarray(layout.patches[0].corners_mm).mean(0)
     pose = look_at(tuple(c), 180, tilt_x_deg=20, tilt_y_deg=-15, roll_deg=10)
     R = cv2.Rodrigues(pose.rvec)[0]
@@ -147,15 +164,43 @@ def test_bad_options():
 
 def test_cli_simulate_capture(tmp_path):
     out = tmp_path / "clip.avi"
-    res = CliRunner().invoke(app, ["simulate", "capture", "--patch", str(run_dir()), "--scenes",
-                                   str(CIFAR_TEST / "dog"), "--out", str(out), "--frames", "6", "--seed", "3",
-                                   "--size", "320x240"])
+    res = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            "capture",
+            "--patch",
+            str(run_dir()),
+            "--scenes",
+            str(CIFAR_TEST / "dog"),
+            "--out",
+            str(out),
+            "--frames",
+            "6",
+            "--seed",
+            "3",
+            "--size",
+            "320x240",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert len(_frames(out)) == 6 and _frames(out)[0].shape == (240, 320, 3)
     truth = read_truth(truth_path_for(out))
     # a plain class folder is an ImageFolder tree? No: its images sit directly in it -> class unknown
     assert all(t["object_class"] is None for t in truth)
     assert (tmp_path / "clip.layout.json").is_file()
-    bad = CliRunner().invoke(app, ["simulate", "capture", "--patch", str(tmp_path / "nope"), "--scenes",
-                                   str(CIFAR_TEST), "--out", str(out), "--overwrite"])
+    bad = CliRunner().invoke(
+        app,
+        [
+            "simulate",
+            "capture",
+            "--patch",
+            str(tmp_path / "nope"),
+            "--scenes",
+            str(CIFAR_TEST),
+            "--out",
+            str(out),
+            "--overwrite",
+        ],
+    )
     assert bad.exit_code == 1 and "patch not found" in bad.output

@@ -15,8 +15,9 @@ from patchlab.cli import app
 def test_models_check_reproduces_every_card_within_0_3_points(tmp_path):
     cards = sorted(CIFAR_MODELS.glob("*.json"))
     out = tmp_path / "acc.json"
-    res = CliRunner().invoke(app, ["models", "check", *map(str, cards), "--data", str(CIFAR_TEST),
-                                   "--device", "cpu", "--json", str(out)])
+    res = CliRunner().invoke(
+        app, ["models", "check", *map(str, cards), "--data", str(CIFAR_TEST), "--device", "cpu", "--json", str(out)]
+    )
     assert res.exit_code == 0, res.output
     got = {m["name"]: m for m in json.loads(out.read_text())["models"]}
     for c in cards:

@@ -11,8 +11,15 @@ import torch
 from torch import nn
 
 from patchlab.attacks import ATTACKS, AttackResult
-from patchlab.attacks.stadv import (adversarial_margin, flow_loss, flow_warp, lbfgs_coroutine,
-                                    run_lbfgs_batched, smooth_margin, stadv)
+from patchlab.attacks.stadv import (
+    adversarial_margin,
+    flow_loss,
+    flow_warp,
+    lbfgs_coroutine,
+    run_lbfgs_batched,
+    smooth_margin,
+    stadv,
+)
 from patchlab.errors import ConfigError
 from patchlab.models import ModelInfo, Preprocess, WrappedModel
 
@@ -215,8 +222,12 @@ class _Stubborn(nn.Module):
 
 
 def _wrap(net):
-    return WrappedModel(net, labels=["a", "b", "c"], preprocess=Preprocess((3, 8, 8), (0.0,) * 3, (1.0,) * 3),
-                        info=ModelInfo(name="stub", ref="stub", framework="test", arch="stub"))
+    return WrappedModel(
+        net,
+        labels=["a", "b", "c"],
+        preprocess=Preprocess((3, 8, 8), (0.0,) * 3, (1.0,) * 3),
+        info=ModelInfo(name="stub", ref="stub", framework="test", arch="stub"),
+    )
 
 
 @pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
@@ -271,7 +282,7 @@ def test_stadv_fools_resnet20_targeted(resnet20, correct_few):
         z = resnet20(r.adversarial)
         pred = z.argmax(1)
         # judged again from the returned images, one at a time: the lead survives another batch
-        single = torch.cat([resnet20(r.adversarial[i:i + 1]) for i in range(8)])
+        single = torch.cat([resnet20(r.adversarial[i : i + 1]) for i in range(8)])
     assert torch.equal(pred[r.success], r.target[r.success])
     lead = -adversarial_margin(single, r.target, targeted=True, kappa=math.inf)
     assert (lead[r.success] > 5e-4).all(), lead
@@ -317,9 +328,33 @@ def test_cli_attack_stadv_reports_flow_and_draws_it(tmp_path, shared):
         for f in sorted((CIFAR_TEST / cls).iterdir())[:2]:
             (data / cls / f.name).symlink_to(f)
     out = tmp_path / "run"
-    r = CliRunner().invoke(app, ["attack", "stadv", "--model", card("resnet20"), "--data", str(data), "--out", str(out),
-                                 "--n", "3", "--device", "cpu", "--target", "random", "--steps", "40",
-                                 "--set", "tau=0.05", "--set", "kappa=0", "--set", "neighbourhood=4"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "attack",
+            "stadv",
+            "--model",
+            card("resnet20"),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--n",
+            "3",
+            "--device",
+            "cpu",
+            "--target",
+            "random",
+            "--steps",
+            "40",
+            "--set",
+            "tau=0.05",
+            "--set",
+            "kappa=0",
+            "--set",
+            "neighbourhood=4",
+        ],
+    )
     assert r.exit_code == 0, r.output
     for name in ("flow_loss", "displacement_mean", "displacement_max", "untargeted_success"):
         assert f"mean {name}" in r.output

@@ -16,9 +16,18 @@ META = torch.device("meta")
 
 
 def _optimizer(model, loss, device, *, grad_norm=True, log_every=10, tv=1.0):
-    cfg = OptimizeConfig(target="frog", loss=loss, batch_size=8, projections=16, layers="auto,depth:0.5",
-                         eot=load_eot("physical"), placement="random", grad_norm=grad_norm, log_every=log_every,
-                         tv=tv)
+    cfg = OptimizeConfig(
+        target="frog",
+        loss=loss,
+        batch_size=8,
+        projections=16,
+        layers="auto,depth:0.5",
+        eot=load_eot("physical"),
+        placement="random",
+        grad_norm=grad_norm,
+        log_every=log_every,
+        tv=tv,
+    )
     renderer = PatchRenderer((32, 32), (10, 10), frac=0.1, placement="random", eot=cfg.eot)
     g = torch.Generator().manual_seed(0)
     src = TensorSource(torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=g))
@@ -28,8 +37,16 @@ def _optimizer(model, loss, device, *, grad_norm=True, log_every=10, tv=1.0):
         with torch.no_grad():
             _, f = FeatureExtractor(model, cfg.layers)(torch.zeros(1, 3, 32, 32, device=device))
         feats = [{k: torch.rand(12, v.shape[1], device=device) for k, v in f.items()}]
-    return PatchOptimizer([model], src, [model.labels.index("frog")], renderer=renderer, config=cfg, extractors=ex,
-                          target_feats=feats, device=device)
+    return PatchOptimizer(
+        [model],
+        src,
+        [model.labels.index("frog")],
+        renderer=renderer,
+        config=cfg,
+        extractors=ex,
+        target_feats=feats,
+        device=device,
+    )
 
 
 @pytest.mark.parametrize("loss,grad_norm", [("ce", True), ("sw", True), ("quantile", False), ("l2", True)])

@@ -30,8 +30,11 @@ def test_world_make_then_train_meets_the_acceptance_figures(tmp_path):
     res = runner.invoke(app, ["world", "make", "--out", str(world)])
     assert res.exit_code == 0, res.output
     info = read_world(world)
-    assert info.counts == {"train": 400 * len(sign_classes()), "val": 100 * len(sign_classes()),
-                           "scenes": 4 * len(sign_classes())}
+    assert info.counts == {
+        "train": 400 * len(sign_classes()),
+        "val": 100 * len(sign_classes()),
+        "scenes": 4 * len(sign_classes()),
+    }
 
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
@@ -44,8 +47,10 @@ def test_world_make_then_train_meets_the_acceptance_figures(tmp_path):
     assert all(a >= 0.95 for a in acc.values()), acc
 
     out = tmp_path / "check.json"
-    res = runner.invoke(app, ["models", "check", *map(str, z.cards), "--data", str(world / "val"),
-                              "--device", "cpu", "--json", str(out)])
+    res = runner.invoke(
+        app,
+        ["models", "check", *map(str, z.cards), "--data", str(world / "val"), "--device", "cpu", "--json", str(out)],
+    )
     assert res.exit_code == 0, res.output
     checked = {m["name"]: m["accuracy"] for m in json.loads(out.read_text())["models"]}
     assert checked == pytest.approx({f"world-{k}": v for k, v in acc.items()}, abs=1e-6)

@@ -29,16 +29,30 @@ def world(tmp_path_factory) -> Path:
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "world.json"}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != "world.json"
+    }
 
 
 # ---------------------------------------------------------------- drawing
 def test_at_least_ten_human_readable_classes():
     cls = sign_classes()
     assert len(cls) >= 10 and cls == sorted(cls)
-    for name in ("stop", "yield", "no_entry", "speed_30", "speed_50", "speed_80", "priority_road", "roundabout",
-                 "pedestrian_crossing", "keep_right", "keep_left"):
+    for name in (
+        "stop",
+        "yield",
+        "no_entry",
+        "speed_30",
+        "speed_50",
+        "speed_80",
+        "priority_road",
+        "roundabout",
+        "pedestrian_crossing",
+        "keep_right",
+        "keep_left",
+    ):
         assert name in cls
 
 
@@ -147,12 +161,15 @@ def test_a_picture_does_not_depend_on_how_many_there_are(world, tmp_path):
         assert p.read_bytes() == (world / "train" / "yield" / p.name).read_bytes()
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"n_per_class": 1}, "n-per-class must be an integer >= 2"),
-    ({"n_per_class": 5, "size": 8}, "size must be an integer between 16 and 512"),
-    ({"n_per_class": 5, "val_frac": 1.0}, "val-frac must be in"),
-    ({"n_per_class": 5, "seed": -3}, "seed must be a non-negative integer"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"n_per_class": 1}, "n-per-class must be an integer >= 2"),
+        ({"n_per_class": 5, "size": 8}, "size must be an integer between 16 and 512"),
+        ({"n_per_class": 5, "val_frac": 1.0}, "val-frac must be in"),
+        ({"n_per_class": 5, "seed": -3}, "seed must be a non-negative integer"),
+    ],
+)
 def test_bad_options_are_config_errors(tmp_path, kwargs, match):
     with pytest.raises(ConfigError, match=match):
         make_world(tmp_path / "w", **kwargs)
@@ -224,17 +241,35 @@ def test_ensure_world_caches_under_patchlab_cache(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- CLI
 def test_cli_make_reports_and_writes(tmp_path):
     out = tmp_path / "w"
-    res = runner.invoke(app, ["world", "make", "--out", str(out), "--n-per-class", "3", "--size", "32",
-                              "--scenes-per-class", "0", "--workers", "1"])
+    res = runner.invoke(
+        app,
+        [
+            "world",
+            "make",
+            "--out",
+            str(out),
+            "--n-per-class",
+            "3",
+            "--size",
+            "32",
+            "--scenes-per-class",
+            "0",
+            "--workers",
+            "1",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "11 classes" in res.output and "images/s" in res.output
     assert read_world(out).config.size == 32
 
 
-@pytest.mark.parametrize("args, match", [
-    (["--n-per-class", "0"], "n-per-class must be an integer >= 2"),
-    (["--size", "4"], "size must be an integer between 16 and 512"),
-])
+@pytest.mark.parametrize(
+    "args, match",
+    [
+        (["--n-per-class", "0"], "n-per-class must be an integer >= 2"),
+        (["--size", "4"], "size must be an integer between 16 and 512"),
+    ],
+)
 def test_cli_make_bad_input_is_one_line_and_exit_1(tmp_path, args, match):
     res = runner.invoke(app, ["world", "make", "--out", str(tmp_path / "w"), *args])
     assert res.exit_code == 1

@@ -15,22 +15,55 @@ from patchlab.errors import ConfigError, DataError, ModelLoadError
 from patchlab.models import load_model, read_card
 from patchlab.models.load import build_network
 from patchlab.models.small import LeNet, SmallResNet
-from patchlab.world import (DEFAULT_MODELS, ModelSpec, TrainConfig, ensure_zoo, make_world, read_zoo, sign_classes,
-                            train_zoo)
+from patchlab.world import (
+    DEFAULT_MODELS,
+    ModelSpec,
+    TrainConfig,
+    ensure_zoo,
+    make_world,
+    read_zoo,
+    sign_classes,
+    train_zoo,
+)
 from patchlab.world import train as train_mod
 
 runner = CliRunner()
 NC = len(sign_classes())
 
 #: A quick zoo for unit tests: the default families, few steps.
-QUICK = TrainConfig(models=(
-    ModelSpec("lenet", "patchlab", "lenet", {"input_size": 32}, input_size=32, epochs=8, batch_size=32, lr=3e-3),
-    ModelSpec("resnet", "patchlab", "small_resnet", {"widths": [8, 16, 32], "blocks": [1, 1, 1], "stem_stride": 2},
-              input_size=64, epochs=8, batch_size=32, lr=4e-3),
-    ModelSpec("vit", "timm", "vit_tiny_patch16_224",
-              {"img_size": 32, "patch_size": 8, "embed_dim": 32, "depth": 1, "num_heads": 2,
-               "global_pool": "avg", "class_token": False}, input_size=32, epochs=10, batch_size=32, lr=3e-3),
-))
+QUICK = TrainConfig(
+    models=(
+        ModelSpec("lenet", "patchlab", "lenet", {"input_size": 32}, input_size=32, epochs=8, batch_size=32, lr=3e-3),
+        ModelSpec(
+            "resnet",
+            "patchlab",
+            "small_resnet",
+            {"widths": [8, 16, 32], "blocks": [1, 1, 1], "stem_stride": 2},
+            input_size=64,
+            epochs=8,
+            batch_size=32,
+            lr=4e-3,
+        ),
+        ModelSpec(
+            "vit",
+            "timm",
+            "vit_tiny_patch16_224",
+            {
+                "img_size": 32,
+                "patch_size": 8,
+                "embed_dim": 32,
+                "depth": 1,
+                "num_heads": 2,
+                "global_pool": "avg",
+                "class_token": False,
+            },
+            input_size=32,
+            epochs=10,
+            batch_size=32,
+            lr=3e-3,
+        ),
+    )
+)
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +139,23 @@ def test_quick_zoo_learns_far_above_chance(zoo, world):
 def test_cards_are_in_the_shared_format_and_load(zoo, world):
     for m in zoo.models:
         card = json.loads(m.card.read_text())
-        for key in ("name", "framework", "arch", "kwargs", "input_size", "resize", "mean", "std", "labels",
-                    "weights", "val_accuracy", "train_seconds", "train_config", "world", "weights_sha256"):
+        for key in (
+            "name",
+            "framework",
+            "arch",
+            "kwargs",
+            "input_size",
+            "resize",
+            "mean",
+            "std",
+            "labels",
+            "weights",
+            "val_accuracy",
+            "train_seconds",
+            "train_config",
+            "world",
+            "weights_sha256",
+        ):
             assert key in card, (m.name, key)
         assert card["labels"] == sign_classes() and card["weights"] == m.weights.name
         assert card["train_config"]["seed"] == 0 and card["world"]["fingerprint"] == zoo.world["fingerprint"]
@@ -120,8 +168,10 @@ def test_cards_are_in_the_shared_format_and_load(zoo, world):
 
 def test_models_check_reports_the_cards_val_accuracy(zoo, world, tmp_path):
     out = tmp_path / "acc.json"
-    res = runner.invoke(app, ["models", "check", *map(str, zoo.cards), "--data", str(world / "val"),
-                              "--device", "cpu", "--json", str(out)])
+    res = runner.invoke(
+        app,
+        ["models", "check", *map(str, zoo.cards), "--data", str(world / "val"), "--device", "cpu", "--json", str(out)],
+    )
     assert res.exit_code == 0, res.output
     got = {m["name"]: m["accuracy"] for m in json.loads(out.read_text())["models"]}
     for m in zoo.models:
@@ -149,7 +199,9 @@ def test_resume_keeps_finished_models_and_retrains_damaged_ones(world, tmp_path,
     first.models[1].weights.write_bytes(b"rotten")
     trained = []
     real = train_mod.train_model
-    monkeypatch.setattr(train_mod, "train_model", lambda spec, *a, **k: trained.append(spec.name) or real(spec, *a, **k))
+    monkeypatch.setattr(
+        train_mod, "train_model", lambda spec, *a, **k: trained.append(spec.name) or real(spec, *a, **k)
+    )
     third = train_zoo(world, tmp_path / "z", config=one)
     assert trained == ["resnet"] and third.models[0].cached and not third.models[1].cached
     assert third.models[1].weights_sha256 == first.models[1].weights_sha256  # same seed, same weights

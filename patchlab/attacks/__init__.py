@@ -21,6 +21,21 @@ from .regional import PAPER_SIZES, build_mask, parse_mask_spec, regional  # noqa
 
 ATTACKS.update(fgsm=fgsm, bim=bim, pgd=pgd, regional=regional, fgvm=fgvm)
 
-__all__ = ["ATTACKS", "AttackResult", "PAPER_SIZES", "as_float_images", "as_model_list", "bim", "build_mask",
-           "fgsm", "fgvm", "lp_norms", "parse_mask_spec", "pgd", "regional", "resolve_target", "smoothness_loss",
-           "total_variation"]
+__all__ = [
+    "ATTACKS",
+    "AttackResult",
+    "PAPER_SIZES",
+    "as_float_images",
+    "as_model_list",
+    "bim",
+    "build_mask",
+    "fgsm",
+    "fgvm",
+    "lp_norms",
+    "parse_mask_spec",
+    "pgd",
+    "regional",
+    "resolve_target",
+    "smoothness_loss",
+    "total_variation",
+]

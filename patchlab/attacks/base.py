@@ -56,8 +56,9 @@ def as_float_images(images: torch.Tensor) -> torch.Tensor:
     return images
 
 
-def resolve_target(target: Any, labels: Sequence[str], true_labels: torch.Tensor, *,
-                   generator: torch.Generator | None = None) -> torch.Tensor | None:
+def resolve_target(
+    target: Any, labels: Sequence[str], true_labels: torch.Tensor, *, generator: torch.Generator | None = None
+) -> torch.Tensor | None:
     """The target class per image, ``(N,)`` long, or ``None`` for an untargeted attack.
 
     Args:
@@ -157,11 +158,19 @@ class AttackResult:
     def to_dict(self, *, images: bool = False) -> dict[str, Any]:
         """JSON-ready record: config, summary and per-image results (images only if asked)."""
         d: dict[str, Any] = {
-            "attack": self.attack, "config": dict(self.config), "class_names": list(self.class_names),
-            "n": self.n, "success_rate": self.success_rate, "success_ci95": list(self.success_ci95),
-            "labels": self.labels.tolist(), "target": None if self.target is None else self.target.tolist(),
-            "predictions": self.predictions.tolist(), "success": self.success.tolist(),
-            "l0": self.l0.tolist(), "l2": self.l2.tolist(), "linf": self.linf.tolist(),
+            "attack": self.attack,
+            "config": dict(self.config),
+            "class_names": list(self.class_names),
+            "n": self.n,
+            "success_rate": self.success_rate,
+            "success_ci95": list(self.success_ci95),
+            "labels": self.labels.tolist(),
+            "target": None if self.target is None else self.target.tolist(),
+            "predictions": self.predictions.tolist(),
+            "success": self.success.tolist(),
+            "l0": self.l0.tolist(),
+            "l2": self.l2.tolist(),
+            "linf": self.linf.tolist(),
             "extras": {k: v.tolist() for k, v in self.extras.items() if v.ndim <= 1},
         }
         if images:
@@ -173,14 +182,20 @@ class AttackResult:
         """Rebuild a result from :meth:`to_dict` (the images from ``d`` or passed in)."""
         adv = adversarial if adversarial is not None else torch.tensor(d.get("adversarial", []), dtype=torch.float32)
         t = d.get("target")
-        return cls(attack=d["attack"], config=dict(d.get("config", {})), adversarial=adv,
-                   labels=torch.tensor(d["labels"], dtype=torch.long),
-                   target=None if t is None else torch.tensor(t, dtype=torch.long),
-                   predictions=torch.tensor(d["predictions"], dtype=torch.long),
-                   success=torch.tensor(d["success"], dtype=torch.bool),
-                   l0=torch.tensor(d["l0"]), l2=torch.tensor(d["l2"]), linf=torch.tensor(d["linf"]),
-                   class_names=list(d.get("class_names", [])),
-                   extras={k: torch.tensor(v) for k, v in d.get("extras", {}).items()})
+        return cls(
+            attack=d["attack"],
+            config=dict(d.get("config", {})),
+            adversarial=adv,
+            labels=torch.tensor(d["labels"], dtype=torch.long),
+            target=None if t is None else torch.tensor(t, dtype=torch.long),
+            predictions=torch.tensor(d["predictions"], dtype=torch.long),
+            success=torch.tensor(d["success"], dtype=torch.bool),
+            l0=torch.tensor(d["l0"]),
+            l2=torch.tensor(d["l2"]),
+            linf=torch.tensor(d["linf"]),
+            class_names=list(d.get("class_names", [])),
+            extras={k: torch.tensor(v) for k, v in d.get("extras", {}).items()},
+        )
 
 
 __all__ = ["AttackResult", "as_model_list", "as_float_images", "resolve_target", "lp_norms"]

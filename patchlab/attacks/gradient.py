@@ -47,6 +47,7 @@ Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # -- shared plumbing ---------------------------------------------------------------
 
+
 def model_device(model: nn.Module) -> torch.device:
     """Where a model's tensors live (its first parameter or buffer; CPU for an empty module)."""
     for t in model.parameters():
@@ -86,12 +87,21 @@ def ensemble_logits(models: Sequence[nn.Module], x: torch.Tensor) -> torch.Tenso
 @torch.no_grad()
 def predict(models: Sequence[nn.Module], x: torch.Tensor, *, batch_size: int = 256) -> torch.Tensor:
     """Top-1 classes of the ensemble's mean logits, ``(N,)`` on ``x``'s device."""
-    return torch.cat([ensemble_logits(models, x[i:i + batch_size]).argmax(1)
-                      for i in range(0, x.shape[0], batch_size)]) if x.shape[0] else x.new_zeros(0, dtype=torch.long)
+    return (
+        torch.cat([ensemble_logits(models, x[i : i + batch_size]).argmax(1) for i in range(0, x.shape[0], batch_size)])
+        if x.shape[0]
+        else x.new_zeros(0, dtype=torch.long)
+    )
 
 
-def setup(models: Any, images: torch.Tensor, target: Any, *, labels: torch.Tensor | None = None,
-          generator: torch.Generator | None = None) -> Problem:
+def setup(
+    models: Any,
+    images: torch.Tensor,
+    target: Any,
+    *,
+    labels: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Problem:
     """Check and move the inputs of an attack (the contract of :mod:`patchlab.attacks.base`)."""
     ms = as_model_list(models)
     dev = model_device(ms[0])
@@ -116,6 +126,7 @@ def cross_entropy_objective(problem: Problem) -> Loss:
     ``loss(adv, idx)`` takes the current images of the rows ``idx`` of the problem.
     Each model's CE is the batch mean (``nn.CrossEntropyLoss()``); an ensemble averages them.
     """
+
     def loss(adv: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         goal = problem.goal[idx]
         ce = sum(F.cross_entropy(m(adv), goal) for m in problem.models) / len(problem.models)
@@ -124,8 +135,13 @@ def cross_entropy_objective(problem: Problem) -> Loss:
     return loss
 
 
-def finish(name: str, config: dict[str, Any], problem: Problem, adv: torch.Tensor,
-           extras: dict[str, torch.Tensor] | None = None) -> AttackResult:
+def finish(
+    name: str,
+    config: dict[str, Any],
+    problem: Problem,
+    adv: torch.Tensor,
+    extras: dict[str, torch.Tensor] | None = None,
+) -> AttackResult:
     """Judge the adversarial images and pack the result (tensors on the CPU)."""
     adv = adv.detach()
     with torch.no_grad():
@@ -134,11 +150,19 @@ def finish(name: str, config: dict[str, Any], problem: Problem, adv: torch.Tenso
     success = joint == problem.target if problem.targeted else joint != problem.labels
     norms = lp_norms(problem.x, adv)
     return AttackResult(
-        attack=name, config=dict(config), adversarial=adv.cpu(), labels=problem.labels.cpu(),
-        target=None if problem.target is None else problem.target.cpu(), predictions=first.cpu(),
-        success=success.cpu(), l0=norms["l0"].cpu(), l2=norms["l2"].cpu(), linf=norms["linf"].cpu(),
+        attack=name,
+        config=dict(config),
+        adversarial=adv.cpu(),
+        labels=problem.labels.cpu(),
+        target=None if problem.target is None else problem.target.cpu(),
+        predictions=first.cpu(),
+        success=success.cpu(),
+        l0=norms["l0"].cpu(),
+        l2=norms["l2"].cpu(),
+        linf=norms["linf"].cpu(),
         class_names=list(getattr(problem.models[0], "labels", [])),
-        extras={k: v.detach().cpu() for k, v in (extras or {}).items()})
+        extras={k: v.detach().cpu() for k, v in (extras or {}).items()},
+    )
 
 
 def per_image_norm(t: torch.Tensor) -> torch.Tensor:
@@ -147,6 +171,7 @@ def per_image_norm(t: torch.Tensor) -> torch.Tensor:
 
 
 # -- hooks ---------------------------------------------------------------------------
+
 
 def sign_step(alpha: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Linf steepest ascent: ``adv + alpha * sign(grad)`` (FGSM, BIM, PGD)."""
@@ -160,6 +185,7 @@ def l2_step(alpha: float) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor
 
 def project_linf(x: torch.Tensor, eps: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """Back into ``[x - eps, x + eps]`` and ``[0, 1]`` (torchattacks' PGD arithmetic)."""
+
     def project(adv: torch.Tensor) -> torch.Tensor:
         delta = torch.clamp(adv - x, min=-eps, max=eps)
         return torch.clamp(x + delta, min=0, max=1)
@@ -170,6 +196,7 @@ def project_linf(x: torch.Tensor, eps: float) -> Callable[[torch.Tensor], torch.
 def project_linf_clip(x: torch.Tensor, eps: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """The same set as :func:`project_linf`, written as Kurakin et al.'s Clip (torchattacks' BIM):
     every value is ``adv``, ``x +- eps``, 0 or 1 exactly, with no rounding of ``x + (adv - x)``."""
+
     def project(adv: torch.Tensor) -> torch.Tensor:
         return torch.clamp(torch.minimum(torch.maximum(adv, x - eps), x + eps), min=0, max=1)
 
@@ -178,6 +205,7 @@ def project_linf_clip(x: torch.Tensor, eps: float) -> Callable[[torch.Tensor], t
 
 def project_l2(x: torch.Tensor, eps: float) -> Callable[[torch.Tensor], torch.Tensor]:
     """Back into the L2 ball of radius ``eps`` around ``x`` and into ``[0, 1]`` (torchattacks' PGD-L2)."""
+
     def project(adv: torch.Tensor) -> torch.Tensor:
         delta = adv - x
         factor = torch.clamp(eps / delta.flatten(1).norm(p=2, dim=1), max=1.0)
@@ -186,10 +214,17 @@ def project_l2(x: torch.Tensor, eps: float) -> Callable[[torch.Tensor], torch.Te
     return project
 
 
-def iterate(x0: torch.Tensor, loss: Loss, *, steps: int, step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-            project: Callable[[torch.Tensor], torch.Tensor], mask: torch.Tensor | None = None,
-            stop: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
-            progress: Callable[[int], None] | None = None) -> torch.Tensor:
+def iterate(
+    x0: torch.Tensor,
+    loss: Loss,
+    *,
+    steps: int,
+    step: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    project: Callable[[torch.Tensor], torch.Tensor],
+    mask: torch.Tensor | None = None,
+    stop: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
     """The one attack loop: ``steps`` times ascend ``loss``, step, mask, project.
 
     Args:
@@ -238,6 +273,7 @@ def _rows(idx: torch.Tensor, n: int) -> torch.Tensor:
 
 def leaves_class(models: Sequence[nn.Module], problem: Problem) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """A stop test: every model's top-1 has left the true class (or, targeted, reached the target)."""
+
     def stop(rows: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         done = torch.ones(rows.shape[0], dtype=torch.bool, device=rows.device)
         for m in models:
@@ -248,8 +284,9 @@ def leaves_class(models: Sequence[nn.Module], problem: Problem) -> Callable[[tor
     return stop
 
 
-def random_start(x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None,
-                 mask: torch.Tensor | None = None) -> torch.Tensor:
+def random_start(
+    x: torch.Tensor, eps: float, norm: str, generator: torch.Generator | None, mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """A uniform point of the Linf ball, or torchattacks' L2 draw (a Gaussian direction, radius
     ``eps * U(0, 1)``), clipped to [0, 1]; drawn on the CPU from ``generator`` (replayable on any device)."""
     if norm == "linf":
@@ -281,6 +318,7 @@ def mask_name(mask: Any) -> str | None:
 
 # -- argument checks -----------------------------------------------------------------
 
+
 def check_norm(norm: str) -> str:
     n = str(norm).lower().strip()
     n = {"inf": "linf", "l_inf": "linf", "2": "l2"}.get(n, n)
@@ -306,10 +344,26 @@ def check_budget(eps: float | None, alpha: float | None, steps: int, norm: str) 
 
 # -- the attacks ---------------------------------------------------------------------
 
-def _gradient_attack(name: str, models: Any, images: torch.Tensor, target: Any, *, labels, generator,
-                     eps: float, alpha: float, steps: int, norm: str, rand_init: bool, clip_projection: bool,
-                     mask: torch.Tensor | None, stop_models: Sequence[nn.Module] | None,
-                     config: dict[str, Any], progress) -> AttackResult:
+
+def _gradient_attack(
+    name: str,
+    models: Any,
+    images: torch.Tensor,
+    target: Any,
+    *,
+    labels,
+    generator,
+    eps: float,
+    alpha: float,
+    steps: int,
+    norm: str,
+    rand_init: bool,
+    clip_projection: bool,
+    mask: torch.Tensor | None,
+    stop_models: Sequence[nn.Module] | None,
+    config: dict[str, Any],
+    progress,
+) -> AttackResult:
     p = setup(models, images, target, labels=labels, generator=generator)
     m = resolve_mask(mask, p.x, generator)
     if m is not None and (m.ndim != 4 or m.shape[-2:] != p.x.shape[-2:] or m.shape[0] not in (1, p.x.shape[0])):
@@ -320,14 +374,35 @@ def _gradient_attack(name: str, models: Any, images: torch.Tensor, target: Any, 
     else:
         step, project = l2_step(alpha), project_l2(p.x, eps)
     stop = leaves_class(list(stop_models), p) if stop_models else None
-    adv = iterate(x0, cross_entropy_objective(p), steps=steps, step=step, project=project, mask=m, stop=stop,
-                  progress=progress) if p.x.shape[0] else p.x
+    adv = (
+        iterate(
+            x0,
+            cross_entropy_objective(p),
+            steps=steps,
+            step=step,
+            project=project,
+            mask=m,
+            stop=stop,
+            progress=progress,
+        )
+        if p.x.shape[0]
+        else p.x
+    )
     return finish(name, config, p, adv)
 
 
-def fgsm(models: Any, images: torch.Tensor, target: Any = None, *, labels: torch.Tensor | None = None,
-         generator: torch.Generator | None = None, eps: float | None = None, norm: str = "linf",
-         mask: str | torch.Tensor | None = None, progress: Callable[[int], None] | None = None) -> AttackResult:
+def fgsm(
+    models: Any,
+    images: torch.Tensor,
+    target: Any = None,
+    *,
+    labels: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    eps: float | None = None,
+    norm: str = "linf",
+    mask: str | torch.Tensor | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> AttackResult:
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size ``eps``.
 
     ``x' = clip(x + eps * sign(grad))``; with ``norm="l2"`` the step is the gradient
@@ -348,15 +423,40 @@ def fgsm(models: Any, images: torch.Tensor, target: Any = None, *, labels: torch
     n = check_norm(norm)
     e, _ = check_budget(eps, None, 1, n)
     cfg = {"eps": e, "norm": n, "mask": mask_name(mask)}
-    return _gradient_attack("fgsm", models, images, target, labels=labels, generator=generator, eps=e, alpha=e,
-                            steps=1, norm=n, rand_init=False, clip_projection=False, mask=mask, stop_models=None,
-                            config=cfg, progress=progress)
+    return _gradient_attack(
+        "fgsm",
+        models,
+        images,
+        target,
+        labels=labels,
+        generator=generator,
+        eps=e,
+        alpha=e,
+        steps=1,
+        norm=n,
+        rand_init=False,
+        clip_projection=False,
+        mask=mask,
+        stop_models=None,
+        config=cfg,
+        progress=progress,
+    )
 
 
-def bim(models: Any, images: torch.Tensor, target: Any = None, *, labels: torch.Tensor | None = None,
-        generator: torch.Generator | None = None, eps: float | None = None, alpha: float | None = None,
-        steps: int = 10, norm: str = "linf", mask: str | torch.Tensor | None = None,
-        progress: Callable[[int], None] | None = None) -> AttackResult:
+def bim(
+    models: Any,
+    images: torch.Tensor,
+    target: Any = None,
+    *,
+    labels: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    eps: float | None = None,
+    alpha: float | None = None,
+    steps: int = 10,
+    norm: str = "linf",
+    mask: str | torch.Tensor | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> AttackResult:
     """Basic iterative method / I-FGSM (Kurakin et al. 2017): ``steps`` FGSM steps of ``alpha``, each
     clipped to the eps-ball around the image and to [0, 1]; starts at the image.
 
@@ -365,15 +465,41 @@ def bim(models: Any, images: torch.Tensor, target: Any = None, *, labels: torch.
     n = check_norm(norm)
     e, a = check_budget(eps, alpha, steps, n)
     cfg = {"eps": e, "alpha": a, "steps": int(steps), "norm": n, "mask": mask_name(mask)}
-    return _gradient_attack("bim", models, images, target, labels=labels, generator=generator, eps=e, alpha=a,
-                            steps=int(steps), norm=n, rand_init=False, clip_projection=True, mask=mask,
-                            stop_models=None, config=cfg, progress=progress)
+    return _gradient_attack(
+        "bim",
+        models,
+        images,
+        target,
+        labels=labels,
+        generator=generator,
+        eps=e,
+        alpha=a,
+        steps=int(steps),
+        norm=n,
+        rand_init=False,
+        clip_projection=True,
+        mask=mask,
+        stop_models=None,
+        config=cfg,
+        progress=progress,
+    )
 
 
-def pgd(models: Any, images: torch.Tensor, target: Any = None, *, labels: torch.Tensor | None = None,
-        generator: torch.Generator | None = None, eps: float | None = None, alpha: float | None = None,
-        steps: int = 10, norm: str = "linf", random_start: bool = True, mask: str | torch.Tensor | None = None,
-        progress: Callable[[int], None] | None = None) -> AttackResult:
+def pgd(
+    models: Any,
+    images: torch.Tensor,
+    target: Any = None,
+    *,
+    labels: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    eps: float | None = None,
+    alpha: float | None = None,
+    steps: int = 10,
+    norm: str = "linf",
+    random_start: bool = True,
+    mask: str | torch.Tensor | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> AttackResult:
     """Projected gradient descent (Madry et al. 2018), Linf or L2, with an optional random start.
 
     Args:
@@ -396,14 +522,36 @@ def pgd(models: Any, images: torch.Tensor, target: Any = None, *, labels: torch.
     """
     n = check_norm(norm)
     e, a = check_budget(eps, alpha, steps, n)
-    cfg = {"eps": e, "alpha": a, "steps": int(steps), "norm": n, "random_start": bool(random_start),
-           "mask": mask_name(mask)}
-    return _gradient_attack("pgd", models, images, target, labels=labels, generator=generator, eps=e, alpha=a,
-                            steps=int(steps), norm=n, rand_init=bool(random_start), clip_projection=False, mask=mask,
-                            stop_models=None, config=cfg, progress=progress)
+    cfg = {
+        "eps": e,
+        "alpha": a,
+        "steps": int(steps),
+        "norm": n,
+        "random_start": bool(random_start),
+        "mask": mask_name(mask),
+    }
+    return _gradient_attack(
+        "pgd",
+        models,
+        images,
+        target,
+        labels=labels,
+        generator=generator,
+        eps=e,
+        alpha=a,
+        steps=int(steps),
+        norm=n,
+        rand_init=bool(random_start),
+        clip_projection=False,
+        mask=mask,
+        stop_models=None,
+        config=cfg,
+        progress=progress,
+    )
 
 
 # -- FGVM with the smoothness loss of seed 004 -----------------------------------------
+
 
 def smoothness_loss(x: torch.Tensor) -> torch.Tensor:
     """Seed 004's smoothness penalty per image: the sum of squares of ``x`` convolved (per channel,
@@ -423,10 +571,23 @@ def total_variation(x: torch.Tensor) -> torch.Tensor:
     return dh + dw
 
 
-def fgvm(models: Any, images: torch.Tensor, target: Any = None, *, labels: torch.Tensor | None = None,
-         generator: torch.Generator | None = None, steps: int = 1000, lr: float = 1e-3, optimizer: str = "adam",
-         smoothness: float = 0.05, init: str = "image", eps: float | None = None, mask: str | torch.Tensor | None = None,
-         stop_prob: float | None = None, progress: Callable[[int], None] | None = None) -> AttackResult:
+def fgvm(
+    models: Any,
+    images: torch.Tensor,
+    target: Any = None,
+    *,
+    labels: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    steps: int = 1000,
+    lr: float = 1e-3,
+    optimizer: str = "adam",
+    smoothness: float = 0.05,
+    init: str = "image",
+    eps: float | None = None,
+    mask: str | torch.Tensor | None = None,
+    stop_prob: float | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> AttackResult:
     """Iterative fast gradient *value* method with seed 004's smoothness loss (targeted or not).
 
     Minimises ``CE(f(x'), target) + smoothness * S(x')`` per image (untargeted: maximises the CE to
@@ -518,17 +679,52 @@ def fgvm(models: Any, images: torch.Tensor, target: Any = None, *, labels: torch
             break
     adv = adv.detach()
     with torch.no_grad():
-        prob = torch.cat([F.softmax(p.models[0](adv[i:i + 256]), 1) for i in range(0, adv.shape[0], 256)]) \
-            if adv.shape[0] else adv.new_zeros(0, 1)
+        prob = (
+            torch.cat([F.softmax(p.models[0](adv[i : i + 256]), 1) for i in range(0, adv.shape[0], 256)])
+            if adv.shape[0]
+            else adv.new_zeros(0, 1)
+        )
         goal_prob = prob.gather(1, p.goal.view(-1, 1)).squeeze(1) if adv.shape[0] else adv.new_zeros(0)
-        extras = {"target_prob": goal_prob, "smoothness": smoothness_loss(adv) if adv.shape[0] else adv.new_zeros(0),
-                  "tv": total_variation(adv) if adv.shape[0] else adv.new_zeros(0)}
-    cfg = {"steps": int(steps), "lr": float(lr), "optimizer": opt, "smoothness": float(smoothness), "init": start,
-           "eps": None if eps is None else float(eps), "stop_prob": stop_prob, "mask": mask_name(mask)}
+        extras = {
+            "target_prob": goal_prob,
+            "smoothness": smoothness_loss(adv) if adv.shape[0] else adv.new_zeros(0),
+            "tv": total_variation(adv) if adv.shape[0] else adv.new_zeros(0),
+        }
+    cfg = {
+        "steps": int(steps),
+        "lr": float(lr),
+        "optimizer": opt,
+        "smoothness": float(smoothness),
+        "init": start,
+        "eps": None if eps is None else float(eps),
+        "stop_prob": stop_prob,
+        "mask": mask_name(mask),
+    }
     # The Lp norms are measured against the given images (for init="noise": against them, not the noise).
     return finish("fgvm", cfg, Problem(p.models, x_ref, p.labels, p.target), adv, extras)
 
 
-__all__ = ["DEFAULTS", "Problem", "bim", "check_budget", "check_norm", "cross_entropy_objective", "ensemble_logits",
-           "fgsm", "fgvm", "finish", "iterate", "leaves_class", "model_device", "pgd", "predict", "project_l2",
-           "project_linf", "project_linf_clip", "random_start", "setup", "smoothness_loss", "total_variation"]
+__all__ = [
+    "DEFAULTS",
+    "Problem",
+    "bim",
+    "check_budget",
+    "check_norm",
+    "cross_entropy_objective",
+    "ensemble_logits",
+    "fgsm",
+    "fgvm",
+    "finish",
+    "iterate",
+    "leaves_class",
+    "model_device",
+    "pgd",
+    "predict",
+    "project_l2",
+    "project_linf",
+    "project_linf_clip",
+    "random_start",
+    "setup",
+    "smoothness_loss",
+    "total_variation",
+]

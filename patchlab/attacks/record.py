@@ -45,6 +45,7 @@ GRID_COLUMNS = 8
 
 # -- held-out images ---------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Selection:
     """A seeded selection of correctly classified images from a labelled folder."""
@@ -57,13 +58,27 @@ class Selection:
     excluded_class: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"indices": self.indices, "scanned": self.scanned, "correct": self.correct, "attacked": len(self.indices),
-                "seed": self.seed, "excluded_class": self.excluded_class}
+        return {
+            "indices": self.indices,
+            "scanned": self.scanned,
+            "correct": self.correct,
+            "attacked": len(self.indices),
+            "seed": self.seed,
+            "excluded_class": self.excluded_class,
+        }
 
 
-def select_correct(images: torch.Tensor, labels: torch.Tensor, models: Sequence[nn.Module], *, n: int, seed: int = 0,
-                   batch_size: int = 256, exclude_class: int | None = None,
-                   progress: Callable[[int], None] | None = None) -> Selection:
+def select_correct(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    models: Sequence[nn.Module],
+    *,
+    n: int,
+    seed: int = 0,
+    batch_size: int = 256,
+    exclude_class: int | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Selection:
     """The first ``n`` images of a seeded permutation that the models (their mean logits) classify correctly.
 
     Attacking only correctly classified images makes a success rate mean "the attack
@@ -89,7 +104,7 @@ def select_correct(images: torch.Tensor, labels: torch.Tensor, models: Sequence[
     keep: list[int] = []
     scanned = correct = 0
     for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
+        idx = order[s : s + batch_size]
         x = images[idx].to(dev)
         x = x.float().div(255.0) if x.dtype == torch.uint8 else x
         ok = (predict(models, x).cpu() == labels[idx]).tolist()
@@ -108,6 +123,7 @@ def select_correct(images: torch.Tensor, labels: torch.Tensor, models: Sequence[
 
 
 # -- transfer ----------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TransferRow:
@@ -132,20 +148,39 @@ class TransferRow:
 
     @property
     def untargeted_ci95(self) -> tuple[float, float]:
-        return wilson_interval(round(self.untargeted * self.untargeted_n), self.untargeted_n) \
-            if self.untargeted_n else (0.0, 1.0)
+        return (
+            wilson_interval(round(self.untargeted * self.untargeted_n), self.untargeted_n)
+            if self.untargeted_n
+            else (0.0, 1.0)
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model, "clean_accuracy": self.clean_accuracy, "untargeted": self.untargeted,
-                "untargeted_n": self.untargeted_n, "untargeted_ci95": list(self.untargeted_ci95),
-                "targeted": self.targeted, "targeted_n": self.targeted_n, "error": self.error, "n": self.n,
-                "predictions": list(self.predictions)}
+        return {
+            "model": self.model,
+            "clean_accuracy": self.clean_accuracy,
+            "untargeted": self.untargeted,
+            "untargeted_n": self.untargeted_n,
+            "untargeted_ci95": list(self.untargeted_ci95),
+            "targeted": self.targeted,
+            "targeted_n": self.targeted_n,
+            "error": self.error,
+            "n": self.n,
+            "predictions": list(self.predictions),
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TransferRow":
-        return cls(model=d["model"], clean_accuracy=d["clean_accuracy"], untargeted=d["untargeted"],
-                   untargeted_n=d["untargeted_n"], targeted=d.get("targeted"), targeted_n=d.get("targeted_n", 0),
-                   error=d["error"], n=d["n"], predictions=list(d.get("predictions", [])))
+        return cls(
+            model=d["model"],
+            clean_accuracy=d["clean_accuracy"],
+            untargeted=d["untargeted"],
+            untargeted_n=d["untargeted_n"],
+            targeted=d.get("targeted"),
+            targeted_n=d.get("targeted_n", 0),
+            error=d["error"],
+            n=d["n"],
+            predictions=list(d.get("predictions", [])),
+        )
 
 
 def _rate(hits: torch.Tensor, where: torch.Tensor) -> tuple[float, int]:
@@ -153,8 +188,14 @@ def _rate(hits: torch.Tensor, where: torch.Tensor) -> tuple[float, int]:
     return (float(hits[where].float().mean()) if k else float("nan")), k
 
 
-def transfer_table(result: AttackResult, originals: torch.Tensor, models: Sequence[nn.Module], *,
-                   names: Sequence[str] | None = None, batch_size: int = 256) -> list[TransferRow]:
+def transfer_table(
+    result: AttackResult,
+    originals: torch.Tensor,
+    models: Sequence[nn.Module],
+    *,
+    names: Sequence[str] | None = None,
+    batch_size: int = 256,
+) -> list[TransferRow]:
     """How the adversarial images of ``result`` fare on other models (:class:`TransferRow` each).
 
     Args:
@@ -168,8 +209,10 @@ def transfer_table(result: AttackResult, originals: torch.Tensor, models: Sequen
     for k, m in enumerate(models):
         ml = list(getattr(m, "labels", []))
         if result.class_names and ml and [s.lower() for s in ml] != [s.lower() for s in result.class_names]:
-            raise ConfigError(f"transfer model {getattr(m, 'name', k)!r} has other classes than the source "
-                              f"({len(ml)} vs {len(result.class_names)} labels)")
+            raise ConfigError(
+                f"transfer model {getattr(m, 'name', k)!r} has other classes than the source "
+                f"({len(ml)} vs {len(result.class_names)} labels)"
+            )
         dev = model_device(m)
         clean = predict([m], originals.to(dev), batch_size=batch_size).cpu()
         adv = predict([m], result.adversarial.to(dev), batch_size=batch_size).cpu()
@@ -178,11 +221,19 @@ def transfer_table(result: AttackResult, originals: torch.Tensor, models: Sequen
         tgt, tgt_n = (None, 0)
         if result.target is not None:
             tgt, tgt_n = _rate(adv == result.target, result.success)
-        rows.append(TransferRow(model=names[k] if names else getattr(m, "name", f"model{k}"),
-                                clean_accuracy=float((clean == result.labels).float().mean()) if result.n else float("nan"),
-                                untargeted=unt, untargeted_n=unt_n, targeted=tgt, targeted_n=tgt_n,
-                                error=float(wrong.float().mean()) if result.n else float("nan"), n=result.n,
-                                predictions=adv.tolist()))
+        rows.append(
+            TransferRow(
+                model=names[k] if names else getattr(m, "name", f"model{k}"),
+                clean_accuracy=float((clean == result.labels).float().mean()) if result.n else float("nan"),
+                untargeted=unt,
+                untargeted_n=unt_n,
+                targeted=tgt,
+                targeted_n=tgt_n,
+                error=float(wrong.float().mean()) if result.n else float("nan"),
+                n=result.n,
+                predictions=adv.tolist(),
+            )
+        )
     return rows
 
 
@@ -202,15 +253,29 @@ def concat_results(parts: Sequence[AttackResult]) -> AttackResult:
         return parts[0]
     first = parts[0]
     cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
-    extras = {k: torch.cat([p.extras[k] for p in parts]) for k in first.extras
-              if all(k in p.extras and p.extras[k].shape[:1] == (p.n,) for p in parts)}
-    return AttackResult(attack=first.attack, config=dict(first.config), adversarial=cat("adversarial"),
-                        labels=cat("labels"), target=None if first.target is None else cat("target"),
-                        predictions=cat("predictions"), success=cat("success"), l0=cat("l0"), l2=cat("l2"),
-                        linf=cat("linf"), class_names=list(first.class_names), extras=extras)
+    extras = {
+        k: torch.cat([p.extras[k] for p in parts])
+        for k in first.extras
+        if all(k in p.extras and p.extras[k].shape[:1] == (p.n,) for p in parts)
+    }
+    return AttackResult(
+        attack=first.attack,
+        config=dict(first.config),
+        adversarial=cat("adversarial"),
+        labels=cat("labels"),
+        target=None if first.target is None else cat("target"),
+        predictions=cat("predictions"),
+        success=cat("success"),
+        l0=cat("l0"),
+        l2=cat("l2"),
+        linf=cat("linf"),
+        class_names=list(first.class_names),
+        extras=extras,
+    )
 
 
 # -- summary -------------------------------------------------------------------------
+
 
 def scalar_extras(result: AttackResult) -> dict[str, torch.Tensor]:
     """The per-image scalar extras of a result (``(N,)`` tensors), e.g. stAdv's ``flow_loss``."""
@@ -228,17 +293,24 @@ def summarize(result: AttackResult) -> dict[str, Any]:
     """Success rate with its Wilson 95% interval, mean and std of L0/L2/Linf (all images and the
     successful ones) and the mean of every per-image scalar extra."""
     ok = result.success
-    out: dict[str, Any] = {"n": result.n, "successes": int(ok.sum()), "success_rate": result.success_rate,
-                           "success_ci95": list(result.success_ci95)}
+    out: dict[str, Any] = {
+        "n": result.n,
+        "successes": int(ok.sum()),
+        "success_rate": result.success_rate,
+        "success_ci95": list(result.success_ci95),
+    }
     for k in ("l0", "l2", "linf"):
         v = getattr(result, k)
         out[k] = _mean_std(v)
         out[f"{k}_successful"] = _mean_std(v[ok])
-    out["extras"] = {k: float(v.double().mean()) if v.numel() else float("nan") for k, v in scalar_extras(result).items()}
+    out["extras"] = {
+        k: float(v.double().mean()) if v.numel() else float("nan") for k, v in scalar_extras(result).items()
+    }
     return out
 
 
 # -- pictures --------------------------------------------------------------------------
+
 
 def flow_to_rgb(flow: torch.Tensor) -> torch.Tensor:
     """A flow field ``(N, 2, H, W)`` (dx, dy) as colour-wheel images ``(N, 3, H, W)`` in [0, 1]:
@@ -263,8 +335,9 @@ def _tile(img: torch.Tensor, scale: int) -> np.ndarray:
     return np.kron(a, np.ones((scale, scale, 1), dtype=np.uint8))
 
 
-def render_grid(originals: torch.Tensor, result: AttackResult, *, columns: int = GRID_COLUMNS,
-                min_tile: int = 96) -> bytes:
+def render_grid(
+    originals: torch.Tensor, result: AttackResult, *, columns: int = GRID_COLUMNS, min_tile: int = 96
+) -> bytes:
     """The picture grid as PNG bytes: rows of originals (true label), amplified perturbations,
     adversarials (prediction, green when the attack succeeded) and, when ``extras`` holds a
     ``flow`` ``(N, 2, H, W)``, the flow as a colour wheel."""
@@ -278,14 +351,22 @@ def render_grid(originals: torch.Tensor, result: AttackResult, *, columns: int =
     names = result.class_names or [str(i) for i in range(int(max(result.labels.max(), result.predictions.max())) + 1)]
     lab = [names[int(i)] for i in result.labels[:k]]
     rows.append(("original", x, lab, [None] * k))
-    rows.append(("perturbation (amplified)", amplify(adv - x), [f"Linf {float(v):.3f}" for v in result.linf[:k]],
-                 [None] * k))
-    rows.append(("adversarial", adv, [names[int(i)] for i in result.predictions[:k]],
-                 [bool(s) for s in result.success[:k]]))
+    rows.append(
+        ("perturbation (amplified)", amplify(adv - x), [f"Linf {float(v):.3f}" for v in result.linf[:k]], [None] * k)
+    )
+    rows.append(
+        ("adversarial", adv, [names[int(i)] for i in result.predictions[:k]], [bool(s) for s in result.success[:k]])
+    )
     flow = result.extras.get("flow")
     if flow is not None and flow.ndim == 4 and flow.shape[1] == 2:
-        rows.append(("flow (hue = direction, value = magnitude)", flow_to_rgb(flow[:k]),
-                     [f"max {float(v):.2f}px" for v in flow[:k].pow(2).sum(1).sqrt().flatten(1).amax(1)], [None] * k))
+        rows.append(
+            (
+                "flow (hue = direction, value = magnitude)",
+                flow_to_rgb(flow[:k]),
+                [f"max {float(v):.2f}px" for v in flow[:k].pow(2).sum(1).sqrt().flatten(1).amax(1)],
+                [None] * k,
+            )
+        )
     h, w = x.shape[-2:]
     scale = max(1, math.ceil(min_tile / max(h, w)))
     th, tw = h * scale, w * scale
@@ -303,7 +384,7 @@ def render_grid(originals: torch.Tensor, result: AttackResult, *, columns: int =
             xo = pad + j * (tw + pad)
             canvas.paste(Image.fromarray(_tile(imgs[j], scale)), (xo, y))
             colour = (0, 0, 0) if ok[j] is None else ((0, 130, 0) if ok[j] else (200, 0, 0))
-            draw.text((xo, y + th + 1), captions[j][:max(4, tw // 6)], fill=colour, font=font)
+            draw.text((xo, y + th + 1), captions[j][: max(4, tw // 6)], fill=colour, font=font)
         y += th + text_h + pad
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
@@ -322,21 +403,32 @@ def png_bytes(img: torch.Tensor) -> bytes:
 
 # -- the run folder --------------------------------------------------------------------
 
-def image_records(result: AttackResult, paths: Sequence[str], saved: Sequence[str], success_png: torch.Tensor,
-                  transfer: Sequence[TransferRow]) -> list[dict[str, Any]]:
+
+def image_records(
+    result: AttackResult,
+    paths: Sequence[str],
+    saved: Sequence[str],
+    success_png: torch.Tensor,
+    transfer: Sequence[TransferRow],
+) -> list[dict[str, Any]]:
     """One dict per attacked image for ``attack.json``."""
     names = result.class_names
     extras = scalar_extras(result)
     out = []
     for i in range(result.n):
         d: dict[str, Any] = {
-            "source": paths[i], "adversarial": saved[i],
+            "source": paths[i],
+            "adversarial": saved[i],
             "label": names[int(result.labels[i])] if names else int(result.labels[i]),
-            "target": None if result.target is None else (names[int(result.target[i])] if names else
-                                                           int(result.target[i])),
+            "target": None
+            if result.target is None
+            else (names[int(result.target[i])] if names else int(result.target[i])),
             "prediction": names[int(result.predictions[i])] if names else int(result.predictions[i]),
-            "success": bool(result.success[i]), "success_png": bool(success_png[i]),
-            "l0": float(result.l0[i]), "l2": float(result.l2[i]), "linf": float(result.linf[i]),
+            "success": bool(result.success[i]),
+            "success_png": bool(success_png[i]),
+            "l0": float(result.l0[i]),
+            "l2": float(result.l2[i]),
+            "linf": float(result.linf[i]),
         }
         d.update({k: float(v[i]) for k, v in extras.items()})
         if transfer:
@@ -345,9 +437,16 @@ def image_records(result: AttackResult, paths: Sequence[str], saved: Sequence[st
     return out
 
 
-def write_attack_run(out: str | Path, result: AttackResult, originals: torch.Tensor, *, paths: Sequence[str],
-                     record: dict[str, Any], transfer: Sequence[TransferRow] = (),
-                     success_png: torch.Tensor | None = None) -> dict[str, Path]:
+def write_attack_run(
+    out: str | Path,
+    result: AttackResult,
+    originals: torch.Tensor,
+    *,
+    paths: Sequence[str],
+    record: dict[str, Any],
+    transfer: Sequence[TransferRow] = (),
+    success_png: torch.Tensor | None = None,
+) -> dict[str, Path]:
     """Write a run folder: the adversarial PNGs, ``grid.png`` and, last, ``attack.json``.
 
     Args:
@@ -375,11 +474,18 @@ def write_attack_run(out: str | Path, result: AttackResult, originals: torch.Ten
         saved.append(f"{ADV_DIR}/{name}")
     grid = atomic_write_bytes(out / GRID_PNG, render_grid(originals, result)) if result.n else None
     sp = result.success if success_png is None else success_png
-    doc = {"kind": "attack", **record, "attack": result.attack, "config": dict(result.config),
-           "summary": summarize(result), "success_png_rate": float(sp.float().mean()) if result.n else float("nan"),
-           "transfer": [t.to_dict() for t in transfer],
-           "images": image_records(result, paths, saved, sp, transfer), "grid": GRID_PNG if grid else None,
-           "result": result.to_dict()}
+    doc = {
+        "kind": "attack",
+        **record,
+        "attack": result.attack,
+        "config": dict(result.config),
+        "summary": summarize(result),
+        "success_png_rate": float(sp.float().mean()) if result.n else float("nan"),
+        "transfer": [t.to_dict() for t in transfer],
+        "images": image_records(result, paths, saved, sp, transfer),
+        "grid": GRID_PNG if grid else None,
+        "result": result.to_dict(),
+    }
     path = atomic_write_json(out / ATTACK_JSON, doc)
     return {"json": path, "grid": grid, "images": adv_dir}
 
@@ -396,6 +502,22 @@ def is_attack_run(run_dir: str | Path) -> bool:
     return (Path(run_dir) / ATTACK_JSON).is_file()
 
 
-__all__ = ["ADV_DIR", "ATTACK_JSON", "GRID_PNG", "Selection", "TransferRow", "amplify", "concat_results", "flow_to_rgb",
-           "is_attack_run", "quantized_success", "read_attack_run", "render_grid", "scalar_extras", "select_correct",
-           "summarize", "transfer_table", "write_attack_run"]
+__all__ = [
+    "ADV_DIR",
+    "ATTACK_JSON",
+    "GRID_PNG",
+    "Selection",
+    "TransferRow",
+    "amplify",
+    "concat_results",
+    "flow_to_rgb",
+    "is_attack_run",
+    "quantized_success",
+    "read_attack_run",
+    "render_grid",
+    "scalar_extras",
+    "select_correct",
+    "summarize",
+    "transfer_table",
+    "write_attack_run",
+]

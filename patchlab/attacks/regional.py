@@ -41,8 +41,9 @@ PAPER_SIZES: dict[str, dict[str, float]] = {
 #: transfer models' top-1 leaves its class.
 RELEASED = {"alpha": 1 / 255, "steps": 250, "eps": 1.0, "random_start": False}
 
-_SPEC = re.compile(r"^(center|centre|frame|random):\s*([0-9.]+)\s*(px|%)?$|^(center|centre|frame|random):\s*([sml])$",
-                   re.IGNORECASE)
+_SPEC = re.compile(
+    r"^(center|centre|frame|random):\s*([0-9.]+)\s*(px|%)?$|^(center|centre|frame|random):\s*([sml])$", re.IGNORECASE
+)
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,13 @@ class MaskSpec:
         return f"{self.kind}:{self.pixels}px" if self.pixels is not None else f"{self.kind}:{self.fraction:g}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "fraction": self.fraction, "pixels": self.pixels, "path": self.path,
-                "spec": str(self)}
+        return {
+            "kind": self.kind,
+            "fraction": self.fraction,
+            "pixels": self.pixels,
+            "path": self.path,
+            "spec": str(self),
+        }
 
 
 def parse_mask_spec(spec: str) -> MaskSpec:
@@ -78,8 +84,10 @@ def parse_mask_spec(spec: str) -> MaskSpec:
         return MaskSpec("file", path=path)
     m = _SPEC.match(s)
     if not m:
-        raise ConfigError(f"unknown mask spec {spec!r}: use center:F, frame:F or random:F (F a fraction or N%), "
-                          "center:Npx, frame:Npx, KIND:s|m|l (the paper's sizes) or file:PATH")
+        raise ConfigError(
+            f"unknown mask spec {spec!r}: use center:F, frame:F or random:F (F a fraction or N%), "
+            "center:Npx, frame:Npx, KIND:s|m|l (the paper's sizes) or file:PATH"
+        )
     if m.group(4):
         kind = "center" if m.group(4).lower() == "centre" else m.group(4).lower()
         return MaskSpec(kind, fraction=PAPER_SIZES[kind][m.group(5).lower()])
@@ -101,8 +109,9 @@ def _side_for(fraction: float, n: int) -> int:
     return int(round(math.sqrt(fraction) * n))
 
 
-def build_mask(spec: str | MaskSpec, size: tuple[int, int], *, n: int = 1,
-               generator: torch.Generator | None = None) -> torch.Tensor:
+def build_mask(
+    spec: str | MaskSpec, size: tuple[int, int], *, n: int = 1, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """The ``(n or 1, 1, H, W)`` float mask (1 = may change) of a spec for images of ``size``.
 
     ``center``/``frame`` fractions are met as closely as whole pixels allow (a centred
@@ -125,16 +134,19 @@ def build_mask(spec: str | MaskSpec, size: tuple[int, int], *, n: int = 1,
         except DataError as exc:
             raise ConfigError(str(exc)) from None
         if tuple(img.shape[-2:]) != (h, w):
-            raise ConfigError(f"the mask image {ms.path} is {img.shape[-1]}x{img.shape[-2]} px but the images are "
-                              f"{w}x{h} px: draw the mask at the images' size")
+            raise ConfigError(
+                f"the mask image {ms.path} is {img.shape[-1]}x{img.shape[-2]} px but the images are "
+                f"{w}x{h} px: draw the mask at the images' size"
+            )
         mask = (img.mean(0) > 0.5).float().view(1, 1, h, w)
     elif ms.kind == "center":
-        sh, sw = (ms.pixels, ms.pixels) if ms.pixels is not None else (_side_for(ms.fraction, h),
-                                                                        _side_for(ms.fraction, w))
+        sh, sw = (
+            (ms.pixels, ms.pixels) if ms.pixels is not None else (_side_for(ms.fraction, h), _side_for(ms.fraction, w))
+        )
         if sh > h or sw > w:
             raise ConfigError(f"mask {ms}: a {sh}x{sw} px centre square does not fit {w}x{h} px images")
         top, left = (h - sh) // 2, (w - sw) // 2
-        mask[..., top:top + sh, left:left + sw] = 1.0
+        mask[..., top : top + sh, left : left + sw] = 1.0
     elif ms.kind == "frame":
         if ms.pixels is not None:
             b = ms.pixels
@@ -146,7 +158,7 @@ def build_mask(spec: str | MaskSpec, size: tuple[int, int], *, n: int = 1,
             ih, iw = int(round(inner * h)), int(round(inner * w))
         mask.fill_(1.0)
         top, left = (h - ih) // 2, (w - iw) // 2
-        mask[..., top:top + ih, left:left + iw] = 0.0
+        mask[..., top : top + ih, left : left + iw] = 0.0
     elif ms.kind == "random":
         k = int(round(ms.fraction * h * w))
         if k > 0:
@@ -163,12 +175,24 @@ def mask_fraction(mask: torch.Tensor) -> float:
     return float(mask.float().mean())
 
 
-def regional(models: Any, images: torch.Tensor, target: Any = None, *, labels: torch.Tensor | None = None,
-             generator: torch.Generator | None = None, mask: str | MaskSpec | torch.Tensor = "center:m",
-             attack: str = "pgd", eps: float | None = None, alpha: float | None = None, steps: int | None = None,
-             norm: str = "linf", random_start: bool | None = None, released: bool = False,
-             stop_models: Sequence[nn.Module] | None = None,
-             progress: Callable[[int], None] | None = None) -> AttackResult:
+def regional(
+    models: Any,
+    images: torch.Tensor,
+    target: Any = None,
+    *,
+    labels: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    mask: str | MaskSpec | torch.Tensor = "center:m",
+    attack: str = "pgd",
+    eps: float | None = None,
+    alpha: float | None = None,
+    steps: int | None = None,
+    norm: str = "linf",
+    random_start: bool | None = None,
+    released: bool = False,
+    stop_models: Sequence[nn.Module] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> AttackResult:
     """A gradient attack (``fgsm``, ``bim`` or ``pgd``) whose perturbation stays inside a mask.
 
     Args:
@@ -197,8 +221,10 @@ def regional(models: Any, images: torch.Tensor, target: Any = None, *, labels: t
     if stop_models and not released:
         raise ConfigError("stop_models are the early stop of the released settings: pass released=True too")
     if released and not stop_models:
-        raise ConfigError("released=True stops when the transfer models' top-1 leaves the class: give stop_models "
-                          "(on the command line: --transfer MODEL)")
+        raise ConfigError(
+            "released=True stops when the transfer models' top-1 leaves the class: give stop_models "
+            "(on the command line: --transfer MODEL)"
+        )
     x = images
     if isinstance(mask, torch.Tensor):
         m, spec_str = mask.float(), "tensor"
@@ -219,11 +245,35 @@ def regional(models: Any, images: torch.Tensor, target: Any = None, *, labels: t
     else:
         e, a = G.check_budget(eps, alpha, steps, n)
         rs = rs and base == "pgd"
-    cfg = {"mask": spec_str, "mask_fraction": mask_fraction(m), "attack": base, "eps": e, "alpha": a,
-           "steps": int(steps), "norm": n, "random_start": rs, "released": bool(released)}
-    return G._gradient_attack("regional", models, x, target, labels=labels, generator=generator, eps=e, alpha=a,
-                              steps=int(steps), norm=n, rand_init=rs, clip_projection=base == "bim", mask=m,
-                              stop_models=stop_models if released else None, config=cfg, progress=progress)
+    cfg = {
+        "mask": spec_str,
+        "mask_fraction": mask_fraction(m),
+        "attack": base,
+        "eps": e,
+        "alpha": a,
+        "steps": int(steps),
+        "norm": n,
+        "random_start": rs,
+        "released": bool(released),
+    }
+    return G._gradient_attack(
+        "regional",
+        models,
+        x,
+        target,
+        labels=labels,
+        generator=generator,
+        eps=e,
+        alpha=a,
+        steps=int(steps),
+        norm=n,
+        rand_init=rs,
+        clip_projection=base == "bim",
+        mask=m,
+        stop_models=stop_models if released else None,
+        config=cfg,
+        progress=progress,
+    )
 
 
 __all__ = ["PAPER_SIZES", "RELEASED", "MaskSpec", "build_mask", "mask_fraction", "parse_mask_spec", "regional"]

@@ -89,10 +89,17 @@ def flow_warp(images: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     flow are exactly 1 and 0. The replicated margin reads the same values as
     ``padding_mode="border"`` would, so the warp is otherwise unchanged.
     """
-    if images.ndim != 4 or flow.ndim != 4 or flow.shape[1] != 2 or flow.shape[0] != images.shape[0] \
-            or flow.shape[-2:] != images.shape[-2:]:
-        raise ValueError(f"expected images (N, C, H, W) and flow (N, 2, H, W) of the same N, H, W, "
-                         f"got {tuple(images.shape)} and {tuple(flow.shape)}")
+    if (
+        images.ndim != 4
+        or flow.ndim != 4
+        or flow.shape[1] != 2
+        or flow.shape[0] != images.shape[0]
+        or flow.shape[-2:] != images.shape[-2:]
+    ):
+        raise ValueError(
+            f"expected images (N, C, H, W) and flow (N, 2, H, W) of the same N, H, W, "
+            f"got {tuple(images.shape)} and {tuple(flow.shape)}"
+        )
     n, _, h, w = images.shape
     ph, pw = _pow2(h), _pow2(w)
     src = F.pad(images, (0, pw - w, 0, ph - h), mode="replicate") if (ph, pw) != (h, w) else images
@@ -133,7 +140,7 @@ def flow_loss(flow: torch.Tensor, *, neighbourhood: str = "4", eps: float = FLOW
     padded = F.pad(flow, (1, 1, 1, 1), mode="replicate")
     total = flow.new_zeros(flow.shape[0])
     for dy, dx in NEIGHBOURHOODS[neighbourhood]:
-        q = padded[:, :, 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+        q = padded[:, :, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
         total = total + (flow - q).square().sum(dim=1).add(eps).sqrt().flatten(1).sum(dim=1)
     return total
 
@@ -141,8 +148,9 @@ def flow_loss(flow: torch.Tensor, *, neighbourhood: str = "4", eps: float = FLOW
 # ---------------------------------------------------------------------------
 # eq. 3: C&W margin on logits
 # ---------------------------------------------------------------------------
-def adversarial_margin(logits: torch.Tensor, classes: torch.Tensor, *, targeted: bool,
-                       kappa: float = 0.0) -> torch.Tensor:
+def adversarial_margin(
+    logits: torch.Tensor, classes: torch.Tensor, *, targeted: bool, kappa: float = 0.0
+) -> torch.Tensor:
     """Eq. 3 on logits ``(N, K)``: ``max(max_{i!=t} Z_i - Z_t, -kappa)`` towards ``classes``
     (targeted), or ``max(Z_y - max_{i!=y} Z_i, -kappa)`` away from them (untargeted).
 
@@ -176,12 +184,13 @@ def smooth_margin(logits: torch.Tensor, classes: torch.Tensor, *, targeted: bool
 Evaluation = tuple[float, torch.Tensor]
 
 
-def _cubic_interpolate(x1: float, f1: float, g1: float, x2: float, f2: float, g2: float,
-                       bounds: tuple[float, float] | None = None) -> float:
+def _cubic_interpolate(
+    x1: float, f1: float, g1: float, x2: float, f2: float, g2: float, bounds: tuple[float, float] | None = None
+) -> float:
     # torch.optim.lbfgs._cubic_interpolate on Python floats (Nocedal & Wright eq. 3.59)
     xmin_bound, xmax_bound = bounds if bounds is not None else ((x1, x2) if x1 <= x2 else (x2, x1))
     d1 = g1 + g2 - 3 * (f1 - f2) / (x1 - x2)
-    d2_square = d1 ** 2 - g1 * g2
+    d2_square = d1**2 - g1 * g2
     if d2_square >= 0:
         d2 = math.sqrt(d2_square)
         if x1 <= x2:
@@ -192,9 +201,18 @@ def _cubic_interpolate(x1: float, f1: float, g1: float, x2: float, f2: float, g2
     return (xmin_bound + xmax_bound) / 2.0
 
 
-def _strong_wolfe(x: torch.Tensor, t: float, d: torch.Tensor, f: float, g: torch.Tensor, gtd: float,
-                  c1: float = 1e-4, c2: float = 0.9, tolerance_change: float = 1e-9, max_ls: int = 25,
-                  ) -> Generator[torch.Tensor, Evaluation, tuple[float, torch.Tensor, float, int]]:
+def _strong_wolfe(
+    x: torch.Tensor,
+    t: float,
+    d: torch.Tensor,
+    f: float,
+    g: torch.Tensor,
+    gtd: float,
+    c1: float = 1e-4,
+    c2: float = 0.9,
+    tolerance_change: float = 1e-9,
+    max_ls: int = 25,
+) -> Generator[torch.Tensor, Evaluation, tuple[float, torch.Tensor, float, int]]:
     """torch.optim.lbfgs._strong_wolfe as a coroutine: yields ``x + t d``, receives ``(f, g)``."""
     d_norm = float(d.abs().max())
     f_new, g_new = yield x + t * d
@@ -209,16 +227,24 @@ def _strong_wolfe(x: torch.Tensor, t: float, d: torch.Tensor, f: float, g: torch
     bracket_gtd: list[float] = []
     while ls_iter < max_ls:
         if f_new > (f + c1 * t * gtd) or (ls_iter > 1 and f_new >= f_prev):
-            bracket, bracket_f, bracket_g, bracket_gtd = [t_prev, t], [f_prev, f_new], [g_prev, g_new], \
-                [gtd_prev, gtd_new]
+            bracket, bracket_f, bracket_g, bracket_gtd = (
+                [t_prev, t],
+                [f_prev, f_new],
+                [g_prev, g_new],
+                [gtd_prev, gtd_new],
+            )
             break
         if abs(gtd_new) <= -c2 * gtd:
             bracket, bracket_f, bracket_g = [t], [f_new], [g_new]
             done = True
             break
         if gtd_new >= 0:
-            bracket, bracket_f, bracket_g, bracket_gtd = [t_prev, t], [f_prev, f_new], [g_prev, g_new], \
-                [gtd_prev, gtd_new]
+            bracket, bracket_f, bracket_g, bracket_gtd = (
+                [t_prev, t],
+                [f_prev, f_new],
+                [g_prev, g_new],
+                [gtd_prev, gtd_new],
+            )
             break
         min_step = t + 0.01 * (t - t_prev)
         max_step = t * 10
@@ -265,9 +291,16 @@ def _strong_wolfe(x: torch.Tensor, t: float, d: torch.Tensor, f: float, g: torch
     return bracket_f[low_pos], bracket_g[low_pos], bracket[low_pos], ls_func_evals
 
 
-def lbfgs_coroutine(x0: torch.Tensor, *, max_iter: int = 20, max_eval: int | None = None, lr: float = 1.0,
-                    tolerance_grad: float = 1e-7, tolerance_change: float = 1e-9, history_size: int = 100,
-                    ) -> Generator[torch.Tensor, Evaluation, torch.Tensor]:
+def lbfgs_coroutine(
+    x0: torch.Tensor,
+    *,
+    max_iter: int = 20,
+    max_eval: int | None = None,
+    lr: float = 1.0,
+    tolerance_grad: float = 1e-7,
+    tolerance_change: float = 1e-9,
+    history_size: int = 100,
+) -> Generator[torch.Tensor, Evaluation, torch.Tensor]:
     """One L-BFGS problem as a coroutine: ``torch.optim.LBFGS(line_search_fn="strong_wolfe").step``.
 
     The same algorithm, defaults and stopping tests as one call of
@@ -324,7 +357,8 @@ def lbfgs_coroutine(x0: torch.Tensor, *, max_iter: int = 20, max_eval: int | Non
         if gtd > -tolerance_change:
             break
         loss, flat_grad, t, ls_func_evals = yield from _strong_wolfe(
-            x, t, d, loss, flat_grad, gtd, max_ls=max_eval - current_evals)
+            x, t, d, loss, flat_grad, gtd, max_ls=max_eval - current_evals
+        )
         x = x + t * d
         opt_cond = float(flat_grad.abs().max()) <= tolerance_grad
         current_evals += ls_func_evals
@@ -337,10 +371,15 @@ def lbfgs_coroutine(x0: torch.Tensor, *, max_iter: int = 20, max_eval: int | Non
     return x
 
 
-def run_lbfgs_batched(x0: torch.Tensor,
-                      evaluate: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-                      *, budget: int | Sequence[int] | None = None, restart: Callable[[int], bool] | None = None,
-                      stop: Callable[[int], bool] | None = None, **lbfgs_kw: Any) -> tuple[torch.Tensor, torch.Tensor]:
+def run_lbfgs_batched(
+    x0: torch.Tensor,
+    evaluate: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    *,
+    budget: int | Sequence[int] | None = None,
+    restart: Callable[[int], bool] | None = None,
+    stop: Callable[[int], bool] | None = None,
+    **lbfgs_kw: Any,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Minimise ``N`` independent problems with one L-BFGS each, evaluating them together.
 
     Args:
@@ -376,8 +415,9 @@ def run_lbfgs_batched(x0: torch.Tensor,
     pending = {i: next(c) for i, c in enumerate(coros) if budgets is None or budgets[i] > 0}
     while pending:
         idx = list(pending)
-        losses, grads = evaluate(torch.tensor(idx, dtype=torch.long, device=x0.device),
-                                 torch.stack([pending[i] for i in idx]))
+        losses, grads = evaluate(
+            torch.tensor(idx, dtype=torch.long, device=x0.device), torch.stack([pending[i] for i in idx])
+        )
         losses_f = losses.detach().cpu().tolist()
         pending_x, pending = pending, {}
         for j, i in enumerate(idx):
@@ -410,12 +450,27 @@ def _device_of(models: Sequence[nn.Module]) -> torch.device:
     return torch.device("cpu")
 
 
-def stadv(models: nn.Module | Sequence[nn.Module], images: torch.Tensor, target: Any = "random", *,
-          labels: torch.Tensor | None = None, generator: torch.Generator | None = None,
-          tau: float = 0.05, kappa: float = 0.0, steps: int = 300, optimizer: str = "lbfgs",
-          neighbourhood: str = "4", eps: float = FLOW_EPS, init: str = "adversarial", history_size: int = 20,
-          restarts: bool = True, patience: int | None = 20, decision_tol: float = 1e-3, lr: float = 0.01,
-          batch_size: int = 256) -> AttackResult:
+def stadv(
+    models: nn.Module | Sequence[nn.Module],
+    images: torch.Tensor,
+    target: Any = "random",
+    *,
+    labels: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    tau: float = 0.05,
+    kappa: float = 0.0,
+    steps: int = 300,
+    optimizer: str = "lbfgs",
+    neighbourhood: str = "4",
+    eps: float = FLOW_EPS,
+    init: str = "adversarial",
+    history_size: int = 20,
+    restarts: bool = True,
+    patience: int | None = 20,
+    decision_tol: float = 1e-3,
+    lr: float = 0.01,
+    batch_size: int = 256,
+) -> AttackResult:
     """stAdv (Xiao et al. 2018): the smoothest per-pixel flow that makes the models say ``target``.
 
     Minimises, separately for every image, ``L_adv + tau * L_flow`` (eq. 2) over a
@@ -515,13 +570,27 @@ def stadv(models: nn.Module | Sequence[nn.Module], images: torch.Tensor, target:
     if neighbourhood not in NEIGHBOURHOODS:
         raise ConfigError(f"neighbourhood must be one of {sorted(NEIGHBOURHOODS)}, got {neighbourhood!r}")
     if tau < 0 or kappa < 0 or eps <= 0 or decision_tol < 0:
-        raise ConfigError(f"stadv needs tau, kappa, decision_tol >= 0 and eps > 0, got tau={tau}, "
-                          f"kappa={kappa}, decision_tol={decision_tol}, eps={eps}")
+        raise ConfigError(
+            f"stadv needs tau, kappa, decision_tol >= 0 and eps > 0, got tau={tau}, "
+            f"kappa={kappa}, decision_tol={decision_tol}, eps={eps}"
+        )
     if steps < 1 or history_size < 1 or batch_size < 1 or lr <= 0 or (patience is not None and patience < 1):
         raise ConfigError("stadv needs steps, history_size, batch_size, patience >= 1 and lr > 0")
-    config = {"tau": tau, "kappa": kappa, "steps": steps, "optimizer": optimizer, "neighbourhood": neighbourhood,
-              "eps": eps, "init": init, "history_size": history_size, "restarts": restarts, "patience": patience,
-              "decision_tol": decision_tol, "lr": lr, "batch_size": batch_size}
+    config = {
+        "tau": tau,
+        "kappa": kappa,
+        "steps": steps,
+        "optimizer": optimizer,
+        "neighbourhood": neighbourhood,
+        "eps": eps,
+        "init": init,
+        "history_size": history_size,
+        "restarts": restarts,
+        "patience": patience,
+        "decision_tol": decision_tol,
+        "lr": lr,
+        "batch_size": batch_size,
+    }
     floor = kappa + 2 * decision_tol  # eq. 3's -kappa, lifted so the optimum lies inside the kept region
     device = _device_of(ms)
     x_all = x_all.detach().to(device)
@@ -532,7 +601,7 @@ def stadv(models: nn.Module | Sequence[nn.Module], images: torch.Tensor, target:
         return torch.stack([m(x) for m in ms]).mean(0)
 
     def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        return torch.cat([fn(x[s:s + batch_size]) for s in range(0, n, batch_size)])
+        return torch.cat([fn(x[s : s + batch_size]) for s in range(0, n, batch_size)])
 
     with torch.no_grad():
         clean_first = batched(ms[0], x_all)
@@ -553,8 +622,13 @@ def stadv(models: nn.Module | Sequence[nn.Module], images: torch.Tensor, target:
     evals = torch.zeros(n, dtype=torch.long)
     improved_at = torch.zeros(n, dtype=torch.long)  # evaluation count at the last real improvement
 
-    def make_evaluate(off: int, x: torch.Tensor, cls: torch.Tensor, tau: float,
-                      margin: Callable[..., torch.Tensor] = adversarial_margin):
+    def make_evaluate(
+        off: int,
+        x: torch.Tensor,
+        cls: torch.Tensor,
+        tau: float,
+        margin: Callable[..., torch.Tensor] = adversarial_margin,
+    ):
         def evaluate(idx: torch.Tensor, flows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             """Per-image loss and gradient at ``flows`` ``(k, 2HW)`` of images ``idx``; records successes."""
             flow = flows.detach().view(-1, 2, h, w).requires_grad_(True)
@@ -566,8 +640,9 @@ def stadv(models: nn.Module | Sequence[nn.Module], images: torch.Tensor, target:
                 loss = l_adv + tau * l_flow
                 (grad,) = torch.autograd.grad(loss.sum(), flow)  # images are independent: row i = dL_i/df_i
             with torch.no_grad():
-                m_mean = adversarial_margin(torch.stack(logits).mean(0), cls[idx], targeted=targeted,
-                                            kappa=math.inf)  # unfloored; < 0: adversarial
+                m_mean = adversarial_margin(
+                    torch.stack(logits).mean(0), cls[idx], targeted=targeted, kappa=math.inf
+                )  # unfloored; < 0: adversarial
                 ok = m_mean < -(kappa + decision_tol)
                 gi = idx + off
                 better = ok & (l_flow < best_loss[gi])
@@ -580,33 +655,45 @@ def stadv(models: nn.Module | Sequence[nn.Module], images: torch.Tensor, target:
                     best_adv[b] = adv.detach()[better]
             evals[gi.cpu()] += 1
             return loss.detach(), grad.reshape(len(idx), -1)
+
         return evaluate
 
     def patient(i: int) -> bool:
-        return (patience is not None and bool(torch.isfinite(best_loss[i]))
-                and int(evals[i] - improved_at[i]) >= patience)
+        return (
+            patience is not None and bool(torch.isfinite(best_loss[i])) and int(evals[i] - improved_at[i]) >= patience
+        )
 
     for s in range(0, n, batch_size):
-        x, cls = x_all[s:s + batch_size], cls_all[s:s + batch_size]
+        x, cls = x_all[s : s + batch_size], cls_all[s : s + batch_size]
         k = x.shape[0]
         start = x.new_zeros(k, 2 * h * w)
         if init == "adversarial":  # L_adv alone (tau = 0) from zero flow, until the image is adversarial
-            start, _ = run_lbfgs_batched(start, make_evaluate(s, x, cls, 0.0, smooth_margin), budget=steps,
-                                         max_iter=steps, history_size=history_size,
-                                         restart=lambda i, s=s: restarts and bool(torch.isinf(best_loss[s + i])),
-                                         stop=lambda i, s=s: bool(torch.isfinite(best_loss[s + i])))
-            improved_at[s:s + k] = evals[s:s + k]
+            start, _ = run_lbfgs_batched(
+                start,
+                make_evaluate(s, x, cls, 0.0, smooth_margin),
+                budget=steps,
+                max_iter=steps,
+                history_size=history_size,
+                restart=lambda i, s=s: restarts and bool(torch.isinf(best_loss[s + i])),
+                stop=lambda i, s=s: bool(torch.isfinite(best_loss[s + i])),
+            )
+            improved_at[s : s + k] = evals[s : s + k]
         evaluate = make_evaluate(s, x, cls, tau)
         if optimizer == "lbfgs":
-            run_lbfgs_batched(start, evaluate, budget=(steps - evals[s:s + k]).tolist(), max_iter=steps,
-                              history_size=history_size,
-                              restart=lambda i, s=s: restarts and bool(torch.isinf(best_loss[s + i])),
-                              stop=lambda i, s=s: patient(s + i))
+            run_lbfgs_batched(
+                start,
+                evaluate,
+                budget=(steps - evals[s : s + k]).tolist(),
+                max_iter=steps,
+                history_size=history_size,
+                restart=lambda i, s=s: restarts and bool(torch.isinf(best_loss[s + i])),
+                stop=lambda i, s=s: patient(s + i),
+            )
         else:
             flow = start.clone().requires_grad_(True)
             opt = torch.optim.Adam([flow], lr=lr)
             idx = torch.arange(k, device=device)
-            for _ in range(max(0, steps - 1 - int(evals[s:s + k].max()))):
+            for _ in range(max(0, steps - 1 - int(evals[s : s + k].max()))):
                 _, g = evaluate(idx, flow.detach())
                 flow.grad = g
                 opt.step()
@@ -628,17 +715,40 @@ def stadv(models: nn.Module | Sequence[nn.Module], images: torch.Tensor, target:
         first_pred = pred if len(ms) == 1 else batched(ms[0], best_adv).argmax(1)
         fl = flow_loss(best_flow, neighbourhood=neighbourhood, eps=eps)
         disp = best_flow.square().sum(1).sqrt().flatten(1)
-    extras = {"flow": best_flow.cpu(), "flow_loss": fl.cpu(), "displacement_mean": disp.mean(1).cpu(),
-              "displacement_max": disp.amax(1).cpu(), "evaluations": evals.to(torch.float32)}
+    extras = {
+        "flow": best_flow.cpu(),
+        "flow_loss": fl.cpu(),
+        "displacement_mean": disp.mean(1).cpu(),
+        "displacement_max": disp.amax(1).cpu(),
+        "evaluations": evals.to(torch.float32),
+    }
     if targeted:
         extras["untargeted_success"] = (pred != y_all).cpu()
     adv_cpu, x_cpu = best_adv.cpu(), x_all.cpu()
     norms = lp_norms(x_cpu, adv_cpu)
-    return AttackResult(attack="stadv", config=config, adversarial=adv_cpu, labels=y_all.cpu(),
-                        target=None if tgt is None else tgt.cpu(), predictions=first_pred.cpu(),
-                        success=success.cpu(), l0=norms["l0"], l2=norms["l2"], linf=norms["linf"],
-                        class_names=class_names, extras=extras)
+    return AttackResult(
+        attack="stadv",
+        config=config,
+        adversarial=adv_cpu,
+        labels=y_all.cpu(),
+        target=None if tgt is None else tgt.cpu(),
+        predictions=first_pred.cpu(),
+        success=success.cpu(),
+        l0=norms["l0"],
+        l2=norms["l2"],
+        linf=norms["linf"],
+        class_names=class_names,
+        extras=extras,
+    )
 
 
-__all__ = ["FLOW_EPS", "NEIGHBOURHOODS", "adversarial_margin", "flow_loss", "flow_warp", "lbfgs_coroutine",
-           "run_lbfgs_batched", "stadv"]
+__all__ = [
+    "FLOW_EPS",
+    "NEIGHBOURHOODS",
+    "adversarial_margin",
+    "flow_loss",
+    "flow_warp",
+    "lbfgs_coroutine",
+    "run_lbfgs_batched",
+    "stadv",
+]

@@ -61,8 +61,6 @@ class _PatchlabGroup(typer.core.TyperGroup):
             _FRAMES.remove(frame)
 
 
-
-
 class _Frame:
     """One command invocation at the boundary: the folders it locked and the records it watches."""
 
@@ -80,8 +78,11 @@ class _Frame:
 
     def settle(self, exc: BaseException) -> None:
         """A failed command leaves no output folder claiming ``running`` (:class:`patchlab.runs.OutputWatch`)."""
-        if type(exc).__name__ == "Exit" and not getattr(exc, "exit_code", 1) or (isinstance(exc, SystemExit)
-                                                                                and not exc.code):
+        if (
+            type(exc).__name__ == "Exit"
+            and not getattr(exc, "exit_code", 1)
+            or (isinstance(exc, SystemExit) and not exc.code)
+        ):
             return  # a command that ended on purpose with success
         try:
             self.watch.settle(exc)
@@ -107,9 +108,15 @@ def _error(message: str):
 #: Commands whose ``--out`` is a folder they write for a while: the boundary locks it
 #: (:class:`patchlab.locks.FolderLock`) as soon as ``--out`` is parsed, so a second
 #: writer is turned away before any work ("... is in use by process N").
-FOLDER_WRITERS = {"optimize": "run folder", "capture run": "capture folder", "eval matrix": "matrix folder",
-                  "world make": "world folder", "world train": "zoo folder", "demo": "demo folder",
-                  "attack": "attack run folder"}
+FOLDER_WRITERS = {
+    "optimize": "run folder",
+    "capture run": "capture folder",
+    "eval matrix": "matrix folder",
+    "world make": "world folder",
+    "world train": "zoo folder",
+    "demo": "demo folder",
+    "attack": "attack run folder",
+}
 
 
 class _Frame:
@@ -129,8 +136,11 @@ class _Frame:
 
     def settle(self, exc: BaseException) -> None:
         """A failed command leaves no output folder claiming ``running`` (:class:`patchlab.runs.OutputWatch`)."""
-        if type(exc).__name__ == "Exit" and not getattr(exc, "exit_code", 1) or (isinstance(exc, SystemExit)
-                                                                                and not exc.code):
+        if (
+            type(exc).__name__ == "Exit"
+            and not getattr(exc, "exit_code", 1)
+            or (isinstance(exc, SystemExit) and not exc.code)
+        ):
             return  # a command that ended on purpose with success
         try:
             self.watch.settle(exc)
@@ -164,9 +174,17 @@ FILE_WRITERS = {
     "print chart": [("--out", _beside(".layout.json"), (".pdf",))],
     "print board": [("--out", _beside(".layout.json"), (".pdf",))],
     "print check": [("--json", _beside(), (".json",))],
-    "simulate capture": [("--out", lambda out, params: [out.with_name(out.stem + s) for s in (
-        ".truth.jsonl", ".sim.json", ".camera.json") + (() if params.get("layout") else (".layout.json",))],
-        VIDEO_SUFFIXES)],
+    "simulate capture": [
+        (
+            "--out",
+            lambda out, params: [
+                out.with_name(out.stem + s)
+                for s in (".truth.jsonl", ".sim.json", ".camera.json")
+                + (() if params.get("layout") else (".layout.json",))
+            ],
+            VIDEO_SUFFIXES,
+        )
+    ],
     "eval physical": [("--json", _beside(), (".json",))],
     "eval transfer": [("--json", _beside(), (".json",))],
     "eval compare": [("--json", _beside(), (".json",))],
@@ -272,7 +290,7 @@ def _checked_callback(param, inner):
 
     def callback(ctx, p, value):
         if not getattr(ctx, "resilient_parsing", False):
-            for v in (value if isinstance(value, (list, tuple)) else [value]):
+            for v in value if isinstance(value, (list, tuple)) else [value]:
                 check(ctx, v)
         return inner(ctx, p, value) if inner is not None else value
 
@@ -354,8 +372,12 @@ app.add_typer(_defend.app, name="defend")
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log progress details."),
-    threads: int = typer.Option(None, "--threads", help="Torch CPU threads (default: $PATCHLAB_THREADS, "
-                                                        "else the cores minus one).", show_default=False),
+    threads: int = typer.Option(
+        None,
+        "--threads",
+        help="Torch CPU threads (default: $PATCHLAB_THREADS, else the cores minus one).",
+        show_default=False,
+    ),
 ) -> None:
     import logging
 
@@ -367,7 +389,9 @@ def _root(
         raise typer.BadParameter("--threads must be >= 1")
     torch.set_num_threads(threads or default_threads())
 
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 def main() -> None:

@@ -18,8 +18,16 @@ DEVICE_HELP = "auto (CUDA if available), cpu, cuda or cuda:N."
 def task_progress() -> Iterator[Callable[[str, int], Callable[[int], None]]]:
     """One rich display on stderr for several tasks; yields ``start(description, total) -> advance(n)``
     (the progress factory the world and zoo builders take)."""
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn(), TimeRemainingColumn(), console=err_console, transient=False) as prog:
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        transient=False,
+    ) as prog:
+
         def start(description: str, total: int) -> Callable[[int], None]:
             task = prog.add_task(description, total=total)
             return lambda n=1: prog.advance(task, n)

@@ -27,8 +27,11 @@ _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
 def hyperparameters(fn: Callable[..., Any]) -> dict[str, inspect.Parameter]:
     """The keyword-only hyperparameters of an attack function (its signature, less the reserved ones)."""
-    return {n: p for n, p in inspect.signature(fn).parameters.items()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in RESERVED}
+    return {
+        n: p
+        for n, p in inspect.signature(fn).parameters.items()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in RESERVED
+    }
 
 
 def parse_value(name: str, text: str, param: inspect.Parameter) -> Any:
@@ -78,8 +81,9 @@ def attack_kwargs(name: str, fn: Callable[..., Any], named: dict[str, Any], sets
         if value is None:
             continue
         if key not in params:
-            raise ConfigError(f"attack {name!r} takes no {NAMED[key]} (its hyperparameters: {takes}; "
-                              "set them with --set KEY=VALUE)")
+            raise ConfigError(
+                f"attack {name!r} takes no {NAMED[key]} (its hyperparameters: {takes}; set them with --set KEY=VALUE)"
+            )
         kw[key] = value
     for key, text in parse_kv(sets).items():
         if key not in params:
@@ -117,44 +121,81 @@ def _split(values: Optional[list[str]]) -> list[str]:
 
 def attack_cmd(
     ctx: typer.Context,
-    name: Annotated[str, typer.Argument(help="The attack: a name of patchlab.attacks.ATTACKS (fgsm, bim, pgd, "
-                                             "regional, fgvm, ...; an unknown name lists them).",
-                                        show_default=False)],
-    model: Annotated[list[str], typer.Option("--model", help="Source model (card, timm:NAME, ...); repeat for an "
-                                                             "ensemble (its losses are averaged).")],
+    name: Annotated[
+        str,
+        typer.Argument(
+            help="The attack: a name of patchlab.attacks.ATTACKS (fgsm, bim, pgd, "
+            "regional, fgvm, ...; an unknown name lists them).",
+            show_default=False,
+        ),
+    ],
+    model: Annotated[
+        list[str],
+        typer.Option(
+            "--model", help="Source model (card, timm:NAME, ...); repeat for an ensemble (its losses are averaged)."
+        ),
+    ],
     data: Annotated[Path, typer.Option(help="Labelled ImageFolder tree of held-out images (e.g. the test split).")],
     out: Annotated[Path, typer.Option(help="Run folder: attack.json, adversarial/*.png, grid.png.")],
-    target: Annotated[str, typer.Option(help="Target class (name or index), 'random' (a random other class per "
-                                             "image) or 'none' (untargeted).")] = "none",
-    eps: Annotated[Optional[float], typer.Option(help="Budget (default: the attack's, e.g. 8/255 Linf, 1.0 L2).",
-                                                 show_default=False)] = None,
-    alpha: Annotated[Optional[float], typer.Option(help="Step size (default: the attack's, e.g. 2/255 Linf).",
-                                                   show_default=False)] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Iterations (default: the attack's).",
-                                                 show_default=False)] = None,
+    target: Annotated[
+        str,
+        typer.Option(
+            help="Target class (name or index), 'random' (a random other class per image) or 'none' (untargeted)."
+        ),
+    ] = "none",
+    eps: Annotated[
+        Optional[float],
+        typer.Option(help="Budget (default: the attack's, e.g. 8/255 Linf, 1.0 L2).", show_default=False),
+    ] = None,
+    alpha: Annotated[
+        Optional[float], typer.Option(help="Step size (default: the attack's, e.g. 2/255 Linf).", show_default=False)
+    ] = None,
+    steps: Annotated[
+        Optional[int], typer.Option(help="Iterations (default: the attack's).", show_default=False)
+    ] = None,
     norm: Annotated[Optional[str], typer.Option(help="linf or l2 (default: the attack's).", show_default=False)] = None,
-    mask: Annotated[Optional[str], typer.Option(help="Region: center:F, frame:F, random:F (F a fraction or N%), "
-                                                     "center:Npx, frame:Npx, KIND:s|m|l (paper sizes), file:PATH.",
-                                                show_default=False)] = None,
-    transfer: Annotated[Optional[list[str]], typer.Option("--transfer", help="Models the adversarials are judged on "
-                                                                              "(repeat, or comma-separated).")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any other hyperparameter of the attack, "
-                                                                    "KEY=VALUE (repeat), e.g. --set random_start=false.")] = None,
-    n: Annotated[int, typer.Option("--n", help="Images to attack: a seeded selection of the ones the source "
-                                               "classifies correctly.")] = 100,
+    mask: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Region: center:F, frame:F, random:F (F a fraction or N%), "
+            "center:Npx, frame:Npx, KIND:s|m|l (paper sizes), file:PATH.",
+            show_default=False,
+        ),
+    ] = None,
+    transfer: Annotated[
+        Optional[list[str]],
+        typer.Option("--transfer", help="Models the adversarials are judged on (repeat, or comma-separated)."),
+    ] = None,
+    set_: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--set", help="Any other hyperparameter of the attack, KEY=VALUE (repeat), e.g. --set random_start=false."
+        ),
+    ] = None,
+    n: Annotated[
+        int,
+        typer.Option("--n", help="Images to attack: a seeded selection of the ones the source classifies correctly."),
+    ] = 100,
     seed: Annotated[int, typer.Option(help="Seed of the selection, random starts, random targets and masks.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per attack batch.")] = 128,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the summary and transfer table "
-                                                                     "here.")] = None,
+    json_path: Annotated[
+        Optional[Path], typer.Option("--json", help="Also write the summary and transfer table here.")
+    ] = None,
 ) -> None:
     """Attack held-out images: success rate (Wilson 95% CI), L0/L2/Linf, transfer table, run folder with PNGs and a
     picture grid."""
     import torch
 
     from ..attacks import ATTACKS
-    from ..attacks.record import (concat_results, quantized_success, select_correct, summarize, transfer_table,
-                                  write_attack_run)
+    from ..attacks.record import (
+        concat_results,
+        quantized_success,
+        select_correct,
+        summarize,
+        transfer_table,
+        write_attack_run,
+    )
     from ..data import class_index, load_folder, match_labels
     from ..errors import ConfigError
     from ..models import load_model
@@ -193,15 +234,19 @@ def attack_cmd(
         sel = select_correct(images.images, labels, sources, n=n, seed=seed, exclude_class=fixed, progress=adv)
     if not sel.indices:
         raise ConfigError(f"the source model classifies none of the {sel.scanned} images of {data} correctly")
-    err_console.print(f"attacking {len(sel.indices)} images that the source classifies correctly "
-                      f"({sel.correct} correct of {sel.scanned} scanned in a seeded order, seed {seed})"
-                      + ("" if fixed is None else f", leaving out the target class {sources[0].labels[fixed]!r}")
-                      + ("" if len(sel.indices) == n else f"; fewer than --n {n}"), highlight=False)
+    err_console.print(
+        f"attacking {len(sel.indices)} images that the source classifies correctly "
+        f"({sel.correct} correct of {sel.scanned} scanned in a seeded order, seed {seed})"
+        + ("" if fixed is None else f", leaving out the target class {sources[0].labels[fixed]!r}")
+        + ("" if len(sel.indices) == n else f"; fewer than --n {n}"),
+        highlight=False,
+    )
 
     x_all = images.float(torch.tensor(sel.indices))
     gen = torch.Generator().manual_seed(seed)
-    target_arg: Any = None if target.strip().lower() == "none" else (int(target) if target.strip().isdigit()
-                                                                      else target.strip())
+    target_arg: Any = (
+        None if target.strip().lower() == "none" else (int(target) if target.strip().isdigit() else target.strip())
+    )
     n_steps = int(kw.get("steps", params["steps"].default if "steps" in params else 1) or 1)
     batches = range(0, x_all.shape[0], batch_size)
     parts = []
@@ -213,25 +258,56 @@ def attack_cmd(
                 extra["progress"] = step
             if wants_stop:
                 extra["stop_models"] = judged
-            parts.append(fn(sources if len(sources) > 1 else sources[0], x_all[s:s + batch_size].to(dev), target_arg,
-                            labels=sel.labels[s:s + batch_size].to(dev), generator=gen, **kw, **extra))
+            parts.append(
+                fn(
+                    sources if len(sources) > 1 else sources[0],
+                    x_all[s : s + batch_size].to(dev),
+                    target_arg,
+                    labels=sel.labels[s : s + batch_size].to(dev),
+                    generator=gen,
+                    **kw,
+                    **extra,
+                )
+            )
     seconds = time.perf_counter() - t0
     res = concat_results(parts)
     rows = transfer_table(res, x_all, judged) if judged else []
     sp = quantized_success(res, sources)
-    record = {"target": target, "seed": seed, "command": command_line(ctx),
-              "sources": [m.info.to_dict() for m in sources], "transfer_models": [m.info.to_dict() for m in judged],
-              "data": {"root": str(data), "classes": images.classes, "n_images": len(images),
-                       "image_size": list(x_all.shape[-2:]), "selection": sel.to_dict()},
-              "given": kw, "device": str(dev), "versions": versions(), "seconds": seconds}
-    paths = write_attack_run(out, res, x_all, paths=[images.paths[i] for i in sel.indices], record=record,
-                             transfer=rows, success_png=sp)
+    record = {
+        "target": target,
+        "seed": seed,
+        "command": command_line(ctx),
+        "sources": [m.info.to_dict() for m in sources],
+        "transfer_models": [m.info.to_dict() for m in judged],
+        "data": {
+            "root": str(data),
+            "classes": images.classes,
+            "n_images": len(images),
+            "image_size": list(x_all.shape[-2:]),
+            "selection": sel.to_dict(),
+        },
+        "given": kw,
+        "device": str(dev),
+        "versions": versions(),
+        "seconds": seconds,
+    }
+    paths = write_attack_run(
+        out, res, x_all, paths=[images.paths[i] for i in sel.indices], record=record, transfer=rows, success_png=sp
+    )
     summary = summarize(res)
     _print(key, [m.name for m in sources], res, summary, rows, float(sp.float().mean()))
     if json_path is not None:
-        atomic_write_json(json_path, {"attack": key, "config": res.config, "summary": summary,
-                                      "success_png_rate": float(sp.float().mean()),
-                                      "transfer": [r.to_dict() for r in rows], "run": str(out)})
+        atomic_write_json(
+            json_path,
+            {
+                "attack": key,
+                "config": res.config,
+                "summary": summary,
+                "success_png_rate": float(sp.float().mean()),
+                "transfer": [r.to_dict() for r in rows],
+                "run": str(out),
+            },
+        )
         console.print(f"wrote {json_path}")
     console.print(f"wrote {paths['json']}, {paths['grid']} and {res.n} PNGs in {paths['images']}")
 
@@ -243,24 +319,65 @@ def _pm(d: dict[str, float], digits: int = 3) -> str:
 def _print(key: str, model: list[str], res, summary: dict[str, Any], rows, png_rate: float) -> None:
     src = "+".join(model)
     lo, hi = summary["success_ci95"]
-    t = Table("attack", "source", "n", "success", "95% CI", "L0", "L2", "Linf",
-              title=f"{key} {'targeted' if res.target is not None else 'untargeted'}: "
-                    + ", ".join(f"{k}={v}" for k, v in res.config.items()))
-    t.add_row(key, src, str(res.n), f"{summary['success_rate']:.1%}", f"{lo:.1%}-{hi:.1%}", _pm(summary["l0"]),
-              _pm(summary["l2"]), _pm(summary["linf"], 4))
+    t = Table(
+        "attack",
+        "source",
+        "n",
+        "success",
+        "95% CI",
+        "L0",
+        "L2",
+        "Linf",
+        title=f"{key} {'targeted' if res.target is not None else 'untargeted'}: "
+        + ", ".join(f"{k}={v}" for k, v in res.config.items()),
+    )
+    t.add_row(
+        key,
+        src,
+        str(res.n),
+        f"{summary['success_rate']:.1%}",
+        f"{lo:.1%}-{hi:.1%}",
+        _pm(summary["l0"]),
+        _pm(summary["l2"]),
+        _pm(summary["linf"], 4),
+    )
     console.print(t)
     console.print(f"success after saving as 8-bit PNG: {png_rate:.1%}", highlight=False)
     for k, v in summary["extras"].items():
         console.print(f"mean {k}: {v:.4g}", highlight=False)
     if rows:
-        tt = Table("source", "target model", "clean acc", "untargeted transfer", "n", "targeted transfer", "n",
-                   "error (all)", title="transfer (Ozbulak et al.: of the images fooling the source)")
-        tt.add_row(src, src + " (white box)", "100.0%", f"{summary['success_rate']:.1%}", str(res.n),
-                   "" if res.target is None else f"{summary['success_rate']:.1%}", "", "")
+        tt = Table(
+            "source",
+            "target model",
+            "clean acc",
+            "untargeted transfer",
+            "n",
+            "targeted transfer",
+            "n",
+            "error (all)",
+            title="transfer (Ozbulak et al.: of the images fooling the source)",
+        )
+        tt.add_row(
+            src,
+            src + " (white box)",
+            "100.0%",
+            f"{summary['success_rate']:.1%}",
+            str(res.n),
+            "" if res.target is None else f"{summary['success_rate']:.1%}",
+            "",
+            "",
+        )
         for r in rows:
-            tt.add_row(src, r.model, f"{r.clean_accuracy:.1%}", f"{r.untargeted:.1%}", str(r.untargeted_n),
-                       "-" if r.targeted is None else f"{r.targeted:.1%}", str(r.targeted_n) if r.targeted is not None
-                       else "", f"{r.error:.1%}")
+            tt.add_row(
+                src,
+                r.model,
+                f"{r.clean_accuracy:.1%}",
+                f"{r.untargeted:.1%}",
+                str(r.untargeted_n),
+                "-" if r.targeted is None else f"{r.targeted:.1%}",
+                str(r.targeted_n) if r.targeted is not None else "",
+                f"{r.error:.1%}",
+            )
         console.print(tt)
 
 

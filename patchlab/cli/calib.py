@@ -9,8 +9,11 @@ import typer
 
 from ._common import console, progress_bar
 
-app = typer.Typer(help="Measure the world: camera intrinsics from a ChArUco board, printer-to-camera colour "
-                       "from a photographed chart.", no_args_is_help=True)
+app = typer.Typer(
+    help="Measure the world: camera intrinsics from a ChArUco board, printer-to-camera colour "
+    "from a photographed chart.",
+    no_args_is_help=True,
+)
 
 #: Libraries whose versions a calibration records.
 CALIB_VERSION_MODULES = ("cv2", "numpy", "torch")
@@ -53,14 +56,20 @@ def camera_cmd(
     total, frames = iter_image_dir(images) if images is not None else iter_video(video, max_frames=max_frames)
     with progress_bar("finding the board", total) as adv:
         cal = calibrate_camera(frames, layout, min_views=min_views, min_corners=min_corners, progress=adv)
-    record = {"format": "patchlab.camera/1", **cal.to_dict(), "board": str(board),
-              "source": str(images if images is not None else video),
-              "created": now_iso(),
-              "versions": versions(CALIB_VERSION_MODULES)}
+    record = {
+        "format": "patchlab.camera/1",
+        **cal.to_dict(),
+        "board": str(board),
+        "source": str(images if images is not None else video),
+        "created": now_iso(),
+        "versions": versions(CALIB_VERSION_MODULES),
+    }
     atomic_write_json(out, record)
     console.print(f"{cal.views_used} of {cal.views_total} views used; RMS reprojection error {cal.rms_px:.3f} px")
-    console.print(f"fx {cal.fx:.1f}  fy {cal.fy:.1f}  cx {cal.cx:.1f}  cy {cal.cy:.1f}  "
-                  f"(image {cal.image_size[0]}x{cal.image_size[1]}, FOV {cal.fov_deg[0]:.1f} x {cal.fov_deg[1]:.1f} deg)")
+    console.print(
+        f"fx {cal.fx:.1f}  fy {cal.fy:.1f}  cx {cal.cx:.1f}  cy {cal.cy:.1f}  "
+        f"(image {cal.image_size[0]}x{cal.image_size[1]}, FOV {cal.fov_deg[0]:.1f} x {cal.fov_deg[1]:.1f} deg)"
+    )
     if cal.dropped_outliers:
         console.print(f"dropped outlier views: {', '.join(cal.dropped_outliers)}")
     console.print(f"wrote {out}")
@@ -69,16 +78,21 @@ def camera_cmd(
 @app.command("color")
 def color_cmd(
     photo: Annotated[Path, typer.Option("--photo", help="Photo of the printed chart (whole chart in view).")],
-    chart: Annotated[Path, typer.Option("--chart", help="The chart's layout JSON (chart sheet, or a patch sheet "
-                                                        "printed with --chart).")],
+    chart: Annotated[
+        Path,
+        typer.Option("--chart", help="The chart's layout JSON (chart sheet, or a patch sheet printed with --chart)."),
+    ],
     out: Annotated[Path, typer.Option("--out", help="color.json to write (transform, scores, palette).")],
-    palette: Annotated[Optional[Path], typer.Option(help="Palette file to write (default: beside --out, "
-                                                         "X.palette.txt; lines 'r g b', 0-255).")] = None,
+    palette: Annotated[
+        Optional[Path],
+        typer.Option(help="Palette file to write (default: beside --out, X.palette.txt; lines 'r g b', 0-255)."),
+    ] = None,
     holdout: Annotated[float, typer.Option(help="Fraction of swatches held out to score the fit.")] = 0.25,
     seed: Annotated[int, typer.Option(help="Seed of the held-out split.")] = 0,
     knots: Annotated[int, typer.Option(help="Tone-curve segments per channel.")] = 8,
-    flat_field: Annotated[bool, typer.Option("--flat-field/--no-flat-field",
-                                             help="Correct uneven light with the paper between swatches.")] = True,
+    flat_field: Annotated[
+        bool, typer.Option("--flat-field/--no-flat-field", help="Correct uneven light with the paper between swatches.")
+    ] = True,
     overwrite: Annotated[bool, typer.Option(help=OVERWRITE_HELP)] = False,
 ) -> None:
     """Fit the printer-to-camera colour transform and write the printable palette."""
@@ -103,19 +117,35 @@ def color_cmd(
     bgr = cv2.imread(str(photo), cv2.IMREAD_COLOR)
     if bgr is None:
         raise DataError(f"cannot read image {photo}")
-    cal = calibrate_color(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), layout, holdout=holdout, seed=seed, knots=knots,
-                          flat_field=flat_field, source=str(photo))
+    cal = calibrate_color(
+        cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB),
+        layout,
+        holdout=holdout,
+        seed=seed,
+        knots=knots,
+        flat_field=flat_field,
+        source=str(photo),
+    )
     record = cal.to_dict()
-    record.update(palette_file=str(pal_path), photo=str(photo), layout=str(chart),
-                  created=now_iso(), versions=versions(CALIB_VERSION_MODULES))
+    record.update(
+        palette_file=str(pal_path),
+        photo=str(photo),
+        layout=str(chart),
+        created=now_iso(),
+        versions=versions(CALIB_VERSION_MODULES),
+    )
     text = palette_text(cal.palette, [f"from {photo} and {chart}: {len(cal.palette)} swatches"])
     atomic_write_text(pal_path, text)
     atomic_write_json(out, record)
     b, a = cal.heldout_before, cal.heldout_after
-    console.print(f"chart found: markers {cal.reading.markers_found}, {len(cal.reading.names)} swatches "
-                  f"({cal.train.size} fit, {cal.test.size} held out), flat field "
-                  + ("on" if cal.reading.flat_field.get("used") else "off"))
-    console.print(f"held-out CIEDE2000  no calibration: mean {b['mean']:.2f}, max {b['max']:.2f}   "
-                  f"calibrated: mean {a['mean']:.2f}, max {a['max']:.2f}   ({cal.improvement:.1f}x better)")
+    console.print(
+        f"chart found: markers {cal.reading.markers_found}, {len(cal.reading.names)} swatches "
+        f"({cal.train.size} fit, {cal.test.size} held out), flat field "
+        + ("on" if cal.reading.flat_field.get("used") else "off")
+    )
+    console.print(
+        f"held-out CIEDE2000  no calibration: mean {b['mean']:.2f}, max {b['max']:.2f}   "
+        f"calibrated: mean {a['mean']:.2f}, max {a['max']:.2f}   ({cal.improvement:.1f}x better)"
+    )
     console.print(f"wrote {out}")
     console.print(f"wrote {pal_path}")

@@ -26,8 +26,12 @@ def demo_cmd(
     source: Annotated[str, typer.Option(help="Source model of the zoo (lenet, resnet, vit).")] = "resnet",
     steps: Annotated[int, typer.Option(help="Optimisation steps per patch.")] = 300,
     frames: Annotated[int, typer.Option(help="Frames of the simulated video.")] = 300,
-    quick: Annotated[bool, typer.Option("--quick", help="A smoke test: small world, short training, runs and film "
-                                                        "(its figures are not the demo's).")] = False,
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick", help="A smoke test: small world, short training, runs and film (its figures are not the demo's)."
+        ),
+    ] = False,
 ) -> None:
     """Run the whole mission on the embedded sign world: optimise, print, film, score, report."""
     from ..utils import resolve_device
@@ -42,8 +46,10 @@ def demo_cmd(
         console.print(f"[dim]$ {cmd}[/]", highlight=False, soft_wrap=True)
 
     def on_stage(name: str, skipped: bool) -> None:
-        console.rule(f"[bold]{name}[/]" + (": finished before, skipped" if skipped else ""),
-                     style="dim" if skipped else "rule.line")
+        console.rule(
+            f"[bold]{name}[/]" + (": finished before, skipped" if skipped else ""),
+            style="dim" if skipped else "rule.line",
+        )
 
     t0 = time.perf_counter()
     try:
@@ -53,8 +59,9 @@ def demo_cmd(
                 err_console.print(f"[yellow]{w}[/]")
             outcomes = pipe.run()
     except KeyboardInterrupt:
-        err_console.print(f"[yellow]interrupted[/]: run `patchlab demo --out {out}` again to resume from the "
-                          "finished stages")
+        err_console.print(
+            f"[yellow]interrupted[/]: run `patchlab demo --out {out}` again to resume from the finished stages"
+        )
         raise typer.Exit(130) from None
     table = Table("stage", "status", "seconds", "result", title=f"patchlab demo in {time.perf_counter() - t0:.0f} s")
     for o in outcomes:

@@ -10,8 +10,9 @@ from rich.table import Table
 
 from ._common import DEVICE_HELP, console, err_console, progress_bar
 
-MODELS_HELP = ("Judged models (cards, timm:NAME, ...): --models A B C, or --models repeated; shell globs of card "
-               "paths work.")
+MODELS_HELP = (
+    "Judged models (cards, timm:NAME, ...): --models A B C, or --models repeated; shell globs of card paths work."
+)
 
 
 def split_runs_and_models(args: list[str], models: list[str] | None, *, want_runs: bool) -> tuple[list[str], list[str]]:
@@ -42,9 +43,11 @@ def split_runs_and_models(args: list[str], models: list[str] | None, *, want_run
 
 # --- defences (issue 14): the same defence in front of every judged model, for patched and
 # clean images alike; named in the model names ("resnet20+lgs") and in the result's eot record.
-DEFENSE_HELP = ("Input defence in front of every judged model, for patched and clean images alike: none, "
-                "blur[:SIGMA], median[:K], jpeg[:Q], bitdepth[:BITS], lgs[:window=15,overlap=5,threshold=0.1,"
-                "smoothing=2.3] (see `patchlab defend list`).")
+DEFENSE_HELP = (
+    "Input defence in front of every judged model, for patched and clean images alike: none, "
+    "blur[:SIGMA], median[:K], jpeg[:Q], bitdepth[:BITS], lgs[:window=15,overlap=5,threshold=0.1,"
+    "smoothing=2.3] (see `patchlab defend list`)."
+)
 
 
 def _defended(models: list, spec: str) -> list:
@@ -83,24 +86,38 @@ def _name_defense_matrix(res, judged: list, spec: str):
         srcs = list(r.sources) + [n for n, b in names.items() if b in r.sources and n not in r.sources]
         wb = [v for n, v in r.tsuc.items() if n in srcs]
         others = [v for n, v in r.tsuc.items() if n not in srcs]
-        rows.append(replace(r, sources=srcs, white_box=float(np.mean(wb)) if wb else None,
-                            mean_transfer=float(np.mean(others)) if others else None,
-                            min_transfer=float(np.min(others)) if others else None,
-                            max_transfer=float(np.max(others)) if others else None))
+        rows.append(
+            replace(
+                r,
+                sources=srcs,
+                white_box=float(np.mean(wb)) if wb else None,
+                mean_transfer=float(np.mean(others)) if others else None,
+                min_transfer=float(np.min(others)) if others else None,
+                max_transfer=float(np.max(others)) if others else None,
+            )
+        )
     return replace(res, rows=rows, eot={**res.eot, "defense": d.full_spec})
 
 
 def _table(title: str, result) -> Table:
     t = Table("model", "tSuc", "95% CI", "clean acc", "untargeted err", "n", "", title=title)
     for m in result.models:
-        t.add_row(m.name, f"{m.tsuc:.1%}", f"{m.ci95[0]:.1%}-{m.ci95[1]:.1%}", f"{m.clean_accuracy:.1%}",
-                  f"{m.untargeted_error:.1%}", str(m.n), "source" if m.is_source else "")
+        t.add_row(
+            m.name,
+            f"{m.tsuc:.1%}",
+            f"{m.ci95[0]:.1%}-{m.ci95[1]:.1%}",
+            f"{m.clean_accuracy:.1%}",
+            f"{m.untargeted_error:.1%}",
+            str(m.n),
+            "source" if m.is_source else "",
+        )
     return t
 
 
 def transfer_cmd(
-    args: Annotated[Optional[list[str]], typer.Argument(help="RUN_DIR (an optimiser run folder).",
-                                                        show_default=False)] = None,
+    args: Annotated[
+        Optional[list[str]], typer.Argument(help="RUN_DIR (an optimiser run folder).", show_default=False)
+    ] = None,
     models: Annotated[Optional[list[str]], typer.Option("--models", help=MODELS_HELP)] = None,
     patch: Annotated[Optional[Path], typer.Option(help="Judge an outside patch image instead of a run.")] = None,
     data: Annotated[Optional[Path], typer.Option(help="With --patch: labelled ImageFolder tree.")] = None,
@@ -108,10 +125,13 @@ def transfer_cmd(
     patch_frac: Annotated[float, typer.Option(help="With --patch: patch area fraction.")] = 0.1,
     shape: Annotated[str, typer.Option(help="With --patch: square or circle.")] = "square",
     limit_per_class: Annotated[Optional[int], typer.Option(help="With --patch: at most N images per class.")] = None,
-    frame_markers: Annotated[bool, typer.Option("--frame-markers", help="With --patch: paste it with its printed "
-                                                                        "marker frame.")] = False,
+    frame_markers: Annotated[
+        bool, typer.Option("--frame-markers", help="With --patch: paste it with its printed marker frame.")
+    ] = False,
     placement: Annotated[Optional[str], typer.Option(help="side, random or center (default: the run's).")] = None,
-    eot: Annotated[str, typer.Option(help="EOT at judging time: none (digital paste), digital, physical or TOML.")] = "none",
+    eot: Annotated[
+        str, typer.Option(help="EOT at judging time: none (digital paste), digital, physical or TOML.")
+    ] = "none",
     defense: Annotated[str, typer.Option("--defense", help=DEFENSE_HELP)] = "none",
     seed: Annotated[int, typer.Option(help="Seed of the placements (the same for every model).")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
@@ -145,8 +165,17 @@ def transfer_cmd(
 
         n = len(read_run(run).get("split", {}).get("holdout", []))
         with progress_bar("patched images", n) as adv:
-            res = evaluate_run(run, judged, placement=placement, eot=eot_cfg, eot_name=eot, seed=seed,
-                               batch_size=batch_size, device=dev, progress=adv)
+            res = evaluate_run(
+                run,
+                judged,
+                placement=placement,
+                eot=eot_cfg,
+                eot_name=eot,
+                seed=seed,
+                batch_size=batch_size,
+                device=dev,
+                progress=adv,
+            )
         res = _name_defense(res, judged, defense)
         atomic_write_json(run / TRANSFER_JSON, res.to_dict())
         console.print(_table(f"{res.run_id}: patch -> {res.target_class!r}", res))
@@ -157,11 +186,30 @@ def transfer_cmd(
         p = read_image(patch)
         images = load_folder(data, limit_per_class=limit_per_class)
         with progress_bar("patched images", len(images)) as adv:
-            ms = evaluate_patch(p, images, target, judged, frac=patch_frac, shape=shape, placement=placement or "side",
-                                eot=eot_cfg, seed=seed, frame=frame_markers, batch_size=batch_size, device=dev,
-                                progress=adv)
-        res = TransferResult(run_id=Path(patch).stem, target_class=target, placement=placement or "side",
-                             eot={"name": eot, **eot_cfg.to_dict()}, seed=seed, n_images=len(images), models=ms)
+            ms = evaluate_patch(
+                p,
+                images,
+                target,
+                judged,
+                frac=patch_frac,
+                shape=shape,
+                placement=placement or "side",
+                eot=eot_cfg,
+                seed=seed,
+                frame=frame_markers,
+                batch_size=batch_size,
+                device=dev,
+                progress=adv,
+            )
+        res = TransferResult(
+            run_id=Path(patch).stem,
+            target_class=target,
+            placement=placement or "side",
+            eot={"name": eot, **eot_cfg.to_dict()},
+            seed=seed,
+            n_images=len(images),
+            models=ms,
+        )
         res = _name_defense(res, judged, defense)
         console.print(_table(f"{patch}: patch -> {target!r}", res))
     if json_path is not None:
@@ -195,8 +243,17 @@ def matrix_cmd(
     judged = _defended([load_model(r, device=dev) for r in refs], defense)
     total = sum(len(read_run(r).get("split", {}).get("holdout", [])) for r in runs)
     with progress_bar(f"{len(runs)} patches x {len(judged)} models", total) as adv:
-        res = transfer_matrix(runs, judged, placement=placement, eot=load_eot(eot), eot_name=eot, seed=seed,
-                              batch_size=batch_size, device=dev, progress=adv)
+        res = transfer_matrix(
+            runs,
+            judged,
+            placement=placement,
+            eot=load_eot(eot),
+            eot_name=eot,
+            seed=seed,
+            batch_size=batch_size,
+            device=dev,
+            progress=adv,
+        )
     res = _name_defense_matrix(res, judged, defense)
     paths = res.write(out)
     console.print(res.to_markdown(), markup=False, highlight=False)
@@ -206,11 +263,17 @@ def matrix_cmd(
 
 
 def compare_cmd(
-    args: Annotated[list[str], typer.Argument(help="RUN_A RUN_B (two run folders made with the same --seed on "
-                                                   "the same data).", show_default=False)],
+    args: Annotated[
+        list[str],
+        typer.Argument(
+            help="RUN_A RUN_B (two run folders made with the same --seed on the same data).", show_default=False
+        ),
+    ],
     models: Annotated[Optional[list[str]], typer.Option("--models", help=MODELS_HELP)] = None,
-    also: Annotated[Optional[list[str]], typer.Option("--also", help="Another pair A2:B2 pooled in (e.g. the "
-                                                                     "same two losses at another seed); repeat.")] = None,
+    also: Annotated[
+        Optional[list[str]],
+        typer.Option("--also", help="Another pair A2:B2 pooled in (e.g. the same two losses at another seed); repeat."),
+    ] = None,
     placement: Annotated[Optional[str], typer.Option(help="side, random or center (default: the runs').")] = None,
     eot: Annotated[str, typer.Option(help="EOT at judging time (default none: digital paste).")] = "none",
     defense: Annotated[str, typer.Option("--defense", help=DEFENSE_HELP)] = "none",
@@ -241,21 +304,54 @@ def compare_cmd(
     judged = _defended([load_model(r, device=dev) for r in refs], defense)
     total = sum(2 * len(load_run(a).holdout) for a, _ in pairs)
     with progress_bar(f"{len(pairs)} pair(s) x {len(judged)} models", total) as adv:
-        res = compare_runs([a for a, _ in pairs], [b for _, b in pairs], judged, placement=placement,
-                           eot=load_eot(eot), seed=seed, batch_size=batch_size, device=dev, progress=adv)
-    t = Table("model", "A tSuc", "B tSuc", "A - B", "95% CI (paired bootstrap)", "only A", "only B", "McNemar p",
-              "n", "", title=f"A = {', '.join(res.runs_a)}\nB = {', '.join(res.runs_b)}")
+        res = compare_runs(
+            [a for a, _ in pairs],
+            [b for _, b in pairs],
+            judged,
+            placement=placement,
+            eot=load_eot(eot),
+            seed=seed,
+            batch_size=batch_size,
+            device=dev,
+            progress=adv,
+        )
+    t = Table(
+        "model",
+        "A tSuc",
+        "B tSuc",
+        "A - B",
+        "95% CI (paired bootstrap)",
+        "only A",
+        "only B",
+        "McNemar p",
+        "n",
+        "",
+        title=f"A = {', '.join(res.runs_a)}\nB = {', '.join(res.runs_b)}",
+    )
     rows = list(res.models) + ([res.mean_transfer] if res.mean_transfer else [])
     for m in rows:
-        t.add_row(m.name, f"{m.a:.1%}", f"{m.b:.1%}", f"{m.diff:+.1%}", f"{m.ci95[0]:+.1%} .. {m.ci95[1]:+.1%}",
-                  "" if m.a_only is None else str(m.a_only), "" if m.b_only is None else str(m.b_only),
-                  "" if m.p_mcnemar is None else f"{m.p_mcnemar:.3g}", str(m.n),
-                  "source" if m.is_source else ("*" if m.significant else ""))
+        t.add_row(
+            m.name,
+            f"{m.a:.1%}",
+            f"{m.b:.1%}",
+            f"{m.diff:+.1%}",
+            f"{m.ci95[0]:+.1%} .. {m.ci95[1]:+.1%}",
+            "" if m.a_only is None else str(m.a_only),
+            "" if m.b_only is None else str(m.b_only),
+            "" if m.p_mcnemar is None else f"{m.p_mcnemar:.3g}",
+            str(m.n),
+            "source" if m.is_source else ("*" if m.significant else ""),
+        )
     console.print(t)
     if res.mean_transfer:
         mt = res.mean_transfer
-        verdict = ("A transfers better" if mt.ci95[0] > 0 else "B transfers better" if mt.ci95[1] < 0
-                   else "no difference shown")
+        verdict = (
+            "A transfers better"
+            if mt.ci95[0] > 0
+            else "B transfers better"
+            if mt.ci95[1] < 0
+            else "no difference shown"
+        )
         console.print(f"mean transfer A - B: {mt.diff:+.1%} (95% CI {mt.ci95[0]:+.1%} .. {mt.ci95[1]:+.1%}): {verdict}")
     if json_path is not None:
         atomic_write_json(json_path, res.to_dict())

@@ -22,30 +22,64 @@ def physical_tables(res) -> list[Table]:
     out = []
     ps = res.pose_sources or {}
     policy = f"; lost frames with --crop roi: {res.on_lost}" if res.on_lost else ""
-    t = Table("model", "tSuc [95% CI]", "n", "tSuc with pose", "tSuc detected", "mean p(target)", "accuracy",
-              "untargeted err",
-              title=f"{res.capture_dir}: target {res.target_class}, {res.counted} of {res.frames} frames counted; "
-                    f"patch detected {ps.get('detected', 0)}, tracked {ps.get('tracked', 0)}, lost "
-                    f"{ps.get('lost', 0)}{policy}")
+    t = Table(
+        "model",
+        "tSuc [95% CI]",
+        "n",
+        "tSuc with pose",
+        "tSuc detected",
+        "mean p(target)",
+        "accuracy",
+        "untargeted err",
+        title=f"{res.capture_dir}: target {res.target_class}, {res.counted} of {res.frames} frames counted; "
+        f"patch detected {ps.get('detected', 0)}, tracked {ps.get('tracked', 0)}, lost "
+        f"{ps.get('lost', 0)}{policy}",
+    )
     for m in res.models:
-        t.add_row(m.model, _pct(m.tsuc), str(m.tsuc["n"]), _pct(m.tsuc_with_pose), _pct(m.tsuc_detected),
-                  f"{m.mean_p_target:.3f}", _pct(m.accuracy), _pct(m.untargeted_error))
+        t.add_row(
+            m.model,
+            _pct(m.tsuc),
+            str(m.tsuc["n"]),
+            _pct(m.tsuc_with_pose),
+            _pct(m.tsuc_detected),
+            f"{m.mean_p_target:.3f}",
+            _pct(m.accuracy),
+            _pct(m.untargeted_error),
+        )
     out.append(t)
     for q, pr in (res.pose_rates or {}).items():
         if not pr.rows:
             continue
-        t = Table(f"{q} ({pr.unit})", "frames", "detected", "tracked", "lost",
-                  title=f"where the patch was found, by {q} ({pr.note}; {pr.unplaced} lost frames unplaced)")
+        t = Table(
+            f"{q} ({pr.unit})",
+            "frames",
+            "detected",
+            "tracked",
+            "lost",
+            title=f"where the patch was found, by {q} ({pr.note}; {pr.unplaced} lost frames unplaced)",
+        )
         for r in pr.rows:
             t.add_row(r.label, str(r.n), f"{r.detected} ({r.detection_rate:.0%})", str(r.tracked), str(r.lost))
         out.append(t)
     if res.control is not None:
-        c = Table("model", "patched tSuc", "control rate", "difference [95% CI]", "patched acc", "control acc",
-                  title=f"patched vs control ({res.control_dir})")
+        c = Table(
+            "model",
+            "patched tSuc",
+            "control rate",
+            "difference [95% CI]",
+            "patched acc",
+            "control acc",
+            title=f"patched vs control ({res.control_dir})",
+        )
         for r in res.control:
-            c.add_row(r.model, _pct(r.patched), _pct(r.control),
-                      f"{r.difference:+.1%} [{r.ci95[0]:+.0%}, {r.ci95[1]:+.0%}]", _pct(r.patched_accuracy),
-                      _pct(r.control_accuracy))
+            c.add_row(
+                r.model,
+                _pct(r.patched),
+                _pct(r.control),
+                f"{r.difference:+.1%} [{r.ci95[0]:+.0%}, {r.ci95[1]:+.0%}]",
+                _pct(r.patched_accuracy),
+                _pct(r.control_accuracy),
+            )
         out.append(c)
     for tab in res.bins.values():
         if not tab.measured:
@@ -65,9 +99,15 @@ def physical_tables(res) -> list[Table]:
 def physical_cmd(
     capture_dir: Annotated[Path, typer.Argument(help="Capture folder from `patchlab capture run`.")],
     control: Annotated[Optional[Path], typer.Option(help="Control capture: the same scene without the patch.")] = None,
-    bins: Annotated[Optional[list[str]], typer.Option("--bins", help="Conditions to bin by: distance, angle, size, "
-                                                                     "roll, lighting (repeat; default: distance "
-                                                                     "angle size lighting).")] = None,
+    bins: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--bins",
+            help="Conditions to bin by: distance, angle, size, "
+            "roll, lighting (repeat; default: distance "
+            "angle size lighting).",
+        ),
+    ] = None,
     n_bins: Annotated[int, typer.Option(help="Equal-count bins per condition.")] = 5,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the result here.")] = None,
     plots: Annotated[Optional[Path], typer.Option(help="Folder for the plots (default: CAPTURE_DIR/plots).")] = None,

@@ -10,8 +10,7 @@ import typer
 
 from . import eval_digital, eval_physical
 
-app = typer.Typer(help="Judge patches: digital transfer, transfer matrices, physical captures.",
-                  no_args_is_help=True)
+app = typer.Typer(help="Judge patches: digital transfer, transfer matrices, physical captures.", no_args_is_help=True)
 
 eval_digital.register(app)
 eval_physical.register(app)

@@ -12,14 +12,15 @@ from rich.table import Table
 from ..utils import atomic_write_json, resolve_device
 from ._common import DEVICE_HELP, console, err_console, progress_bar
 
-app = typer.Typer(help="List and check classifiers (model cards, timm:NAME, torchvision:NAME).",
-                  no_args_is_help=True)
+app = typer.Typer(help="List and check classifiers (model cards, timm:NAME, torchvision:NAME).", no_args_is_help=True)
 
 
 @app.command("list")
 def list_cmd(
     pattern: Annotated[str, typer.Argument(help="Glob on the architecture name, e.g. '*resnet*'.")] = "*",
-    cards: Annotated[Optional[list[Path]], typer.Option("--cards", help="Also list model cards in this folder.")] = None,
+    cards: Annotated[
+        Optional[list[Path]], typer.Option("--cards", help="Also list model cards in this folder.")
+    ] = None,
     source: Annotated[str, typer.Option(help="Which factories: all, patchlab, timm, torchvision.")] = "all",
 ) -> None:
     """List model references that `patchlab models check` and `--source` accept, one per line."""
@@ -31,8 +32,13 @@ def list_cmd(
             card = read_card(p)
             if fnmatch.fnmatch(card["arch"], pattern) or fnmatch.fnmatch(p.stem, pattern):
                 acc = card.get("test_accuracy_jpeg")
-                rows.append((str(p), f"card {card['framework']}:{card['arch']}",
-                             f"{len(card['labels'])} classes" + (f", acc {acc:.2%}" if acc else "")))
+                rows.append(
+                    (
+                        str(p),
+                        f"card {card['framework']}:{card['arch']}",
+                        f"{len(card['labels'])} classes" + (f", acc {acc:.2%}" if acc else ""),
+                    )
+                )
     if source in ("all", "patchlab"):
         for name in list_models(pattern):
             rows.append((f"patchlab:{name}", "built-in", "needs --weights or a card"))
@@ -60,7 +66,9 @@ def check_cmd(
     limit_per_class: Annotated[Optional[int], typer.Option(help="Use at most N images per class.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
-    weights: Annotated[Optional[Path], typer.Option(help="Local weights for a single timm:/torchvision:/patchlab: model.")] = None,
+    weights: Annotated[
+        Optional[Path], typer.Option(help="Local weights for a single timm:/torchvision:/patchlab: model.")
+    ] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write results as JSON here.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace a --json file that already exists.")] = False,
 ) -> None:
@@ -91,15 +99,16 @@ def check_cmd(
         table.add_row(r.name, f"{r.accuracy:.2%}", str(r.n), f"{r.seconds:.1f}")
     console.print(table)
     if json_path is not None:
-        atomic_write_json(json_path, {"data": str(data), "device": str(dev),
-                                      "models": [r.to_dict() for r in results]})
+        atomic_write_json(json_path, {"data": str(data), "device": str(dev), "models": [r.to_dict() for r in results]})
         console.print(f"wrote {json_path}")
 
 
 @app.command("layers")
 def layers_cmd(
     model: Annotated[str, typer.Argument(help="Model reference (card path, timm:NAME, torchvision:NAME).")],
-    weights: Annotated[Optional[Path], typer.Option(help="Local weights for a timm:/torchvision:/patchlab: model.")] = None,
+    weights: Annotated[
+        Optional[Path], typer.Option(help="Local weights for a timm:/torchvision:/patchlab: model.")
+    ] = None,
     all_layers: Annotated[bool, typer.Option("--all", help="List every module, not only the feature blocks.")] = False,
 ) -> None:
     """Layers usable as optimiser features (--layers): names, output shapes, depth and the auto layer."""

@@ -12,8 +12,11 @@ from ..layout import DEFAULT_ARUCO_DICT
 from ..markers import FRAME_MARKER_RATIO
 from ._common import console
 
-app = typer.Typer(help="Turn a patch into paper: exact-size PDFs with cut marks and ArUco markers, colour charts, "
-                       "ChArUco boards; each with a layout JSON beside it.", no_args_is_help=True)
+app = typer.Typer(
+    help="Turn a patch into paper: exact-size PDFs with cut marks and ArUco markers, colour charts, "
+    "ChArUco boards; each with a layout JSON beside it.",
+    no_args_is_help=True,
+)
 
 PAPER_HELP = "Paper: a4, letter or a3 (portrait)."
 
@@ -29,24 +32,48 @@ def patch_cmd(
     size_mm: Annotated[float, typer.Option("--size-mm", help="Printed patch width in mm (height by aspect ratio).")],
     out: Annotated[Path, typer.Option("--out", help="PDF to write; its layout goes beside it (X.layout.json).")],
     paper: Annotated[str, typer.Option(help=PAPER_HELP)] = "a4",
-    markers: Annotated[bool, typer.Option("--markers/--no-markers",
-                                          help="Four ArUco markers in a thin frame inside the cut line.")] = True,
-    chart: Annotated[bool, typer.Option("--chart/--no-chart", help="Add a colour-chart strip under the patches.")] = False,
+    markers: Annotated[
+        bool, typer.Option("--markers/--no-markers", help="Four ArUco markers in a thin frame inside the cut line.")
+    ] = True,
+    chart: Annotated[
+        bool, typer.Option("--chart/--no-chart", help="Add a colour-chart strip under the patches.")
+    ] = False,
     copies: Annotated[int, typer.Option(help="Copies on the page, each with its own marker ids.")] = 1,
-    marker_ratio: Annotated[float, typer.Option(help="Marker side over the patch side (the optimiser's "
-                                                     "--frame-markers must use the same).")] = FRAME_MARKER_RATIO,
-    aruco_dict: Annotated[str, typer.Option("--aruco-dict", "--dictionary",
-                                            help="Marker dictionary: an OpenCV name (DICT_4X4_50, "
-                                                 "DICT_APRILTAG_36h11) or aruco4x4 / apriltag36h11.")] = DEFAULT_ARUCO_DICT,
-    carrier: Annotated[Optional[str], typer.Option(help="Print each copy on a rigid carrier card (A6, A5 or CARD) "
-                                                        "with four large corner markers, for filming at a distance.",
-                                                   show_default=False)] = None,
-    max_distance_m: Annotated[Optional[float], typer.Option("--max-distance-m", help="With --carrier: the farthest "
-                                                            "camera distance the markers must be decodable at "
-                                                            "(default 2 m).", show_default=False)] = None,
-    camera: Annotated[Optional[Path], typer.Option(help="With --carrier: camera.json whose focal length sizes the "
-                                                        "markers (default: a 640 px wide, 60 degree webcam).",
-                                                   show_default=False)] = None,
+    marker_ratio: Annotated[
+        float, typer.Option(help="Marker side over the patch side (the optimiser's --frame-markers must use the same).")
+    ] = FRAME_MARKER_RATIO,
+    aruco_dict: Annotated[
+        str,
+        typer.Option(
+            "--aruco-dict",
+            "--dictionary",
+            help="Marker dictionary: an OpenCV name (DICT_4X4_50, DICT_APRILTAG_36h11) or aruco4x4 / apriltag36h11.",
+        ),
+    ] = DEFAULT_ARUCO_DICT,
+    carrier: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Print each copy on a rigid carrier card (A6, A5 or CARD) "
+            "with four large corner markers, for filming at a distance.",
+            show_default=False,
+        ),
+    ] = None,
+    max_distance_m: Annotated[
+        Optional[float],
+        typer.Option(
+            "--max-distance-m",
+            help="With --carrier: the farthest camera distance the markers must be decodable at (default 2 m).",
+            show_default=False,
+        ),
+    ] = None,
+    camera: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="With --carrier: camera.json whose focal length sizes the "
+            "markers (default: a 640 px wide, 60 degree webcam).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Print a patch at exactly --size-mm, pixel for pixel, with markers, cut marks and a caption."""
     import warnings
@@ -62,19 +89,35 @@ def patch_cmd(
         focal = float(load_camera(camera)[0][0, 0])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = make_patch_pdf(src, size_mm=size_mm, paper=paper, copies=copies, markers=markers, chart=chart,
-                             marker_ratio=marker_ratio, dictionary=aruco_dict, carrier=carrier,
-                             max_distance_m=max_distance_m, focal_px=focal)
+        res = make_patch_pdf(
+            src,
+            size_mm=size_mm,
+            paper=paper,
+            copies=copies,
+            markers=markers,
+            chart=chart,
+            marker_ratio=marker_ratio,
+            dictionary=aruco_dict,
+            carrier=carrier,
+            max_distance_m=max_distance_m,
+            focal_px=focal,
+        )
     for w in caught:
         console.print(f"warning: {w.message}")
     pdf, lay = res.write(out)
     m = res.layout.meta
     frame, card = m["frame"], m.get("carrier")
-    console.print(f"{copies} cop{'y' if copies == 1 else 'ies'} of {src.run_id} ({m['patch_px'][0]}x{m['patch_px'][1]} px)"
-                  f" at {size_mm:g} mm = {m['mm_per_px']:.3f} mm per pixel"
-                  + (f"; marker frame {frame['band_mm']:.1f} mm, markers {frame['marker_mm']:.1f} mm" if frame else "")
-                  + (f"; {card['name']} carrier {card['card_mm'][0]:g} x {card['card_mm'][1]:g} mm, markers "
-                     f"{card['marker_mm']:.1f} mm, decodable to {card['reach_m']:.2f} m" if card else ""))
+    console.print(
+        f"{copies} cop{'y' if copies == 1 else 'ies'} of {src.run_id} ({m['patch_px'][0]}x{m['patch_px'][1]} px)"
+        f" at {size_mm:g} mm = {m['mm_per_px']:.3f} mm per pixel"
+        + (f"; marker frame {frame['band_mm']:.1f} mm, markers {frame['marker_mm']:.1f} mm" if frame else "")
+        + (
+            f"; {card['name']} carrier {card['card_mm'][0]:g} x {card['card_mm'][1]:g} mm, markers "
+            f"{card['marker_mm']:.1f} mm, decodable to {card['reach_m']:.2f} m"
+            if card
+            else ""
+        )
+    )
     _written(pdf, lay)
 
 
@@ -100,7 +143,9 @@ def chart_cmd(
 def board_cmd(
     out: Annotated[Path, typer.Option("--out", help="PDF to write; its layout goes beside it (X.layout.json).")],
     paper: Annotated[str, typer.Option(help=PAPER_HELP)] = "a4",
-    squares: Annotated[Optional[str], typer.Option(help="Squares as COLSxROWS, e.g. 7x10 (default: fill the paper).")] = None,
+    squares: Annotated[
+        Optional[str], typer.Option(help="Squares as COLSxROWS, e.g. 7x10 (default: fill the paper).")
+    ] = None,
     square_mm: Annotated[float, typer.Option("--square-mm", help="Chessboard square side in mm.")] = 25.0,
     marker_ratio: Annotated[float, typer.Option(help="Marker side over the square side.")] = 0.75,
     aruco_dict: Annotated[str, typer.Option("--aruco-dict", help="OpenCV ArUco dictionary.")] = "DICT_5X5_100",
@@ -117,11 +162,12 @@ def board_cmd(
             sq = (int(a), int(b))
         except ValueError:
             raise ConfigError(f"--squares must look like 7x10, got {squares!r}") from None
-    res = make_board_pdf(paper=paper, squares=sq, square_mm=square_mm, marker_ratio=marker_ratio,
-                         dictionary=aruco_dict)
+    res = make_board_pdf(paper=paper, squares=sq, square_mm=square_mm, marker_ratio=marker_ratio, dictionary=aruco_dict)
     b = res.layout.board
-    console.print(f"ChArUco board {b['squares'][0]}x{b['squares'][1]} squares of {b['square_mm']:g} mm, "
-                  f"markers {b['marker_mm']:g} mm ({b['dictionary']})")
+    console.print(
+        f"ChArUco board {b['squares'][0]}x{b['squares'][1]} squares of {b['square_mm']:g} mm, "
+        f"markers {b['marker_mm']:g} mm ({b['dictionary']})"
+    )
     _written(*res.write(out))
 
 
@@ -130,8 +176,9 @@ def check_cmd(
     image: Annotated[Path, typer.Argument(help="A flatbed scan of the printed sheet, or the PDF itself.")],
     layout: Annotated[Optional[Path], typer.Option(help="The sheet's layout JSON (default: beside a PDF).")] = None,
     dpi: Annotated[float, typer.Option(help="Scan resolution, or the resolution to render a PDF at.")] = 600.0,
-    patch: Annotated[Optional[Path], typer.Option(help="Patch image to compare cells with (default: the layout's "
-                                                       "source).")] = None,
+    patch: Annotated[
+        Optional[Path], typer.Option(help="Patch image to compare cells with (default: the layout's source).")
+    ] = None,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the measurements as JSON here.")] = None,
 ) -> None:
     """Measure each printed patch copy: size against the request, marker size, PSNR of its cells."""
@@ -167,11 +214,19 @@ def check_cmd(
     results = [measure_patch(rgb, lay, dpi / 25.4, p.copy, patch=ref) for p in lay.patches]
     table = Table("copy", "width mm", "height mm", "error mm", "marker error mm", "offset mm", "PSNR dB")
     for r in results:
-        table.add_row(str(r.copy), f"{r.width_mm:.3f}", f"{r.height_mm:.3f}",
-                      f"{r.width_error_mm:+.3f} / {r.height_error_mm:+.3f}", f"{r.marker_error_mm:+.3f}",
-                      f"{r.offset_mm:.3f}", "-" if r.psnr_db is None else f"{r.psnr_db:.1f}")
+        table.add_row(
+            str(r.copy),
+            f"{r.width_mm:.3f}",
+            f"{r.height_mm:.3f}",
+            f"{r.width_error_mm:+.3f} / {r.height_error_mm:+.3f}",
+            f"{r.marker_error_mm:+.3f}",
+            f"{r.offset_mm:.3f}",
+            "-" if r.psnr_db is None else f"{r.psnr_db:.1f}",
+        )
     console.print(table)
     if json_path is not None:
-        atomic_write_json(json_path, {"image": str(image), "layout": str(layout), "dpi": dpi,
-                                      "copies": [r.to_dict() for r in results]})
+        atomic_write_json(
+            json_path,
+            {"image": str(image), "layout": str(layout), "dpi": dpi, "copies": [r.to_dict() for r in results]},
+        )
         console.print(f"wrote {json_path}")

@@ -10,9 +10,31 @@
   (``patchlab defend train``).
 """
 
-from .filters import (DEFENSES, BitDepth, Defense, GaussianBlur, Jpeg, LocalGradientsSmoothing, MedianFilter,
-                      get_defense, list_defenses, register_defense)
+from .filters import (
+    DEFENSES,
+    BitDepth,
+    Defense,
+    GaussianBlur,
+    Jpeg,
+    LocalGradientsSmoothing,
+    MedianFilter,
+    get_defense,
+    list_defenses,
+    register_defense,
+)
 from .model import DefendedModel, defend
 
-__all__ = ["DEFENSES", "BitDepth", "Defense", "DefendedModel", "GaussianBlur", "Jpeg", "LocalGradientsSmoothing",
-           "MedianFilter", "defend", "get_defense", "list_defenses", "register_defense"]
+__all__ = [
+    "DEFENSES",
+    "BitDepth",
+    "Defense",
+    "DefendedModel",
+    "GaussianBlur",
+    "Jpeg",
+    "LocalGradientsSmoothing",
+    "MedianFilter",
+    "defend",
+    "get_defense",
+    "list_defenses",
+    "register_defense",
+]

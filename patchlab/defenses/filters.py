@@ -96,7 +96,7 @@ class GaussianBlur(Defense):
         self.sigma = float(sigma)
         k = int(round(self.sigma * 6 + 1)) | 1
         r = torch.arange(k, dtype=torch.float64) - (k - 1) / 2
-        g = torch.exp(-(r ** 2) / (2 * self.sigma ** 2))
+        g = torch.exp(-(r**2) / (2 * self.sigma**2))
         self.register_buffer("kernel", (g / g.sum()).float(), persistent=False)
 
     def params(self) -> dict[str, Any]:
@@ -160,7 +160,7 @@ class BitDepth(Defense):
         return {"bits": self.bits}
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        levels = 2 ** self.bits - 1
+        levels = 2**self.bits - 1
         return torch.round(x * levels) / levels
 
 
@@ -187,8 +187,9 @@ class Jpeg(Defense):
         u8 = (x.detach() * 255.0).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         out = np.empty_like(u8)
         for i, img in enumerate(u8):
-            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR),
-                                   [cv2.IMWRITE_JPEG_QUALITY, self.quality])
+            ok, buf = cv2.imencode(
+                ".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, self.quality]
+            )
             if not ok:
                 raise ConfigError("JPEG encoding failed")
             out[i] = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
@@ -217,20 +218,34 @@ class LocalGradientsSmoothing(Defense):
 
     name = "lgs"
 
-    def __init__(self, *, window: int = 15, overlap: int = 5, threshold: float = 0.1, smoothing: float = 2.3,
-                 ref: int = 224, bpda: bool = False):
+    def __init__(
+        self,
+        *,
+        window: int = 15,
+        overlap: int = 5,
+        threshold: float = 0.1,
+        smoothing: float = 2.3,
+        ref: int = 224,
+        bpda: bool = False,
+    ):
         super().__init__(bpda=bpda)
         if window < 1 or not 0 <= overlap < window:
-            raise ConfigError(f"lgs needs window >= 1 and 0 <= overlap < window, got window={window}, "
-                              f"overlap={overlap}")
+            raise ConfigError(
+                f"lgs needs window >= 1 and 0 <= overlap < window, got window={window}, overlap={overlap}"
+            )
         if ref < 0:
             raise ConfigError(f"lgs ref must be >= 0 (0: no scaling), got {ref}")
         self.window, self.overlap, self.ref = int(window), int(overlap), int(ref)
         self.threshold, self.smoothing = float(threshold), float(smoothing)
 
     def params(self) -> dict[str, Any]:
-        return {"window": self.window, "overlap": self.overlap, "threshold": self.threshold,
-                "smoothing": self.smoothing, "ref": self.ref}
+        return {
+            "window": self.window,
+            "overlap": self.overlap,
+            "threshold": self.threshold,
+            "smoothing": self.smoothing,
+            "ref": self.ref,
+        }
 
     def window_for(self, h: int, w: int) -> tuple[int, int]:
         """The ``(window, overlap)`` used on an ``h x w`` image."""
@@ -249,7 +264,7 @@ class LocalGradientsSmoothing(Defense):
         gray = (x * wts).sum(1, keepdim=True)
         dx = F.pad(gray[..., :, :-1] - gray[..., :, 1:], (0, 1, 0, 0))
         dy = F.pad(gray[..., :-1, :] - gray[..., 1:, :], (0, 0, 0, 1))
-        sq = dx ** 2 + dy ** 2
+        sq = dx**2 + dy**2
         # sqrt with a finite derivative at 0 (flat regions): no NaN gradients
         g = torch.where(sq > 0, sq.clamp_min(1e-20).sqrt(), torch.zeros_like(sq))
         gmin = g.amin(dim=(2, 3), keepdim=True)
@@ -286,8 +301,17 @@ _POSITIONAL = {
     "bitdepth": ("bits",),
     "lgs": ("window", "overlap", "threshold", "smoothing", "ref"),
 }
-_TYPES = {"sigma": float, "k": int, "quality": int, "bits": int, "window": int, "overlap": int,
-          "threshold": float, "smoothing": float, "ref": int}
+_TYPES = {
+    "sigma": float,
+    "k": int,
+    "quality": int,
+    "bits": int,
+    "window": int,
+    "overlap": int,
+    "threshold": float,
+    "smoothing": float,
+    "ref": int,
+}
 
 
 def list_defenses() -> list[str]:
@@ -295,8 +319,9 @@ def list_defenses() -> list[str]:
     return list(DEFENSES)
 
 
-def register_defense(name: str, cls: type[Defense], positional: tuple[str, ...] = (),
-                     types: dict[str, type] | None = None) -> None:
+def register_defense(
+    name: str, cls: type[Defense], positional: tuple[str, ...] = (), types: dict[str, type] | None = None
+) -> None:
     """Add a defence class: ``get_defense("NAME:a,b,key=v")`` calls ``cls(**kwargs)``."""
     DEFENSES[name.lower()] = cls
     _POSITIONAL[name.lower()] = tuple(positional)
@@ -327,8 +352,10 @@ def get_defense(spec: "str | Defense | None") -> Defense:
     name, _, argtext = text.partition(":")
     key = name.strip().lower()
     if key not in DEFENSES:
-        raise ConfigError(f"unknown defence {name!r}; choose one of {', '.join(DEFENSES)} "
-                          "(NAME[:ARGS], e.g. blur:1.5, median:3, jpeg:50,bpda, bitdepth:5, lgs:threshold=0.1)")
+        raise ConfigError(
+            f"unknown defence {name!r}; choose one of {', '.join(DEFENSES)} "
+            "(NAME[:ARGS], e.g. blur:1.5, median:3, jpeg:50,bpda, bitdepth:5, lgs:threshold=0.1)"
+        )
     kwargs: dict[str, Any] = {}
     pos = list(_POSITIONAL[key])
     for i, item in enumerate(a.strip() for a in argtext.split(",") if a.strip()):
@@ -338,16 +365,20 @@ def get_defense(spec: "str | Defense | None") -> Defense:
         k, eq, v = item.partition("=")
         if not eq:
             if i >= len(pos):
-                raise ConfigError(f"defence {key!r} takes at most {len(pos)} positional value(s) "
-                                  f"({', '.join(pos) or 'none'}); got {argtext!r}")
+                raise ConfigError(
+                    f"defence {key!r} takes at most {len(pos)} positional value(s) "
+                    f"({', '.join(pos) or 'none'}); got {argtext!r}"
+                )
             k, v = pos[i], item
         k = k.strip().lower()
         if k == "bpda":
             kwargs["bpda"] = v.strip().lower() in ("1", "true", "yes", "on")
             continue
         if k not in _POSITIONAL[key]:
-            raise ConfigError(f"defence {key!r} has no parameter {k!r}; it takes {', '.join(pos) or 'none'}"
-                              f"{' and bpda' if DEFENSES[key].needs_bpda else ''}")
+            raise ConfigError(
+                f"defence {key!r} has no parameter {k!r}; it takes {', '.join(pos) or 'none'}"
+                f"{' and bpda' if DEFENSES[key].needs_bpda else ''}"
+            )
         try:
             typ = _TYPES.get(k, float)
             kwargs[k] = _to_int(v) if typ is int else typ(v)
@@ -364,5 +395,17 @@ def lgs_window_note(h: int, w: int, d: Defense) -> str:
     return ""
 
 
-__all__ = ["Defense", "GaussianBlur", "MedianFilter", "BitDepth", "Jpeg", "LocalGradientsSmoothing", "DEFENSES",
-           "GRAY_WEIGHTS", "get_defense", "list_defenses", "register_defense", "lgs_window_note"]
+__all__ = [
+    "Defense",
+    "GaussianBlur",
+    "MedianFilter",
+    "BitDepth",
+    "Jpeg",
+    "LocalGradientsSmoothing",
+    "DEFENSES",
+    "GRAY_WEIGHTS",
+    "get_defense",
+    "list_defenses",
+    "register_defense",
+    "lgs_window_note",
+]

@@ -26,8 +26,13 @@ class DefendedModel(WrappedModel):
             base = model.base_name
         else:
             inner_defense, base = None, model.name
-        super().__init__(model.net, labels=model.labels, preprocess=model.preprocess,
-                         info=replace(model.info, name=f"{model.name}+{defense.spec}"), owns_net=model.owns_net)
+        super().__init__(
+            model.net,
+            labels=model.labels,
+            preprocess=model.preprocess,
+            info=replace(model.info, name=f"{model.name}+{defense.spec}"),
+            owns_net=model.owns_net,
+        )
         self.inner_defense = inner_defense
         self.defense = defense.to(model.mean.device)
         self.base_name = base
@@ -50,8 +55,9 @@ def defend(model: WrappedModel, spec: "str | Defense | None") -> WrappedModel:
     'resnet20+lgs:window=15,overlap=5,threshold=0.1,smoothing=2.3,ref=224'
     """
     if not isinstance(model, WrappedModel):
-        raise TypeError(f"defend() takes a WrappedModel (patchlab.models.load_model / patchlab.wrap), "
-                        f"got {type(model).__name__}")
+        raise TypeError(
+            f"defend() takes a WrappedModel (patchlab.models.load_model / patchlab.wrap), got {type(model).__name__}"
+        )
     d = get_defense(spec)
     if type(d) is Defense and not d.bpda:
         return model

@@ -53,8 +53,16 @@ def _grad(f: Logits, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return g
 
 
-def fgsm(f: Logits, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float | None = None,
-         random_start: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+def fgsm(
+    f: Logits,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    alpha: float | None = None,
+    random_start: bool = False,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """One-step L-inf attack; returns ``x_adv`` in ``[0, 1]`` with ``|x_adv - x| <= eps``.
 
     Args:
@@ -72,8 +80,17 @@ def fgsm(f: Logits, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: floa
     return (x + delta).clamp(0, 1).detach()
 
 
-def pgd(f: Logits, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float, steps: int,
-        random_start: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+def pgd(
+    f: Logits,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float,
+    alpha: float,
+    steps: int,
+    random_start: bool = True,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Madry et al. 2018 L-inf PGD (the torchattacks ``PGD`` iteration); returns ``x_adv``."""
     x = x.detach()
     xa = x.clone()
@@ -86,8 +103,16 @@ def pgd(f: Logits, x: torch.Tensor, y: torch.Tensor, *, eps: float, alpha: float
     return xa
 
 
-def patch_attack(f: Logits, x: torch.Tensor, y: torch.Tensor, *, frac: float = 0.05, steps: int = 10,
-                 alpha: float = 16 / 255, generator: torch.Generator | None = None) -> torch.Tensor:
+def patch_attack(
+    f: Logits,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    frac: float = 0.05,
+    steps: int = 10,
+    alpha: float = 16 / 255,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """A square patch covering ``frac`` of each image at a random place, its pixels optimised
     (untargeted, signed gradient ascent, ``steps`` of ``alpha``) from uniform noise."""
     b, _, h, w = x.shape
@@ -96,7 +121,7 @@ def patch_attack(f: Logits, x: torch.Tensor, y: torch.Tensor, *, frac: float = 0
     xs = torch.randint(0, w - s + 1, (b,), generator=generator).tolist()
     mask = torch.zeros(b, 1, h, w, device=x.device, dtype=x.dtype)
     for i in range(b):
-        mask[i, :, ys[i]:ys[i] + s, xs[i]:xs[i] + s] = 1
+        mask[i, :, ys[i] : ys[i] + s, xs[i] : xs[i] + s] = 1
     p = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     for _ in range(steps):
         g = _grad(f, x * (1 - mask) + p * mask, y)
@@ -122,13 +147,30 @@ class RobustAccuracy:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RobustAccuracy":
-        return cls(clean=float(d["clean"]), fgsm=float(d["fgsm"]), pgd=float(d["pgd"]), n=int(d["n"]),
-                   eps=float(d["eps"]), pgd_steps=int(d["pgd_steps"]), pgd_alpha=float(d["pgd_alpha"]))
+        return cls(
+            clean=float(d["clean"]),
+            fgsm=float(d["fgsm"]),
+            pgd=float(d["pgd"]),
+            n=int(d["n"]),
+            eps=float(d["eps"]),
+            pgd_steps=int(d["pgd_steps"]),
+            pgd_alpha=float(d["pgd_alpha"]),
+        )
 
 
-def robust_accuracy(f: Logits, x: torch.Tensor, y: torch.Tensor, *, eps: float = 8 / 255, pgd_steps: int = 10,
-                    pgd_alpha: float = 2 / 255, batch_size: int = 256, seed: int = 0,
-                    attack_f: Logits | None = None, progress: Callable[[int], None] | None = None) -> RobustAccuracy:
+def robust_accuracy(
+    f: Logits,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    eps: float = 8 / 255,
+    pgd_steps: int = 10,
+    pgd_alpha: float = 2 / 255,
+    batch_size: int = 256,
+    seed: int = 0,
+    attack_f: Logits | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> RobustAccuracy:
     """Clean, FGSM (Goodfellow, step eps) and PGD-``pgd_steps`` (random start) accuracy of ``f``.
 
     Args:
@@ -142,9 +184,9 @@ def robust_accuracy(f: Logits, x: torch.Tensor, y: torch.Tensor, *, eps: float =
     c = a1 = a2 = 0
     n = int(x.shape[0])
     for s in range(0, n, batch_size):
-        xb = x[s:s + batch_size]
+        xb = x[s : s + batch_size]
         xb = xb.float().div(255.0) if xb.dtype == torch.uint8 else xb.float()
-        yb = y[s:s + batch_size].to(xb.device)
+        yb = y[s : s + batch_size].to(xb.device)
         with torch.no_grad():
             c += int((f(xb).argmax(1) == yb).sum())
         xf = fgsm(attack_f, xb, yb, eps=eps)
@@ -154,8 +196,7 @@ def robust_accuracy(f: Logits, x: torch.Tensor, y: torch.Tensor, *, eps: float =
             a2 += int((f(xp).argmax(1) == yb).sum())
         if progress is not None:
             progress(int(xb.shape[0]))
-    return RobustAccuracy(clean=c / n, fgsm=a1 / n, pgd=a2 / n, n=n, eps=eps, pgd_steps=pgd_steps,
-                          pgd_alpha=pgd_alpha)
+    return RobustAccuracy(clean=c / n, fgsm=a1 / n, pgd=a2 / n, n=n, eps=eps, pgd_steps=pgd_steps, pgd_alpha=pgd_alpha)
 
 
 # ------------------------------------------------------------------ training
@@ -252,9 +293,14 @@ class TrainResult:
     state_dict: dict[str, torch.Tensor] = field(repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config.to_dict(), "history": [h.to_dict() for h in self.history],
-                "best_epoch": self.best_epoch, "overfit_epoch": self.overfit_epoch,
-                "overfit_reason": self.overfit_reason, "wall_s": self.wall_s}
+        return {
+            "config": self.config.to_dict(),
+            "history": [h.to_dict() for h in self.history],
+            "best_epoch": self.best_epoch,
+            "overfit_epoch": self.overfit_epoch,
+            "overfit_reason": self.overfit_reason,
+            "wall_s": self.wall_s,
+        }
 
 
 class _Net(nn.Module):
@@ -278,7 +324,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).tolist()
     dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen).tolist()
     flip = (torch.rand(b, generator=gen) < 0.5).tolist()
-    out = torch.stack([xp[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(b)])
+    out = torch.stack([xp[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
     idx = [i for i in range(b) if flip[i]]
     if idx:
         out[idx] = out[idx].flip(-1)
@@ -286,8 +332,16 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 def _check(f: Logits, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> tuple[float, float, float]:
-    r = robust_accuracy(f, x, y, eps=cfg.eps, pgd_steps=cfg.check_pgd_steps, pgd_alpha=max(cfg.eps / 4, 0.5 / 255),
-                        batch_size=len(x), seed=cfg.seed + 1)
+    r = robust_accuracy(
+        f,
+        x,
+        y,
+        eps=cfg.eps,
+        pgd_steps=cfg.check_pgd_steps,
+        pgd_alpha=max(cfg.eps / 4, 0.5 / 255),
+        batch_size=len(x),
+        seed=cfg.seed + 1,
+    )
     return r.clean, r.fgsm, r.pgd
 
 
@@ -295,18 +349,28 @@ def overfit_reason(rec: EpochRecord, best_pgd: float, cfg: TrainConfig) -> str:
     """Why ``rec`` is catastrophic overfitting (each rule that fired, joined by ``"; "``), or ``""``."""
     why = []
     if rec.check_pgd < best_pgd - cfg.overfit_drop:
-        why.append(f"PGD accuracy on the check batch fell from {best_pgd:.1%} to {rec.check_pgd:.1%} "
-                   f"(more than {cfg.overfit_drop:.0%})")
+        why.append(
+            f"PGD accuracy on the check batch fell from {best_pgd:.1%} to {rec.check_pgd:.1%} "
+            f"(more than {cfg.overfit_drop:.0%})"
+        )
     if rec.check_pgd < cfg.overfit_floor and rec.check_fgsm - rec.check_pgd > cfg.overfit_gap:
-        why.append(f"FGSM accuracy {rec.check_fgsm:.1%} but PGD accuracy {rec.check_pgd:.1%} on the check batch "
-                   "(the model learned to defeat FGSM only)")
+        why.append(
+            f"FGSM accuracy {rec.check_fgsm:.1%} but PGD accuracy {rec.check_pgd:.1%} on the check batch "
+            "(the model learned to defeat FGSM only)"
+        )
     return "; ".join(why)
 
 
-def adversarial_finetune(model: WrappedModel, x: torch.Tensor, y: torch.Tensor, *, config: TrainConfig,
-                         state: dict[str, Any] | None = None,
-                         save_state: Callable[[dict[str, Any]], None] | None = None,
-                         progress: Callable[[int], None] | None = None) -> TrainResult:
+def adversarial_finetune(
+    model: WrappedModel,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    config: TrainConfig,
+    state: dict[str, Any] | None = None,
+    save_state: Callable[[dict[str, Any]], None] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> TrainResult:
     """Fine-tune a copy of ``model``'s network adversarially on ``x, y`` (``model`` is not changed).
 
     Args:
@@ -329,9 +393,10 @@ def adversarial_finetune(model: WrappedModel, x: torch.Tensor, y: torch.Tensor, 
     total = per_epoch * cfg.epochs
     up = max(1, int(0.4 * total))
     sched = torch.optim.lr_scheduler.LambdaLR(  # one cycle: linear up to lr, then linear down to 0
-        opt, lambda t: (t + 1) / up if t < up else max(0.0, (total - t) / max(1, total - up)))
+        opt, lambda t: (t + 1) / up if t < up else max(0.0, (total - t) / max(1, total - up))
+    )
     gen = torch.Generator().manual_seed(cfg.seed)
-    check_idx = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 7))[:cfg.check_n]
+    check_idx = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed + 7))[: cfg.check_n]
     xc, yc = x[check_idx].to(dev).float() / 255.0, y[check_idx].to(dev)
 
     def snapshot() -> dict[str, torch.Tensor]:
@@ -358,8 +423,9 @@ def adversarial_finetune(model: WrappedModel, x: torch.Tensor, y: torch.Tensor, 
         best_state, best_epoch, best_pgd = state["best"], int(state["best_epoch"]), float(state["best_pgd"])
         wall0 = float(state.get("wall_s", 0.0))
         if state.get("overfit_epoch") is not None:
-            return TrainResult(cfg, history, best_epoch, state["overfit_epoch"], state["overfit_reason"], wall0,
-                               best_state)
+            return TrainResult(
+                cfg, history, best_epoch, state["overfit_epoch"], state["overfit_reason"], wall0, best_state
+            )
     else:
         t0 = time.perf_counter()
         c0, f0, p0 = evaluate_check()
@@ -372,7 +438,7 @@ def adversarial_finetune(model: WrappedModel, x: torch.Tensor, y: torch.Tensor, 
         perm = torch.randperm(n, generator=gen)
         tot_loss = tot_ok = 0.0
         for s in range(0, n, cfg.batch_size):
-            idx = perm[s:s + cfg.batch_size]
+            idx = perm[s : s + cfg.batch_size]
             xb = x[idx].to(dev).float() / 255.0
             yb = y[idx].to(dev)
             if cfg.augment:
@@ -380,16 +446,17 @@ def adversarial_finetune(model: WrappedModel, x: torch.Tensor, y: torch.Tensor, 
             if cfg.attack == "fgsm":
                 xa = fgsm(net, xb, yb, eps=cfg.eps, alpha=cfg.step)
                 out = net(torch.cat([xb, xa]))
-                loss = 0.5 * F.cross_entropy(out[:len(xb)], yb) + 0.5 * F.cross_entropy(out[len(xb):], yb)
-                out = out[len(xb):]
+                loss = 0.5 * F.cross_entropy(out[: len(xb)], yb) + 0.5 * F.cross_entropy(out[len(xb) :], yb)
+                out = out[len(xb) :]
             else:
                 if cfg.attack == "fgsm-rs":
                     xa = fgsm(net, xb, yb, eps=cfg.eps, alpha=cfg.step, random_start=True, generator=gen)
                 elif cfg.attack == "pgd":
                     xa = pgd(net, xb, yb, eps=cfg.eps, alpha=cfg.step, steps=cfg.train_pgd_steps, generator=gen)
                 else:
-                    xa = patch_attack(net, xb, yb, frac=cfg.patch_frac, steps=cfg.patch_steps, alpha=cfg.step,
-                                      generator=gen)
+                    xa = patch_attack(
+                        net, xb, yb, frac=cfg.patch_frac, steps=cfg.patch_steps, alpha=cfg.step, generator=gen
+                    )
                 out = net(xa)
                 loss = F.cross_entropy(out, yb)
             opt.zero_grad(set_to_none=True)
@@ -407,35 +474,68 @@ def adversarial_finetune(model: WrappedModel, x: torch.Tensor, y: torch.Tensor, 
         if reason:
             rec = EpochRecord(**{**rec.to_dict(), "overfit": reason})
         history.append(rec)
-        log.info("epoch %d: loss %.3f train acc %.3f check clean %.3f fgsm %.3f pgd %.3f%s", epoch, rec.loss,
-                 rec.train_acc, c, fa, pa, f" OVERFIT: {reason}" if reason else "")
+        log.info(
+            "epoch %d: loss %.3f train acc %.3f check clean %.3f fgsm %.3f pgd %.3f%s",
+            epoch,
+            rec.loss,
+            rec.train_acc,
+            c,
+            fa,
+            pa,
+            f" OVERFIT: {reason}" if reason else "",
+        )
         if not reason and pa > best_pgd:
             best_state, best_epoch, best_pgd = snapshot(), epoch, pa
         if reason:
             overfit_epoch = epoch
         wall = wall0 + time.perf_counter() - t_start
         if save_state is not None:
-            save_state({"config": cfg.to_dict(), "net": snapshot(), "opt": copy.deepcopy(opt.state_dict()),
-                        "sched": sched.state_dict(), "gen": gen.get_state(), "history": [h.to_dict() for h in history],
-                        "best": best_state, "best_epoch": best_epoch, "best_pgd": best_pgd, "wall_s": wall,
-                        "overfit_epoch": overfit_epoch, "overfit_reason": reason})
+            save_state(
+                {
+                    "config": cfg.to_dict(),
+                    "net": snapshot(),
+                    "opt": copy.deepcopy(opt.state_dict()),
+                    "sched": sched.state_dict(),
+                    "gen": gen.get_state(),
+                    "history": [h.to_dict() for h in history],
+                    "best": best_state,
+                    "best_epoch": best_epoch,
+                    "best_pgd": best_pgd,
+                    "wall_s": wall,
+                    "overfit_epoch": overfit_epoch,
+                    "overfit_reason": reason,
+                }
+            )
         if reason:
             break
-    return TrainResult(cfg, history, best_epoch, overfit_epoch, reason, wall0 + time.perf_counter() - t_start,
-                       best_state)
+    return TrainResult(
+        cfg, history, best_epoch, overfit_epoch, reason, wall0 + time.perf_counter() - t_start, best_state
+    )
 
 
-def trained_card(card: dict[str, Any], *, name: str, weights: str, result: TrainResult,
-                 before: RobustAccuracy, after: RobustAccuracy, split: dict[str, Any],
-                 base_card_path: str) -> dict[str, Any]:
+def trained_card(
+    card: dict[str, Any],
+    *,
+    name: str,
+    weights: str,
+    result: TrainResult,
+    before: RobustAccuracy,
+    after: RobustAccuracy,
+    split: dict[str, Any],
+    base_card_path: str,
+) -> dict[str, Any]:
     """The card of the fine-tuned model: the original's build and preprocessing keys, new
     weights, and an ``adversarial_training`` record (before/after on the held-out split)."""
     keep = ("framework", "arch", "kwargs", "input_size", "resize", "mean", "std", "labels")
     out = {k: card[k] for k in keep if k in card}
     out.update(name=name, weights=weights, dtype="float32")
     out["adversarial_training"] = {
-        "base_card": base_card_path, "base_name": card.get("name"), **result.to_dict(),
-        "heldout_before": before.to_dict(), "heldout_after": after.to_dict(), "split": split,
+        "base_card": base_card_path,
+        "base_name": card.get("name"),
+        **result.to_dict(),
+        "heldout_before": before.to_dict(),
+        "heldout_after": after.to_dict(),
+        "split": split,
     }
     out["test_accuracy_heldout"] = after.clean
     return out

@@ -6,5 +6,15 @@ from .registry import list_models, register_model
 from . import small  # noqa: E402,F401  (registers lenet, small_resnet)
 from .wrapper import ModelInfo, Preprocess, WrappedModel
 
-__all__ = ["CifarResNet", "ModelInfo", "Preprocess", "WrappedModel", "find_cards", "list_models",
-           "load_model", "read_card", "read_state_dict", "register_model"]
+__all__ = [
+    "CifarResNet",
+    "ModelInfo",
+    "Preprocess",
+    "WrappedModel",
+    "find_cards",
+    "list_models",
+    "load_model",
+    "read_card",
+    "read_state_dict",
+    "register_model",
+]

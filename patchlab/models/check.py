@@ -26,9 +26,14 @@ class AccuracyResult:
 
 
 @torch.no_grad()
-def predict(model: WrappedModel, images: ImageSet, *, batch_size: int = 256,
-            device: torch.device | str = "cpu",
-            progress: Callable[[int], None] | None = None) -> torch.Tensor:
+def predict(
+    model: WrappedModel,
+    images: ImageSet,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
     """Top-1 predictions (model label indices) for every image, in order."""
     out = []
     for x, _ in images.batches(batch_size, device):
@@ -38,9 +43,14 @@ def predict(model: WrappedModel, images: ImageSet, *, batch_size: int = 256,
     return torch.cat(out)
 
 
-def check_accuracy(model: WrappedModel, images: ImageSet, *, batch_size: int = 256,
-                   device: torch.device | str = "cpu",
-                   progress: Callable[[int], None] | None = None) -> AccuracyResult:
+def check_accuracy(
+    model: WrappedModel,
+    images: ImageSet,
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> AccuracyResult:
     """Top-1 accuracy with classes matched by name (a clear error if they do not match)."""
     if not images.classes:
         from ..errors import DataError
@@ -57,5 +67,11 @@ def check_accuracy(model: WrappedModel, images: ImageSet, *, batch_size: int = 2
         m = images.labels == ci
         if m.any():
             per_class[cname] = float(hit[m].float().mean())
-    return AccuracyResult(name=model.name, accuracy=float(hit.float().mean()), n=int(hit.numel()),
-                          correct=int(hit.sum()), per_class=per_class, seconds=round(seconds, 3))
+    return AccuracyResult(
+        name=model.name,
+        accuracy=float(hit.float().mean()),
+        n=int(hit.numel()),
+        correct=int(hit.sum()),
+        per_class=per_class,
+        seconds=round(seconds, 3),
+    )

@@ -48,8 +48,10 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
     if missing:
         raise ModelLoadError(f"model card {p} lacks required keys: {', '.join(missing)}")
     if card["framework"] not in _FRAMEWORKS:
-        raise ModelLoadError(f"model card {p}: unknown framework {card['framework']!r} "
-                             f"(expected one of {', '.join(sorted(_FRAMEWORKS))})")
+        raise ModelLoadError(
+            f"model card {p}: unknown framework {card['framework']!r} "
+            f"(expected one of {', '.join(sorted(_FRAMEWORKS))})"
+        )
     card.setdefault("name", p.stem)
     card.setdefault("kwargs", {})
     card.setdefault("resize", "bilinear-antialias")
@@ -63,16 +65,23 @@ def read_card(path: str | os.PathLike) -> dict[str, Any]:
 def card_preprocess(card: Mapping[str, Any], path: str | os.PathLike) -> Preprocess:
     """The card's :class:`Preprocess`, its numbers checked (input_size whole and >= 1,
     mean finite, std finite and > 0) with the card and field named in the error."""
+
     def seq(key: str):
         v = card[key]
         if not isinstance(v, (list, tuple)):
-            raise ValueError(f"{key} must be a list of numbers, got {v!r}"
-                             + (" (input_size is [channels, height, width])" if key == "input_size" else ""))
+            raise ValueError(
+                f"{key} must be a list of numbers, got {v!r}"
+                + (" (input_size is [channels, height, width])" if key == "input_size" else "")
+            )
         return tuple(v)
 
     try:
-        return Preprocess(input_size=seq("input_size"), mean=seq("mean"), std=seq("std"),
-                          resize=str(card.get("resize", "bilinear-antialias")))
+        return Preprocess(
+            input_size=seq("input_size"),
+            mean=seq("mean"),
+            std=seq("std"),
+            resize=str(card.get("resize", "bilinear-antialias")),
+        )
     except (ValueError, TypeError) as exc:
         raise ModelLoadError(f"model card {path}: {exc}") from exc
 
@@ -113,21 +122,26 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     else:
         kind = _torch_file_kind(p)
         if kind is None:
-            raise ModelLoadError(f"{p} is not a weights file: neither safetensors nor a torch checkpoint "
-                                 "(its first bytes are not a zip archive or a pickle)")
+            raise ModelLoadError(
+                f"{p} is not a weights file: neither safetensors nor a torch checkpoint "
+                "(its first bytes are not a zip archive or a pickle)"
+            )
         try:
             sd = torch.load(str(p), map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             if not _unpickle_detail(exc):
-                raise ModelLoadError(f"cannot read weights file {p}: it is damaged or not a torch checkpoint "
-                                     f"({_first_line(exc)})") from exc
+                raise ModelLoadError(
+                    f"cannot read weights file {p}: it is damaged or not a torch checkpoint ({_first_line(exc)})"
+                ) from exc
             raise ModelLoadError(
                 f"refusing to load {p}: it is a pickle that needs more than tensors to load (weights_only=True "
                 "failed), and running its code could execute anything. Re-save only the state dict (torch.save(model.state_dict(), ...)) "
-                f"or convert it to safetensors{_unpickle_detail(exc)}") from exc
+                f"or convert it to safetensors{_unpickle_detail(exc)}"
+            ) from exc
         except Exception as exc:  # torch raises RuntimeError, EOFError, ValueError... for a damaged file
-            raise ModelLoadError(f"cannot read weights file {p}: it is damaged or cut short "
-                                 f"({_first_line(exc)})") from exc
+            raise ModelLoadError(
+                f"cannot read weights file {p}: it is damaged or cut short ({_first_line(exc)})"
+            ) from exc
     if isinstance(sd, Mapping):
         for key in _STATE_DICT_KEYS:
             if key in sd and isinstance(sd[key], Mapping):
@@ -177,7 +191,7 @@ def _unpickle_detail(exc: BaseException) -> str:
 
 def _strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
     if sd and all(k.startswith(prefix) for k in sd):
-        return {k[len(prefix):]: v for k, v in sd.items()}
+        return {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
 
 
@@ -192,8 +206,11 @@ def load_weights_into(net: nn.Module, sd: Mapping[str, torch.Tensor], source: st
             sd[k] = own[k]
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]
-    shape = [f"{k} (weights {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})"
-             for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    shape = [
+        f"{k} (weights {tuple(sd[k].shape)} vs model {tuple(own[k].shape)})"
+        for k in own
+        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
+    ]
     if missing or unexpected or shape:
         parts = []
         if missing:
@@ -227,12 +244,14 @@ def _timm_build(arch: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Modul
         raise ModelLoadError(
             f"pretrained weights for timm:{arch} are not in the local cache and the hub cannot be "
             "reached (offline). Pass local weights with --weights PATH (safetensors or a state-dict "
-            "file), or use a model card.")
+            "file), or use a model card."
+        )
     try:
         return timm.create_model(arch, pretrained=True, **kwargs)
     except Exception as exc:  # hub errors come in many types
-        raise ModelLoadError(f"could not fetch pretrained weights for timm:{arch}: {exc}. "
-                             "Pass local weights with --weights PATH.") from exc
+        raise ModelLoadError(
+            f"could not fetch pretrained weights for timm:{arch}: {exc}. Pass local weights with --weights PATH."
+        ) from exc
 
 
 def _timm_cached_file(arch: str) -> str | None:
@@ -278,19 +297,22 @@ def _torchvision_build(arch: str, kwargs: dict[str, Any], pretrained: bool) -> n
         raise ModelLoadError(
             f"pretrained weights for torchvision:{arch} ({fname}) are not in the torch hub cache "
             f"({cached.parent}) and the internet cannot be reached. Pass local weights with "
-            "--weights PATH, or place the file there.")
+            "--weights PATH, or place the file there."
+        )
     try:
         return torchvision.models.get_model(arch, weights=weights, **kwargs)
     except Exception as exc:
-        raise ModelLoadError(f"could not load pretrained torchvision:{arch}: {exc}. "
-                             "Pass local weights with --weights PATH.") from exc
+        raise ModelLoadError(
+            f"could not load pretrained torchvision:{arch}: {exc}. Pass local weights with --weights PATH."
+        ) from exc
 
 
 def _patchlab_build(arch: str, kwargs: dict[str, Any], pretrained: bool) -> nn.Module:
     builder = registry.get_builder(arch)
     if builder is None:
-        raise ModelLoadError(f"patchlab has no built-in architecture {arch!r}; built-in: "
-                             f"{', '.join(registry.list_models())}")
+        raise ModelLoadError(
+            f"patchlab has no built-in architecture {arch!r}; built-in: {', '.join(registry.list_models())}"
+        )
     if pretrained:
         raise ModelLoadError(f"patchlab:{arch} has no hub weights: pass --weights PATH or use a card")
     try:
@@ -324,8 +346,12 @@ def _timm_preprocess(net: nn.Module) -> Preprocess:
 
     cfg = timm.data.resolve_data_config({}, model=net, use_test_size=True)
     interp = cfg.get("interpolation", "bilinear")
-    return Preprocess(input_size=tuple(cfg["input_size"]), mean=tuple(cfg["mean"]), std=tuple(cfg["std"]),
-                      resize=f"{interp}-antialias")
+    return Preprocess(
+        input_size=tuple(cfg["input_size"]),
+        mean=tuple(cfg["mean"]),
+        std=tuple(cfg["std"]),
+        resize=f"{interp}-antialias",
+    )
 
 
 def _timm_labels(net: nn.Module, n: int) -> list[str]:
@@ -359,9 +385,13 @@ def _classifier_classes(sd: Mapping[str, torch.Tensor]) -> int | None:
 
 
 # ---------------------------------------------------------------------------- API
-def load_model(ref: str, *, weights: str | os.PathLike | None = None,
-               labels: list[str] | None = None,
-               device: torch.device | str = "cpu") -> WrappedModel:
+def load_model(
+    ref: str,
+    *,
+    weights: str | os.PathLike | None = None,
+    labels: list[str] | None = None,
+    device: torch.device | str = "cpu",
+) -> WrappedModel:
     """Load a model reference (card path, ``timm:NAME``, ``torchvision:NAME``,
     ``patchlab:NAME``) as a frozen :class:`WrappedModel` on ``device``.
 
@@ -384,7 +414,8 @@ def _load_card(path: str, weights: str | os.PathLike | None, labels: list[str] |
     if not p.exists():
         raise ModelLoadError(
             f"model not found: {path!r} is neither a card file nor a reference of the form "
-            "timm:NAME, torchvision:NAME or patchlab:NAME")
+            "timm:NAME, torchvision:NAME or patchlab:NAME"
+        )
     card = read_card(p)
     build = _FRAMEWORKS[card["framework"]]
     kwargs = dict(card.get("kwargs") or {})
@@ -394,8 +425,9 @@ def _load_card(path: str, weights: str | os.PathLike | None, labels: list[str] |
     except ModelLoadError:
         raise
     except Exception as exc:
-        raise ModelLoadError(f"cannot build {card['framework']}:{card['arch']} with kwargs {kwargs} "
-                             f"from card {p}: {exc}") from exc
+        raise ModelLoadError(
+            f"cannot build {card['framework']}:{card['arch']} with kwargs {kwargs} from card {p}: {exc}"
+        ) from exc
     if wpath is not None:
         load_weights_into(net, read_state_dict(wpath), str(wpath))
     pre = card_preprocess(card, p)
@@ -404,13 +436,20 @@ def _load_card(path: str, weights: str | os.PathLike | None, labels: list[str] |
     if n_out is not None and n_out != len(lab):
         raise ModelLoadError(f"model card {p} lists {len(lab)} labels but the network has {n_out} outputs")
     public_card = {k: v for k, v in card.items() if not k.startswith("_")}
-    info = ModelInfo(name=str(card.get("name") or p.stem), ref=str(p), framework=card["framework"],
-                     arch=card["arch"], weights=str(wpath) if wpath else None, card=public_card)
+    info = ModelInfo(
+        name=str(card.get("name") or p.stem),
+        ref=str(p),
+        framework=card["framework"],
+        arch=card["arch"],
+        weights=str(wpath) if wpath else None,
+        card=public_card,
+    )
     return WrappedModel(net, labels=lab, preprocess=pre, info=info)
 
 
-def _load_scheme(scheme: str, name: str, ref: str, weights: str | os.PathLike | None,
-                 labels: list[str] | None) -> WrappedModel:
+def _load_scheme(
+    scheme: str, name: str, ref: str, weights: str | os.PathLike | None, labels: list[str] | None
+) -> WrappedModel:
     build = _FRAMEWORKS[scheme]
     kwargs: dict[str, Any] = {}
     sd = None
@@ -437,16 +476,15 @@ def _load_scheme(scheme: str, name: str, ref: str, weights: str | os.PathLike | 
         w = torchvision.models.get_model_weights(name).DEFAULT
         t = w.transforms()
         size = int(getattr(t, "crop_size", [224])[0])
-        pre = Preprocess(input_size=(3, size, size), mean=tuple(t.mean), std=tuple(t.std),
-                         resize="bilinear-antialias")
+        pre = Preprocess(input_size=(3, size, size), mean=tuple(t.mean), std=tuple(t.std), resize="bilinear-antialias")
         default_labels = list(w.meta.get("categories") or [])
     else:
         raise ModelLoadError(
             f"{ref} with local weights has no preprocessing metadata (input size, mean, std): "
-            "write a model card for it (see shared/README.md for the format)")
+            "write a model card for it (see shared/README.md for the format)"
+        )
     lab = list(labels or default_labels)
     if n_out and len(lab) != n_out:
         lab = [f"class_{i}" for i in range(n_out)] if not labels else lab
-    info = ModelInfo(name=name, ref=ref, framework=scheme, arch=name,
-                     weights=str(weights) if weights else "hub")
+    info = ModelInfo(name=name, ref=ref, framework=scheme, arch=name, weights=str(weights) if weights else "hub")
     return WrappedModel(net, labels=lab, preprocess=pre, info=info)

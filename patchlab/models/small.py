@@ -85,8 +85,14 @@ class SmallResNet(nn.Module):
             what 32 x 32 does at stride 1, while the stem still sees every pixel.
     """
 
-    def __init__(self, num_classes: int = 10, widths: Sequence[int] = (16, 32, 64),
-                 blocks: Sequence[int] = (1, 1, 1), in_chans: int = 3, stem_stride: int = 1):
+    def __init__(
+        self,
+        num_classes: int = 10,
+        widths: Sequence[int] = (16, 32, 64),
+        blocks: Sequence[int] = (1, 1, 1),
+        in_chans: int = 3,
+        stem_stride: int = 1,
+    ):
         super().__init__()
         widths, blocks = list(widths), list(blocks)
         if not widths or len(widths) != len(blocks) or min(blocks) < 1:
@@ -121,8 +127,14 @@ def lenet(num_classes: int = 10, in_chans: int = 3, input_size: int = 32, affine
 
 
 @register_model("small_resnet")
-def small_resnet(num_classes: int = 10, widths: Sequence[int] = (16, 32, 64), blocks: Sequence[int] = (1, 1, 1),
-                 in_chans: int = 3, stem_stride: int = 1) -> SmallResNet:
+def small_resnet(
+    num_classes: int = 10,
+    widths: Sequence[int] = (16, 32, 64),
+    blocks: Sequence[int] = (1, 1, 1),
+    in_chans: int = 3,
+    stem_stride: int = 1,
+) -> SmallResNet:
     """A small ResNet (He et al. 2016) with projection shortcuts."""
-    return SmallResNet(num_classes=num_classes, widths=widths, blocks=blocks, in_chans=in_chans,
-                       stem_stride=stem_stride)
+    return SmallResNet(
+        num_classes=num_classes, widths=widths, blocks=blocks, in_chans=in_chans, stem_stride=stem_stride
+    )

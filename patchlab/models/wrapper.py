@@ -34,8 +34,10 @@ class Preprocess:
     def __post_init__(self) -> None:
         mode, antialias = self.mode_and_antialias
         if mode not in _RESIZE_MODES:
-            raise ValueError(f"unknown resize {self.resize!r}: expected one of {sorted(_RESIZE_MODES)} "
-                             "optionally followed by '-antialias'")
+            raise ValueError(
+                f"unknown resize {self.resize!r}: expected one of {sorted(_RESIZE_MODES)} "
+                "optionally followed by '-antialias'"
+            )
         from ..checks import COUNT, POSITIVE, Range, check_number, check_numbers
 
         size = tuple(self.input_size) if isinstance(self.input_size, (list, tuple)) else (self.input_size,)
@@ -47,7 +49,7 @@ class Preprocess:
         check_numbers(self.mean, "mean", Range(), error=ValueError)
         # std 0 divides by zero: every input becomes inf/nan and one class wins on every image
         check_numbers(self.std, "std", POSITIVE, error=ValueError)
-        check_number(float(size[1]) * float(size[2]), "input_size height x width", Range(1, 2 ** 28), error=ValueError)
+        check_number(float(size[1]) * float(size[2]), "input_size height x width", Range(1, 2**28), error=ValueError)
 
     @property
     def mode_and_antialias(self) -> tuple[str, bool]:
@@ -56,8 +58,12 @@ class Preprocess:
         return (r[: -len("-antialias")] if antialias else r), antialias
 
     def to_dict(self) -> dict[str, Any]:
-        return {"input_size": list(self.input_size), "mean": list(self.mean), "std": list(self.std),
-                "resize": self.resize}
+        return {
+            "input_size": list(self.input_size),
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "resize": self.resize,
+        }
 
 
 @dataclass
@@ -72,8 +78,14 @@ class ModelInfo:
     card: dict[str, Any] | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "ref": self.ref, "framework": self.framework, "arch": self.arch,
-                "weights": self.weights, "card": self.card}
+        return {
+            "name": self.name,
+            "ref": self.ref,
+            "framework": self.framework,
+            "arch": self.arch,
+            "weights": self.weights,
+            "card": self.card,
+        }
 
 
 @contextmanager
@@ -105,8 +117,9 @@ class WrappedModel(nn.Module):
     ``(B, num_classes)``; gradients flow to ``x`` but never into parameters.
     """
 
-    def __init__(self, net: nn.Module, *, labels: Sequence[str], preprocess: Preprocess, info: ModelInfo,
-                 owns_net: bool = True):
+    def __init__(
+        self, net: nn.Module, *, labels: Sequence[str], preprocess: Preprocess, info: ModelInfo, owns_net: bool = True
+    ):
         super().__init__()
         self.net = net
         self.owns_net = owns_net
@@ -114,10 +127,12 @@ class WrappedModel(nn.Module):
         self.preprocess = preprocess
         self.info = info
         c = preprocess.input_size[0]
-        self.register_buffer("mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(1, c, 1, 1),
-                             persistent=False)
-        self.register_buffer("std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, c, 1, 1),
-                             persistent=False)
+        self.register_buffer(
+            "mean", torch.tensor(preprocess.mean, dtype=torch.float32).view(1, c, 1, 1), persistent=False
+        )
+        self.register_buffer(
+            "std", torch.tensor(preprocess.std, dtype=torch.float32).view(1, c, 1, 1), persistent=False
+        )
         if owns_net:
             self.net.eval()
             for p in self.net.parameters():
@@ -172,8 +187,7 @@ class WrappedModel(nn.Module):
 
             close = [n for n in modules if name.split(".")[-1] in n][:8]
             hint = f"; similar: {', '.join(close)}" if close else ""
-            raise ConfigError(f"model {self.name!r} has no layer {name!r}{hint} "
-                              "(see `patchlab models layers MODEL`)")
+            raise ConfigError(f"model {self.name!r} has no layer {name!r}{hint} (see `patchlab models layers MODEL`)")
         return modules[name]
 
     def classifier(self) -> tuple[str, nn.Module]:

@@ -11,6 +11,21 @@ from .config import PAPER_LAYERS, REGULARIZER_UNIT, OptimizeConfig
 from .loop import LoopState, OptimizationDiverged, PatchOptimizer, StepInfo
 from .run import PreparedRun, RunResult, prepare_run, prepare_stream_run, run_optimization
 
-__all__ = ["LoopState", "OptimizationDiverged", "OptimizeConfig", "PAPER_LAYERS", "PatchAttack", "PatchOptimizer",
-           "PatchResult", "PreparedAttack", "PreparedRun", "REGULARIZER_UNIT", "RunResult", "StepInfo",
-           "prepare_run", "prepare_stream_run", "resolve_target", "run_optimization"]
+__all__ = [
+    "LoopState",
+    "OptimizationDiverged",
+    "OptimizeConfig",
+    "PAPER_LAYERS",
+    "PatchAttack",
+    "PatchOptimizer",
+    "PatchResult",
+    "PreparedAttack",
+    "PreparedRun",
+    "REGULARIZER_UNIT",
+    "RunResult",
+    "StepInfo",
+    "prepare_run",
+    "prepare_stream_run",
+    "resolve_target",
+    "run_optimization",
+]

@@ -65,16 +65,29 @@ class PatchResult:
         return float(self.history[-1]["tsuc"]) if self.history else float("nan")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"patch": self.patch.tolist(), "history": self.history, "config": self.config,
-                "target_class": self.target_class, "models": list(self.models), "layers": self.layers,
-                "steps": self.steps, "seconds": self.seconds}
+        return {
+            "patch": self.patch.tolist(),
+            "history": self.history,
+            "config": self.config,
+            "target_class": self.target_class,
+            "models": list(self.models),
+            "layers": self.layers,
+            "steps": self.steps,
+            "seconds": self.seconds,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PatchResult":
-        return cls(patch=torch.tensor(d["patch"], dtype=torch.float32), history=list(d.get("history", [])),
-                   config=dict(d.get("config", {})), target_class=d.get("target_class"),
-                   models=list(d.get("models", [])), layers=dict(d.get("layers", {})), steps=int(d.get("steps", 0)),
-                   seconds=float(d.get("seconds", 0.0)))
+        return cls(
+            patch=torch.tensor(d["patch"], dtype=torch.float32),
+            history=list(d.get("history", [])),
+            config=dict(d.get("config", {})),
+            target_class=d.get("target_class"),
+            models=list(d.get("models", [])),
+            layers=dict(d.get("layers", {})),
+            steps=int(d.get("steps", 0)),
+            seconds=float(d.get("seconds", 0.0)),
+        )
 
 
 @dataclass
@@ -95,10 +108,16 @@ class PreparedAttack:
         return self.optimizer.new_state(self.generator)
 
     def result(self, state: LoopState, seconds: float = 0.0) -> PatchResult:
-        return PatchResult(patch=state.patch.detach().cpu().clone(), history=list(state.history),
-                           config=self.config.to_dict(), target_class=self.target_class,
-                           models=[m.name for m in self.optimizer.sources], layers=self.layers, steps=state.step,
-                           seconds=round(seconds, 3))
+        return PatchResult(
+            patch=state.patch.detach().cpu().clone(),
+            history=list(state.history),
+            config=self.config.to_dict(),
+            target_class=self.target_class,
+            models=[m.name for m in self.optimizer.sources],
+            layers=self.layers,
+            steps=state.step,
+            seconds=round(seconds, 3),
+        )
 
     def close(self) -> None:
         self.optimizer.close()
@@ -110,9 +129,11 @@ def _as_models(models: nn.Module | Sequence[nn.Module]) -> list[WrappedModel]:
         raise ConfigError("no source model given")
     for m in ms:
         if not isinstance(m, WrappedModel):
-            raise ConfigError(f"expected a wrapped model, got {type(m).__name__}: wrap a network with "
-                              "patchlab.wrap(net, mean=..., std=..., input_size=..., labels=...) or load one with "
-                              "patchlab.load_model(ref)")
+            raise ConfigError(
+                f"expected a wrapped model, got {type(m).__name__}: wrap a network with "
+                "patchlab.wrap(net, mean=..., std=..., input_size=..., labels=...) or load one with "
+                "patchlab.load_model(ref)"
+            )
     return ms  # type: ignore[return-value]
 
 
@@ -157,9 +178,17 @@ class PatchAttack:
     (see :meth:`__call__`).
     """
 
-    def __init__(self, *, eot: str | EOTConfig = "none", palette: torch.Tensor | None = None,
-                 color: nn.Module | None = None, device: torch.device | str | None = None, cache: bool = True,
-                 _files: dict[str, str | None] | None = None, **settings: Any):
+    def __init__(
+        self,
+        *,
+        eot: str | EOTConfig = "none",
+        palette: torch.Tensor | None = None,
+        color: nn.Module | None = None,
+        device: torch.device | str | None = None,
+        cache: bool = True,
+        _files: dict[str, str | None] | None = None,
+        **settings: Any,
+    ):
         known = {f.name for f in fields(OptimizeConfig)} - {"target", "eot", "palette", "calib"}
         unknown = sorted(set(settings) - known)
         if unknown:
@@ -177,7 +206,9 @@ class PatchAttack:
             files.setdefault("calib", None)
             settings["calib"] = files["calib"] or f"<{type(color).__name__} in memory>"
         if settings.get("nps", 0) > 0 and palette is None:
-            raise ConfigError("an NPS weight needs the printable palette: pass palette=patchlab.calib.load_palette(FILE)")
+            raise ConfigError(
+                "an NPS weight needs the printable palette: pass palette=patchlab.calib.load_palette(FILE)"
+            )
         self.config = OptimizeConfig(target="<per call>", eot=eot_cfg, eot_name=eot_name, **settings)
         self.palette = palette
         self.color = color
@@ -193,13 +224,19 @@ class PatchAttack:
 
     def __repr__(self) -> str:
         c = self.config
-        shown = [f"{f.name}={getattr(c, f.name)!r}" for f in fields(c)
-                 if f.name not in _RUN_ONLY and f.name != "eot"]
+        shown = [f"{f.name}={getattr(c, f.name)!r}" for f in fields(c) if f.name not in _RUN_ONLY and f.name != "eot"]
         return f"PatchAttack({', '.join(shown)})"
 
     # ------------------------------------------------------------------ binding
-    def prepare(self, models: nn.Module | Sequence[nn.Module], images: Any, target: int | str | None, *,
-                target_images: Any = None, generator: torch.Generator | None = None) -> PreparedAttack:
+    def prepare(
+        self,
+        models: nn.Module | Sequence[nn.Module],
+        images: Any,
+        target: int | str | None,
+        *,
+        target_images: Any = None,
+        generator: torch.Generator | None = None,
+    ) -> PreparedAttack:
         """Bind the attack to models, data and a target: the loop, ready to step.
 
         Raises:
@@ -223,9 +260,17 @@ class PatchAttack:
         H, W = source.image_hw
         fh, fw = footprint((H, W), (1, 1), config.frac)
         side = config.patch_px or fw
-        renderer = PatchRenderer((H, W), (side, side), frac=config.frac, shape=config.shape,
-                                 placement=config.placement, position=config.position, eot=config.eot,
-                                 color=self.color, frame=config.frame_markers)
+        renderer = PatchRenderer(
+            (H, W),
+            (side, side),
+            frac=config.frac,
+            shape=config.shape,
+            placement=config.placement,
+            position=config.position,
+            eot=config.eot,
+            color=self.color,
+            frame=config.frame_markers,
+        )
         extractors, feats, n_target = None, None, 0
         layers_used: dict[str, list[dict[str, Any]]] = {}
         if config.loss != "ce":
@@ -234,18 +279,42 @@ class PatchAttack:
             extractors = [FeatureExtractor(m, config.layers) for m in ms]
             feats = [target_features(e, timgs, device=device, cache=self.cache) for e in extractors]
             layers_used = {m.name: [r.to_dict() for r in e.layers] for m, e in zip(ms, extractors)}
-        opt = PatchOptimizer(ms, source, target_idx, renderer=renderer, config=config, extractors=extractors,
-                             target_feats=feats, label_maps=label_maps if len(ms) > 1 else None, device=device,
-                             palette=self.palette)
+        opt = PatchOptimizer(
+            ms,
+            source,
+            target_idx,
+            renderer=renderer,
+            config=config,
+            extractors=extractors,
+            target_feats=feats,
+            label_maps=label_maps if len(ms) > 1 else None,
+            device=device,
+            palette=self.palette,
+        )
         g = generator if generator is not None else torch.Generator().manual_seed(config.seed)
-        info = {"pixels": [side, side], "shape": config.shape, "frac": config.frac, "side_px": [fw, fh],
-                "frame_markers": config.frame_markers}
-        return PreparedAttack(optimizer=opt, config=config, generator=g, target_class=target_name, target_index=t0,
-                              layers=layers_used, patch_info=info, n_attack=n_attack, n_target_images=n_target)
+        info = {
+            "pixels": [side, side],
+            "shape": config.shape,
+            "frac": config.frac,
+            "side_px": [fw, fh],
+            "frame_markers": config.frame_markers,
+        }
+        return PreparedAttack(
+            optimizer=opt,
+            config=config,
+            generator=g,
+            target_class=target_name,
+            target_index=t0,
+            layers=layers_used,
+            patch_info=info,
+            n_attack=n_attack,
+            n_target_images=n_target,
+        )
 
     @staticmethod
-    def _target_images(data: Any, given: Any, t0: int | None, labels0: Sequence[str],
-                       config: OptimizeConfig) -> torch.Tensor:
+    def _target_images(
+        data: Any, given: Any, t0: int | None, labels0: Sequence[str], config: OptimizeConfig
+    ) -> torch.Tensor:
         """The target-class images whose features the patched images are pulled towards."""
         if given is not None:
             if isinstance(given, ImageSet):
@@ -257,30 +326,44 @@ class PatchAttack:
         else:
             if t0 is None:
                 raise ConfigError("feature losses need a target class")
-            if isinstance(data, ImageSet) or isinstance(data, torch.Tensor) or (
-                    isinstance(data, tuple) and len(data) == 2):
+            if (
+                isinstance(data, ImageSet)
+                or isinstance(data, torch.Tensor)
+                or (isinstance(data, tuple) and len(data) == 2)
+            ):
                 src, _ = as_source(data, labels0)
                 assert isinstance(src, TensorSource)
                 if src.labels is None:
-                    raise DataError("the images carry no labels, so the target class's images cannot be found: "
-                                    "pass (images, labels), an ImageSet, or target_images=")
+                    raise DataError(
+                        "the images carry no labels, so the target class's images cannot be found: "
+                        "pass (images, labels), an ImageSet, or target_images="
+                    )
                 x = src.images[src.labels == t0]
             else:
                 classes = data_classes(data)
                 lm = match_labels(classes, labels0) if classes else None
                 x = collect(data, keep=lambda y: y == t0, label_map=lm, limit=config.target_images)
         if x.ndim != 4 or x.shape[0] == 0:
-            raise DataError(f"no images of the target class {labels0[t0] if t0 is not None else ''!r} to take "
-                            "features from: add some, or pass target_images=")
+            raise DataError(
+                f"no images of the target class {labels0[t0] if t0 is not None else ''!r} to take "
+                "features from: add some, or pass target_images="
+            )
         if config.target_images is not None and x.shape[0] > config.target_images:
-            keep = np.sort(np.random.default_rng(config.seed).permutation(x.shape[0])[:config.target_images])
+            keep = np.sort(np.random.default_rng(config.seed).permutation(x.shape[0])[: config.target_images])
             x = x[torch.from_numpy(keep)]
         return x
 
     # --------------------------------------------------------------------- run
-    def __call__(self, models: nn.Module | Sequence[nn.Module], images: Any, target: int | str | None, *,
-                 target_images: Any = None, generator: torch.Generator | None = None,
-                 on_step: Callable[[StepInfo], None] | None = None) -> PatchResult:
+    def __call__(
+        self,
+        models: nn.Module | Sequence[nn.Module],
+        images: Any,
+        target: int | str | None,
+        *,
+        target_images: Any = None,
+        generator: torch.Generator | None = None,
+        on_step: Callable[[StepInfo], None] | None = None,
+    ) -> PatchResult:
         """Optimise a patch.
 
         Args:

@@ -132,8 +132,10 @@ class OptimizeConfig:
         if self.target_images is not None and self.target_images < 1:
             raise ConfigError(f"target-images must be >= 1, got {self.target_images}")
         if self.target is None and self.loss != "ce":
-            raise ConfigError(f"an untargeted patch (no target) needs loss 'ce'; the {self.loss} loss pulls the "
-                              "features towards a target class")
+            raise ConfigError(
+                f"an untargeted patch (no target) needs loss 'ce'; the {self.loss} loss pulls the "
+                "features towards a target class"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -150,5 +152,14 @@ class OptimizeConfig:
         return cls(**kw)
 
 
-__all__ = ["COSINE_FLOOR", "INITS", "LR_SCHEDULES", "OPTIMIZERS", "OptimizeConfig", "PAPER_LAYERS", "PRECISIONS",
-           "REGULARIZER_UNIT", "RESUMABLE_FIELDS"]
+__all__ = [
+    "COSINE_FLOOR",
+    "INITS",
+    "LR_SCHEDULES",
+    "OPTIMIZERS",
+    "OptimizeConfig",
+    "PAPER_LAYERS",
+    "PRECISIONS",
+    "REGULARIZER_UNIT",
+    "RESUMABLE_FIELDS",
+]

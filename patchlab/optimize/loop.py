@@ -83,10 +83,17 @@ class LoopState:
         its rows), so the one state recorded resumes on any number of processes; the
         world size it ran on is recorded beside it.
         """
-        return {"version": CHECKPOINT_VERSION, "step": self.step, "patch": self.patch.detach().cpu().clone(),
-                "optimizer": self.optimizer.state_dict(), "generator": self.generator.get_state(),
-                "history": self.history, "window": {k: float(v) for k, v in self.window.items()},
-                "config": config.to_dict(), "world_size": self.world}
+        return {
+            "version": CHECKPOINT_VERSION,
+            "step": self.step,
+            "patch": self.patch.detach().cpu().clone(),
+            "optimizer": self.optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "history": self.history,
+            "window": {k: float(v) for k, v in self.window.items()},
+            "config": config.to_dict(),
+            "world_size": self.world,
+        }
 
 
 @dataclass(frozen=True)
@@ -140,13 +147,21 @@ class PatchOptimizer:
             the initialised process group or a single process).
     """
 
-    def __init__(self, sources: Sequence[WrappedModel], source: ImageSource, target_idx: Sequence[int] | None, *,
-                 renderer: PatchRenderer, config: OptimizeConfig,
-                 extractors: Sequence[FeatureExtractor] | None = None,
-                 target_feats: Sequence[dict[str, torch.Tensor]] | None = None,
-                 label_maps: Sequence[torch.Tensor] | None = None,
-                 device: torch.device | str = "cpu", palette: torch.Tensor | None = None,
-                 dist: DistContext | None = None):
+    def __init__(
+        self,
+        sources: Sequence[WrappedModel],
+        source: ImageSource,
+        target_idx: Sequence[int] | None,
+        *,
+        renderer: PatchRenderer,
+        config: OptimizeConfig,
+        extractors: Sequence[FeatureExtractor] | None = None,
+        target_feats: Sequence[dict[str, torch.Tensor]] | None = None,
+        label_maps: Sequence[torch.Tensor] | None = None,
+        device: torch.device | str = "cpu",
+        palette: torch.Tensor | None = None,
+        dist: DistContext | None = None,
+    ):
         self.sources = list(sources)
         self.source = source
         self.target_idx = None if target_idx is None else [int(t) for t in target_idx]
@@ -168,8 +183,9 @@ class PatchOptimizer:
         cl = config.channels_last
         self.channels_last = self.device.type == "cuda" if cl is None else bool(cl)
         self._fwd: list[Callable] = [self._compiled(m) for m in self.sources] if config.compile else list(self.sources)
-        self._fwd_feats: list[Callable] = ([self._compiled(e) for e in self.extractors] if config.compile
-                                           else list(self.extractors))
+        self._fwd_feats: list[Callable] = (
+            [self._compiled(e) for e in self.extractors] if config.compile else list(self.extractors)
+        )
 
     @staticmethod
     def _compiled(module: nn.Module) -> Callable:
@@ -224,8 +240,9 @@ class PatchOptimizer:
                 labels = self._fwd[0](self._prep_input(images)).argmax(1)
         return labels if self.label_maps is None else self.label_maps[i][labels]
 
-    def loss(self, i: int, patched: torch.Tensor, generator: torch.Generator, truth: torch.Tensor | None = None
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    def loss(
+        self, i: int, patched: torch.Tensor, generator: torch.Generator, truth: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """Source model ``i``'s loss on the patched batch: ``(scalar, named terms, logits)``.
 
         ``truth`` (untargeted only) holds the true classes in model ``i``'s indices. The
@@ -263,8 +280,9 @@ class PatchOptimizer:
                 d = L.DISTRIBUTION_LOSSES[cfg.loss](x, y)
             d = d / self.scales[i][key]
             parts.append(d)
-            terms[f"{cfg.loss}[{model.name}:{key.split(':')[0]}]"] = d.detach() * share if self.dist.active \
-                else d.detach()
+            terms[f"{cfg.loss}[{model.name}:{key.split(':')[0]}]"] = (
+                d.detach() * share if self.dist.active else d.detach()
+            )
         # eq. 3: the sum over layers; each rank's backward gives its own rows' share of the gradient
         return torch.stack(parts).sum(), terms, logits
 
@@ -306,8 +324,9 @@ class PatchOptimizer:
     # --------------------------------------------------------------------- loop
     def new_state(self, generator: torch.Generator) -> LoopState:
         patch = self.init_patch(generator).to(self.device).requires_grad_(True)
-        return LoopState(step=0, patch=patch, optimizer=self.make_optimizer(patch), generator=generator,
-                         world=self.dist.world)
+        return LoopState(
+            step=0, patch=patch, optimizer=self.make_optimizer(patch), generator=generator, world=self.dist.world
+        )
 
     def load_state(self, ckpt: dict[str, Any]) -> LoopState:
         g = torch.Generator()
@@ -315,10 +334,18 @@ class PatchOptimizer:
         patch = ckpt["patch"].to(self.device).requires_grad_(True)
         opt = self.make_optimizer(patch)
         opt.load_state_dict(ckpt["optimizer"])
-        window = {k: float(v) if k == "n" else torch.tensor(float(v), device=self.device)
-                  for k, v in ckpt["window"].items()}
-        return LoopState(step=int(ckpt["step"]), patch=patch, optimizer=opt, generator=g,
-                         history=list(ckpt["history"]), window=window, world=self.dist.world)
+        window = {
+            k: float(v) if k == "n" else torch.tensor(float(v), device=self.device) for k, v in ckpt["window"].items()
+        }
+        return LoopState(
+            step=int(ckpt["step"]),
+            patch=patch,
+            optimizer=opt,
+            generator=g,
+            history=list(ckpt["history"]),
+            window=window,
+            world=self.dist.world,
+        )
 
     @staticmethod
     def _unit(g: torch.Tensor) -> torch.Tensor:
@@ -329,9 +356,11 @@ class PatchOptimizer:
             dev = self.device
             state.ok = torch.ones((), dtype=torch.bool, device=dev)
             state.good = state.patch.detach().clone()
-            state.bad = {"step": torch.zeros((), dtype=torch.long, device=dev),
-                         "kind": torch.zeros((), dtype=torch.long, device=dev),
-                         "values": torch.zeros(len(self.sources), device=dev)}
+            state.bad = {
+                "step": torch.zeros((), dtype=torch.long, device=dev),
+                "kind": torch.zeros((), dtype=torch.long, device=dev),
+                "values": torch.zeros(len(self.sources), device=dev),
+            }
 
     def one_step(self, state: LoopState) -> StepInfo:
         """One descent step; it never waits for the device.
@@ -406,8 +435,9 @@ class PatchOptimizer:
         state.step += 1
         if self.check_ranks:
             self.dist.check_identical(state.patch)
-        loss = torch.stack(logged).mean() + sum((w * r.detach() * share for w, r in regs.values()),
-                                                torch.zeros((), device=self.device))
+        loss = torch.stack(logged).mean() + sum(
+            (w * r.detach() * share for w, r in regs.values()), torch.zeros((), device=self.device)
+        )
         return StepInfo(step=state.step, loss_t=loss, terms_t=terms, tsuc_t=torch.stack(hits).mean())
 
     def check(self, state: LoopState) -> None:
@@ -428,8 +458,9 @@ class PatchOptimizer:
         state.ok = None
         if kind == 1:
             i = next(j for j, v in enumerate(vals) if not math.isfinite(v))
-            raise OptimizationDiverged(f"the {self.config.loss} loss of {self.sources[i].name} became {vals[i]} "
-                                       f"at step {step}")
+            raise OptimizationDiverged(
+                f"the {self.config.loss} loss of {self.sources[i].name} became {vals[i]} at step {step}"
+            )
         if kind == 2:
             raise OptimizationDiverged(f"the gradient became non-finite at step {step}")
         raise OptimizationDiverged(f"the patch became non-finite at step {step} (lr {self.config.lr})")
@@ -444,14 +475,24 @@ class PatchOptimizer:
             vec = torch.stack([torch.as_tensor(w[k], device=self.device, dtype=torch.float32) for k in keys])
             sums = self.dist.all_reduce(vec).tolist()
         got = dict(zip(keys, sums))
-        entry = {"step": state.step, "loss": got.get("loss", 0.0) / n, "tsuc": got.get("tsuc", 0.0) / n,
-                 "terms": {k[2:]: v / n for k, v in got.items() if k.startswith("t:")}}
+        entry = {
+            "step": state.step,
+            "loss": got.get("loss", 0.0) / n,
+            "tsuc": got.get("tsuc", 0.0) / n,
+            "terms": {k[2:]: v / n for k, v in got.items() if k.startswith("t:")},
+        }
         state.history.append(entry)
         state.window = {}
         return entry
 
-    def run(self, state: LoopState, until: int, *, on_step: Callable[[StepInfo], None] | None = None,
-            on_checkpoint: Callable[[LoopState], None] | None = None) -> LoopState:
+    def run(
+        self,
+        state: LoopState,
+        until: int,
+        *,
+        on_step: Callable[[StepInfo], None] | None = None,
+        on_checkpoint: Callable[[LoopState], None] | None = None,
+    ) -> LoopState:
         """Step until ``state.step == until``, logging history and checkpointing on the way.
 
         The device is read only at log and checkpoint steps (and the last): there the

@@ -63,9 +63,16 @@ class PreparedRun:
         return self.attack.optimizer
 
 
-def prepare_run(config: OptimizeConfig, sources: Sequence[WrappedModel], data: ImageSet, *,
-                device: torch.device | str = "cpu", cache: bool = True, color: nn.Module | None = None,
-                palette: torch.Tensor | None = None) -> PreparedRun:
+def prepare_run(
+    config: OptimizeConfig,
+    sources: Sequence[WrappedModel],
+    data: ImageSet,
+    *,
+    device: torch.device | str = "cpu",
+    cache: bool = True,
+    color: nn.Module | None = None,
+    palette: torch.Tensor | None = None,
+) -> PreparedRun:
     """Split the data, bind :class:`PatchAttack` to the training part, build the run record.
 
     Args:
@@ -84,8 +91,9 @@ def prepare_run(config: OptimizeConfig, sources: Sequence[WrappedModel], data: I
         ConfigError: the patch does not fit the images, bad layers.
     """
     if not data.classes:
-        raise DataError(f"{data.root} has no class sub-folders: the optimiser needs an ImageFolder tree "
-                        "with the target class in it")
+        raise DataError(
+            f"{data.root} has no class sub-folders: the optimiser needs an ImageFolder tree with the target class in it"
+        )
     if config.target is None:
         raise ConfigError("a run folder needs a target class (--target)")
     if config.calib and color is None:
@@ -96,8 +104,10 @@ def prepare_run(config: OptimizeConfig, sources: Sequence[WrappedModel], data: I
     train = data.subset(split.train)
     target_name = data.classes[class_index(config.target, data.classes)]
     if not bool((train.labels == data.classes.index(target_name)).any()) and config.loss != "ce":
-        raise DataError(f"no images of the target class {target_name!r} in the training part of {data.root}: "
-                        "the feature losses need some (lower --holdout-frac or add images)")
+        raise DataError(
+            f"no images of the target class {target_name!r} in the training part of {data.root}: "
+            "the feature losses need some (lower --holdout-frac or add images)"
+        )
     attack = PatchAttack.from_config(config, palette=palette, color=color, device=device, cache=cache)
     prepared = attack.prepare(list(sources), train, target_name)
     H, W = data.images.shape[-2:]
@@ -110,19 +120,35 @@ def prepare_run(config: OptimizeConfig, sources: Sequence[WrappedModel], data: I
         "sources": [m.info.to_dict() for m in sources],
         "layers": prepared.layers,
         "patch": prepared.patch_info,
-        "data": {"root": str(Path(data.root).resolve()), "n_images": len(data), "image_size": [int(H), int(W)],
-                 "classes": list(data.classes), "paths_digest": paths_digest(data.paths, data.root),
-                 "n_attack": prepared.n_attack, "n_target_images": prepared.n_target_images},
+        "data": {
+            "root": str(Path(data.root).resolve()),
+            "n_images": len(data),
+            "image_size": [int(H), int(W)],
+            "classes": list(data.classes),
+            "paths_digest": paths_digest(data.paths, data.root),
+            "n_attack": prepared.n_attack,
+            "n_target_images": prepared.n_target_images,
+        },
         "split": split.to_dict(),
     }
-    return PreparedRun(config=prepared.config, sources=list(sources), attack=prepared, data=data, split=split,
-                       record=record)
+    return PreparedRun(
+        config=prepared.config, sources=list(sources), attack=prepared, data=data, split=split, record=record
+    )
 
 
-def prepare_stream_run(config: OptimizeConfig, sources: Sequence[WrappedModel], root: str | Path, *,
-                       workers: int = 0, limit_per_class: int | None = None, device: torch.device | str = "cpu",
-                       cache: bool = True, color: nn.Module | None = None, palette: torch.Tensor | None = None,
-                       progress: Callable[[int], None] | None = None) -> PreparedRun:
+def prepare_stream_run(
+    config: OptimizeConfig,
+    sources: Sequence[WrappedModel],
+    root: str | Path,
+    *,
+    workers: int = 0,
+    limit_per_class: int | None = None,
+    device: torch.device | str = "cpu",
+    cache: bool = True,
+    color: nn.Module | None = None,
+    palette: torch.Tensor | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> PreparedRun:
     """:func:`prepare_run` for a folder streamed from disk: the data set is never held in memory.
 
     The split is made on the file list (the same seeded split as :func:`prepare_run`);
@@ -146,8 +172,10 @@ def prepare_stream_run(config: OptimizeConfig, sources: Sequence[WrappedModel], 
 
     items = limit_items(items, limit_per_class)
     if not classes or not items:
-        raise DataError(f"{root} has no class sub-folders with images: the optimiser needs an ImageFolder tree "
-                        "with the target class in it")
+        raise DataError(
+            f"{root} has no class sub-folders with images: the optimiser needs an ImageFolder tree "
+            "with the target class in it"
+        )
     labels = torch.tensor([c for _p, c in items], dtype=torch.long)
     split = split_indices(labels, holdout_frac=config.holdout_frac, seed=config.seed)
     t = classes.index(classes[class_index(config.target, classes)])
@@ -161,28 +189,53 @@ def prepare_stream_run(config: OptimizeConfig, sources: Sequence[WrappedModel], 
         if not target_items:
             raise DataError(f"no images of the target class {classes[t]!r} in the training part of {root}")
         if config.target_images is not None:
-            target_items = target_items[:config.target_images]
+            target_items = target_items[: config.target_images]
         timgs = torch.stack([read_image(p) for p, _c in target_items])
         if progress is not None:
             progress(len(target_items))
     dist = current()
-    loader = folder_loader(attack_items, classes=classes, batch_size=max(1, config.batch_size // dist.world),
-                           workers=workers, seed=config.seed, device=device, rank=dist.rank, world=dist.world)
+    loader = folder_loader(
+        attack_items,
+        classes=classes,
+        batch_size=max(1, config.batch_size // dist.world),
+        workers=workers,
+        seed=config.seed,
+        device=device,
+        rank=dist.rank,
+        world=dist.world,
+    )
     attack = PatchAttack.from_config(config, palette=palette, color=color, device=device, cache=cache)
     prepared = attack.prepare(list(sources), loader, classes[t], target_images=timgs)
     H, W = prepared.optimizer.source.image_hw
     record = {
-        "target_class": prepared.target_class, "target_index": prepared.target_index, "seed": config.seed,
-        "attack": repr(attack), "config": prepared.config.to_dict(), "sources": [m.info.to_dict() for m in sources],
-        "layers": prepared.layers, "patch": prepared.patch_info,
-        "data": {"root": str(Path(root).resolve()), "n_images": len(items), "image_size": [int(H), int(W)],
-                 "classes": list(classes), "paths_digest": paths_digest([str(p) for p, _c in items], str(root)),
-                 "n_attack": len(attack_items), "n_target_images": prepared.n_target_images,
-                 "streamed": {"workers": workers}},
+        "target_class": prepared.target_class,
+        "target_index": prepared.target_index,
+        "seed": config.seed,
+        "attack": repr(attack),
+        "config": prepared.config.to_dict(),
+        "sources": [m.info.to_dict() for m in sources],
+        "layers": prepared.layers,
+        "patch": prepared.patch_info,
+        "data": {
+            "root": str(Path(root).resolve()),
+            "n_images": len(items),
+            "image_size": [int(H), int(W)],
+            "classes": list(classes),
+            "paths_digest": paths_digest([str(p) for p, _c in items], str(root)),
+            "n_attack": len(attack_items),
+            "n_target_images": prepared.n_target_images,
+            "streamed": {"workers": workers},
+        },
         "split": split.to_dict(),
     }
-    return PreparedRun(config=prepared.config, sources=list(sources), attack=prepared, data=None,  # type: ignore
-                       split=split, record=record)
+    return PreparedRun(
+        config=prepared.config,
+        sources=list(sources),
+        attack=prepared,
+        data=None,  # type: ignore
+        split=split,
+        record=record,
+    )
 
 
 def _check_resume(ckpt: dict[str, Any], config: OptimizeConfig, path: Path) -> None:
@@ -192,15 +245,22 @@ def _check_resume(ckpt: dict[str, Any], config: OptimizeConfig, path: Path) -> N
     diff = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
     if diff:
         shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:6])
-        raise ConfigError(f"cannot resume {path}: options differ from the stopped run ({shown}); "
-                          "resume with the same options (only --steps may grow) or start a new --out")
+        raise ConfigError(
+            f"cannot resume {path}: options differ from the stopped run ({shown}); "
+            "resume with the same options (only --steps may grow) or start a new --out"
+        )
     if int(ckpt["step"]) > config.steps:
         raise ConfigError(f"cannot resume {path}: it is already at step {ckpt['step']} > --steps {config.steps}")
 
 
-def run_optimization(prepared: PreparedRun, out: str | Path, *, resume: bool = False,
-                     on_step: Callable[[StepInfo], None] | None = None,
-                     command: Sequence[str] | None = None) -> RunResult:
+def run_optimization(
+    prepared: PreparedRun,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    on_step: Callable[[StepInfo], None] | None = None,
+    command: Sequence[str] | None = None,
+) -> RunResult:
     """Run (or resume) the optimisation into the run folder ``out``.
 
     Writes ``run.json`` at the start and at every checkpoint, ``patch.png`` /
@@ -247,8 +307,14 @@ def _start_state(prepared: PreparedRun, out: Path, resume: bool) -> tuple[LoopSt
     return state, str(old.get("started") or now_iso()), float(old.get("seconds", 0.0))
 
 
-def _run(prepared: PreparedRun, out: Path, *, resume: bool, on_step: Callable[[StepInfo], None] | None,
-         command: Sequence[str] | None) -> RunResult:
+def _run(
+    prepared: PreparedRun,
+    out: Path,
+    *,
+    resume: bool,
+    on_step: Callable[[StepInfo], None] | None,
+    command: Sequence[str] | None,
+) -> RunResult:
     cfg = prepared.config
     dist = prepared.attack.optimizer.dist
     state, started, seconds_before = _start_state(prepared, out, resume)
@@ -256,15 +322,29 @@ def _run(prepared: PreparedRun, out: Path, *, resume: bool, on_step: Callable[[S
     writes = dist.is_main
     if writes:
         out.mkdir(parents=True, exist_ok=True)
-    record = {"run_id": out.resolve().name, "status": "running", "message": "", **prepared.record,
-              "command": list(command) if command is not None else list(sys.argv), "versions": versions(),
-              "started": started, "finished": None, "seconds": seconds_before, "history": state.history,
-              "step": state.step}
+    record = {
+        "run_id": out.resolve().name,
+        "status": "running",
+        "message": "",
+        **prepared.record,
+        "command": list(command) if command is not None else list(sys.argv),
+        "versions": versions(),
+        "started": started,
+        "finished": None,
+        "seconds": seconds_before,
+        "history": state.history,
+        "step": state.step,
+    }
     t0 = time.perf_counter()
 
     def save(status: str, message: str = "", with_checkpoint: bool = True) -> None:
-        record.update(status=status, message=message, history=state.history, step=state.step,
-                      seconds=round(seconds_before + time.perf_counter() - t0, 3))
+        record.update(
+            status=status,
+            message=message,
+            history=state.history,
+            step=state.step,
+            seconds=round(seconds_before + time.perf_counter() - t0, 3),
+        )
         if status != "running":
             record["finished"] = now_iso()
         if not writes:
@@ -287,8 +367,10 @@ def _run(prepared: PreparedRun, out: Path, *, resume: bool, on_step: Callable[[S
     try:
         prepared.attack.optimizer.run(state, cfg.steps, on_step=on_step, on_checkpoint=checkpoint)
     except OptimizationDiverged as exc:
-        msg = (f"{exc}; stopped and kept the last good patch (step {state.step}) in {out}. "
-               "Lower --lr, or check the models and data.")
+        msg = (
+            f"{exc}; stopped and kept the last good patch (step {state.step}) in {out}. "
+            "Lower --lr, or check the models and data."
+        )
         save("diverged", msg, with_checkpoint=False)
         raise OptimizationDiverged(msg) from None
     except KeyboardInterrupt:
@@ -296,13 +378,22 @@ def _run(prepared: PreparedRun, out: Path, *, resume: bool, on_step: Callable[[S
         # leave the optimiser half-updated, so the last checkpoint stays the resume point
         whole = not state.busy
         at = state.step if whole else clean["at"]
-        save("interrupted", f"interrupted at step {state.step}; continue with --resume (from step {at})",
-             with_checkpoint=whole)
+        save(
+            "interrupted",
+            f"interrupted at step {state.step}; continue with --resume (from step {at})",
+            with_checkpoint=whole,
+        )
         raise
     save("finished")
     result = prepared.attack.result(state, record["seconds"])
-    return RunResult(run_dir=str(out), status="finished", steps=state.step, final_tsuc=result.final_tsuc,
-                     seconds=record["seconds"], result=result)
+    return RunResult(
+        run_dir=str(out),
+        status="finished",
+        steps=state.step,
+        final_tsuc=result.final_tsuc,
+        seconds=record["seconds"],
+        result=result,
+    )
 
 
 __all__ = ["PreparedRun", "RunResult", "prepare_run", "prepare_stream_run", "run_optimization"]

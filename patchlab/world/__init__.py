@@ -22,11 +22,29 @@ from typing import Any
 # Names resolve lazily (PEP 562), so the drawing workers, which import only
 # ``patchlab.world._draw``, start without importing torch.
 _EXPORTS = {
-    "make": ("WORLD_VERSION", "WorldConfig", "WorldInfo", "ensure_world", "make_world", "read_world",
-             "world_cache_dir"),
+    "make": (
+        "WORLD_VERSION",
+        "WorldConfig",
+        "WorldInfo",
+        "ensure_world",
+        "make_world",
+        "read_world",
+        "world_cache_dir",
+    ),
     "signs": ("sign_classes",),
-    "train": ("DEFAULT_MODELS", "ZOO_VERSION", "ModelSpec", "TrainConfig", "ZooInfo", "ZooModel", "ensure_zoo",
-              "read_zoo", "train_model", "train_zoo", "zoo_cache_dir"),
+    "train": (
+        "DEFAULT_MODELS",
+        "ZOO_VERSION",
+        "ModelSpec",
+        "TrainConfig",
+        "ZooInfo",
+        "ZooModel",
+        "ensure_zoo",
+        "read_zoo",
+        "train_model",
+        "train_zoo",
+        "zoo_cache_dir",
+    ),
 }
 _WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)

@@ -70,8 +70,9 @@ class WorldConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.n_per_class, int) or self.n_per_class < 2:
-            raise ConfigError(f"--n-per-class must be an integer >= 2 (one train and one val picture), "
-                              f"got {self.n_per_class!r}")
+            raise ConfigError(
+                f"--n-per-class must be an integer >= 2 (one train and one val picture), got {self.n_per_class!r}"
+            )
         if not isinstance(self.size, int) or not 16 <= self.size <= 512:
             raise ConfigError(f"--size must be an integer between 16 and 512 pixels, got {self.size!r}")
         if not 0.0 < self.val_frac < 1.0:
@@ -136,9 +137,16 @@ class WorldInfo:
         return n / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"root": str(self.root), "config": self.config.to_dict(), "fingerprint": self.fingerprint,
-                "classes": list(self.classes), "counts": dict(self.counts), "seconds": self.seconds,
-                "images_per_second": round(self.images_per_second, 1), "cached": self.cached}
+        return {
+            "root": str(self.root),
+            "config": self.config.to_dict(),
+            "fingerprint": self.fingerprint,
+            "classes": list(self.classes),
+            "counts": dict(self.counts),
+            "seconds": self.seconds,
+            "images_per_second": round(self.images_per_second, 1),
+            "cached": self.cached,
+        }
 
 
 # ------------------------------------------------------------------ workers
@@ -174,8 +182,10 @@ def _prepare_out(out: Path, force: bool) -> None:
     if not entries:
         return
     if not (out / WORLD_JSON).is_file():
-        raise ConfigError(f"--out {out} exists, is not empty and is not a patchlab world: refusing to replace "
-                          "it; choose a new or empty folder")
+        raise ConfigError(
+            f"--out {out} exists, is not empty and is not a patchlab world: refusing to replace "
+            "it; choose a new or empty folder"
+        )
     if not force:
         raise ConfigError(f"--out {out} already holds a world; pass --overwrite (or --force) to replace it")
 
@@ -212,10 +222,19 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
 
 
 # ------------------------------------------------------------------ API
-def make_world(out: str | os.PathLike, n_per_class: int = 500, size: int = 64, seed: int = 0, *,
-               val_frac: float = 0.2, scenes_per_class: int = 4, scene_size: tuple[int, int] = (640, 480),
-               force: bool = False, workers: int | None = None,
-               progress: ProgressFactory | None = None) -> WorldInfo:
+def make_world(
+    out: str | os.PathLike,
+    n_per_class: int = 500,
+    size: int = 64,
+    seed: int = 0,
+    *,
+    val_frac: float = 0.2,
+    scenes_per_class: int = 4,
+    scene_size: tuple[int, int] = (640, 480),
+    force: bool = False,
+    workers: int | None = None,
+    progress: ProgressFactory | None = None,
+) -> WorldInfo:
     """Draw a procedural traffic-sign world into ``out`` (layout in the module docstring).
 
     Args:
@@ -236,8 +255,14 @@ def make_world(out: str | os.PathLike, n_per_class: int = 500, size: int = 64, s
     """
     from . import signs
 
-    cfg = WorldConfig(n_per_class=n_per_class, size=size, seed=seed, val_frac=val_frac,
-                      scenes_per_class=scenes_per_class, scene_size=tuple(scene_size))
+    cfg = WorldConfig(
+        n_per_class=n_per_class,
+        size=size,
+        seed=seed,
+        val_frac=val_frac,
+        scenes_per_class=scenes_per_class,
+        scene_size=tuple(scene_size),
+    )
     out = Path(out).expanduser()
     _prepare_out(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -271,20 +296,36 @@ def make_world(out: str | os.PathLike, n_per_class: int = 500, size: int = 64, s
                     if advance:
                         advance(_task_weight(task))
         scenes.sort(key=lambda m: m["file"])
-        counts = {"train": cfg.n_train * len(classes), "val": cfg.n_val * len(classes),
-                  "scenes": cfg.scenes_per_class * len(classes)}
+        counts = {
+            "train": cfg.n_train * len(classes),
+            "val": cfg.n_val * len(classes),
+            "scenes": cfg.scenes_per_class * len(classes),
+        }
         if cfg.scenes_per_class:
-            atomic_write_json(tmp / "scenes" / SCENES_JSON, {
-                "size": list(cfg.scene_size),
-                "about": "pixel coordinates, origin top-left; quad = sign corners TL, TR, BR, BL; "
-                         "box/roi/patch_box = [x0, y0, x1, y1]",
-                "frames": scenes})
+            atomic_write_json(
+                tmp / "scenes" / SCENES_JSON,
+                {
+                    "size": list(cfg.scene_size),
+                    "about": "pixel coordinates, origin top-left; quad = sign corners TL, TR, BR, BL; "
+                    "box/roi/patch_box = [x0, y0, x1, y1]",
+                    "frames": scenes,
+                },
+            )
         seconds = round(time.perf_counter() - t0, 3)
-        atomic_write_json(tmp / WORLD_JSON, {
-            "format": WORLD_FORMAT, "version": WORLD_VERSION, "fingerprint": cfg.fingerprint(),
-            "config": cfg.to_dict(), "classes": classes,
-            "splits": {"train": cfg.n_train, "val": cfg.n_val, "scenes": cfg.scenes_per_class},
-            "counts": counts, "seconds": seconds, "versions": versions(("cv2", "numpy"))})
+        atomic_write_json(
+            tmp / WORLD_JSON,
+            {
+                "format": WORLD_FORMAT,
+                "version": WORLD_VERSION,
+                "fingerprint": cfg.fingerprint(),
+                "config": cfg.to_dict(),
+                "classes": classes,
+                "splits": {"train": cfg.n_train, "val": cfg.n_val, "scenes": cfg.scenes_per_class},
+                "counts": counts,
+                "seconds": seconds,
+                "versions": versions(("cv2", "numpy")),
+            },
+        )
         _swap_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -310,13 +351,15 @@ def read_world(root: str | os.PathLike, *, verify: bool = True) -> WorldInfo:
     if not root.is_dir():
         raise DataError(f"world folder not found: {root} (make one with `patchlab world make --out {root}`)")
     if not wj.is_file():
-        raise DataError(f"{root} is not a patchlab world (no {WORLD_JSON}); make one with "
-                        f"`patchlab world make --out DIR`")
+        raise DataError(
+            f"{root} is not a patchlab world (no {WORLD_JSON}); make one with `patchlab world make --out DIR`"
+        )
     try:
         meta = read_json_object(wj, "world manifest", error=DataError)
     except DataError as exc:
-        raise DataError(f"{wj} is not a valid world manifest ({str(exc).split(': ', 1)[-1]}); remake the world") \
-            from exc
+        raise DataError(
+            f"{wj} is not a valid world manifest ({str(exc).split(': ', 1)[-1]}); remake the world"
+        ) from exc
     try:
         cfg_d = dict(meta["config"])
         cfg_d["scene_size"] = tuple(cfg_d["scene_size"])
@@ -336,12 +379,19 @@ def read_world(root: str | os.PathLike, *, verify: bool = True) -> WorldInfo:
                 d = root / split / cls
                 got = len(list(d.glob("*.png"))) if d.is_dir() else 0
                 if got != want:
-                    raise DataError(f"world {root} is incomplete: {split}/{cls} holds {got} pictures, "
-                                    f"the manifest says {want}; remake it with --overwrite")
+                    raise DataError(
+                        f"world {root} is incomplete: {split}/{cls} holds {got} pictures, "
+                        f"the manifest says {want}; remake it with --overwrite"
+                    )
         if splits.get("scenes") and not (root / "scenes" / SCENES_JSON).is_file():
             raise DataError(f"world {root} is incomplete: scenes/{SCENES_JSON} is missing")
-    return WorldInfo(root=root, config=cfg, classes=tuple(classes), counts=dict(meta.get("counts", {})),
-                     seconds=float(meta.get("seconds", 0.0)))
+    return WorldInfo(
+        root=root,
+        config=cfg,
+        classes=tuple(classes),
+        counts=dict(meta.get("counts", {})),
+        seconds=float(meta.get("seconds", 0.0)),
+    )
 
 
 def world_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -349,8 +399,16 @@ def world_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
     return (Path(cache_dir).expanduser() if cache_dir else user_cache_dir()) / "worlds"
 
 
-def ensure_world(n_per_class: int = 500, size: int = 64, seed: int = 0, *, cache_dir: str | os.PathLike | None = None,
-                 workers: int | None = None, progress: ProgressFactory | None = None, **config: Any) -> WorldInfo:
+def ensure_world(
+    n_per_class: int = 500,
+    size: int = 64,
+    seed: int = 0,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
+    progress: ProgressFactory | None = None,
+    **config: Any,
+) -> WorldInfo:
     """The world of this config from the cache, drawing it first if it is missing or incomplete.
 
     The cache entry is ``<cache>/worlds/world-<fingerprint>``; ``config`` takes the
@@ -362,12 +420,27 @@ def ensure_world(n_per_class: int = 500, size: int = 64, seed: int = 0, *, cache
         try:
             info = read_world(root)
             if info.config == cfg:
-                return WorldInfo(root=info.root, config=info.config, classes=info.classes, counts=info.counts,
-                                 seconds=info.seconds, cached=True)
+                return WorldInfo(
+                    root=info.root,
+                    config=info.config,
+                    classes=info.classes,
+                    counts=info.counts,
+                    seconds=info.seconds,
+                    cached=True,
+                )
         except DataError as exc:
             log.warning("rebuilding the cached world: %s", exc)
     if root.exists():  # our own cache entry, incomplete or stale: rebuild it
         shutil.rmtree(root)
-    return make_world(root, cfg.n_per_class, cfg.size, cfg.seed, val_frac=cfg.val_frac,
-                      scenes_per_class=cfg.scenes_per_class, scene_size=cfg.scene_size, force=True,
-                      workers=workers, progress=progress)
+    return make_world(
+        root,
+        cfg.n_per_class,
+        cfg.size,
+        cfg.seed,
+        val_frac=cfg.val_frac,
+        scenes_per_class=cfg.scenes_per_class,
+        scene_size=cfg.scene_size,
+        force=True,
+        workers=workers,
+        progress=progress,
+    )

@@ -82,13 +82,21 @@ def _pts(points: np.ndarray) -> np.ndarray:
 
 
 def _poly(img: np.ndarray, points: np.ndarray, color) -> None:
-    cv2.fillPoly(img, [_pts(points)], _c8(color) if isinstance(color[0], float) else color,
-                 lineType=cv2.LINE_AA, shift=_SHIFT)
+    cv2.fillPoly(
+        img, [_pts(points)], _c8(color) if isinstance(color[0], float) else color, lineType=cv2.LINE_AA, shift=_SHIFT
+    )
 
 
 def _disc(img: np.ndarray, c: float, r: float, color) -> None:
-    cv2.circle(img, (int(round(c * _ONE)), int(round(c * _ONE))), int(round(r * _ONE)),
-               _c8(color) if isinstance(color[0], float) else color, -1, lineType=cv2.LINE_AA, shift=_SHIFT)
+    cv2.circle(
+        img,
+        (int(round(c * _ONE)), int(round(c * _ONE))),
+        int(round(r * _ONE)),
+        _c8(color) if isinstance(color[0], float) else color,
+        -1,
+        lineType=cv2.LINE_AA,
+        shift=_SHIFT,
+    )
 
 
 def _regular(c: float, r: float, n: int, phase: float) -> np.ndarray:
@@ -96,8 +104,17 @@ def _regular(c: float, r: float, n: int, phase: float) -> np.ndarray:
     return np.stack([c + r * np.cos(a), c + r * np.sin(a)], 1)
 
 
-def _text(img: np.ndarray, text: str, cx: float, cy: float, width: float, color, rng: np.random.Generator,
-          height: float | None = None, fonts=(cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX)) -> None:
+def _text(
+    img: np.ndarray,
+    text: str,
+    cx: float,
+    cy: float,
+    width: float,
+    color,
+    rng: np.random.Generator,
+    height: float | None = None,
+    fonts=(cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_DUPLEX),
+) -> None:
     """Centre ``text`` at ``(cx, cy)``, ``width`` pixels wide and, when ``height`` is
     given, stretched to that height (road-sign numerals are tall and narrow); the
     font and stroke weight vary."""
@@ -116,7 +133,7 @@ def _text(img: np.ndarray, text: str, cx: float, cy: float, width: float, color,
     glyphs = np.zeros((h + bl + 2 * pad, w + 2 * pad), np.uint8)
     cv2.putText(glyphs, text, (pad, pad + h), font, scale, 255, thick, lineType=cv2.LINE_AA)
     ys, xs = np.nonzero(glyphs)
-    glyphs = glyphs[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    glyphs = glyphs[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     gh, gw = glyphs.shape
     tw = width
     th = height if height is not None else width * gh / gw
@@ -180,8 +197,16 @@ def _speed(limit: int) -> SignDrawer:
         _disc(img, c, r, RED)
         _disc(img, c, float(rng.uniform(0.74, 0.8)) * r, WHITE)
         # numerals about 45 % of the sign's diameter tall, as on real speed-limit signs
-        _text(img, str(limit), c, c, float(rng.uniform(1.0, 1.1)) * r, BLACK, rng,
-              height=float(rng.uniform(0.85, 0.95)) * r)
+        _text(
+            img,
+            str(limit),
+            c,
+            c,
+            float(rng.uniform(1.0, 1.1)) * r,
+            BLACK,
+            rng,
+            height=float(rng.uniform(0.85, 0.95)) * r,
+        )
 
     draw.__name__ = f"_speed_{limit}"
     return draw
@@ -232,15 +257,23 @@ def _pedestrian(img, mask, s, rng):
     # zebra stripes
     for k in range(4):
         x0 = 0.27 * s + k * 0.13 * s
-        _poly(img, np.array([[x0, 0.74 * s], [x0 + 0.07 * s, 0.74 * s], [x0 + 0.05 * s, 0.80 * s],
-                             [x0 - 0.02 * s, 0.80 * s]]), BLACK)
+        _poly(
+            img,
+            np.array([[x0, 0.74 * s], [x0 + 0.07 * s, 0.74 * s], [x0 + 0.05 * s, 0.80 * s], [x0 - 0.02 * s, 0.80 * s]]),
+            BLACK,
+        )
     # walking figure
     t = max(1, int(round(float(rng.uniform(0.035, 0.045)) * s)))
     k8 = _c8(BLACK)
     cv2.circle(img, (int(0.53 * s), int(0.35 * s)), int(0.045 * s), k8, -1, cv2.LINE_AA)
     hip, neck = (int(0.5 * s), int(0.57 * s)), (int(0.52 * s), int(0.42 * s))
-    for a, b in ((neck, hip), (hip, (int(0.42 * s), int(0.71 * s))), (hip, (int(0.6 * s), int(0.70 * s))),
-                 (neck, (int(0.42 * s), int(0.53 * s))), (neck, (int(0.61 * s), int(0.52 * s)))):
+    for a, b in (
+        (neck, hip),
+        (hip, (int(0.42 * s), int(0.71 * s))),
+        (hip, (int(0.6 * s), int(0.70 * s))),
+        (neck, (int(0.42 * s), int(0.53 * s))),
+        (neck, (int(0.61 * s), int(0.52 * s))),
+    ):
         cv2.line(img, a, b, k8, t, cv2.LINE_AA)
 
 
@@ -286,8 +319,16 @@ def draw_sign(name: str, size: int, rng: np.random.Generator) -> tuple[np.ndarra
         for _ in range(int(rng.integers(1, 4))):
             cx, cy = rng.uniform(0.2, 0.8, 2) * size
             ax = rng.uniform(0.05, 0.2, 2) * size
-            cv2.ellipse(dirt, (int(cx), int(cy)), (int(ax[0]), int(ax[1])), float(rng.uniform(0, 180)), 0, 360,
-                        float(rng.uniform(0.1, 0.3)), -1)
+            cv2.ellipse(
+                dirt,
+                (int(cx), int(cy)),
+                (int(ax[0]), int(ax[1])),
+                float(rng.uniform(0, 180)),
+                0,
+                360,
+                float(rng.uniform(0.1, 0.3)),
+                -1,
+            )
         dirt = cv2.GaussianBlur(dirt, (0, 0), size * 0.03)
         rgb = rgb * (1.0 - dirt[..., None])
     return np.clip(rgb, 0.0, 1.0).astype(np.float32), alpha
@@ -302,12 +343,15 @@ def _smooth_noise(rng: np.random.Generator, h: int, w: int, cell: int, ch: int =
 
 def _vgrad(h: int, w: int, top, bottom) -> np.ndarray:
     t = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
-    return np.broadcast_to((1 - t) * np.asarray(top, np.float32) + t * np.asarray(bottom, np.float32),
-                           (h, w, 3)).copy()
+    return np.broadcast_to((1 - t) * np.asarray(top, np.float32) + t * np.asarray(bottom, np.float32), (h, w, 3)).copy()
 
 
 def _sky(rng, h, w):
-    top = np.array([0.25, 0.45, 0.8]) * rng.uniform(0.7, 1.2) if rng.random() < 0.75 else np.full(3, rng.uniform(0.5, 0.8))
+    top = (
+        np.array([0.25, 0.45, 0.8]) * rng.uniform(0.7, 1.2)
+        if rng.random() < 0.75
+        else np.full(3, rng.uniform(0.5, 0.8))
+    )
     img = _vgrad(h, w, np.clip(top, 0, 1), np.clip(top + rng.uniform(0.1, 0.35), 0, 1))
     cloud = np.clip(_smooth_noise(rng, h, w, max(4, w // 6)) * 1.8 - 0.9, 0, 1)
     return img * (1 - cloud) + cloud * 0.95
@@ -351,7 +395,12 @@ def _urban(rng, h, w):
 
 
 _BACKGROUNDS: dict[str, Callable[[np.random.Generator, int, int], np.ndarray]] = {
-    "sky": _sky, "foliage": _foliage, "wall": _wall, "road": _road, "urban": _urban}
+    "sky": _sky,
+    "foliage": _foliage,
+    "wall": _wall,
+    "road": _road,
+    "urban": _urban,
+}
 
 
 def background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -434,13 +483,28 @@ def occlude(img: np.ndarray, quad: np.ndarray, rng: np.random.Generator) -> None
         d = rng.normal(0, 1, 2)
         d /= np.linalg.norm(d) + 1e-9
         end = anchor + d * side * rng.uniform(0.6, 1.2)
-        cv2.line(img, tuple(int(v) for v in anchor - d * side), tuple(int(v) for v in end),
-                 (0.25, 0.17, 0.08), max(1, int(side * 0.04)), cv2.LINE_AA)
+        cv2.line(
+            img,
+            tuple(int(v) for v in anchor - d * side),
+            tuple(int(v) for v in end),
+            (0.25, 0.17, 0.08),
+            max(1, int(side * 0.04)),
+            cv2.LINE_AA,
+        )
         for _ in range(int(rng.integers(3, 8))):
             p = anchor + d * side * rng.uniform(-0.5, 0.4) + rng.normal(0, side * 0.08, 2)
             ax = (max(1, int(side * rng.uniform(0.06, 0.13))), max(1, int(side * rng.uniform(0.03, 0.07))))
-            cv2.ellipse(img, tuple(int(v) for v in p), ax, float(rng.uniform(0, 180)), 0, 360,
-                        tuple(float(v) for v in np.clip(col * rng.uniform(0.7, 1.3), 0, 1)), -1, cv2.LINE_AA)
+            cv2.ellipse(
+                img,
+                tuple(int(v) for v in p),
+                ax,
+                float(rng.uniform(0, 180)),
+                0,
+                360,
+                tuple(float(v) for v in np.clip(col * rng.uniform(0.7, 1.3), 0, 1)),
+                -1,
+                cv2.LINE_AA,
+            )
     elif kind == 1:  # blob (a person, a car roof, a bin)
         col = tuple(float(v) for v in rng.uniform(0.05, 0.7, 3))
         ax = (max(1, int(side * rng.uniform(0.12, 0.3))), max(1, int(side * rng.uniform(0.12, 0.3))))
@@ -460,7 +524,7 @@ def light(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> n
     cast = 1.0 + rng.normal(0.0, 0.06 * strength, 3).astype(np.float32)
     ang = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    ramp = ((xx / w - 0.5) * math.cos(ang) + (yy / h - 0.5) * math.sin(ang))
+    ramp = (xx / w - 0.5) * math.cos(ang) + (yy / h - 0.5) * math.sin(ang)
     shade = 1.0 + rng.uniform(-0.6, 0.6) * strength * ramp
     out = img * (gain * shade[..., None] * cast)
     if rng.random() < 0.15 * strength:
@@ -480,8 +544,13 @@ def degrade(img: np.ndarray, rng: np.random.Generator, strength: float = 1.0) ->
         n = int(rng.integers(2, 4))
         k = np.zeros((2 * n + 1, 2 * n + 1), np.float32)
         a = rng.uniform(0, np.pi)
-        cv2.line(k, (int(n - n * math.cos(a)), int(n - n * math.sin(a))),
-                 (int(n + n * math.cos(a)), int(n + n * math.sin(a))), 1.0, 1)
+        cv2.line(
+            k,
+            (int(n - n * math.cos(a)), int(n - n * math.sin(a))),
+            (int(n + n * math.cos(a)), int(n + n * math.sin(a))),
+            1.0,
+            1,
+        )
         img = cv2.filter2D(img, -1, k / k.sum())
     sigma = float(rng.uniform(0.0, 0.03)) * strength
     img = img + rng.normal(0.0, sigma, img.shape).astype(np.float32)
@@ -510,12 +579,23 @@ def sign_crop(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
     side = frac * W
     slack = (1.0 - frac) * W / 2
     center = (W / 2 + rng.uniform(-0.8, 0.8) * slack, W / 2 + rng.uniform(-0.8, 0.8) * slack)
-    pose = Pose(center=center, side=side, yaw=float(rng.uniform(-35, 35)), pitch=float(rng.uniform(-20, 20)),
-                roll=float(rng.uniform(-10, 10)), distance=float(rng.uniform(2.5, 6.0)))
+    pose = Pose(
+        center=center,
+        side=side,
+        yaw=float(rng.uniform(-35, 35)),
+        pitch=float(rng.uniform(-20, 20)),
+        roll=float(rng.uniform(-10, 10)),
+        distance=float(rng.uniform(2.5, 6.0)),
+    )
     if rng.random() < 0.3:  # the sign's pole
         pw = side * 0.08
-        cv2.rectangle(canvas, (int(center[0] - pw), int(center[1])), (int(center[0] + pw), W),
-                      tuple(float(v) for v in np.full(3, rng.uniform(0.4, 0.7))), -1)
+        cv2.rectangle(
+            canvas,
+            (int(center[0] - pw), int(center[1])),
+            (int(center[0] + pw), W),
+            tuple(float(v) for v in np.full(3, rng.uniform(0.4, 0.7))),
+            -1,
+        )
     rgb, alpha = draw_sign(name, max(96, W), rng)
     place(canvas, rgb, alpha, pose)
     if rng.random() < 0.35:
@@ -543,8 +623,12 @@ class Scene:
     patch_box: tuple[int, int, int, int]
 
     def to_dict(self) -> dict:
-        return {"quad": [[round(float(x), 2), round(float(y), 2)] for x, y in self.quad],
-                "box": list(self.box), "roi": list(self.roi), "patch_box": list(self.patch_box)}
+        return {
+            "quad": [[round(float(x), 2), round(float(y), 2)] for x, y in self.quad],
+            "box": list(self.box),
+            "roi": list(self.roi),
+            "patch_box": list(self.patch_box),
+        }
 
 
 def _road_scene(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
@@ -559,7 +643,9 @@ def _road_scene(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
             cv2.circle(img, (x, horizon - r // 2), r, tuple(float(v) for v in col), -1, cv2.LINE_AA)
         else:
             bw, bh = int(rng.uniform(0.05, 0.15) * w), int(rng.uniform(0.05, 0.25) * h)
-            cv2.rectangle(img, (x, horizon - bh), (x + bw, horizon), tuple(float(v) for v in rng.uniform(0.3, 0.8, 3)), -1)
+            cv2.rectangle(
+                img, (x, horizon - bh), (x + bw, horizon), tuple(float(v) for v in rng.uniform(0.3, 0.8, 3)), -1
+            )
     low = _foliage(rng, h, w)
     img[horizon:] = low[horizon:]
     # the road: a trapezoid to a vanishing point, with lane marks
@@ -570,10 +656,16 @@ def _road_scene(rng: np.random.Generator, w: int, h: int) -> np.ndarray:
     cv2.fillPoly(img, [road.astype(np.int32)], (g, g, g), cv2.LINE_AA)
     for t0 in np.arange(0.05, 1.0, 0.12):
         t1 = t0 + 0.05
-        p0 = np.array([vx, horizon]) + t0 ** 2 * (np.array([w / 2, h]) - np.array([vx, horizon]))
-        p1 = np.array([vx, horizon]) + t1 ** 2 * (np.array([w / 2, h]) - np.array([vx, horizon]))
-        cv2.line(img, tuple(int(v) for v in p0), tuple(int(v) for v in p1), (0.92, 0.92, 0.88),
-                 max(1, int(3 * t1 * w / 320)), cv2.LINE_AA)
+        p0 = np.array([vx, horizon]) + t0**2 * (np.array([w / 2, h]) - np.array([vx, horizon]))
+        p1 = np.array([vx, horizon]) + t1**2 * (np.array([w / 2, h]) - np.array([vx, horizon]))
+        cv2.line(
+            img,
+            tuple(int(v) for v in p0),
+            tuple(int(v) for v in p1),
+            (0.92, 0.92, 0.88),
+            max(1, int(3 * t1 * w / 320)),
+            cv2.LINE_AA,
+        )
     img += (_smooth_noise(rng, h, w, 3) - 0.5) * 0.06
     return img
 
@@ -588,8 +680,14 @@ def road_scene(name: str, rng: np.random.Generator, width: int = 640, height: in
     left = rng.random() < 0.5
     cx = float(rng.uniform(margin, 0.35 * width) if left else rng.uniform(0.65 * width, width - margin))
     cy = float(rng.uniform(margin, max(margin + 1, 0.45 * height)))
-    pose = Pose(center=(cx, cy), side=side, yaw=float(rng.uniform(-25, 25)), pitch=float(rng.uniform(-8, 8)),
-                roll=float(rng.uniform(-4, 4)), distance=float(rng.uniform(4.0, 8.0)))
+    pose = Pose(
+        center=(cx, cy),
+        side=side,
+        yaw=float(rng.uniform(-25, 25)),
+        pitch=float(rng.uniform(-8, 8)),
+        roll=float(rng.uniform(-4, 4)),
+        distance=float(rng.uniform(4.0, 8.0)),
+    )
     pw = max(2, int(side * 0.05))
     cv2.rectangle(img, (int(cx - pw), int(cy)), (int(cx + pw), height), (0.55, 0.56, 0.58), -1)
     rgb, alpha = draw_sign(name, int(2 * side), rng)

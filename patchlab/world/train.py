@@ -95,12 +95,34 @@ class ModelSpec:
 #: "Early Convolutions Help Transformers See Better"), and the blocks stay a ViT's.
 DEFAULT_MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("lenet", "patchlab", "lenet", {"input_size": 32}, input_size=32, epochs=12, lr=2e-3),
-    ModelSpec("resnet", "patchlab", "small_resnet", {"widths": [16, 32, 64], "blocks": [1, 1, 1], "stem_stride": 2},
-              input_size=64, epochs=10, lr=3e-3),
-    ModelSpec("vit", "timm", "vit_tiny_r_s16_p8_224",
-              {"img_size": 48, "patch_size": 2, "embed_dim": 64, "depth": 4, "num_heads": 4, "mlp_ratio": 2.0,
-               "global_pool": "avg", "class_token": False},
-              input_size=48, epochs=10, lr=1.5e-3, weight_decay=0.05),
+    ModelSpec(
+        "resnet",
+        "patchlab",
+        "small_resnet",
+        {"widths": [16, 32, 64], "blocks": [1, 1, 1], "stem_stride": 2},
+        input_size=64,
+        epochs=10,
+        lr=3e-3,
+    ),
+    ModelSpec(
+        "vit",
+        "timm",
+        "vit_tiny_r_s16_p8_224",
+        {
+            "img_size": 48,
+            "patch_size": 2,
+            "embed_dim": 64,
+            "depth": 4,
+            "num_heads": 4,
+            "mlp_ratio": 2.0,
+            "global_pool": "avg",
+            "class_token": False,
+        },
+        input_size=48,
+        epochs=10,
+        lr=1.5e-3,
+        weight_decay=0.05,
+    ),
 )
 
 
@@ -129,8 +151,9 @@ class TrainConfig:
 
     def scaled(self, epochs: float) -> "TrainConfig":
         """The same zoo with every model's epochs multiplied by ``epochs`` (at least 1): for quick runs."""
-        return replace(self, models=tuple(replace(m, epochs=max(1, int(round(m.epochs * epochs))))
-                                          for m in self.models))
+        return replace(
+            self, models=tuple(replace(m, epochs=max(1, int(round(m.epochs * epochs)))) for m in self.models)
+        )
 
 
 @dataclass(frozen=True)
@@ -147,9 +170,16 @@ class ZooModel:
     cached: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "card": str(self.card), "weights": str(self.weights),
-                "val_accuracy": self.val_accuracy, "val_n": self.val_n, "train_seconds": self.train_seconds,
-                "weights_sha256": self.weights_sha256, "cached": self.cached}
+        return {
+            "name": self.name,
+            "card": str(self.card),
+            "weights": str(self.weights),
+            "val_accuracy": self.val_accuracy,
+            "val_n": self.val_n,
+            "train_seconds": self.train_seconds,
+            "weights_sha256": self.weights_sha256,
+            "cached": self.cached,
+        }
 
 
 @dataclass(frozen=True)
@@ -174,8 +204,14 @@ class ZooInfo:
         raise ConfigError(f"zoo {self.root} has no model {name!r}; it has {', '.join(m.name for m in self.models)}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"root": str(self.root), "models": [m.to_dict() for m in self.models], "world": self.world,
-                "config": self.config, "seconds": self.seconds, "cached": self.cached}
+        return {
+            "root": str(self.root),
+            "models": [m.to_dict() for m in self.models],
+            "world": self.world,
+            "config": self.config,
+            "seconds": self.seconds,
+            "cached": self.cached,
+        }
 
 
 # ------------------------------------------------------------------ training
@@ -186,7 +222,7 @@ def _resize(x: torch.Tensor, side: int) -> torch.Tensor:
 
 
 def _model_seed(seed: int, name: str) -> int:
-    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2 ** 63)
+    return (seed * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
 
 
 def augment(x: torch.Tensor, spec: ModelSpec, generator: torch.Generator) -> torch.Tensor:
@@ -198,8 +234,9 @@ def augment(x: torch.Tensor, spec: ModelSpec, generator: torch.Generator) -> tor
     ang = r[:, 0] * math.radians(spec.rotate)
     s = 1.0 + r[:, 1] * spec.scale
     cos, sin = torch.cos(ang) / s, torch.sin(ang) / s
-    theta = torch.stack([torch.stack([cos, -sin, r[:, 2] * spec.shift * 2], 1),
-                         torch.stack([sin, cos, r[:, 3] * spec.shift * 2], 1)], 1)
+    theta = torch.stack(
+        [torch.stack([cos, -sin, r[:, 2] * spec.shift * 2], 1), torch.stack([sin, cos, r[:, 3] * spec.shift * 2], 1)], 1
+    )
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     gain = (1.0 + r[:, 4] * spec.jitter).view(b, 1, 1, 1)
@@ -220,8 +257,16 @@ class TrainResult:
     history: tuple[dict[str, float], ...]
 
 
-def train_model(spec: ModelSpec, images: torch.Tensor, labels: torch.Tensor, num_classes: int, *, seed: int = 0,
-                device: torch.device | str = "cpu", progress: Callable[[int], None] | None = None) -> TrainResult:
+def train_model(
+    spec: ModelSpec,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: Callable[[int], None] | None = None,
+) -> TrainResult:
     """Train one model from scratch.
 
     Args:
@@ -260,8 +305,9 @@ def train_model(spec: ModelSpec, images: torch.Tensor, labels: torch.Tensor, num
     decay, no_decay = [], []
     for pname, p in net.named_parameters():
         (no_decay if p.ndim <= 1 or pname.endswith(("pos_embed", "cls_token")) else decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": spec.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=spec.lr
+    )
     warm = max(1, int(spec.warmup * total))
 
     def lr_at(step: int) -> float:
@@ -276,7 +322,7 @@ def train_model(spec: ModelSpec, images: torch.Tensor, labels: torch.Tensor, num
         perm = torch.randperm(n, generator=g).to(dev)
         loss_sum, hits, seen = 0.0, 0, 0
         for b in range(steps_per_epoch):
-            idx = perm[b * spec.batch_size:(b + 1) * spec.batch_size]
+            idx = perm[b * spec.batch_size : (b + 1) * spec.batch_size]
             xb = augment(x[idx], spec, g)
             yb = y[idx]
             for group in opt.param_groups:
@@ -287,8 +333,7 @@ def train_model(spec: ModelSpec, images: torch.Tensor, labels: torch.Tensor, num
             loss.backward()
             opt.step()
             if not torch.isfinite(loss.detach()):
-                raise ConfigError(f"training {spec.name} diverged at step {step} (loss {float(loss)}): "
-                                  "lower its lr")
+                raise ConfigError(f"training {spec.name} diverged at step {step} (loss {float(loss)}): lower its lr")
             loss_sum += float(loss.detach()) * yb.numel()
             hits += int((logits.argmax(1) == yb).sum())
             seen += yb.numel()
@@ -299,8 +344,14 @@ def train_model(spec: ModelSpec, images: torch.Tensor, labels: torch.Tensor, num
         log.info("%s epoch %d: loss %.4f train acc %.3f", spec.name, epoch + 1, loss_sum / seen, hits / seen)
     net = net.eval().cpu()
     seconds = round(time.perf_counter() - t0, 3)
-    return TrainResult(net=net, kwargs=kwargs, mean=tuple(float(v) for v in mean),
-                       std=tuple(float(v) for v in std), seconds=seconds, history=tuple(history))
+    return TrainResult(
+        net=net,
+        kwargs=kwargs,
+        mean=tuple(float(v) for v in mean),
+        std=tuple(float(v) for v in std),
+        seconds=seconds,
+        history=tuple(history),
+    )
 
 
 # ------------------------------------------------------------------ zoo on disk
@@ -323,20 +374,37 @@ def _valid_card(out: Path, spec: ModelSpec, seed: int, world: WorldInfo) -> ZooM
         return None
     try:
         card = read_json_object(cp, "model card", error=ModelLoadError)
-        ok = (card.get("train_config") == {**spec.to_dict(), "seed": seed}
-              and card.get("world", {}).get("fingerprint") == world.fingerprint
-              and card.get("weights_sha256") == _sha256(wp))
+        ok = (
+            card.get("train_config") == {**spec.to_dict(), "seed": seed}
+            and card.get("world", {}).get("fingerprint") == world.fingerprint
+            and card.get("weights_sha256") == _sha256(wp)
+        )
     except (ModelLoadError, OSError, ValueError, AttributeError):
         return None
     if not ok:
         return None
-    return ZooModel(name=spec.name, card=cp, weights=wp, val_accuracy=float(card["val_accuracy"]),
-                    val_n=int(card.get("val_n", 0)), train_seconds=float(card["train_seconds"]),
-                    weights_sha256=card["weights_sha256"], cached=True)
+    return ZooModel(
+        name=spec.name,
+        card=cp,
+        weights=wp,
+        val_accuracy=float(card["val_accuracy"]),
+        val_n=int(card.get("val_n", 0)),
+        train_seconds=float(card["train_seconds"]),
+        weights_sha256=card["weights_sha256"],
+        cached=True,
+    )
 
 
-def _write_model(out: Path, spec: ModelSpec, res: TrainResult, classes: list[str], world: WorldInfo, seed: int,
-                 val_set, device: torch.device) -> ZooModel:
+def _write_model(
+    out: Path,
+    spec: ModelSpec,
+    res: TrainResult,
+    classes: list[str],
+    world: WorldInfo,
+    seed: int,
+    val_set,
+    device: torch.device,
+) -> ZooModel:
     from safetensors.torch import save
 
     from ..models import load_model
@@ -346,28 +414,57 @@ def _write_model(out: Path, spec: ModelSpec, res: TrainResult, classes: list[str
     sd = {k: v.detach().contiguous().cpu() for k, v in res.net.state_dict().items()}
     atomic_write_bytes(wp, save(sd))
     card = {
-        "name": f"world-{spec.name}", "framework": spec.framework, "arch": spec.arch, "kwargs": res.kwargs,
-        "input_size": [3, spec.input_size, spec.input_size], "resize": "bilinear-antialias",
-        "mean": [round(v, 6) for v in res.mean], "std": [round(v, 6) for v in res.std],
-        "labels": list(classes), "weights": wp.name,
+        "name": f"world-{spec.name}",
+        "framework": spec.framework,
+        "arch": spec.arch,
+        "kwargs": res.kwargs,
+        "input_size": [3, spec.input_size, spec.input_size],
+        "resize": "bilinear-antialias",
+        "mean": [round(v, 6) for v in res.mean],
+        "std": [round(v, 6) for v in res.std],
+        "labels": list(classes),
+        "weights": wp.name,
         "about": "trained by `patchlab world train` on the procedural sign world; mean/std are the world's "
-                 "training-picture statistics at input_size",
+        "training-picture statistics at input_size",
     }
     atomic_write_json(cp, card)
     # measured through the card, exactly as `patchlab models check CARD --data WORLD/val` does
     acc = check_accuracy(load_model(str(cp), device=device), val_set, device=device)
-    card.update({"val_accuracy": round(acc.accuracy, 6), "val_n": acc.n, "val_per_class": acc.per_class,
-                 "train_seconds": res.seconds, "train_config": {**spec.to_dict(), "seed": seed},
-                 "train_history": list(res.history), "world": _world_record(world),
-                 "weights_sha256": _sha256(wp), "versions": versions(("torch", "timm", "numpy"))})
+    card.update(
+        {
+            "val_accuracy": round(acc.accuracy, 6),
+            "val_n": acc.n,
+            "val_per_class": acc.per_class,
+            "train_seconds": res.seconds,
+            "train_config": {**spec.to_dict(), "seed": seed},
+            "train_history": list(res.history),
+            "world": _world_record(world),
+            "weights_sha256": _sha256(wp),
+            "versions": versions(("torch", "timm", "numpy")),
+        }
+    )
     atomic_write_json(cp, card)
-    return ZooModel(name=spec.name, card=cp, weights=wp, val_accuracy=card["val_accuracy"], val_n=acc.n,
-                    train_seconds=res.seconds, weights_sha256=card["weights_sha256"])
+    return ZooModel(
+        name=spec.name,
+        card=cp,
+        weights=wp,
+        val_accuracy=card["val_accuracy"],
+        val_n=acc.n,
+        train_seconds=res.seconds,
+        weights_sha256=card["weights_sha256"],
+    )
 
 
-def train_zoo(data: str | os.PathLike | WorldInfo, out: str | os.PathLike, seed: int = 0,
-              device: torch.device | str = "cpu", progress: ProgressFactory | None = None, *,
-              config: TrainConfig | None = None, resume: bool = True) -> ZooInfo:
+def train_zoo(
+    data: str | os.PathLike | WorldInfo,
+    out: str | os.PathLike,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: ProgressFactory | None = None,
+    *,
+    config: TrainConfig | None = None,
+    resume: bool = True,
+) -> ZooInfo:
     """Train the zoo on a world and write it to ``out`` (layout in the module docstring).
 
     Args:
@@ -409,23 +506,50 @@ def train_zoo(data: str | os.PathLike | WorldInfo, out: str | os.PathLike, seed:
             continue
         steps = max(1, len(train_set) // spec.batch_size) * spec.epochs
         advance = progress(f"training {spec.name}", steps) if progress else None
-        res = train_model(spec, train_set.images, train_set.labels, len(world.classes),
-                          seed=_model_seed(seed, spec.name), device=dev, progress=advance)
+        res = train_model(
+            spec,
+            train_set.images,
+            train_set.labels,
+            len(world.classes),
+            seed=_model_seed(seed, spec.name),
+            device=dev,
+            progress=advance,
+        )
         with torch.random.fork_rng(devices=[]):  # loading the card draws initial weights
             models.append(_write_model(out, spec, res, list(world.classes), world, seed, val_set, dev))
     seconds = round(time.perf_counter() - t0, 3)
-    manifest = {"format": ZOO_FORMAT, "version": ZOO_VERSION, "world": _world_record(world),
-                "config": cfg.to_dict(), "fingerprint": cfg.fingerprint(), "seconds": seconds,
-                "device": str(dev), "models": [_manifest_entry(m, out) for m in models],
-                "versions": versions(("torch", "timm", "numpy"))}
+    manifest = {
+        "format": ZOO_FORMAT,
+        "version": ZOO_VERSION,
+        "world": _world_record(world),
+        "config": cfg.to_dict(),
+        "fingerprint": cfg.fingerprint(),
+        "seconds": seconds,
+        "device": str(dev),
+        "models": [_manifest_entry(m, out) for m in models],
+        "versions": versions(("torch", "timm", "numpy")),
+    }
     atomic_write_json(out / ZOO_JSON, manifest)
-    return ZooInfo(root=out, models=tuple(models), world=manifest["world"], config=manifest["config"],
-                   seconds=seconds, cached=bool(models) and all(m.cached for m in models))
+    return ZooInfo(
+        root=out,
+        models=tuple(models),
+        world=manifest["world"],
+        config=manifest["config"],
+        seconds=seconds,
+        cached=bool(models) and all(m.cached for m in models),
+    )
 
 
 def _manifest_entry(m: ZooModel, out: Path) -> dict[str, Any]:
-    return {"name": m.name, "card": m.card.name, "weights": m.weights.name, "val_accuracy": m.val_accuracy,
-            "val_n": m.val_n, "train_seconds": m.train_seconds, "weights_sha256": m.weights_sha256}
+    return {
+        "name": m.name,
+        "card": m.card.name,
+        "weights": m.weights.name,
+        "val_accuracy": m.val_accuracy,
+        "val_n": m.val_n,
+        "train_seconds": m.train_seconds,
+        "weights_sha256": m.weights_sha256,
+    }
 
 
 def read_zoo(root: str | os.PathLike, *, verify: bool = True) -> ZooInfo:
@@ -442,13 +566,16 @@ def read_zoo(root: str | os.PathLike, *, verify: bool = True) -> ZooInfo:
     root = Path(root).expanduser()
     zj = root / ZOO_JSON
     if not zj.is_file():
-        raise ModelLoadError(f"{root} is not a patchlab model zoo (no {ZOO_JSON}); train one with "
-                             "`patchlab world train --data WORLD --out DIR`")
+        raise ModelLoadError(
+            f"{root} is not a patchlab model zoo (no {ZOO_JSON}); train one with "
+            "`patchlab world train --data WORLD --out DIR`"
+        )
     try:
         meta = read_json_object(zj, "zoo manifest", error=ModelLoadError)
     except ModelLoadError as exc:
-        raise ModelLoadError(f"{zj} is not a valid zoo manifest ({str(exc).split(': ', 1)[-1]}); retrain the zoo") \
-            from exc
+        raise ModelLoadError(
+            f"{zj} is not a valid zoo manifest ({str(exc).split(': ', 1)[-1]}); retrain the zoo"
+        ) from exc
     try:
         entries = list(meta["models"])
         if meta.get("format") != ZOO_FORMAT:
@@ -462,15 +589,30 @@ def read_zoo(root: str | os.PathLike, *, verify: bool = True) -> ZooInfo:
                 if _sha256(wp) != e["weights_sha256"]:
                     raise ModelLoadError(f"zoo {root} is corrupt: {e['weights']} does not match its hash")
                 read_json_object(cp, "model card", error=ModelLoadError)
-            models.append(ZooModel(name=e["name"], card=cp, weights=wp, val_accuracy=float(e["val_accuracy"]),
-                                   val_n=int(e.get("val_n", 0)), train_seconds=float(e["train_seconds"]),
-                                   weights_sha256=e["weights_sha256"], cached=True))
+            models.append(
+                ZooModel(
+                    name=e["name"],
+                    card=cp,
+                    weights=wp,
+                    val_accuracy=float(e["val_accuracy"]),
+                    val_n=int(e.get("val_n", 0)),
+                    train_seconds=float(e["train_seconds"]),
+                    weights_sha256=e["weights_sha256"],
+                    cached=True,
+                )
+            )
     except ModelLoadError:
         raise
     except (ValueError, KeyError, TypeError) as exc:
         raise ModelLoadError(f"{zj} is not a valid zoo manifest ({exc}); retrain the zoo") from exc
-    return ZooInfo(root=root, models=tuple(models), world=dict(meta["world"]), config=dict(meta["config"]),
-                   seconds=float(meta.get("seconds", 0.0)), cached=True)
+    return ZooInfo(
+        root=root,
+        models=tuple(models),
+        world=dict(meta["world"]),
+        config=dict(meta["config"]),
+        seconds=float(meta.get("seconds", 0.0)),
+        cached=True,
+    )
 
 
 def zoo_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -484,10 +626,18 @@ def zoo_key(world: WorldInfo, config: TrainConfig) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def ensure_zoo(world: WorldInfo | str | os.PathLike | None = None, *, seed: int = 0,
-               device: torch.device | str = "cpu", cache_dir: str | os.PathLike | None = None,
-               progress: ProgressFactory | None = None, config: TrainConfig | None = None,
-               n_per_class: int = 500, size: int = 64, world_seed: int | None = None) -> ZooInfo:
+def ensure_zoo(
+    world: WorldInfo | str | os.PathLike | None = None,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    cache_dir: str | os.PathLike | None = None,
+    progress: ProgressFactory | None = None,
+    config: TrainConfig | None = None,
+    n_per_class: int = 500,
+    size: int = 64,
+    world_seed: int | None = None,
+) -> ZooInfo:
     """The zoo for this world and training config from the cache, training what is missing.
 
     Args:
@@ -508,8 +658,9 @@ def ensure_zoo(world: WorldInfo | str | os.PathLike | None = None, *, seed: int 
     one whose files no longer match their hashes is retrained.
     """
     if world is None:
-        world = ensure_world(n_per_class, size, seed if world_seed is None else world_seed, cache_dir=cache_dir,
-                             progress=progress)
+        world = ensure_world(
+            n_per_class, size, seed if world_seed is None else world_seed, cache_dir=cache_dir, progress=progress
+        )
     elif not isinstance(world, WorldInfo):
         world = read_world(world)
     cfg = replace(config or TrainConfig(), seed=seed)
