@@ -61,42 +61,6 @@ class _PatchlabGroup(typer.core.TyperGroup):
             _FRAMES.remove(frame)
 
 
-class _Frame:
-    """One command invocation at the boundary: the folders it locked and the records it watches."""
-
-    def __init__(self) -> None:
-        from ..runs import OutputWatch
-
-        self.watch = OutputWatch()
-        self.locks: list = []
-        self.shown: set[str] = set()
-
-    def lock(self, folder, what: str) -> None:
-        from ..locks import FolderLock
-
-        self.locks.append(FolderLock(folder, what).acquire())
-
-    def settle(self, exc: BaseException) -> None:
-        """A failed command leaves no output folder claiming ``running`` (:class:`patchlab.runs.OutputWatch`)."""
-        if (
-            type(exc).__name__ == "Exit"
-            and not getattr(exc, "exit_code", 1)
-            or (isinstance(exc, SystemExit) and not exc.code)
-        ):
-            return  # a command that ended on purpose with success
-        try:
-            self.watch.settle(exc)
-        except Exception:  # noqa: BLE001 - the safety net never hides the error itself
-            pass
-
-    def release(self) -> None:
-        while self.locks:
-            self.locks.pop().release()
-
-
-_FRAMES: list[_Frame] = []
-
-
 def _error(message: str):
     from rich.markup import escape
 
