@@ -223,7 +223,15 @@ def _all_options() -> set[str]:
 
 
 #: options of other programs that patchlab's messages name
-FOREIGN = {"--list-devices"}  # v4l2-ctl
+FOREIGN = {
+    "--list-devices",  # v4l2-ctl
+    "--nproc",
+    "--nnodes",
+    "--rdzv-endpoint",
+    "--rdzv-backend",
+    "--rdzv-id",
+    "--node-rank",
+}  # torchrun
 
 
 def test_no_message_suggests_an_option_that_no_command_has():

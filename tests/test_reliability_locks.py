@@ -130,11 +130,20 @@ def _folder_commands(tmp: Path) -> dict[str, list]:
         ],
         "world train": ["world", "train", "--data", tmp / "no-world", "--device", "cpu"],
         "demo": ["demo", "--device", "cpu"],
+        "attack": ["attack", "pgd", "--model", R20, "--data", CIFAR_TEST, "--n", "2", "--device", "cpu"],
     }
 
 
 def test_every_folder_writer_is_in_the_table():
-    assert set(FOLDER_WRITERS) == {"optimize", "capture run", "eval matrix", "world make", "world train", "demo"}
+    assert set(FOLDER_WRITERS) == {
+        "optimize",
+        "capture run",
+        "eval matrix",
+        "world make",
+        "world train",
+        "demo",
+        "attack",
+    }
 
 
 @pytest.mark.parametrize("command", sorted(FOLDER_WRITERS))
