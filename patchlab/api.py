@@ -26,7 +26,7 @@ from .eot import PRESETS, EOTConfig, load_eot
 from .errors import ConfigError, DataError
 from .inputs import TensorSource
 from .models.wrapper import ModelInfo, Preprocess, WrappedModel
-from .optimize.attack import PatchResult
+from .optimize.attack import PatchResult, models_device
 from .transfer import TransferResult, evaluate_patch, render_patch
 
 
@@ -174,7 +174,7 @@ def evaluate(
     H, W = data.images.shape[-2:]
     fr = frac if frac is not None else cfg.get("frac") or float(p.shape[1] * p.shape[2]) / float(H * W)
     e = PRESETS["none"] if eot is None else (load_eot(eot) if isinstance(eot, str) else eot)
-    dev = next(ms[0].parameters()).device if next(ms[0].parameters(), None) is not None else torch.device("cpu")
+    dev = models_device(ms)
     src_names = list(sources) or (list(patch.models) if isinstance(patch, PatchResult) else [])
     res = evaluate_patch(
         p,

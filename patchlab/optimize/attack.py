@@ -137,7 +137,8 @@ def _as_models(models: nn.Module | Sequence[nn.Module]) -> list[WrappedModel]:
     return ms  # type: ignore[return-value]
 
 
-def _models_device(models: Sequence[nn.Module]) -> torch.device:
+def models_device(models: Sequence[nn.Module]) -> torch.device:
+    """Where the (first) model's parameters live (the CPU for a model without any)."""
     p = next(models[0].parameters(), None)
     return p.device if p is not None else torch.device("cpu")
 
@@ -247,7 +248,7 @@ class PatchAttack:
         labels0 = ms[0].labels
         target_name, t0 = resolve_target(target, labels0)
         config = replace(self.config, target=target_name)
-        device = torch.device(self.device) if self.device is not None else _models_device(ms)
+        device = torch.device(self.device) if self.device is not None else models_device(ms)
         target_idx = None if target_name is None else [class_index(target_name, m.labels) for m in ms]
         label_maps = [match_labels(labels0, m.labels, model_name=m.name) for m in ms]
 
