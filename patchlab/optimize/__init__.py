@@ -6,7 +6,7 @@
 * :mod:`.run` — run folders around it: split, record, checkpoints, resume.
 """
 
-from .attack import PatchAttack, PatchResult, PreparedAttack, resolve_target
+from .attack import PatchAttack, PatchResult, PreparedAttack, resolve_patch_target
 from .config import PAPER_LAYERS, REGULARIZER_UNIT, OptimizeConfig
 from .loop import LoopState, OptimizationDiverged, PatchOptimizer, StepInfo
 from .run import PreparedRun, RunResult, prepare_run, prepare_stream_run, run_optimization
@@ -26,6 +26,6 @@ __all__ = [
     "StepInfo",
     "prepare_run",
     "prepare_stream_run",
-    "resolve_target",
+    "resolve_patch_target",
     "run_optimization",
 ]

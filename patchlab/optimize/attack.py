@@ -143,8 +143,10 @@ def models_device(models: Sequence[nn.Module]) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def resolve_target(target: int | str | None, labels: Sequence[str]) -> tuple[str | None, int | None]:
-    """A class index or name -> ``(name, index)`` in ``labels``; ``None`` stays untargeted."""
+def resolve_patch_target(target: int | str | None, labels: Sequence[str]) -> tuple[str | None, int | None]:
+    """The one class a universal patch aims at: a class index or name -> ``(name, index)`` in
+    ``labels``; ``None`` stays untargeted. (Per-image targets of the image attacks, ``random``
+    included, are :func:`patchlab.attacks.base.resolve_target`.)"""
     if target is None:
         return None, None
     if isinstance(target, bool) or not isinstance(target, (int, str, np.integer)):
@@ -246,7 +248,7 @@ class PatchAttack:
         """
         ms = _as_models(models)
         labels0 = ms[0].labels
-        target_name, t0 = resolve_target(target, labels0)
+        target_name, t0 = resolve_patch_target(target, labels0)
         config = replace(self.config, target=target_name)
         device = torch.device(self.device) if self.device is not None else models_device(ms)
         target_idx = None if target_name is None else [class_index(target_name, m.labels) for m in ms]
@@ -390,4 +392,4 @@ class PatchAttack:
         return prep.result(state, time.perf_counter() - t0)
 
 
-__all__ = ["PatchAttack", "PatchResult", "PreparedAttack", "resolve_target"]
+__all__ = ["PatchAttack", "PatchResult", "PreparedAttack", "resolve_patch_target"]
