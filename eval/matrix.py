@@ -48,8 +48,17 @@ class MatrixRow:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "MatrixRow":
+        """Read a row back; the summary figures a row may lack (none measured) are None."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        kw = {k: v for k, v in d.items() if k in known}
+        for k in ("white_box", "mean_transfer", "min_transfer", "max_transfer"):
+            kw.setdefault(k, None)
+        kw.setdefault("label", str(kw.get("run_id", "")))
+        kw.setdefault("ci95", {})
+        try:
+            return cls(**kw)
+        except TypeError as exc:
+            raise ConfigError(f"a transfer matrix row lacks a field: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -171,15 +180,15 @@ def row_label(record: RunRecord | dict[str, Any]) -> str:
     rec = record if isinstance(record, RunRecord) else RunRecord.from_dict(record)
     cfg = rec.config
     src = "+".join(_short(n) for n in rec.source_names)
-    label = f"{cfg.get('loss', '?')} {rec.frac:.0%} {src}->{rec.target_class or 'untargeted'}"
-    if cfg.get("loss") != "ce" and cfg.get("layers", _DEFAULTS["layers"]) != _DEFAULTS["layers"]:
-        label += f" [{cfg['layers']}]"
+    label = f"{rec.loss or '?'} {rec.frac:.0%} {src}->{rec.target_class or 'untargeted'}"
+    if rec.loss != "ce" and (rec.layer_spec or _DEFAULTS["layers"]) != _DEFAULTS["layers"]:
+        label += f" [{rec.layer_spec}]"
     if cfg.get("eot_name", "none") != "none":
         label += f" eot={Path(str(cfg['eot_name'])).stem}"
     # the other knobs a study varies, only where they differ from the defaults
     knobs = [
-        ("projections", "proj", cfg.get("loss") == "sw"),
-        ("target_images", "timg", cfg.get("loss") != "ce"),
+        ("projections", "proj", rec.loss == "sw"),
+        ("target_images", "timg", rec.loss != "ce"),
         ("tv", "tv", True),
         ("nps", "nps", True),
     ]
@@ -198,7 +207,7 @@ def matrix_row(run_dir: str | Path, result: TransferResult, record: RunRecord) -
         run_id=result.run_id,
         run_dir=str(run_dir),
         label=row_label(record),
-        loss=str(record.config.get("loss")),
+        loss=str(record.loss),
         sources=sources,
         target_class=result.target_class,
         frac=record.frac,

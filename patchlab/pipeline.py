@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -236,11 +236,10 @@ class DemoPipeline:
             command=["patchlab", "demo"],
         )
         self.announce(f"patchlab eval transfer {run} --models {' '.join(self.card_paths())} --seed {c.seed}")
-        res = evaluate_run(run, models, seed=c.seed, device=dev)
+        res = replace(evaluate_run(run, models, seed=c.seed, device=dev), command=["patchlab", "demo"])
         atomic_write_json(run / TRANSFER_JSON, res.to_dict())
-        wb = [m.tsuc for m in res.models if m.is_source]
-        tr = {m.name: m.tsuc for m in res.models if not m.is_source}
-        return res, f"white-box tSuc {wb[0]:.1%}; transfer " + ", ".join(f"{k} {v:.1%}" for k, v in tr.items())
+        tr = ", ".join(f"{m.name} {m.tsuc:.1%}" for m in res.others)
+        return res, f"white-box tSuc {res.sources[0].tsuc:.1%}; transfer " + tr
 
     def stage_matrix(self) -> tuple[Any, str]:
         from .eval.matrix import transfer_matrix

@@ -127,6 +127,37 @@ class RunRecord:
     def final_tsuc(self) -> float | None:
         return float(self.history[-1]["tsuc"]) if self.history else None
 
+    @property
+    def last_step(self) -> dict[str, Any] | None:
+        """The last logged step of :attr:`history` (``{"step", "loss", "terms", "tsuc"}``), or None."""
+        return self.history[-1] if self.history else None
+
+    # the options a reader shows most, None where the record does not say (an older run)
+    @property
+    def loss(self) -> str | None:
+        v = self.config.get("loss")
+        return None if v is None else str(v)
+
+    @property
+    def steps(self) -> int | None:
+        v = self.config.get("steps")
+        return None if v is None else int(v)
+
+    @property
+    def placement(self) -> str | None:
+        v = self.config.get("placement")
+        return None if v is None else str(v)
+
+    @property
+    def layer_spec(self) -> str | None:
+        """The ``--layers`` option as given (:attr:`layers` holds the layers it resolved to)."""
+        v = self.config.get("layers")
+        return None if v is None else str(v)
+
+    @property
+    def patch_shape(self) -> str:
+        return str(self.patch.get("shape") or self.config.get("shape") or "square")
+
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
         if d["limit_per_class"] is None:  # written only by runs that limited their data
@@ -148,9 +179,10 @@ class RunRecord:
         return cls(**kw, extra={k: v for k, v in d.items() if k not in known})
 
 
-def load_run(run_dir: str | Path) -> RunRecord:
-    """The run record of a run folder as a :class:`RunRecord` (clear errors as :func:`read_run`)."""
-    return RunRecord.from_dict(read_run(run_dir))
+def load_run(run_dir: str | Path, *, warn: bool = True) -> RunRecord:
+    """The run record of a run folder as a :class:`RunRecord` (clear errors and the
+    unfinished-run warning as :func:`read_run`)."""
+    return RunRecord.from_dict(read_run(run_dir, warn=warn))
 
 
 def read_patch(run_dir: str | Path) -> np.ndarray:
@@ -182,17 +214,28 @@ class UnfinishedResultWarning(UserWarning):
     """A run or capture that did not finish is being used (its results are partial)."""
 
 
-def status_note(record: dict[str, Any], folder: str | Path, what: str = "run") -> str | None:
+def _status_of(record: Any) -> tuple[str, str]:
+    """``(status, why)`` of a record read as a dict or as an object (:class:`RunRecord`,
+    :class:`patchlab.captures.CaptureSummary`: ``message`` or ``error`` says why)."""
+    if isinstance(record, dict):
+        return str(record.get("status") or ""), str(record.get("message") or record.get("error") or "")
+    msg = getattr(record, "message", None) or getattr(record, "error", None)
+    return str(getattr(record, "status", "") or ""), str(msg or "")
+
+
+def status_note(record: Any, folder: str | Path, what: str = "run") -> str | None:
     """One line saying why ``record``'s results are partial, or None when it finished.
 
-    ``running`` is told apart by the folder's lock (:func:`patchlab.locks.lock_holder`):
-    still being written by a live process, or left by one that died (killed).
+    ``record`` is a ``run.json``/``summary.json`` dict or its object (:class:`RunRecord`,
+    :class:`~patchlab.captures.CaptureSummary`). ``running`` is told apart by the folder's
+    lock (:func:`patchlab.locks.lock_holder`): still being written by a live process, or
+    left by one that died (killed).
     """
-    status = str(record.get("status") or "")
+    status, msg = _status_of(record)
     if status not in (UNFINISHED_CAPTURE_STATUSES if "capture" in what else UNFINISHED_STATUSES):
         return None
     folder = Path(folder)
-    msg = str(record.get("message") or record.get("error") or "").strip()
+    msg = msg.strip()
     why = f" ({msg})" if msg else ""
     if status == "running":
         pid = lock_holder(folder)
@@ -211,7 +254,7 @@ def status_note(record: dict[str, Any], folder: str | Path, what: str = "run") -
     return f"{what} {folder} {status}{why}: its results are those of the last good step"
 
 
-def warn_if_unfinished(record: dict[str, Any], folder: str | Path, what: str = "run") -> str | None:
+def warn_if_unfinished(record: Any, folder: str | Path, what: str = "run") -> str | None:
     """:func:`status_note` as a warning (the CLI prints it as one ``warning:`` line); returns the note."""
     note = status_note(record, folder, what)
     if note:

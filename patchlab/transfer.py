@@ -72,6 +72,7 @@ class TransferResult:
     seed: int
     n_images: int
     models: list[ModelTransfer] = field(default_factory=list)
+    command: list[str] = field(default_factory=list)  # the argv that judged it (empty: a library call)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -82,6 +83,7 @@ class TransferResult:
             "seed": self.seed,
             "n_images": self.n_images,
             "models": [m.to_dict() for m in self.models],
+            "command": list(self.command),
         }
 
     @classmethod
@@ -94,10 +96,21 @@ class TransferResult:
             seed=int(d.get("seed", 0)),
             n_images=int(d["n_images"]),
             models=[ModelTransfer.from_dict(m) for m in d.get("models", [])],
+            command=[str(a) for a in d.get("command") or []],
         )
 
     def by_name(self) -> dict[str, ModelTransfer]:
         return {m.name: m for m in self.models}
+
+    @property
+    def sources(self) -> list[ModelTransfer]:
+        """The models the patch was optimised on (white-box)."""
+        return [m for m in self.models if m.is_source]
+
+    @property
+    def others(self) -> list[ModelTransfer]:
+        """The models it was not optimised on (transfer)."""
+        return [m for m in self.models if not m.is_source]
 
 
 #: clean predictions per (model name, image-set identity), reused across patches

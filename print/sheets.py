@@ -16,7 +16,6 @@ import datetime as _dt
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -34,7 +33,7 @@ from patchlab.markers import (
     frame_geometry,
     get_dictionary,
 )
-from patchlab.runs import RUN_JSON, read_run
+from patchlab.runs import RUN_JSON, RunRecord, load_run
 from patchlab.utils import atomic_write_bytes, versions
 
 from .pdf import CUT_MARK_GAP_MM, CUT_MARK_LEN_MM, MMCanvas
@@ -244,16 +243,16 @@ def load_patch_source(src: str | Path) -> PatchSource:
     from patchlab.errors import DataError
 
     p = Path(src)
-    run: dict[str, Any] = {}
+    run: RunRecord | None = None
     if p.is_dir():
         png = p / "patch.png"
         if not png.is_file():
             raise ConfigError(f"{p} is a folder without patch.png: pass an optimiser run folder or a patch image")
         if (p / RUN_JSON).is_file():
-            run = read_run(p)
+            run = load_run(p)
         else:
             warnings.warn(f"{p} has no run.json: the caption will not name the target class", stacklevel=2)
-        run_id = str(run.get("run_id") or p.resolve().name)
+        run_id = (run and run.run_id) or p.resolve().name
     elif p.is_file():
         png, run_id = p, p.stem
         if p.suffix.lower() in (".jpg", ".jpeg"):
@@ -272,13 +271,12 @@ def load_patch_source(src: str | Path) -> PatchSource:
     except Exception as exc:  # PIL raises many types for undecodable files
         raise DataError(f"cannot read patch image {png}: {exc}") from exc
     img = np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8)
-    seed = run.get("seed")
     return PatchSource(
         image=img,
         path=str(png.resolve()),
         run_id=run_id,
-        target_class=None if run.get("target_class") is None else str(run["target_class"]),
-        seed=int(seed) if isinstance(seed, (int, float)) else None,
+        target_class=None if run is None else run.target_class,
+        seed=None if run is None else run.seed,
         sha256=hashlib.sha256(data).hexdigest(),
     )
 

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from ._common import DEVICE_HELP, console, err_console, progress_bar
+from ._common import DEVICE_HELP, command_line, console, err_console, progress_bar
 
 MODELS_HELP = (
     "Judged models (cards, timm:NAME, ...): --models A B C, or --models repeated; shell globs of card paths work."
@@ -115,6 +116,7 @@ def _table(title: str, result) -> Table:
 
 
 def transfer_cmd(
+    ctx: typer.Context,
     args: Annotated[
         Optional[list[str]], typer.Argument(help="RUN_DIR (an optimiser run folder).", show_default=False)
     ] = None,
@@ -161,9 +163,9 @@ def transfer_cmd(
     judged = _defended([load_model(r, device=dev) for r in refs], defense)
     if patch is None:
         run = Path(runs[0])
-        from ..runs import read_run
+        from ..runs import load_run
 
-        n = len(read_run(run).get("split", {}).get("holdout", []))
+        n = len(load_run(run).holdout)
         with progress_bar("patched images", n) as adv:
             res = evaluate_run(
                 run,
@@ -176,7 +178,7 @@ def transfer_cmd(
                 device=dev,
                 progress=adv,
             )
-        res = _name_defense(res, judged, defense)
+        res = replace(_name_defense(res, judged, defense), command=command_line(ctx))
         atomic_write_json(run / TRANSFER_JSON, res.to_dict())
         console.print(_table(f"{res.run_id}: patch -> {res.target_class!r}", res))
         console.print(f"wrote {run / TRANSFER_JSON}")
@@ -210,7 +212,7 @@ def transfer_cmd(
             n_images=len(images),
             models=ms,
         )
-        res = _name_defense(res, judged, defense)
+        res = replace(_name_defense(res, judged, defense), command=command_line(ctx))
         console.print(_table(f"{patch}: patch -> {target!r}", res))
     if json_path is not None:
         atomic_write_json(json_path, res.to_dict())
@@ -233,7 +235,7 @@ def matrix_cmd(
     from ..errors import ConfigError
     from ..eval.matrix import transfer_matrix
     from ..models import load_model
-    from ..runs import read_run
+    from ..runs import load_run
     from ..utils import resolve_device
 
     runs, refs = split_runs_and_models(list(args), models, want_runs=True)
@@ -241,7 +243,7 @@ def matrix_cmd(
         raise ConfigError("give at least one RUN_DIR (a folder with run.json)")
     dev = resolve_device(device)
     judged = _defended([load_model(r, device=dev) for r in refs], defense)
-    total = sum(len(read_run(r).get("split", {}).get("holdout", [])) for r in runs)
+    total = sum(len(load_run(r).holdout) for r in runs)
     with progress_bar(f"{len(runs)} patches x {len(judged)} models", total) as adv:
         res = transfer_matrix(
             runs,
