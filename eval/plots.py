@@ -10,9 +10,12 @@ from __future__ import annotations
 import io
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .matrix import MatrixResult
 
 #: Colours per model, in order (matplotlib's tab10, colour-blind friendlier than the default cycle order).
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf")
@@ -144,16 +147,16 @@ def rate_bars(
     return Plot(name, title, _png(fig), len(rows), 1, "bars: rate; whiskers: Wilson 95 % interval")
 
 
-def matrix_heatmap(matrix: dict[str, Any], *, title: str = "transfer matrix (tSuc)") -> Plot | None:
-    """Runs (rows) x judged models (columns) tSuc heatmap from ``matrix.json``."""
-    models = list(matrix.get("models") or [])
-    runs = list(matrix.get("runs") or [])
+def matrix_heatmap(matrix: MatrixResult, *, title: str = "transfer matrix (tSuc)") -> Plot | None:
+    """Runs (rows) x judged models (columns) tSuc heatmap of a ``matrix.json``."""
+    models = list(matrix.models)
+    runs = list(matrix.rows)
     if not models or not runs:
         return None
     M = np.full((len(runs), len(models)), np.nan)
     for i, r in enumerate(runs):
         for j, m in enumerate(models):
-            v = (r.get("tsuc") or {}).get(m)
+            v = r.tsuc.get(m)
             if v is not None:
                 M[i, j] = float(v)
     n = int(np.isfinite(M).sum())
@@ -179,8 +182,8 @@ def matrix_heatmap(matrix: dict[str, Any], *, title: str = "transfer matrix (tSu
     ax.set_xticks(range(len(models)))
     ax.set_xticklabels(_short(models), rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(runs)))
-    ax.set_yticklabels([str(r.get("label") or r.get("run_id")) for r in runs], fontsize=8)
-    sources = [set(r.get("sources") or []) for r in runs]
+    ax.set_yticklabels([r.label or r.run_id for r in runs], fontsize=8)
+    sources = [set(r.sources) for r in runs]
     for i, src in enumerate(sources):
         for j, m in enumerate(models):
             if m in src:

@@ -27,11 +27,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from patchlab.captures import CaptureError, CaptureSummary, read_summary
 from patchlab.errors import ConfigError
-from patchlab.runs import PATCH_PNG, TRANSFER_JSON, read_run, warn_if_unfinished
+from patchlab.runs import PATCH_PNG, RUN_JSON, TRANSFER_JSON, RunRecord, load_run, read_patch, warn_if_unfinished
+from patchlab.transfer import TransferResult
 from patchlab.utils import atomic_write_bytes, atomic_write_text, now_iso, read_json_object, versions
 
 from . import plots as P
+from .matrix import MatrixResult
 
 #: Sample frames shown per capture.
 SAMPLES_SHOWN = 6
@@ -155,13 +158,45 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     return read_json_object(path) if path.is_file() else None
 
 
+def load_transfer(run_dir: Path) -> TransferResult | None:
+    """``RUN_DIR/transfer.json`` as a :class:`TransferResult`; None when absent (not measured)."""
+    d = _read_json(run_dir / TRANSFER_JSON)
+    if d is None:
+        return None
+    try:
+        return TransferResult.from_dict(d)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise ConfigError(
+            f"{run_dir / TRANSFER_JSON} is not a transfer record of `patchlab eval transfer` ({exc!r}); "
+            f"judge the patch again with `patchlab eval transfer {run_dir} --models MODEL...`"
+        ) from exc
+
+
+def load_matrix(path: Path) -> MatrixResult:
+    """A ``matrix.json`` of ``patchlab eval matrix`` as a :class:`MatrixResult` (a file of another
+    kind is refused by :func:`check_matrix_record`)."""
+    d = _read_json(path)
+    if d is None:
+        raise ConfigError(f"matrix file not found: {path}")
+    check_matrix_record(d, path)
+    return MatrixResult.from_dict(d)
+
+
+def _summary_of(record: dict[str, Any], folder: Path) -> CaptureSummary | None:
+    """A capture's summary as an object; None when absent or of an older shape (shown as '?')."""
+    if not record:
+        return None
+    try:
+        return CaptureSummary.from_dict(record, source=str(folder / "summary.json"))
+    except CaptureError:
+        return None
+
+
 def _short(name: str, names: Sequence[str]) -> str:
     return dict(zip(names, P._short(list(names)))).get(name, name)
 
 
-def _patch_section(run_dir: Path, run: dict[str, Any]) -> tuple[Section, dict[str, Any]]:
-    from patchlab.runs import read_patch
-
+def _patch_section(run_dir: Path, run: RunRecord) -> tuple[Section, dict[str, Any]]:
     blocks: list[Block] = []
     info: dict[str, Any] = {}
     try:
@@ -177,54 +212,49 @@ def _patch_section(run_dir: Path, run: dict[str, Any]) -> tuple[Section, dict[st
         info["pixels"] = f"{rgb.shape[1]}x{rgb.shape[0]}"
     except ConfigError as exc:
         blocks.append(Text(f"Patch image not found: {exc}", "missing"))
-    p = run.get("patch") or {}
-    cfg = run.get("config") or {}
-    patch_desc = f"{info.get('pixels', '?')} px, {p.get('shape', 'square')}"
-    if p.get("frac") is not None:
-        patch_desc += f", {float(p['frac']):.0%} of the image"
+    patch_desc = f"{info.get('pixels', '?')} px, {run.patch_shape}"
+    if run.frac:
+        patch_desc += f", {run.frac:.0%} of the image"
     items = [
-        ("target class", str(run.get("target_class", "not recorded"))),
-        ("run", str(run.get("run_id", run_dir.name))),
-        ("status", str(run.get("status", "not recorded"))),
-        ("seed", str(run.get("seed", "not recorded"))),
-        ("loss", str(cfg.get("loss", "not recorded"))),
-        ("steps", str(cfg.get("steps", "not recorded"))),
+        ("target class", _said(run.target_class)),
+        ("run", run.run_id or run_dir.name),
+        ("status", _said(run.status)),
+        ("seed", str(run.seed)),
+        ("loss", _said(run.loss)),
+        ("steps", _said(run.steps)),
         ("patch", patch_desc),
-        ("placement", str(cfg.get("placement", "not recorded"))),
-        (
-            "source models",
-            ", ".join(str(s.get("name", s.get("ref", "?"))) for s in run.get("sources") or []) or "not recorded",
-        ),
+        ("placement", _said(run.placement)),
+        ("source models", ", ".join(run.source_names) or "not recorded"),
     ]
     blocks.insert(0, KeyValues(items))
     return Section("patch", "The patch", blocks), info
 
 
-def _transfer_figures(transfer: dict[str, Any] | None) -> tuple[str, str]:
+def _said(v: Any) -> str:
+    """A recorded value as text; "not recorded" where the record does not say."""
+    return "not recorded" if v is None or v == "" else str(v)
+
+
+def _transfer_figures(transfer: TransferResult | None) -> tuple[str, str]:
     """White-box and mean-transfer tSuc of a transfer.json, formatted (``-`` when not measured)."""
-    if not transfer or not transfer.get("models"):
+    if transfer is None or not transfer.models:
         return "not measured", "not measured"
-    ms = transfer["models"]
-    src = [m["tsuc"] for m in ms if m.get("is_source")]
-    oth = [m["tsuc"] for m in ms if not m.get("is_source")]
+    src = [m.tsuc for m in transfer.sources]
+    oth = [m.tsuc for m in transfer.others]
     return (f"{np.mean(src):.1%}" if src else "-"), (f"{np.mean(oth):.1%}" if oth else "-")
 
 
-def _compare_section(runs: Sequence[Path]) -> Section:
+def _compare_section(runs: Sequence[tuple[Path, RunRecord, TransferResult | None]]) -> Section:
     """The patches of several runs side by side, each with its loss and digital tSuc."""
-    from patchlab.runs import read_patch
-
     images: list[tuple[bytes, str]] = []
     rows = []
-    for k, rd in enumerate(runs):
-        run = read_run(rd, warn=k > 0)  # the first is the report's own run, already checked
-        cfg = run.get("config") or {}
-        wb, tr = _transfer_figures(_read_json(rd / TRANSFER_JSON))
+    for rd, run, transfer in runs:
+        wb, tr = _transfer_figures(transfer)
         rgb = np.clip(np.round(read_patch(rd).transpose(1, 2, 0) * 255), 0, 255).astype(np.uint8)
         scale = max(1, 192 // max(rgb.shape[:2]))
-        label = f"{cfg.get('loss', '?')} ({run.get('run_id', rd.name)})"
+        label = f"{run.loss or '?'} ({run.run_id or rd.name})"
         images.append((P.image_png(rgb, scale=scale), f"{label}: white-box {wb}, transfer {tr}"))
-        rows.append([label, str(run.get("target_class", "?")), str(cfg.get("layers", "-")), wb, tr])
+        rows.append([label, run.target_class or "?", run.layer_spec or "-", wb, tr])
     return Section(
         "compare",
         "Patches side by side",
@@ -239,20 +269,20 @@ def _compare_section(runs: Sequence[Path]) -> Section:
     )
 
 
-def _loss_section(run_dir: Path, run: dict[str, Any]) -> Section:
-    hist = run.get("history") or []
-    plot = P.loss_curves(hist, title=f"optimisation of {run.get('run_id', run_dir.name)}")
-    if plot is None:
+def _loss_section(run_dir: Path, run: RunRecord) -> Section:
+    hist = run.history
+    plot = P.loss_curves(hist, title=f"optimisation of {run.run_id or run_dir.name}")
+    last = run.last_step
+    if plot is None or last is None:
         return Section(
             "loss", "Optimisation", [Text("Loss curves: not measured (run.json has no history).", "missing")]
         )
-    last = hist[-1]
     terms = ", ".join(f"{k} {float(v):.3g}" for k, v in (last.get("terms") or {}).items())
     return Section(
         "loss",
         "Optimisation",
         [
-            Figure(plot, f"{run_dir / 'run.json'} history; command: {_cmd(run.get('command'))}"),
+            Figure(plot, f"{run_dir / RUN_JSON} history; command: {_cmd(run.command)}"),
             Text(
                 f"{len(hist)} logged steps; last step {last.get('step')}: loss {float(last.get('loss', float('nan'))):.4g}"
                 + (f" ({terms})" if terms else "")
@@ -263,8 +293,8 @@ def _loss_section(run_dir: Path, run: dict[str, Any]) -> Section:
     )
 
 
-def _transfer_section(run_dir: Path, transfer: dict[str, Any] | None) -> Section:
-    if not transfer or not transfer.get("models"):
+def _transfer_section(run_dir: Path, transfer: TransferResult | None) -> Section:
+    if transfer is None or not transfer.models:
         return Section(
             "transfer",
             "Digital transfer",
@@ -276,14 +306,14 @@ def _transfer_section(run_dir: Path, transfer: dict[str, Any] | None) -> Section
                 )
             ],
         )
-    ms = transfer["models"]
+    ms = transfer.models
     rows = [
         [
-            m["name"] + (" (source)" if m.get("is_source") else ""),
-            _rate_ci(m.get("tsuc"), m.get("ci95")),
-            "-" if m.get("clean_accuracy") is None else f"{float(m['clean_accuracy']):.1%}",
-            "-" if m.get("untargeted_error") is None else f"{float(m['untargeted_error']):.1%}",
-            str(m.get("n", "-")),
+            m.name + (" (source)" if m.is_source else ""),
+            _rate_ci(m.tsuc, m.ci95),
+            f"{m.clean_accuracy:.1%}",
+            f"{m.untargeted_error:.1%}",
+            str(m.n),
         ]
         for m in ms
     ]
@@ -291,17 +321,13 @@ def _transfer_section(run_dir: Path, transfer: dict[str, Any] | None) -> Section
         TableBlock(
             ["model", "tSuc [95% CI]", "clean accuracy", "untargeted error", "n"],
             rows,
-            caption=f"placement {transfer.get('placement', '?')}; source: {run_dir / TRANSFER_JSON}",
+            caption=f"placement {transfer.placement}; source: {run_dir / TRANSFER_JSON}",
         )
     ]
     plot = P.rate_bars(
-        [
-            (m["name"], m.get("tsuc"), tuple(m.get("ci95") or (m.get("tsuc"), m.get("tsuc"))))
-            for m in ms
-            if m.get("tsuc") is not None
-        ],
+        [(m.name, m.tsuc, m.ci95) for m in ms],
         title="digital tSuc per model",
-        highlight=[bool(m.get("is_source")) for m in ms if m.get("tsuc") is not None],
+        highlight=[m.is_source for m in ms],
         name="transfer",
     )
     if plot is not None:
@@ -309,8 +335,8 @@ def _transfer_section(run_dir: Path, transfer: dict[str, Any] | None) -> Section
     return Section("transfer", "Digital transfer", blocks)
 
 
-def _matrix_section(matrix_path: Path | None) -> Section:
-    if matrix_path is None:
+def _matrix_section(matrix_path: Path | None, m: MatrixResult | None) -> Section:
+    if matrix_path is None or m is None:
         return Section(
             "matrix",
             "Transfer matrix",
@@ -322,10 +348,6 @@ def _matrix_section(matrix_path: Path | None) -> Section:
                 )
             ],
         )
-    m = _read_json(Path(matrix_path))
-    if m is None:
-        raise ConfigError(f"matrix file not found: {matrix_path}")
-    check_matrix_record(m, matrix_path)
     plot = P.matrix_heatmap(m)
     if plot is None:
         return Section(
@@ -333,13 +355,11 @@ def _matrix_section(matrix_path: Path | None) -> Section:
         )
     rows = [
         [
-            str(r.get("label") or r.get("run_id")),
-            str(r.get("loss", "-")),
-            "-" if r.get("mean_transfer") is None else f"{float(r['mean_transfer']):.1%}",
-            "-" if r.get("min_transfer") is None else f"{float(r['min_transfer']):.1%}",
-            "-" if r.get("max_transfer") is None else f"{float(r['max_transfer']):.1%}",
+            r.label or r.run_id,
+            r.loss or "-",
+            *("-" if v is None else f"{float(v):.1%}" for v in (r.mean_transfer, r.min_transfer, r.max_transfer)),
         ]
-        for r in m.get("runs", [])
+        for r in m.rows
     ]
     return Section(
         "matrix",
@@ -409,14 +429,14 @@ def _capture_section(k: int, capture_dir: Path, control: Path | None, n_bins: in
     from .physical import BIN_QUANTITIES, DEFAULT_BINS, evaluate_capture
 
     res = evaluate_capture(capture_dir, control=control, bins=DEFAULT_BINS + ("roll",), n_bins=n_bins)
-    summ = res.capture
+    summ = _summary_of(res.capture, capture_dir)
     partial = _partial_notes(
-        [(summ, capture_dir, "capture")]
-        + ([] if control is None else [(_read_json(control / "summary.json") or {}, control, "control capture")])
+        ([] if summ is None else [(summ, capture_dir, "capture")])
+        + ([] if control is None else [(read_summary(control), control, "control capture")])
     )
     names = res.model_names
-    cfg = summ.get("config") or {}
-    src = summ.get("source") or {}
+    cfg = {} if summ is None else summ.config
+    src = {} if summ is None else summ.source
     blocks: list[Block] = [
         KeyValues(
             [
@@ -427,13 +447,13 @@ def _capture_section(k: int, capture_dir: Path, control: Path | None, n_bins: in
                     + (" (frames of the target class left out)" if res.truth else "")
                     + f", {res.frames_with_pose} with the patch's pose",
                 ),
-                ("ended", f"{summ.get('end_reason', '?')} ({summ.get('status', '?')})"),
-                ("loop rate", f"{float(summ.get('fps') or 0):.1f} frames/s"),
+                ("ended", "?" if summ is None else f"{summ.end_reason} ({summ.status})"),
+                ("loop rate", f"{0.0 if summ is None else summ.fps:.1f} frames/s"),
                 ("crop / defence", f"{cfg.get('crop', '?')} / {_defense_text(cfg.get('defense'))}"),
                 (
                     "layout / camera",
-                    f"{summ.get('layout') or 'none (nominal marker frame)'} / "
-                    f"{summ.get('camera') or 'none (no distance or angle)'}",
+                    f"{(summ and summ.layout) or 'none (nominal marker frame)'} / "
+                    f"{(summ and summ.camera) or 'none (no distance or angle)'}",
                 ),
             ]
         )
@@ -464,7 +484,7 @@ def _capture_section(k: int, capture_dir: Path, control: Path | None, n_bins: in
         name=f"capture{k}-tsuc",
     )
     if plot is not None:
-        blocks.append(Figure(plot, f"{capture_dir / 'frames.jsonl'}; command: {_cmd(summ.get('command'))}"))
+        blocks.append(Figure(plot, f"{capture_dir / 'frames.jsonl'}; command: {_cmd(summ and summ.command)}"))
     if res.control is not None:
         crow = [
             [
@@ -521,7 +541,16 @@ def _capture_section(k: int, capture_dir: Path, control: Path | None, n_bins: in
     _, frames = load_capture(capture_dir)
     g = _samples(capture_dir, {f["index"]: f for f in frames}, names)
     blocks.append(g if g is not None else Text("Sample frames: none kept (samples/ is empty).", "missing"))
-    return Section(f"capture-{k}", f"Physical: {capture_dir.name}", blocks), res
+    return Section(f"capture-{k}", f"Physical: {capture_dir.name}", blocks), Filmed(capture_dir, res, summ)
+
+
+@dataclass(frozen=True)
+class Filmed:
+    """One capture as the report read it: the folder, what ``eval physical`` measures, its summary."""
+
+    folder: Path
+    result: Any  # patchlab.eval.physical.PhysicalResult
+    summary: CaptureSummary | None
 
 
 def _pose_blocks(res: Any, names: Sequence[str]) -> list[Block]:
@@ -575,22 +604,22 @@ def _pose_blocks(res: Any, names: Sequence[str]) -> list[Block]:
 
 def _provenance(
     run_dir: Path,
-    run: dict[str, Any],
-    transfer: dict | None,
+    run: RunRecord,
+    transfer: TransferResult | None,
     matrix: Path | None,
-    captures: list[tuple[Path, Any]],
+    captures: list[Filmed],
     argv: Sequence[str] | None,
 ) -> Section:
     blocks: list[Block] = [
-        Code(_cmd(run.get("command")), f"optimiser run ({run_dir / 'run.json'})"),
-        Code(json.dumps(run.get("config") or {}, sort_keys=True), "optimiser config"),
-        Code(json.dumps(run.get("versions") or {}, sort_keys=True), "optimiser versions"),
+        Code(_cmd(run.command), f"optimiser run ({run_dir / RUN_JSON})"),
+        Code(json.dumps(run.config, sort_keys=True), "optimiser config"),
+        Code(json.dumps(run.versions, sort_keys=True), "optimiser versions"),
     ]
     if transfer is not None:
         blocks.append(
             Code(
-                _cmd(transfer.get("command"))
-                if transfer.get("command")
+                _cmd(transfer.command)
+                if transfer.command
                 else f"patchlab eval transfer {run_dir} (file {run_dir / TRANSFER_JSON}; its command is not "
                 "recorded in it)",
                 "digital transfer",
@@ -598,12 +627,14 @@ def _provenance(
         )
     if matrix is not None:
         blocks.append(Code(str(matrix), "transfer matrix file"))
-    for cdir, res in captures:
-        s = res.capture
-        blocks.append(Code(_cmd(s.get("command")), f"capture {cdir}"))
-        blocks.append(Code(json.dumps(s.get("config") or {}, sort_keys=True), f"capture config {cdir.name}"))
-        blocks.append(Code(json.dumps(s.get("versions") or {}, sort_keys=True), f"capture versions {cdir.name}"))
-        sim = _simulation_of(s)
+    for c in captures:
+        cdir, s = c.folder, c.summary
+        blocks.append(Code(_cmd(s and s.command), f"capture {cdir}"))
+        blocks.append(Code(json.dumps({} if s is None else s.config, sort_keys=True), f"capture config {cdir.name}"))
+        blocks.append(
+            Code(json.dumps({} if s is None else s.versions, sort_keys=True), f"capture versions {cdir.name}")
+        )
+        sim = None if s is None else _simulation_of(s)
         if sim is not None:
             scenes = [
                 f"{sc.get('object_class')}: {sc.get('path')} frames {sc.get('frames')}" for sc in sim.get("scenes", [])
@@ -624,8 +655,8 @@ def _provenance(
     return Section("provenance", "Commands, configs and versions", blocks)
 
 
-def _simulation_of(summary: dict[str, Any]) -> dict[str, Any] | None:
-    desc = (summary.get("source") or {}).get("description")
+def _simulation_of(summary: CaptureSummary) -> dict[str, Any] | None:
+    desc = summary.source.get("description")
     if not desc:
         return None
     from patchlab.captures import sim_path_for
@@ -637,29 +668,27 @@ def _simulation_of(summary: dict[str, Any]) -> dict[str, Any] | None:
         return None
 
 
-def _headline(run: dict[str, Any], transfer: dict | None, captures: list[tuple[Path, Any]]) -> list[str]:
+def _headline(run: RunRecord, transfer: TransferResult | None, captures: list[Filmed]) -> list[str]:
     out = [
-        f"Adversarial patch for target class '{run.get('target_class', '?')}' "
-        f"(run {run.get('run_id', '?')}, loss {(run.get('config') or {}).get('loss', '?')}, "
-        f"status {run.get('status', '?')})."
+        f"Adversarial patch for target class '{run.target_class or '?'}' "
+        f"(run {run.run_id or '?'}, loss {run.loss or '?'}, status {run.status or '?'})."
     ]
-    if transfer and transfer.get("models"):
-        ms = transfer["models"]
-        src = [m for m in ms if m.get("is_source")]
-        oth = [m for m in ms if not m.get("is_source") and m.get("tsuc") is not None]
+    if transfer is not None and transfer.models:
+        src, oth = transfer.sources, transfer.others
         parts = []
         if src:
-            parts.append("on its source model(s) " + ", ".join(f"{m['name']} {float(m['tsuc']):.0%}" for m in src))
+            parts.append("on its source model(s) " + ", ".join(f"{m.name} {m.tsuc:.0%}" for m in src))
         if oth:
+            best = max(oth, key=lambda m: m.tsuc)
             parts.append(
-                f"transfers to {len(oth)} other model(s) at {np.mean([m['tsuc'] for m in oth]):.0%} on "
-                f"average (best {max(oth, key=lambda m: m['tsuc'])['name']} "
-                f"{max(m['tsuc'] for m in oth):.0%})"
+                f"transfers to {len(oth)} other model(s) at {np.mean([m.tsuc for m in oth]):.0%} on "
+                f"average (best {best.name} {best.tsuc:.0%})"
             )
         out.append("Digitally it succeeds " + "; ".join(parts) + ".")
     else:
         out.append("Digital transfer: not measured.")
-    for cdir, res in captures:
+    for c in captures:
+        cdir, res = c.folder, c.result
         best = max(res.models, key=lambda m: m.tsuc["rate"] if m.tsuc["n"] else -1)
         line = (
             f"Filmed ({cdir.name}, {res.frames} frames): tSuc "
@@ -704,28 +733,31 @@ def build_report(
 
     if is_attack_run(run_dir) and not (run_dir / "run.json").is_file():
         return build_attack_report(run_dir, argv=argv)
-    run = read_run(run_dir, warn=False)
+    run = load_run(run_dir, warn=False)
     run_partial = _partial_notes([(run, run_dir, "run")])
     if len(controls) > len(captures):
         raise ConfigError(
             f"{len(controls)} --control folders for {len(captures)} captures: give one capture per control"
         )
-    transfer = _read_json(run_dir / TRANSFER_JSON)
+    transfer = load_transfer(run_dir)
+    matrix_path = None if matrix is None else Path(matrix)
+    matrix_res = None if matrix_path is None else load_matrix(matrix_path)
+    others = [(Path(rd), load_run(rd), load_transfer(Path(rd))) for rd in compare]  # warns if unfinished
     sections = []
     patch_sec, _ = _patch_section(run_dir, run)
     patch_sec.blocks[:0] = [Text(f"Partial result: {n}", "warning") for n in run_partial]
     sections.append(patch_sec)
     if compare:
-        sections.append(_compare_section([run_dir, *map(Path, compare)]))
+        sections.append(_compare_section([(run_dir, run, transfer), *others]))
     sections.append(_loss_section(run_dir, run))
     sections.append(_transfer_section(run_dir, transfer))
-    sections.append(_matrix_section(None if matrix is None else Path(matrix)))
-    done = []
+    sections.append(_matrix_section(matrix_path, matrix_res))
+    done: list[Filmed] = []
     for k, cdir in enumerate(captures):
         ctrl = Path(controls[k]) if k < len(controls) else None
-        sec, res = _capture_section(k, Path(cdir), ctrl, n_bins)
+        sec, filmed = _capture_section(k, Path(cdir), ctrl, n_bins)
         sections.append(sec)
-        done.append((Path(cdir), res))
+        done.append(filmed)
     if not captures:
         sections.append(
             Section(
@@ -740,7 +772,7 @@ def build_report(
                 ],
             )
         )
-    sections.append(_provenance(run_dir, run, transfer, None if matrix is None else Path(matrix), done, argv))
+    sections.append(_provenance(run_dir, run, transfer, matrix_path, done, argv))
     headline = _headline(run, transfer, done)
     headline += [
         f"Partial result: {t.text.split(': ', 1)[1]}"
@@ -753,18 +785,20 @@ def build_report(
     if overview is not None:
         summary.blocks.append(Figure(overview, "digital: transfer.json; physical: each capture's frames.jsonl"))
     return Report(
-        title=f"patchlab report: run {run.get('run_id', run_dir.name)}",
-        subtitle=f"target '{run.get('target_class', '?')}' - {run_dir.resolve()}",
+        title=f"patchlab report: run {run.run_id or run_dir.name}",
+        subtitle=f"target '{run.target_class or '?'}' - {run_dir.resolve()}",
         headline=headline,
         sections=[summary] + sections,
         generated=now_iso(),
     )
 
 
-def _partial_notes(items: Sequence[tuple[dict[str, Any], Path, str]]) -> list[str]:
+def _partial_notes(items: Sequence[tuple[Any, Path, str]]) -> list[str]:
     """A warning line (and the note for the report) for each run or capture that did not finish."""
     notes = []
     for record, folder, what in items:
+        if record is None:
+            continue
         note = warn_if_unfinished(record, folder, what)
         if note:
             notes.append(note)
@@ -793,7 +827,7 @@ def build_attack_report(run_dir: str | Path, *, argv: Sequence[str] | None = Non
         f"over {s.get('n', '?')} images the source classified correctly "
         f"({sel.get('correct', '?')} correct of {sel.get('scanned', '?')} scanned)."
     ]
-    overview = [
+    overview: list[Block] = [
         KeyValues(
             [
                 ("attack", name),
@@ -869,17 +903,14 @@ def build_attack_report(run_dir: str | Path, *, argv: Sequence[str] | None = Non
     )
 
 
-def _overview_plot(transfer: dict | None, captures: list[tuple[Path, Any]]) -> P.Plot | None:
+def _overview_plot(transfer: TransferResult | None, captures: list[Filmed]) -> P.Plot | None:
     """Grouped bars: tSuc per model, digital and per capture."""
     groups: dict[str, dict[str, tuple[float, tuple[float, float]]]] = {}
-    if transfer:
-        for m in transfer.get("models") or []:
-            if m.get("tsuc") is not None:
-                groups.setdefault("digital", {})[m["name"]] = (
-                    float(m["tsuc"]),
-                    tuple(m.get("ci95") or (m["tsuc"],) * 2),
-                )
-    for cdir, res in captures:
+    if transfer is not None:
+        for mt in transfer.models:
+            groups.setdefault("digital", {})[mt.name] = (mt.tsuc, mt.ci95)
+    for c in captures:
+        cdir, res = c.folder, c.result
         for m in res.models:
             if m.tsuc["n"]:
                 groups.setdefault(f"filmed: {cdir.name}", {})[m.model] = (m.tsuc["rate"], tuple(m.tsuc["ci95"]))
