@@ -1,7 +1,7 @@
 """Shared test data for the capture/simulate/eval-physical/report tests, made once per session.
 
-A printed layout of a random 64x64 patch (as ``patchlab print patch`` writes it), a
-fake optimiser run folder, and short simulated videos of it in front of real
+A real short optimiser run (:func:`conftest.short_run`), its 64x64 patch printed (as
+``patchlab print patch`` writes it), and short simulated videos of it in front of real
 CIFAR-10 test photographs, each cached so every test module reuses them.
 """
 
@@ -9,92 +9,23 @@ from __future__ import annotations
 
 import atexit
 import functools
-import json
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
-from conftest import CIFAR_TEST
+from conftest import CIFAR_TEST, short_run
 
 _TMP = Path(tempfile.mkdtemp(prefix="patchlab-capture-tests-"))
 atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
 TARGET = "cat"
 
 
-def fake_run(root: Path, *, size: int = 64, seed: int = 0, target: str = TARGET, history: bool = True) -> Path:
-    """An optimiser run folder as patchlab/runs.py describes it, with a transfer.json."""
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    img = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-    Image.fromarray(img).save(root / "patch.png")
-    np.save(root / "patch.npy", img.transpose(2, 0, 1).astype(np.float32) / 255.0)
-    hist = (
-        [
-            {
-                "step": s,
-                "loss": 3.0 * np.exp(-s / 40) + 0.1,
-                "terms": {"ot": 2.5 * np.exp(-s / 40), "tv": 0.1},
-                "tsuc": min(1.0, s / 120),
-            }
-            for s in range(0, 200, 10)
-        ]
-        if history
-        else []
-    )
-    run = {
-        "run_id": root.name,
-        "status": "finished",
-        "target_class": target,
-        "target_index": 3,
-        "seed": seed,
-        "config": {"loss": "ot", "steps": 200, "patch_size": size, "frac": 0.1, "placement": "side"},
-        "command": ["patchlab", "optimize", "--source", "resnet20.json", "--target", target, "--out", str(root)],
-        "sources": [{"name": "cifar10-resnet20", "ref": "resnet20.json"}],
-        "layers": {},
-        "patch": {"pixels": [size, size], "shape": "square", "frac": 0.1, "side_px": 10},
-        "data": {"root": str(CIFAR_TEST), "n_images": 500, "image_size": [32, 32]},
-        "history": hist,
-        "versions": {"patchlab": "0.1.0", "torch": "2"},
-        "started": "2025-01-01T00:00:00",
-        "finished": "2025-01-01T00:10:00",
-        "seconds": 600,
-    }
-    (root / "run.json").write_text(json.dumps(run))
-    transfer = {
-        "run_id": root.name,
-        "target_class": target,
-        "placement": "side",
-        "models": [
-            {
-                "name": "cifar10-resnet20",
-                "tsuc": 0.62,
-                "ci95": [0.55, 0.69],
-                "clean_accuracy": 0.81,
-                "untargeted_error": 0.7,
-                "n": 180,
-                "is_source": True,
-            },
-            {
-                "name": "cifar10-vit_tiny_p4",
-                "tsuc": 0.21,
-                "ci95": [0.16, 0.28],
-                "clean_accuracy": 0.80,
-                "untargeted_error": 0.4,
-                "n": 180,
-                "is_source": False,
-            },
-        ],
-    }
-    (root / "transfer.json").write_text(json.dumps(transfer))
-    return root
-
-
-@functools.lru_cache(maxsize=None)
 def run_dir() -> Path:
-    return fake_run(_TMP / "run-0001")
+    """The session's real short optimiser run (:func:`conftest.short_run`: target ``cat``,
+    a 64x64 patch, with its ``transfer.json``)."""
+    return short_run()
 
 
 @functools.lru_cache(maxsize=None)
@@ -167,10 +98,11 @@ def tmp_root() -> Path:
 
 
 def test_helpers_make_a_run_folder_and_a_video():
-    from patchlab.runs import read_patch, read_run
+    from patchlab.runs import load_run, read_patch
 
-    run = read_run(run_dir())
-    assert run["target_class"] == TARGET and len(run["history"]) == 20
+    run = load_run(run_dir())
+    assert run.target_class == TARGET and run.status == "finished" and len(run.history) == run.steps == 3
     assert read_patch(run_dir()).shape == (3, 64, 64)
+    assert (run_dir() / "transfer.json").is_file()
     res = video()
     assert res.video.is_file() and res.frames == 30

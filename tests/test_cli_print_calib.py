@@ -10,6 +10,7 @@ import json
 import cv2
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from patchlab.calib.color import load_color_transform, load_palette
@@ -19,7 +20,7 @@ from patchlab.layout import load_layout
 from patchlab.print.verify import render_pdf
 
 from test_calib_color import printer_camera
-from test_print import fake_run
+from conftest import copy_short_run
 
 runner = CliRunner()
 
@@ -46,7 +47,8 @@ def fails(args, match, folder):
 def sheets(tmp_path_factory):
     """A run folder, a patch PDF, a chart and a board, made with the CLI."""
     tmp = tmp_path_factory.mktemp("cli")
-    run, img = fake_run(tmp / "run-7", target="airplane")
+    run = copy_short_run(tmp / "run-7")
+    img = np.asarray(Image.open(run / "patch.png").convert("RGB"))
     ok(["print", "patch", str(run), "--size-mm", "50", "--out", str(tmp / "patch.pdf"), "--copies", "2", "--chart"])
     ok(["print", "chart", "--out", str(tmp / "chart.pdf")])
     ok(["print", "board", "--out", str(tmp / "board.pdf"), "--paper", "letter"])
@@ -59,7 +61,7 @@ def test_print_commands_write_pdf_and_layout(sheets):
         assert (tmp / f"{name}.pdf").read_bytes().startswith(b"%PDF")
         assert load_layout(tmp / f"{name}.layout.json").kind == kind
     lay = load_layout(tmp / "patch.layout.json")
-    assert lay.meta["target_class"] == "airplane" and len(lay.patches) == 2 and lay.swatches
+    assert lay.meta["target_class"] == "cat" and len(lay.patches) == 2 and lay.swatches
     assert load_layout(tmp / "board.layout.json").page_mm == (215.9, 279.4)
 
 

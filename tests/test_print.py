@@ -7,7 +7,6 @@ cells equal to the patch image (PSNR >= 40 dB on the patch grid).
 
 from __future__ import annotations
 
-import json
 
 import cv2
 import numpy as np
@@ -31,22 +30,13 @@ DPI = 600
 PPM = DPI / 25.4
 
 
-def fake_run(root, *, size=(64, 64), seed=0, target="cat"):
-    """An optimiser run folder as the optimiser writes it: patch.png + run.json."""
-    root.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    img = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
-    Image.fromarray(img).save(root / "patch.png")
-    (root / "run.json").write_text(json.dumps({"target_class": target, "config": {"steps": 10}, "seed": seed}))
-    return root, img
-
-
 @pytest.fixture(scope="module")
-def printed(tmp_path_factory):
-    """Two 50 mm copies of a 64x64 patch with a chart strip, written as a user would."""
+def printed(tmp_path_factory, short_run_dir):
+    """Two 50 mm copies of a real short run's 64x64 patch with a chart strip, written as a user would."""
     tmp = tmp_path_factory.mktemp("print")
-    run, img = fake_run(tmp / "run-0001")
-    res = make_patch_pdf(load_patch_source(run), size_mm=50, copies=2, chart=True, date="2025-01-02")
+    src = load_patch_source(short_run_dir)
+    img = src.image
+    res = make_patch_pdf(src, size_mm=50, copies=2, chart=True, date="2025-01-02")
     pdf, lay = res.write(tmp / "patch.pdf")
     return pdf, load_layout(lay), img
 
@@ -172,8 +162,9 @@ def test_board_pdf_is_opencvs_charuco_board(tmp_path):
 
 
 def test_patch_source_variants_and_errors(tmp_path):
-    run, img = fake_run(tmp_path / "r", size=(48, 32))
-    src = load_patch_source(run / "patch.png")
+    img = np.random.default_rng(0).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "patch.png")  # a patch image from elsewhere: no run folder
+    src = load_patch_source(tmp_path / "patch.png")
     assert src.run_id == "patch" and src.target_class is None and src.image.shape == (32, 48, 3)
     res = make_patch_pdf(src, size_mm=60, date="2025-01-02")
     p = res.layout.patches[0]

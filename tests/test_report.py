@@ -13,7 +13,10 @@ from typer.testing import CliRunner
 from patchlab.cli import app
 from patchlab.errors import ConfigError
 from patchlab.eval.report import Figure, build_report, render_html, write_report
-from test_capture_helpers import capture, fake_run, run_dir
+from conftest import copy_short_run, make_short_run
+from patchlab.runs import load_run
+from patchlab.transfer import TransferResult
+from test_capture_helpers import capture, run_dir
 
 SECTIONS = ["summary", "patch", "loss", "transfer", "matrix", "capture-0", "provenance"]
 
@@ -87,7 +90,8 @@ def test_every_section_and_no_empty_plot(full):
     } <= names
     for f in figs:
         assert f.n_points > 0 and f.n_series > 0 and f.png[:4] == b"\x89PNG", f.name
-    assert next(f for f in figs if f.name == "loss").n_points == 20 * 3 + 20  # loss, 2 terms, train tSuc
+    hist = load_run(run_dir()).history  # a real run: loss, each named term and the train tSuc per logged step
+    assert next(f for f in figs if f.name == "loss").n_points == len(hist) * (2 + len(hist[0]["terms"]))
     assert next(f for f in figs if f.name == "matrix").n_points == 5  # measured cells only
     missing = [t for s in full.to_dict()["sections"] for t in s["missing"]]
     assert missing == []  # everything was measured here
@@ -102,7 +106,9 @@ def test_every_section_and_no_empty_plot(full):
 
 
 def test_missing_parts_are_said_not_measured(tmp_path):
-    run = fake_run(tmp_path / "bare", history=False)
+    run = copy_short_run(tmp_path / "bare")  # as a run that stopped before its first logged step
+    rec = json.loads((run / "run.json").read_text())
+    (run / "run.json").write_text(json.dumps({**rec, "history": []}))
     (run / "transfer.json").unlink()
     rep = build_report(run)
     missing = " ".join(t for s in rep.to_dict()["sections"] for t in s["missing"])
@@ -172,14 +178,15 @@ def test_cli_report(tmp_path):
 
 
 def test_compare_shows_patches_side_by_side(tmp_path):
-    from test_capture_helpers import fake_run
-
-    other = fake_run(tmp_path / "run-ce", seed=5)
+    other = make_short_run(tmp_path / "run-ce", loss="ce", seed=5, steps=2)
     rep = build_report(run_dir(), [], compare=[other])
     sec = next(s for s in rep.sections if s.key == "compare")
     gallery = next(b for b in sec.blocks if b.__class__.__name__ == "Gallery")
     assert len(gallery.images) == 2 and "run-ce" in gallery.images[1][1]
-    assert "white-box 62.0%, transfer 21.0%" in gallery.images[0][1]
+    t = TransferResult.from_dict(json.loads((run_dir() / "transfer.json").read_text()))
+    wb, tr = t.sources[0].tsuc, t.others[0].tsuc
+    assert f"sw (run-0001): white-box {wb:.1%}, transfer {tr:.1%}" == gallery.images[0][1]
+    assert gallery.images[1][1].startswith("ce (run-ce): white-box ")
     html = render_html(rep)
     assert "Patches side by side" in html
     r = CliRunner().invoke(app, ["report", str(run_dir()), "--compare", str(other), "--out", str(tmp_path / "r.html")])
