@@ -25,13 +25,13 @@ import torch
 import typer
 from typer.testing import CliRunner
 
-from conftest import CIFAR_TEST, REPO, card
+from conftest import CIFAR_TEST, REPO, card, copy_short_run
 from patchlab.calib.camera import calibrate_camera
 from patchlab.cli import app
 from patchlab.errors import DataError, ModelLoadError
 from patchlab.models import load_model
 from patchlab.models.load import read_state_dict
-from test_capture_helpers import TARGET, fake_run, video
+from test_capture_helpers import TARGET, video
 
 R20 = card("resnet20")
 HANG_S = 10.0
@@ -67,7 +67,7 @@ def fifo(tmp_path):
 
 
 def _fifo_cases(tmp: Path, fifo: Path) -> dict[str, list]:
-    run = fake_run(tmp / "run")
+    run = copy_short_run(tmp / "run")
     out = tmp / "out"
     return {
         "capture --source": ["capture", "run", "--source", fifo, "--models", R20, "--target", TARGET, "--out", out],
@@ -141,7 +141,7 @@ def test_a_pipe_given_for_any_path_is_refused_at_once(tmp_path, fifo, case):
 
 
 def test_a_pipe_inside_a_run_folder_or_card_is_refused(tmp_path):
-    run = fake_run(tmp_path / "run")
+    run = copy_short_run(tmp_path / "run")
     (run / "run.json").unlink()
     os.mkfifo(run / "run.json")
     res = invoke_with_fifo(["report", run, "--out", tmp_path / "r.html"], run / "run.json")

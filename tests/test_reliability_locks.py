@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import CIFAR_TEST, card
+from conftest import CIFAR_TEST, card, optimize_args
 from patchlab.cli import FOLDER_WRITERS, app
 from patchlab.errors import FolderInUse
 from patchlab.locks import FolderLock, lock_holder, lock_path
@@ -29,24 +29,7 @@ from patchlab.runs import read_run, writing_folder
 from test_capture_helpers import TARGET, video
 
 R20 = card("resnet20")
-OPTIMIZE = [
-    "optimize",
-    "--source",
-    R20,
-    "--data",
-    str(CIFAR_TEST),
-    "--target",
-    "frog",
-    "--limit-per-class",
-    "5",
-    "--batch-size",
-    "4",
-    "--steps",
-    "1",
-    "--device",
-    "cpu",
-    "--no-cache",
-]
+OPTIMIZE = optimize_args(steps=1)
 
 
 def invoke(*args):
@@ -193,9 +176,7 @@ def test_two_real_processes_one_run_folder(tmp_path):
         sys.executable,
         "-m",
         "patchlab",
-        *OPTIMIZE[:-1],
-        "--steps",
-        "5000",
+        *optimize_args(steps=5000),
         "--checkpoint-every",
         "5",
         "--out",

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import CIFAR_TEST, card
+from conftest import CIFAR_TEST, card, copy_short_run, optimize_args
 from patchlab.checks import check_overwrite
 from patchlab.cli import FILE_WRITERS, app
 from patchlab.errors import ConfigError
-from test_capture_helpers import capture, fake_run, video
+from test_capture_helpers import capture, video
 
 R20 = card("resnet20")
 
@@ -43,7 +43,7 @@ def test_helper_refuses_any_existing_path_and_names_the_flag(tmp_path):
 
 def _commands(tmp: Path) -> dict[str, tuple[list, list[str]]]:
     """command -> (argv without --out, files it writes for --out NAME)."""
-    run = fake_run(tmp / "run")
+    run = copy_short_run(tmp / "run")
     cap = capture()
     board = tmp / "board.pdf"
     assert invoke("print", "board", "--out", board).exit_code == 0
@@ -137,27 +137,9 @@ def test_overwrite_replaces_it(commands, tmp_path, command):
 
 
 def test_folder_writers_keep_refusing_a_folder_with_a_result(tmp_path):
-    run = tmp_path / "run"
-    fake_run(run)
+    run = copy_short_run(tmp_path / "run")
     before = digest(sorted(run.iterdir()))
-    res = invoke(
-        "optimize",
-        "--source",
-        R20,
-        "--data",
-        CIFAR_TEST,
-        "--target",
-        "frog",
-        "--limit-per-class",
-        "5",
-        "--steps",
-        "1",
-        "--device",
-        "cpu",
-        "--no-cache",
-        "--out",
-        run,
-    )
+    res = invoke(*optimize_args(steps=1), "--out", run)
     assert res.exit_code == 1 and "not empty" in res.output, res.output
     assert digest(sorted(run.iterdir())) == before
     cap = capture()

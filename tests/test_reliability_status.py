@@ -18,32 +18,13 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import CIFAR_TEST, card
+from conftest import CIFAR_TEST, card, optimize_args
 from patchlab.cli import app
 from patchlab.runs import UnfinishedResultWarning, read_run, status_note
 from test_capture_helpers import capture
 
 R20 = card("resnet20")
-OPTIMIZE = [
-    "optimize",
-    "--source",
-    R20,
-    "--data",
-    str(CIFAR_TEST),
-    "--target",
-    "frog",
-    "--limit-per-class",
-    "5",
-    "--batch-size",
-    "4",
-    "--steps",
-    "2",
-    "--checkpoint-every",
-    "1",
-    "--device",
-    "cpu",
-    "--no-cache",
-]
+OPTIMIZE = [*optimize_args(steps=2), "--checkpoint-every", "1"]
 
 
 def invoke(*args):

@@ -21,12 +21,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from conftest import CIFAR_TEST, card
+from conftest import CIFAR_TEST, card, copy_short_run, optimize_args
 from patchlab import utils
 from patchlab.cli import app
 from patchlab.errors import WriteError
 from patchlab.runs import mark_stopped
-from test_capture_helpers import TARGET, capture, fake_run, video
+from test_capture_helpers import TARGET, capture, video
 
 R20 = card("resnet20")
 
@@ -206,39 +206,16 @@ def test_mark_stopped_records_the_status_in_place_when_nothing_new_can_be_writte
 
 
 # ------------------------------------------------------------------ every writing command, bad --out
-#: the cheapest real optimiser run: resnet20, 2 images per class, 1 step
-OPTIMIZE = [
-    "optimize",
-    "--source",
-    R20,
-    "--data",
-    CIFAR_TEST,
-    "--target",
-    "frog",
-    "--limit-per-class",
-    "5",
-    "--batch-size",
-    "4",
-    "--steps",
-    "1",
-    "--device",
-    "cpu",
-    "--no-cache",
-]
-
-
-def real_run(out: Path) -> Path:
-    res = invoke(*OPTIMIZE, "--out", out)
-    assert res.exit_code == 0, res.output
-    return out
+#: the cheapest real optimiser run: resnet20, 5 images per class, 1 step
+OPTIMIZE = optimize_args(steps=1)
 
 
 def _writers(tmp: Path) -> dict[str, callable]:
     """Each command that writes, as ``out -> argv`` with cheap, valid inputs."""
-    run = fake_run(tmp / "run")
+    run = copy_short_run(tmp / "run")
     vid = video()
     cap = capture()
-    real = real_run(tmp / "real-run")
+    real = copy_short_run(tmp / "real-run")
     return {
         "optimize": lambda out: [*OPTIMIZE, "--out", out],
         "eval transfer --json": lambda out: [
