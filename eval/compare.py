@@ -62,6 +62,35 @@ class PairedDifference:
 
 
 @dataclass(frozen=True)
+class RunPair:
+    """One pair of runs compared: its target, the non-target held-out images judged, and
+    each model's tSuc under patch A and patch B on those images."""
+
+    run_a: str
+    run_b: str
+    target: str | None
+    n: int
+    sources: list[str]
+    tsuc_a: dict[str, float]
+    tsuc_b: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunPair":
+        return cls(
+            run_a=str(d["run_a"]),
+            run_b=str(d["run_b"]),
+            target=None if d.get("target") is None else str(d["target"]),
+            n=int(d["n"]),
+            sources=[str(s) for s in d.get("sources", [])],
+            tsuc_a={str(k): float(v) for k, v in d.get("tsuc_a", {}).items()},
+            tsuc_b={str(k): float(v) for k, v in d.get("tsuc_b", {}).items()},
+        )
+
+
+@dataclass(frozen=True)
 class Comparison:
     """Runs A against runs B (paired index for index), per model and on mean transfer."""
 
@@ -71,7 +100,7 @@ class Comparison:
     seed: int
     models: list[PairedDifference] = field(default_factory=list)
     mean_transfer: PairedDifference | None = None
-    pairs: list[dict[str, Any]] = field(default_factory=list)  # per run pair: target, n, tSuc of A and B per model
+    pairs: list[RunPair] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,7 +110,7 @@ class Comparison:
             "seed": self.seed,
             "models": [m.to_dict() for m in self.models],
             "mean_transfer": self.mean_transfer.to_dict() if self.mean_transfer else None,
-            "pairs": self.pairs,
+            "pairs": [p.to_dict() for p in self.pairs],
         }
 
     @classmethod
@@ -94,7 +123,7 @@ class Comparison:
             seed=int(d["seed"]),
             models=[PairedDifference.from_dict(m) for m in d.get("models", [])],
             mean_transfer=PairedDifference.from_dict(mt) if mt else None,
-            pairs=list(d.get("pairs", [])),
+            pairs=[RunPair.from_dict(p) for p in d.get("pairs", [])],
         )
 
 
@@ -121,7 +150,7 @@ def compare_runs(
     clean: CleanCache = {}
     data: dict[str, ImageSet] = {}
     hits_a, hits_b, strata, sources = [], [], [], set()
-    per_pair: list[dict[str, Any]] = []
+    per_pair: list[RunPair] = []
     placements = set()
     for j, (ra, rb) in enumerate(zip(runs_a, runs_b)):
         rec_a, imgs_a, pl_a, oa = judge_run(
@@ -151,8 +180,8 @@ def compare_runs(
         if imgs_a.paths != imgs_b.paths:
             raise ConfigError(
                 f"{ra} and {rb} were not judged on the same held-out images (split seeds "
-                f"{rec_a.seed} and {rec_b.seed}, data {rec_a.data.get('root')} / "
-                f"{rec_b.data.get('root')}): pair runs made with the same --seed on the same data"
+                f"{rec_a.seed} and {rec_b.seed}, data {rec_a.data_root} / "
+                f"{rec_b.data_root}): pair runs made with the same --seed on the same data"
             )
         if rec_a.target_class != rec_b.target_class:
             raise ConfigError(f"{ra} aims at {rec_a.target_class!r} but {rb} at {rec_b.target_class!r}")
@@ -160,15 +189,15 @@ def compare_runs(
         hits_a.append(oa.hit[:, keep].numpy())
         hits_b.append(ob.hit[:, keep].numpy())
         per_pair.append(
-            {
-                "run_a": str(ra),
-                "run_b": str(rb),
-                "target": rec_a.target_class,
-                "n": int(keep.sum()),
-                "sources": sorted(set(rec_a.source_names) | set(rec_b.source_names)),
-                "tsuc_a": dict(zip(oa.models, hits_a[-1].mean(1).tolist())),
-                "tsuc_b": dict(zip(ob.models, hits_b[-1].mean(1).tolist())),
-            }
+            RunPair(
+                run_a=str(ra),
+                run_b=str(rb),
+                target=rec_a.target_class,
+                n=int(keep.sum()),
+                sources=sorted(set(rec_a.source_names) | set(rec_b.source_names)),
+                tsuc_a=dict(zip(oa.models, hits_a[-1].mean(1).tolist())),
+                tsuc_b=dict(zip(ob.models, hits_b[-1].mean(1).tolist())),
+            )
         )
         strata.append(np.full(int(keep.sum()), j))
         sources |= set(rec_a.source_names) | set(rec_b.source_names)
@@ -212,4 +241,4 @@ def compare_runs(
     )
 
 
-__all__ = ["Comparison", "N_BOOT", "PairedDifference", "compare_runs"]
+__all__ = ["Comparison", "N_BOOT", "PairedDifference", "RunPair", "compare_runs"]
