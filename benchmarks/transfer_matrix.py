@@ -19,12 +19,17 @@ Re-running skips finished runs and resumes stopped ones, so it can be interrupte
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections import defaultdict
 from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
 
 import torch
+
+from patchlab.runs import load_run
+
+if TYPE_CHECKING:
+    from patchlab.eval.matrix import MatrixRow
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -92,7 +97,7 @@ def run_grid(args: argparse.Namespace) -> list[Path]:
         if args.eval_only or i % n != k:
             continue
         rec = d / "run.json"
-        status = json.loads(rec.read_text()).get("status") if rec.is_file() else None
+        status = load_run(d, warn=False).status if rec.is_file() else None
         if status == "finished":
             continue
         resume = status is not None and (d / "checkpoint.pt").is_file()
@@ -157,10 +162,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     if args.summarise:
-        merged: dict = {"runs": []}
-        for f in args.summarise:
-            merged["runs"] += json.loads(f.read_text())["runs"]
-        summarise(merged)
+        from patchlab.eval.matrix import MatrixResult
+
+        summarise([row for f in args.summarise for row in MatrixResult.read(f).rows])
         return
     if args.out is None:
         ap.error("--out is required")
@@ -179,7 +183,7 @@ def main() -> None:
     done = [d for d in runs if (d / "run.json").is_file()]
     res = transfer_matrix(done, judged, device=dev)
     res.write(args.out / f"matrix{args.tag}")
-    summarise(res.to_dict())
+    summarise(res.rows)
 
 
 def compare(args: argparse.Namespace, runs: list[Path]) -> None:
@@ -239,7 +243,7 @@ def compare(args: argparse.Namespace, runs: list[Path]) -> None:
         )
 
 
-def summarise(m: dict) -> None:
+def summarise(rows: Sequence[MatrixRow]) -> None:
     """Per source, area and configuration: each loss's white-box and mean transfer tSuc.
 
     Averaged over targets and seeds; the per-target values (mean over seeds) are
@@ -247,15 +251,15 @@ def summarise(m: dict) -> None:
     """
     cells: dict[tuple[str, float, str], list[tuple[str, float, float]]] = defaultdict(list)
     from patchlab.eval.matrix import row_label
-    from patchlab.runs import RUN_JSON, read_run
+    from patchlab.runs import RUN_JSON
 
-    for r in m["runs"]:
-        label = r["label"]
-        if (Path(r["run_dir"]) / RUN_JSON).is_file():  # labels from older matrices may lack knobs it now names
-            label = row_label(read_run(r["run_dir"]))
+    for r in rows:
+        label = r.label
+        if (Path(r.run_dir) / RUN_JSON).is_file():  # labels from older matrices may lack knobs it now names
+            label = row_label(load_run(r.run_dir))
         config = label.split("->", 1)[1].split(" ", 1)[1] if " " in label.split("->", 1)[1] else ""
-        key = ("+".join(r["sources"]), r["frac"], f"{r['loss']} {config}".strip())
-        cells[key].append((r["target_class"], r["white_box"] or 0.0, r["mean_transfer"] or 0.0))
+        key = ("+".join(r.sources), r.frac, f"{r.loss} {config}".strip())
+        cells[key].append((r.target_class, r.white_box or 0.0, r.mean_transfer or 0.0))
     print()
     print("| source | area | loss / config | runs | white-box tSuc | mean transfer tSuc | per target (wb / transfer) |")
     print("|---|---|---|---|---|---|---|")

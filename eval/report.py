@@ -811,7 +811,7 @@ def _partial_notes(items: Sequence[tuple[Any, Path, str]]) -> list[str]:
 def build_attack_report(run_dir: str | Path, *, argv: Sequence[str] | None = None) -> Report:
     """A report of an attack run folder (``attack.json``, ``grid.png``): success, Lp norms,
     per-image scalar extras, the transfer table, the picture grid and the provenance."""
-    from patchlab.attacks.record import GRID_PNG, read_attack_run
+    from patchlab.attacks.record import GRID_PNG, TransferRow, read_attack_run
 
     run_dir = Path(run_dir)
     doc = read_attack_run(run_dir)
@@ -857,13 +857,13 @@ def build_attack_report(run_dir: str | Path, *, argv: Sequence[str] | None = Non
         overview.append(Text(f"Picture grid: not found ({grid}).", "missing"))
     rows = [
         [
-            t["model"],
-            "-" if t.get("clean_accuracy") is None else f"{float(t['clean_accuracy']):.1%}",
-            _rate_ci(t.get("untargeted"), t.get("untargeted_ci95")) + f" (n={t.get('untargeted_n', '?')})",
-            "-" if t.get("targeted") is None else f"{float(t['targeted']):.1%} (n={t.get('targeted_n', '?')})",
-            "-" if t.get("error") is None else f"{float(t['error']):.1%}",
+            t.model,
+            f"{t.clean_accuracy:.1%}",
+            _rate_ci(t.untargeted, t.untargeted_ci95) + f" (n={t.untargeted_n})",
+            "-" if t.targeted is None else f"{t.targeted:.1%} (n={t.targeted_n})",
+            f"{t.error:.1%}",
         ]
-        for t in doc.get("transfer") or []
+        for t in (TransferRow.from_dict(d) for d in doc.get("transfer") or [])
     ]
     transfer: list[Block] = (
         [

@@ -36,7 +36,7 @@ def holdout_images(
     """The held-out images a run was judged on: its data folder, checked, and the split's holdout part."""
     rec = record if isinstance(record, RunRecord) else RunRecord.from_dict(record)
     d = rec.data
-    root = d.get("root")
+    root = rec.data_root
     if not root or not Path(root).is_dir():
         raise DataError(
             f"{run_dir}: its data folder {root!r} is not here; judge the patch with "

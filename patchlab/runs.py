@@ -155,6 +155,12 @@ class RunRecord:
         return None if v is None else str(v)
 
     @property
+    def data_root(self) -> str | None:
+        """The data folder the run split into training and held-out images."""
+        v = self.data.get("root")
+        return None if v is None else str(v)
+
+    @property
     def patch_shape(self) -> str:
         return str(self.patch.get("shape") or self.config.get("shape") or "square")
 

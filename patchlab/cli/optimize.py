@@ -124,7 +124,7 @@ def optimize_cmd(
     from ..errors import ConfigError
     from ..models import load_model
     from ..optimize import OptimizeConfig, prepare_run, prepare_stream_run, run_optimization
-    from ..runs import read_run
+    from ..runs import load_run
     from ..utils import resolve_device
     from ._common import progress_bar
 
@@ -170,17 +170,16 @@ def optimize_cmd(
     }
     sources, data_root, limit = list(source or []), data, limit_per_class
     if resume:
-        rec = read_run(out)
-        old = dict(rec.get("config", {}))
-        for k, v in old.items():
+        rec = load_run(out)
+        for k, v in rec.config.items():
             if k != "eot" and not any(cli_to_cfg.get(g, g) == k for g in given):
                 opts[k] = tuple(v) if k == "position" and v is not None else v
         if not sources:
-            sources = [s["ref"] for s in rec.get("sources", [])]
+            sources = [s["ref"] for s in rec.sources]
         if data_root is None:
-            data_root = Path(rec.get("data", {}).get("root", ""))
+            data_root = Path(rec.data_root or "")
         if limit is None:
-            limit = rec.get("limit_per_class")
+            limit = rec.limit_per_class
     if not sources:
         raise ConfigError("give at least one --source model")
     if data_root is None:
