@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -98,11 +99,16 @@ def tmp_root() -> Path:
 
 
 def test_helpers_make_a_run_folder_and_a_video():
-    from patchlab.runs import load_run, read_patch
+    from patchlab.runs import RunRecord, load_run, read_patch
+    from patchlab.transfer import TransferResult
 
     run = load_run(run_dir())
     assert run.target_class == TARGET and run.status == "finished" and len(run.history) == run.steps == 3
     assert read_patch(run_dir()).shape == (3, 64, 64)
-    assert (run_dir() / "transfer.json").is_file()
+    for cls, name in ((RunRecord, "run.json"), (TransferResult, "transfer.json")):  # objects read back what was written
+        d = json.loads((run_dir() / name).read_text())
+        assert cls.from_dict(d).to_dict() == d
+    t = TransferResult.from_dict(json.loads((run_dir() / "transfer.json").read_text()))
+    assert t.command[:3] == ["patchlab", "eval", "transfer"] and [m.is_source for m in t.models] == [True, False]
     res = video()
     assert res.video.is_file() and res.frames == 30

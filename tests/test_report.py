@@ -101,6 +101,7 @@ def test_every_section_and_no_empty_plot(full):
     prov = next(s for s in full.sections if s.key == "provenance")
     texts = " ".join(b.text for b in prov.blocks)
     assert "patchlab optimize" in texts and "patchlab capture run" in texts and "torch" in texts
+    assert "patchlab eval transfer" in texts and "its command is not recorded" not in texts
     for f in (b for s in full.sections for b in s.blocks if isinstance(b, Figure)):
         assert f.source  # every figure says where its data came from
 
