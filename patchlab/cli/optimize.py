@@ -54,6 +54,13 @@ def optimize_cmd(
         ),
     ] = PAPER_LAYERS,
     projections: Annotated[int, typer.Option(help="Random projections per step for --loss sw.")] = 500,
+    projection_bank: Annotated[
+        int,
+        typer.Option(
+            help="--loss sw draws each step's directions from a bank of N x --projections uniform directions "
+            "whose target projections are sorted once (redrawn every 10 x N steps); 0: fresh directions every step."
+        ),
+    ] = 8,
     tv: Annotated[
         float,
         typer.Option(
@@ -145,6 +152,7 @@ def optimize_cmd(
         eot_name=eot,
         layers=layers,
         projections=projections,
+        projection_bank=projection_bank,
         tv=tv,
         nps=nps_weight if nps else 0.0,
         palette=str(nps.resolve()) if nps else None,
