@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..distributed import DistContext
 from ..errors import ConfigError
 from ..stats import wilson_interval
 from ..utils import atomic_write_bytes, atomic_write_json, read_json_object
@@ -120,6 +121,108 @@ def select_correct(
         if len(keep) == n:
             break
     return Selection(keep, labels[keep].clone(), scanned, correct, int(seed), exclude_class)
+
+
+# -- the attack, batch by batch ----------------------------------------------------
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of attack batch ``batch``: ``seed`` itself for the first batch, a SHA-256 mix of both after.
+
+    One generator per batch, instead of one carried from batch to batch, makes each
+    batch's draws (random starts, random targets, random masks) independent of how many
+    draws the batches before it took, so any process can run any batch and get the
+    single-process draws (the first batch, hence any run of one batch, draws as before).
+    """
+    if batch == 0:
+        return int(seed)
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"patchlab-attack:{int(seed)}:{batch}".encode()).digest()[:8], "little") >> 1
+
+
+def _to_cpu(r: AttackResult) -> AttackResult:
+    from dataclasses import replace
+
+    return replace(
+        r,
+        adversarial=r.adversarial.cpu(),
+        labels=r.labels.cpu(),
+        target=None if r.target is None else r.target.cpu(),
+        predictions=r.predictions.cpu(),
+        success=r.success.cpu(),
+        l0=r.l0.cpu(),
+        l2=r.l2.cpu(),
+        linf=r.linf.cpu(),
+        extras={k: v.cpu() for k, v in r.extras.items()},
+    )
+
+
+def attack_in_batches(
+    fn: Callable[..., AttackResult],
+    models: Sequence[nn.Module],
+    images: torch.Tensor,
+    target: Any,
+    *,
+    labels: torch.Tensor,
+    batch_size: int,
+    seed: int = 0,
+    hyperparameters: dict[str, Any] | None = None,
+    stop_models: Sequence[nn.Module] | None = None,
+    progress: Callable[[int], None] | None = None,
+    dist: DistContext | None = None,
+) -> AttackResult | None:
+    """Run attack ``fn`` on ``images`` in batches and join the results (:func:`concat_results`).
+
+    Args:
+        fn: an attack of :data:`patchlab.attacks.ATTACKS` (``fn(models, images, target, *,
+            labels, generator, **hyperparameters)``).
+        models: the source model(s); one is passed alone, several as an ensemble.
+        images: ``(N, 3, H, W)`` float in [0, 1] (moved to the models' device batch by batch).
+        target: the attack's target (class, ``"random"`` or ``None``).
+        labels: ``(N,)`` true classes as the models' output indices.
+        batch_size: images per attack call.
+        seed: batch ``b`` draws from ``torch.Generator().manual_seed(batch_seed(seed, b))``.
+        hyperparameters: the attack's keyword hyperparameters.
+        stop_models: passed to attacks that take them (stAdv's ``released`` mode).
+        progress: passed to attacks that report their steps (under torchrun: rank 0 counts
+            the steps of every rank's batch of the round).
+        dist: a torchrun group: batch ``b`` runs on rank ``b % world`` and rank 0 gathers
+            the results, equal to one process's; the other ranks get ``None``. Every rank
+            of the group must call.
+
+    Returns the joined result (``None`` on the other ranks of a group).
+    """
+    import inspect
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    ctx = dist or DistContext()
+    params = inspect.signature(fn).parameters
+    dev = model_device(models[0])
+    starts = range(0, images.shape[0], batch_size)
+    mine: dict[int, AttackResult] = {}
+    for b, s in enumerate(starts):
+        if not ctx.owns(b):
+            continue
+        extra: dict[str, Any] = {}
+        if "progress" in params and progress is not None and ctx.is_main:
+            k = ctx.round_batches(b, len(starts))
+            extra["progress"] = progress if k == 1 else (lambda n=1, k=k: progress(n * k))
+        if stop_models is not None and "stop_models" in params:
+            extra["stop_models"] = stop_models
+        r = fn(
+            models if len(models) > 1 else models[0],
+            images[s : s + batch_size].to(dev),
+            target,
+            labels=labels[s : s + batch_size].to(dev),
+            generator=torch.Generator().manual_seed(batch_seed(seed, b)),
+            **(hyperparameters or {}),
+            **extra,
+        )
+        mine[b] = _to_cpu(r) if ctx.active else r
+    parts = ctx.gather_batches(mine, len(starts), everywhere=False)
+    return None if parts is None else concat_results(parts)
 
 
 # -- transfer ----------------------------------------------------------------------
@@ -509,6 +612,8 @@ __all__ = [
     "Selection",
     "TransferRow",
     "amplify",
+    "attack_in_batches",
+    "batch_seed",
     "concat_results",
     "flow_to_rgb",
     "is_attack_run",
