@@ -120,6 +120,17 @@ def test_attack_in_batches_shards_batches_and_keeps_one_generator_per_batch(cifa
     assert torch.equal(one.adversarial, ref.adversarial) and torch.equal(one.target, ref.target)
 
 
+def test_predict_sharded_equals_predict(cifar_small, resnet20):
+    from patchlab.attacks.gradient import predict
+    from patchlab.attacks.record import predict_sharded
+
+    x = cifar_small.float(torch.arange(0, 500, 37))  # 14 images, chunks of 4: rank 0 has 0 and 2
+    sharded, rank1, _ = _play_two_ranks(lambda ctx, done=None: predict_sharded([resnet20], x, batch_size=4, dist=ctx))
+    assert rank1 == [1, 3]
+    assert torch.equal(sharded, predict([resnet20], x, batch_size=4))
+    assert torch.equal(predict_sharded([resnet20], x, batch_size=4), sharded)
+
+
 # -- the commands under torchrun ---------------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ from ..errors import ConfigError
 from ..stats import wilson_interval
 from ..utils import atomic_write_bytes, atomic_write_json, read_json_object
 from .base import AttackResult
-from .gradient import model_device, predict
+from .gradient import ensemble_logits, model_device, predict
 
 ATTACK_JSON = "attack.json"
 GRID_PNG = "grid.png"
@@ -171,7 +171,7 @@ def attack_in_batches(
     stop_models: Sequence[nn.Module] | None = None,
     progress: Callable[[int], None] | None = None,
     dist: DistContext | None = None,
-) -> AttackResult | None:
+) -> AttackResult:
     """Run attack ``fn`` on ``images`` in batches and join the results (:func:`concat_results`).
 
     Args:
@@ -187,11 +187,10 @@ def attack_in_batches(
         stop_models: passed to attacks that take them (stAdv's ``released`` mode).
         progress: passed to attacks that report their steps (under torchrun: rank 0 counts
             the steps of every rank's batch of the round).
-        dist: a torchrun group: batch ``b`` runs on rank ``b % world`` and rank 0 gathers
-            the results, equal to one process's; the other ranks get ``None``. Every rank
-            of the group must call.
+        dist: a torchrun group: batch ``b`` runs on rank ``b % world`` and the results are
+            gathered on every rank, equal to one process's. Every rank of the group must call.
 
-    Returns the joined result (``None`` on the other ranks of a group).
+    Returns the joined result.
     """
     import inspect
 
@@ -221,8 +220,9 @@ def attack_in_batches(
             **extra,
         )
         mine[b] = _to_cpu(r) if ctx.active else r
-    parts = ctx.gather_batches(mine, len(starts), everywhere=False)
-    return None if parts is None else concat_results(parts)
+    parts = ctx.gather_batches(mine, len(starts))
+    assert parts is not None  # gathered on every rank
+    return concat_results(parts)
 
 
 # -- transfer ----------------------------------------------------------------------
@@ -286,6 +286,27 @@ class TransferRow:
         )
 
 
+@torch.no_grad()
+def predict_sharded(
+    models: Sequence[nn.Module], x: torch.Tensor, *, batch_size: int = 256, dist: DistContext | None = None
+) -> torch.Tensor:
+    """:func:`~patchlab.attacks.gradient.predict` on the CPU, chunk ``c`` of ``batch_size`` rows on rank
+    ``c % world`` of ``dist``, gathered on every rank: the same chunks, hence the same classes, as one process."""
+    ctx = dist or DistContext()
+    if not ctx.active:
+        return predict(models, x.to(model_device(models[0])), batch_size=batch_size).cpu()
+    dev = model_device(models[0])
+    starts = range(0, x.shape[0], batch_size)
+    mine = {
+        c: ensemble_logits(models, x[s : s + batch_size].to(dev)).argmax(1).cpu()
+        for c, s in enumerate(starts)
+        if ctx.owns(c)
+    }
+    parts = ctx.gather_batches(mine, len(starts))
+    assert parts is not None
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+
 def _rate(hits: torch.Tensor, where: torch.Tensor) -> tuple[float, int]:
     k = int(where.sum())
     return (float(hits[where].float().mean()) if k else float("nan")), k
@@ -298,6 +319,7 @@ def transfer_table(
     *,
     names: Sequence[str] | None = None,
     batch_size: int = 256,
+    dist: DistContext | None = None,
 ) -> list[TransferRow]:
     """How the adversarial images of ``result`` fare on other models (:class:`TransferRow` each).
 
@@ -307,6 +329,8 @@ def transfer_table(
         models: the target models; their labels must match the source's.
         names: row names (default: each model's ``name``).
         batch_size: images per forward pass.
+        dist: a torchrun group: the forward passes are shared out (:func:`predict_sharded`);
+            every rank gets the single-process table. Every rank must call.
     """
     rows = []
     for k, m in enumerate(models):
@@ -316,9 +340,8 @@ def transfer_table(
                 f"transfer model {getattr(m, 'name', k)!r} has other classes than the source "
                 f"({len(ml)} vs {len(result.class_names)} labels)"
             )
-        dev = model_device(m)
-        clean = predict([m], originals.to(dev), batch_size=batch_size).cpu()
-        adv = predict([m], result.adversarial.to(dev), batch_size=batch_size).cpu()
+        clean = predict_sharded([m], originals, batch_size=batch_size, dist=dist)
+        adv = predict_sharded([m], result.adversarial, batch_size=batch_size, dist=dist)
         wrong = adv != result.labels
         unt, unt_n = _rate(wrong, result.success & (clean == result.labels))
         tgt, tgt_n = (None, 0)
@@ -340,11 +363,13 @@ def transfer_table(
     return rows
 
 
-def quantized_success(result: AttackResult, models: Sequence[nn.Module], *, batch_size: int = 256) -> torch.Tensor:
-    """Success per image after rounding the adversarial images to 8 bits, as the PNGs store them."""
+def quantized_success(
+    result: AttackResult, models: Sequence[nn.Module], *, batch_size: int = 256, dist: DistContext | None = None
+) -> torch.Tensor:
+    """Success per image after rounding the adversarial images to 8 bits, as the PNGs store them
+    (``dist``: the forward passes shared out over a torchrun group, as in :func:`transfer_table`)."""
     q = (result.adversarial * 255.0).round() / 255.0
-    dev = model_device(models[0])
-    pred = predict(models, q.to(dev), batch_size=batch_size).cpu()
+    pred = predict_sharded(models, q, batch_size=batch_size, dist=dist)
     return pred == result.target if result.target is not None else pred != result.labels
 
 
@@ -617,6 +642,7 @@ __all__ = [
     "concat_results",
     "flow_to_rgb",
     "is_attack_run",
+    "predict_sharded",
     "quantized_success",
     "read_attack_run",
     "render_grid",

@@ -273,11 +273,11 @@ def attack_cmd(
             dist=group,
         )
     seconds = time.perf_counter() - t0
-    if res is None:  # another rank of a torchrun group: rank 0 holds the result and writes
+    rows = transfer_table(res, x_all, judged, dist=group) if judged else []
+    sp = quantized_success(res, sources, dist=group)
+    if not main:  # another rank of a torchrun group: rank 0 writes
         leave(group)
         return
-    rows = transfer_table(res, x_all, judged) if judged else []
-    sp = quantized_success(res, sources)
     record = {
         "target": target,
         "seed": seed,
