@@ -189,6 +189,21 @@ def test_eval_transfer_under_torchrun_equals_one_process(run2, tmp_path):
     assert log.count("wrote ") == 2  # rank 0 alone printed (transfer.json and --json)
 
 
+def test_eval_matrix_under_torchrun_equals_one_process(run2, tmp_path):
+    import shutil
+
+    again = tmp_path / "again"  # a second row on the same images: its clean predictions come from the cache
+    shutil.copytree(run2, again)
+    common = [str(run2), str(again), "--models", R20, R32, "--device", "cpu", "--batch-size", "8", "--eot", "physical"]
+    proc = _torchrun("eval", "matrix", *common, "--out", str(tmp_path / "two"))
+    res = CliRunner().invoke(app, ["eval", "matrix", *common, "--out", str(tmp_path / "one")])
+    assert res.exit_code == 0, res.output
+    _finish(proc)
+    one, two = (json.loads((tmp_path / k / "matrix.json").read_text()) for k in ("one", "two"))
+    assert two == one and len(one["runs"]) == 2
+    assert (tmp_path / "two" / "matrix.md").read_text() == (tmp_path / "one" / "matrix.md").read_text()
+
+
 def test_attack_under_torchrun_equals_one_process(tmp_path):
     tiny = tmp_path / "tiny"  # 3 real photos per class (links)
     for cls in sorted(p.name for p in CIFAR_TEST.iterdir() if p.is_dir()):
