@@ -151,17 +151,27 @@ def _finish(proc: subprocess.Popen) -> str:
     return log
 
 
+OPTIMIZE = ["optimize", "--source", R20, "--data", str(CIFAR_TEST), "--target", "frog", "--limit-per-class", "20"]
+OPTIMIZE += ["--batch-size", "8", "--device", "cpu", "--seed", "3", "--steps", "2", "--no-cache"]
+
+
 @pytest.fixture(scope="module")
 def run2(tmp_path_factory):
     """A 2-step optimiser run on 200 images (40 held out)."""
     out = tmp_path_factory.mktemp("dist") / "run2"
-    res = CliRunner().invoke(
-        app,
-        ["optimize", "--source", R20, "--data", str(CIFAR_TEST), "--target", "frog", "--limit-per-class", "20"]
-        + ["--batch-size", "8", "--device", "cpu", "--seed", "3", "--steps", "2", "--no-cache", "--out", str(out)],
-    )
+    res = CliRunner().invoke(app, [*OPTIMIZE, "--out", str(out)])
     assert res.exit_code == 0, res.output
     return out
+
+
+def test_optimize_command_under_torchrun_writes_the_one_process_run(run2, tmp_path):
+    """Rank 0 alone takes the run folder's lock and writes it; the patch is one process's."""
+    import numpy as np
+
+    log = _finish(_torchrun(*OPTIMIZE, "--out", str(tmp_path / "two")))
+    rec = json.loads((tmp_path / "two" / "run.json").read_text())
+    assert rec["status"] == "finished" and rec["world_size"] == 2, log[-2000:]
+    assert np.abs(np.load(tmp_path / "two" / "patch.npy") - np.load(run2 / "patch.npy")).max() <= 1e-5
 
 
 def test_eval_transfer_under_torchrun_equals_one_process(run2, tmp_path):
