@@ -96,10 +96,6 @@ class DistContext:
         """Whether batch number ``batch`` of a sharded loop is this rank's (batch ``b`` -> rank ``b % world``)."""
         return batch % self.world == self.rank
 
-    def n_owned(self, n_batches: int) -> int:
-        """How many of ``n_batches`` batches this rank runs."""
-        return len(range(self.rank, n_batches, self.world))
-
     def round_rows(self, batch: int, n: int, batch_size: int) -> int:
         """Rows of ``n`` in the round of ``world`` consecutive batches that holds ``batch``.
 
@@ -109,25 +105,18 @@ class DistContext:
         first = (batch // self.world) * self.world * batch_size
         return max(0, min(n, first + self.world * batch_size) - first)
 
-    def gather_batches(self, mine: dict[int, T], n_batches: int, *, everywhere: bool = True) -> list[T] | None:
-        """All ranks' per-batch results ``{batch: value}`` as one list in batch order.
+    def gather_batches(self, mine: dict[int, T], n_batches: int) -> list[T]:
+        """All ranks' per-batch results ``{batch: value}`` as one list in batch order, on every rank.
 
-        Values are pickled (``all_gather_object``/``gather_object``), so keep them small
-        CPU tensors or plain data. ``everywhere=False`` gathers on rank 0 only; the
-        other ranks get ``None``. One process returns its own batches in order.
+        Values are pickled (``all_gather_object``), so keep them CPU tensors or plain
+        data. One process returns its own batches in order.
         """
         if not self.active:
             return [mine[b] for b in range(n_batches)]
         import torch.distributed as dist
 
-        if everywhere:
-            parts: list[Any] = [None] * self.world
-            dist.all_gather_object(parts, mine)
-        else:
-            parts = [None] * self.world
-            dist.gather_object(mine, parts if self.is_main else None, dst=0)
-            if not self.is_main:
-                return None
+        parts: list[Any] = [None] * self.world
+        dist.all_gather_object(parts, mine)
         merged: dict[int, T] = {}
         for p in parts:
             merged.update(p)

@@ -252,7 +252,6 @@ def judge_patch(
         if progress is not None and ctx.is_main:
             progress(ctx.round_rows(b, n_all, batch_size))  # rank 0 counts the round of every rank
     parts = ctx.gather_batches(mine, len(starts))
-    assert parts is not None  # gathered on every rank
     hit_all = torch.cat([p[0] for p in parts], 1)
     wrong_all = torch.cat([p[1] for p in parts], 1)
     clean_preds = torch.cat([p[2] for p in parts], 1)

@@ -42,14 +42,12 @@ class _Rank(DistContext):
 
     given: dict | None = None
 
-    def gather_batches(self, mine, n_batches, *, everywhere=True):
+    def gather_batches(self, mine, n_batches):
         if self.given is None:
             raise _Gathered(dict(mine))
         assert not set(mine) & set(self.given)
         merged = {**self.given, **mine}
         assert sorted(merged) == list(range(n_batches))
-        if not everywhere and not self.is_main:
-            return None
         return [merged[b] for b in range(n_batches)]
 
 
@@ -65,7 +63,6 @@ def _play_two_ranks(call):
 def test_batches_go_round_the_ranks_and_progress_counts_each_round_once():
     a, b = DistContext(rank=0, world=2), DistContext(rank=1, world=2)
     assert [x for x in range(5) if a.owns(x)] == [0, 2, 4] and [x for x in range(5) if b.owns(x)] == [1, 3]
-    assert (a.n_owned(5), b.n_owned(5), DistContext().n_owned(5)) == (3, 2, 5)
     # 38 rows in batches of 8: rounds of 16, 16 and the last 6; rank 0 owns each round's first batch
     assert [a.round_rows(x, 38, 8) for x in (0, 2, 4)] == [16, 16, 6]
     assert [DistContext().round_rows(x, 38, 8) for x in range(5)] == [8, 8, 8, 8, 6]

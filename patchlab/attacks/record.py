@@ -221,7 +221,6 @@ def attack_in_batches(
         )
         mine[b] = _to_cpu(r) if ctx.active else r
     parts = ctx.gather_batches(mine, len(starts))
-    assert parts is not None  # gathered on every rank
     return concat_results(parts)
 
 
@@ -303,7 +302,6 @@ def predict_sharded(
         if ctx.owns(c)
     }
     parts = ctx.gather_batches(mine, len(starts))
-    assert parts is not None
     return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
 
 
