@@ -10,6 +10,8 @@ patch, a diverging loss stopped with the last good patch kept, Ctrl-C saved.
 
 from __future__ import annotations
 
+import contextlib
+
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -275,8 +277,10 @@ def run_optimization(
     """
     try:
         # one writer per run folder (FolderInUse names the other's process), and a run that
-        # fails for any reason (a full disk) is recorded as failed, never left 'running'
-        with writing_folder(out, record=RUN_JSON, what="run folder"):
+        # fails for any reason (a full disk) is recorded as failed, never left 'running';
+        # under torchrun that writer is rank 0 (the other ranks would meet its lock)
+        main = prepared.attack.optimizer.dist.is_main
+        with writing_folder(out, record=RUN_JSON, what="run folder") if main else contextlib.nullcontext():
             return _run(prepared, Path(out), resume=resume, on_step=on_step, command=command)
     finally:
         prepared.attack.close()  # the source models leave without hooks, whatever happened
