@@ -8,7 +8,7 @@ import torch
 
 from ..models.wrapper import WrappedModel
 from ..utils import check_images
-from .filters import Defense, get_defense
+from .filters import Defense, adaptive, get_defense
 
 
 class DefendedModel(WrappedModel):
@@ -21,11 +21,11 @@ class DefendedModel(WrappedModel):
     """
 
     def __init__(self, model: WrappedModel, defense: Defense):
-        if isinstance(model, DefendedModel):  # stack defences: the inner one runs first
-            inner_defense = model.defense
+        if isinstance(model, DefendedModel):  # stack defences: the inner ones run first
+            inner = list(model.defenses)
             base = model.base_name
         else:
-            inner_defense, base = None, model.name
+            inner, base = [], model.name
         super().__init__(
             model.net,
             labels=model.labels,
@@ -33,18 +33,40 @@ class DefendedModel(WrappedModel):
             info=replace(model.info, name=f"{model.name}+{defense.spec}"),
             owns_net=model.owns_net,
         )
-        self.inner_defense = inner_defense
-        self.defense = defense.to(model.mean.device)
+        dev = model.mean.device
+        # an nn.ModuleList, so .to(device) moves every defence's buffers with the model
+        self._inner = torch.nn.ModuleList([d.to(dev) for d in inner])
+        self.defense = defense.to(dev)
         self.base_name = base
+
+    @property
+    def inner_defense(self) -> Defense | None:
+        """The defence just inside this one (``None``: this is the only one)."""
+        return self._inner[-1] if len(self._inner) else None
+
+    @property
+    def defenses(self) -> list[Defense]:
+        """Every defence in front of the network, in the order the input meets them."""
+        return [*self._inner, self.defense]
+
+    def base_model(self) -> WrappedModel:
+        """The undefended model (the same network, not a copy), named as it was."""
+        return WrappedModel(
+            self.net,
+            labels=self.labels,
+            preprocess=self.preprocess,
+            info=replace(self.info, name=self.base_name),
+            owns_net=self.owns_net,
+        ).to(self.mean.device)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_images(x)
-        if self.inner_defense is not None:
-            x = self.inner_defense(x)
+        for d in self._inner:
+            x = d(x)
         return super().forward(self.defense(x))
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, defense={self.defense.spec!r}"
+        return f"{super().extra_repr()}, defense={'+'.join(d.spec for d in self.defenses)!r}"
 
 
 def defend(model: WrappedModel, spec: "str | Defense | None") -> WrappedModel:
@@ -62,6 +84,34 @@ def defend(model: WrappedModel, spec: "str | Defense | None") -> WrappedModel:
     if type(d) is Defense and not d.bpda:
         return model
     return DefendedModel(model, d)
+
+
+def undefended(model: WrappedModel) -> WrappedModel:
+    """``model`` without its defences (the same network); a plain model is returned as it is."""
+    return model.base_model() if isinstance(model, DefendedModel) else model
+
+
+def model_defenses(model: WrappedModel) -> list[Defense]:
+    """The defences in front of ``model``'s network, input side first (``[]`` for a plain model)."""
+    return list(model.defenses) if isinstance(model, DefendedModel) else []
+
+
+def adaptive_model(model: WrappedModel, spec: "str | Defense | None" = None) -> WrappedModel:
+    """The model an adaptive attacker differentiates: ``model`` behind ``spec`` (``none``: no new
+    defence), with every defence in front of it (its own too, when ``model`` is already a
+    :class:`DefendedModel`) given the BPDA straight-through gradient where it has no useful
+    one (see :func:`adaptive`). The forward pass, and so every prediction, is unchanged.
+
+    >>> adaptive_model(load_model("resnet20.json"), "jpeg").name   # doctest: +SKIP
+    'cifar10-resnet20+jpeg:bpda'
+    """
+    chain = [*model_defenses(model), get_defense(spec)]
+    if all(d.is_identity or not d.needs_bpda or d.bpda for d in chain):
+        return defend(model, chain[-1])
+    out = undefended(model)
+    for d in chain:
+        out = defend(out, adaptive(d))
+    return out
 
 
 def defended_names(models) -> dict[str, str]:

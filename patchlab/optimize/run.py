@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -118,6 +118,7 @@ def prepare_run(
         "attack": repr(attack),
         "config": prepared.config.to_dict(),
         "sources": [m.info.to_dict() for m in sources],
+        "defense": _defense_record(prepared.config),
         "layers": prepared.layers,
         "patch": prepared.patch_info,
         "data": {
@@ -214,6 +215,7 @@ def prepare_stream_run(
         "attack": repr(attack),
         "config": prepared.config.to_dict(),
         "sources": [m.info.to_dict() for m in sources],
+        "defense": _defense_record(prepared.config),
         "layers": prepared.layers,
         "patch": prepared.patch_info,
         "data": {
@@ -238,11 +240,23 @@ def prepare_stream_run(
     )
 
 
+def _defense_record(config: OptimizeConfig) -> dict[str, Any]:
+    """The run record's ``defense``: the defence in front of the sources (every parameter) and
+    how the attack differentiated it (``bpda``: straight-through)."""
+    from ..defenses import get_defense
+
+    return get_defense(config.defense).to_dict()
+
+
 def _check_resume(ckpt: dict[str, Any], config: OptimizeConfig, path: Path) -> None:
     old = dict(ckpt.get("config", {}))
     new = config.to_dict()
     free = set(RESUMABLE_FIELDS) - ({"steps"} if config.lr_schedule != "constant" else set())
-    diff = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
+    # a field the stopped run's version did not have yet held its default then (defense: none)
+    defaults = {f.name: f.default for f in fields(OptimizeConfig) if f.default is not MISSING}
+    diff = sorted(
+        k for k in set(old) | set(new) if k not in free and old.get(k, defaults.get(k)) != new.get(k, defaults.get(k))
+    )
     if diff:
         shown = "; ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in diff[:6])
         raise ConfigError(
