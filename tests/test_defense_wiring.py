@@ -63,8 +63,10 @@ def test_feature_cache_key_names_the_defence(resnet20, tmp_path):
     assert fp(defend(resnet20, "jpeg")) != fp(defend(resnet20, "median"))
     # through target_features: a defended and an undefended model never share a cache file
     x = (torch.rand(6, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 255).to(torch.uint8)
-    plain = target_features(FeatureExtractor(resnet20, "auto"), x, cache_dir=tmp_path)
-    blurred = target_features(FeatureExtractor(defend(resnet20, "blur:1"), "auto"), x, cache_dir=tmp_path)
+    with FeatureExtractor(resnet20, "auto") as fe:  # hooks off the shared model afterwards
+        plain = target_features(fe, x, cache_dir=tmp_path)
+    with FeatureExtractor(defend(resnet20, "blur:1"), "auto") as fe:
+        blurred = target_features(fe, x, cache_dir=tmp_path)
     assert len(list(tmp_path.glob("*.pt"))) == 2
     (k,) = plain
     assert not torch.allclose(plain[k], blurred[k])
