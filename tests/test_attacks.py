@@ -72,6 +72,26 @@ def test_pgd_fools_a_real_model_within_budget(batch, resnet20):
     assert r2.config["norm"] == "l2"
 
 
+def test_margin_loss_moves_where_cross_entropy_is_flat():
+    """A model whose softmax saturates in float32 (logits x 1e5) gives cross-entropy an exact zero
+    gradient, so PGD-CE cannot move; the logit margin still has a direction (and fools it)."""
+    from patchlab.attacks.gradient import logit_margin
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10))
+    with torch.no_grad():
+        net[1].weight.mul_(1e5)
+    x = torch.rand(6, 3, 8, 8)
+    y = net(x).argmax(1)
+    stuck = pgd(net, x, labels=y, random_start=False)
+    assert float((stuck.adversarial - x).abs().max()) == 0.0 and not stuck.success.any()
+    moved = pgd(net, x, labels=y, random_start=False, loss="margin")
+    assert int(moved.success.sum()) >= 5 and moved.config["loss"] == "margin"
+    assert float(moved.linf.max()) <= 8 / 255 + 1e-6
+    z = torch.tensor([[1.0, 5.0, 2.0], [0.0, -1.0, 3.0]])
+    assert torch.equal(logit_margin(z, torch.tensor([1, 0])), torch.tensor([-3.0, 3.0]))
+
+
 def test_random_start_is_seeded(batch, resnet20):
     a = pgd(resnet20, batch[:4], steps=1, generator=torch.Generator().manual_seed(3))
     b = pgd(resnet20, batch[:4], steps=1, generator=torch.Generator().manual_seed(3))
@@ -107,6 +127,7 @@ def test_targets_random_and_by_name(batch, resnet20):
         ({"alpha": 0.0}, "alpha"),
         ({"steps": 0}, "steps"),
         ({"norm": "l1"}, "unknown norm"),
+        ({"loss": "dlr"}, "unknown loss"),
     ],
 )
 def test_bad_hyperparameters(kw, match, batch, resnet20):

@@ -135,6 +135,42 @@ def cross_entropy_objective(problem: Problem) -> Loss:
     return loss
 
 
+#: The losses the gradient attacks can ascend: torchattacks' cross-entropy (the default) and the
+#: Carlini-Wagner margin on logits, which keeps a useful gradient where the softmax is flat.
+LOSSES = ("ce", "margin")
+
+
+def logit_margin(z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
+    """Per row, the best other logit minus the logit of ``goal`` (> 0: the top-1 is not ``goal``)."""
+    z_goal = z.gather(1, goal[:, None])[:, 0]
+    others = z.masked_fill(F.one_hot(goal, z.shape[1]).bool(), float("-inf"))
+    return others.max(1).values - z_goal
+
+
+def margin_objective(problem: Problem) -> Loss:
+    """The loss to *ascend* on the C&W margin (Carlini & Wagner 2017, eq. f6 with kappa 0 unclipped):
+    untargeted, ``max_{i != y} Z_i - Z_y``; targeted, ``Z_t - max_{i != t} Z_i``. Summed over the
+    batch (the sign step only needs each row's direction); an ensemble averages its models' logits."""
+
+    def loss(adv: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        m = logit_margin(ensemble_logits(problem.models, adv), problem.goal[idx])
+        return (-m if problem.targeted else m).sum()
+
+    return loss
+
+
+def objective(problem: Problem, name: str) -> Loss:
+    """The loss called ``name`` (:data:`LOSSES`) for ``problem``."""
+    return margin_objective(problem) if name == "margin" else cross_entropy_objective(problem)
+
+
+def check_loss(name: str) -> str:
+    n = str(name).lower().strip()
+    if n not in LOSSES:
+        raise ConfigError(f"unknown loss {name!r}: use {' or '.join(LOSSES)}")
+    return n
+
+
 def finish(
     name: str,
     config: dict[str, Any],
@@ -363,6 +399,7 @@ def _gradient_attack(
     stop_models: Sequence[nn.Module] | None,
     config: dict[str, Any],
     progress,
+    loss: str = "ce",
 ) -> AttackResult:
     p = setup(models, images, target, labels=labels, generator=generator)
     m = resolve_mask(mask, p.x, generator)
@@ -377,7 +414,7 @@ def _gradient_attack(
     adv = (
         iterate(
             x0,
-            cross_entropy_objective(p),
+            objective(p, loss),
             steps=steps,
             step=step,
             project=project,
@@ -401,6 +438,7 @@ def fgsm(
     eps: float | None = None,
     norm: str = "linf",
     mask: str | torch.Tensor | None = None,
+    loss: str = "ce",
     progress: Callable[[int], None] | None = None,
 ) -> AttackResult:
     """Fast gradient sign method (Goodfellow et al. 2015): one step of size ``eps``.
@@ -418,11 +456,14 @@ def fgsm(
         norm: ``linf`` or ``l2``.
         mask: a mask spec (``center:m``, ...: :func:`patchlab.attacks.regional.parse_mask_spec`) or an
             ``(N or 1, 1, H, W)`` tensor in {0, 1}: only these pixels change (regional attack).
+        loss: ``ce`` (torchattacks' batch-mean cross-entropy) or ``margin`` (the C&W logit margin: it
+            keeps a direction where the softmax is flat, e.g. on label-smoothed models).
         progress: called once per step.
     """
+    lo = check_loss(loss)
     n = check_norm(norm)
     e, _ = check_budget(eps, None, 1, n)
-    cfg = {"eps": e, "norm": n, "mask": mask_name(mask)}
+    cfg = {"eps": e, "norm": n, "loss": lo, "mask": mask_name(mask)}
     return _gradient_attack(
         "fgsm",
         models,
@@ -440,6 +481,7 @@ def fgsm(
         stop_models=None,
         config=cfg,
         progress=progress,
+        loss=lo,
     )
 
 
@@ -455,6 +497,7 @@ def bim(
     steps: int = 10,
     norm: str = "linf",
     mask: str | torch.Tensor | None = None,
+    loss: str = "ce",
     progress: Callable[[int], None] | None = None,
 ) -> AttackResult:
     """Basic iterative method / I-FGSM (Kurakin et al. 2017): ``steps`` FGSM steps of ``alpha``, each
@@ -462,9 +505,10 @@ def bim(
 
     Arguments as :func:`pgd` (torchattacks' BIM: eps 8/255, alpha 2/255, 10 steps).
     """
+    lo = check_loss(loss)
     n = check_norm(norm)
     e, a = check_budget(eps, alpha, steps, n)
-    cfg = {"eps": e, "alpha": a, "steps": int(steps), "norm": n, "mask": mask_name(mask)}
+    cfg = {"eps": e, "alpha": a, "steps": int(steps), "norm": n, "loss": lo, "mask": mask_name(mask)}
     return _gradient_attack(
         "bim",
         models,
@@ -482,6 +526,7 @@ def bim(
         stop_models=None,
         config=cfg,
         progress=progress,
+        loss=lo,
     )
 
 
@@ -498,6 +543,7 @@ def pgd(
     norm: str = "linf",
     random_start: bool = True,
     mask: str | torch.Tensor | None = None,
+    loss: str = "ce",
     progress: Callable[[int], None] | None = None,
 ) -> AttackResult:
     """Projected gradient descent (Madry et al. 2018), Linf or L2, with an optional random start.
@@ -520,6 +566,7 @@ def pgd(
     Returns:
         :class:`AttackResult`; ``config`` holds the resolved eps and alpha.
     """
+    lo = check_loss(loss)
     n = check_norm(norm)
     e, a = check_budget(eps, alpha, steps, n)
     cfg = {
@@ -528,6 +575,7 @@ def pgd(
         "steps": int(steps),
         "norm": n,
         "random_start": bool(random_start),
+        "loss": lo,
         "mask": mask_name(mask),
     }
     return _gradient_attack(
@@ -547,6 +595,7 @@ def pgd(
         stop_models=None,
         config=cfg,
         progress=progress,
+        loss=lo,
     )
 
 
