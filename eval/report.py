@@ -654,7 +654,13 @@ def _headline(run: dict[str, Any], transfer: dict | None, captures: list[tuple[P
     out = [
         f"Adversarial patch for target class '{run.get('target_class', '?')}' "
         f"(run {run.get('run_id', '?')}, loss {(run.get('config') or {}).get('loss', '?')}, "
-        f"status {run.get('status', '?')})."
+        f"status {run.get('status', '?')}"
+        + (
+            ""
+            if _defense_text(run.get("defense")) == "none"
+            else f", optimised through the defence {_defense_text(run.get('defense'))}"
+        )
+        + ")."
     ]
     if transfer and transfer.get("models"):
         ms = transfer["models"]

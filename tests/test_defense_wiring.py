@@ -115,6 +115,14 @@ def test_optimize_with_a_defense_records_it_and_keys_its_features_apart(tmp_path
     assert [s["name"] for s in rec["sources"]] == ["cifar10-resnet20"]  # the ref --resume reloads
     plain = json.loads((tmp_path / "plain" / "run.json").read_text())
     assert plain["config"]["defense"] == "none" and plain["defense"]["name"] == "none"
+    # the report names it (headline and the patch's facts)
+    from patchlab.eval.report import KeyValues, build_report
+
+    rep = build_report(tmp_path / "blur")
+    assert "optimised through the defence blur:sigma=1" in " ".join(rep.headline)
+    kv = dict(next(b for s in rep.sections for b in s.blocks if isinstance(b, KeyValues)).items)
+    assert kv["defence"] == "blur:sigma=1"
+    assert "defence" not in " ".join(build_report(tmp_path / "plain").headline)
     # --resume keeps the defence (it is part of the path) and refuses to change it
     r = invoke("optimize", "--out", tmp_path / "blur", "--resume", "--steps", "2", "--device", "cpu")
     assert r.exit_code == 0, r.output
