@@ -115,6 +115,18 @@ def test_optimize_with_a_defense_records_it_and_keys_its_features_apart(tmp_path
     assert [s["name"] for s in rec["sources"]] == ["cifar10-resnet20"]  # the ref --resume reloads
     plain = json.loads((tmp_path / "plain" / "run.json").read_text())
     assert plain["config"]["defense"] == "none" and plain["defense"]["name"] == "none"
+    # judged behind the same defence, the defended source is the patch's white box (it used to be
+    # counted as a transfer model: every judged model is defended, so none matched the run's sources)
+    j = tmp_path / "t.json"
+    r = invoke("eval", "transfer", tmp_path / "blur", "--models", R20, R32, "--defense", "blur:1", "--device", "cpu",
+               "--json", j)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    t = json.loads(j.read_text())
+    assert [(m["name"], m["is_source"]) for m in t["models"]] == [
+        ("cifar10-resnet20+blur", True),
+        ("cifar10-resnet32+blur", False),
+    ]
+    assert t["eot"]["defense"] == "blur:sigma=1"
     # the report names it (headline and the patch's facts)
     from patchlab.eval.report import KeyValues, build_report
 

@@ -119,14 +119,16 @@ def defended_names(models) -> dict[str, str]:
     return {m.name: m.base_name for m in models if isinstance(m, DefendedModel)}
 
 
-def mark_defended_sources(result, models):
+def mark_defended_sources(result, models, source_names=None):
     """A ``TransferResult`` whose defended copies of source models count as sources (white-box under
-    the defence) and whose ``eot`` metadata names the defence; ``models`` are the judged models."""
+    the defence); ``models`` are the judged models, ``source_names`` the names of the models the
+    patch was optimised on (a run record's ``source_names``; default: the result's own sources,
+    which a judge that defends every model never has)."""
     from dataclasses import replace as _replace
 
     names = defended_names(models)
     if not names:
         return result
-    src = {m.name for m in result.models if m.is_source}
+    src = {m.name for m in result.models if m.is_source} | set(source_names or ())
     ms = [_replace(m, is_source=True) if names.get(m.name) in src or m.is_source else m for m in result.models]
     return _replace(result, models=ms)
