@@ -127,6 +127,17 @@ def test_optimize_with_a_defense_records_it_and_keys_its_features_apart(tmp_path
         ("cifar10-resnet32+blur", False),
     ]
     assert t["eot"]["defense"] == "blur:sigma=1"
+    # and in a paired comparison: the defended source is no transfer model
+    j = tmp_path / "c.json"
+    r = invoke("eval", "compare", tmp_path / "blur", tmp_path / "plain", "--models", R20, R32, "--defense", "blur:1",
+               "--device", "cpu", "--json", j)  # fmt: skip
+    assert r.exit_code == 0, r.output
+    c = json.loads(j.read_text())
+    assert [(m["name"], m["is_source"]) for m in c["models"]] == [
+        ("cifar10-resnet20+blur", True),
+        ("cifar10-resnet32+blur", False),
+    ]
+    assert c["mean_transfer"]["a"] == pytest.approx(c["models"][1]["a"])  # the mean over the other model only
     # the report names it (headline and the patch's facts)
     from patchlab.eval.report import KeyValues, build_report
 
