@@ -166,16 +166,32 @@ def test_optimize_with_a_defense_records_it_and_keys_its_features_apart(tmp_path
 
 
 def test_a_run_from_before_the_defense_option_still_resumes(tmp_path):
-    """Old run records have no config.defense: it meant none, and --resume must not call it a change."""
-    from patchlab.optimize.run import _check_resume
+    """Old run records lack config.defense (it meant none) and config.projection_bank (it meant 0):
+    --resume reads them as they were, neither calls it a change nor switches the run's path."""
     from patchlab.optimize import OptimizeConfig
+    from patchlab.optimize.run import _check_resume
 
-    cfg = OptimizeConfig(target="frog", steps=4)
+    cfg = OptimizeConfig(target="frog", steps=4, projection_bank=0)
     old = cfg.to_dict()
-    del old["defense"]
+    del old["defense"], old["projection_bank"]
     _check_resume({"config": old, "step": 2}, cfg, tmp_path / "checkpoint.pt")
     with pytest.raises(ConfigError, match="defense"):
         _check_resume({"config": old, "step": 2}, OptimizeConfig(target="frog", steps=4, defense="lgs"), tmp_path)
+    with pytest.raises(ConfigError, match="projection_bank"):
+        _check_resume({"config": old, "step": 2}, OptimizeConfig(target="frog", steps=4), tmp_path)
+    # from the command line: an old run folder resumes with the options it ran with
+    out = tmp_path / "old"
+    assert invoke(*OPT, "--no-cache", "--projection-bank", "0", "--out", out).exit_code == 0
+    rec = json.loads((out / "run.json").read_text())
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    for c in (rec["config"], ck["config"]):
+        del c["defense"], c["projection_bank"]
+    (out / "run.json").write_text(json.dumps(rec))
+    torch.save(ck, out / "checkpoint.pt")
+    r = invoke("optimize", "--out", out, "--resume", "--steps", "2", "--device", "cpu", "--no-cache")
+    assert r.exit_code == 0, r.output
+    cfg2 = json.loads((out / "run.json").read_text())["config"]
+    assert cfg2["defense"] == "none" and cfg2["projection_bank"] == 0
 
 
 def _frogs_and_others():

@@ -82,6 +82,31 @@ def test_overfit_rule():
     assert T.overfit_reason(rec(0.10, 0.00), 0.00, cfg) == ""  # an undefended model is not overfitting
 
 
+def test_overfit_persistence_rule_on_the_check_histories_of_two_real_runs():
+    """The check-batch (FGSM, PGD) accuracies per epoch of two real 6-epoch resnet20 runs (half the
+    CIFAR-10 test set, benchmarks/README.md): plain ``fgsm`` overfits (FGSM climbs, PGD stays at 0;
+    its largest gap, 39 points, never reached the gap rule's 40) and is caught at epoch 2; ``fgsm-rs``
+    starts lopsided (epoch 1) but its PGD accuracy follows, and it is never flagged."""
+    cfg = T.TrainConfig()
+
+    def first_flag(checks):
+        hist = [T.EpochRecord(e, 0.0, 0.0, 0.8, f, p, 0.0, 0.0) for e, (f, p) in enumerate(checks)]
+        best = 0.0
+        for e, r in enumerate(hist):
+            if T.overfit_reason(r, best, cfg, hist[e - 1] if e else None):
+                return e
+            best = max(best, r.check_pgd)
+        return None
+
+    fgsm = [(0.0625, 0.0), (0.2031, 0.0), (0.2539, 0.0), (0.3359, 0.0), (0.3242, 0.0156), (0.3633, 0.0), (0.3906, 0.0)]
+    fgsm_rs = [(0.0625, 0.0), (0.3242, 0.0313), (0.3047, 0.1055), (0.2617, 0.1445), (0.3008, 0.1680), (0.2969, 0.1602)]
+    assert first_flag(fgsm) == 2
+    assert first_flag(fgsm_rs) is None
+    r1, r2 = (T.EpochRecord(e, 0.0, 0.0, 0.8, f, p, 0.0, 0.0) for e, (f, p) in ((1, fgsm[1]), (2, fgsm[2])))
+    assert "two epochs in a row" in T.overfit_reason(r2, 0.0, cfg, r1)
+    assert T.overfit_reason(r2, 0.0, cfg) == ""  # one lopsided epoch alone is not enough
+
+
 def test_catastrophic_overfitting_is_detected_and_the_best_epoch_kept(resnet20, batch, monkeypatch):
     """A forced collapse (FGSM high, PGD near 0 at epoch 3) stops training and keeps epoch 2."""
     x, y = batch

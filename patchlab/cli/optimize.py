@@ -54,6 +54,13 @@ def optimize_cmd(
         ),
     ] = PAPER_LAYERS,
     projections: Annotated[int, typer.Option(help="Random projections per step for --loss sw.")] = 500,
+    projection_bank: Annotated[
+        int,
+        typer.Option(
+            help="--loss sw draws each step's directions from a bank of N x --projections uniform directions "
+            "whose target projections are sorted once (redrawn every 10 x N steps); 0: fresh directions every step."
+        ),
+    ] = 8,
     tv: Annotated[
         float,
         typer.Option(
@@ -154,6 +161,7 @@ def optimize_cmd(
         eot_name=eot,
         layers=layers,
         projections=projections,
+        projection_bank=projection_bank,
         tv=tv,
         nps=nps_weight if nps else 0.0,
         palette=str(nps.resolve()) if nps else None,
@@ -181,7 +189,9 @@ def optimize_cmd(
     sources, data_root, limit = list(source or []), data, limit_per_class
     if resume:
         rec = read_run(out)
-        old = dict(rec.get("config", {}))
+        from ..optimize.run import with_missing_fields
+
+        old = with_missing_fields(dict(rec.get("config", {})))  # fields newer than the run: as they were then
         for k, v in old.items():
             if k != "eot" and not any(cli_to_cfg.get(g, g) == k for g in given):
                 opts[k] = tuple(v) if k == "position" and v is not None else v

@@ -216,7 +216,12 @@ class TrainConfig:
         overfit_drop: catastrophic overfitting when the check batch's PGD accuracy falls more than
             this (absolute) below its best (Wong et al. use 0.2) ...
         overfit_gap: ... or FGSM accuracy exceeds PGD accuracy by more than this while PGD
-            accuracy is under ``overfit_floor``.
+            accuracy is under ``overfit_floor`` ...
+        overfit_ratio, overfit_min_fgsm: ... or, on two epochs in a row, PGD accuracy is under
+            ``overfit_ratio`` of an FGSM accuracy of at least ``overfit_min_fgsm`` (the model
+            learns to beat the one-step attack while the multi-step one still wins: FGSM
+            climbing with PGD at zero, before the gap grows large; a healthy run's PGD
+            accuracy is about half its FGSM accuracy or more).
         augment: random crop (pad H/8) and horizontal flip.
         seed: seeds the split's shuffling, augmentation and attack starts.
     """
@@ -237,6 +242,8 @@ class TrainConfig:
     overfit_drop: float = 0.2
     overfit_gap: float = 0.4
     overfit_floor: float = 0.1
+    overfit_ratio: float = 0.25
+    overfit_min_fgsm: float = 0.2
     augment: bool = True
     seed: int = 0
 
@@ -345,8 +352,14 @@ def _check(f: Logits, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> tup
     return r.clean, r.fgsm, r.pgd
 
 
-def overfit_reason(rec: EpochRecord, best_pgd: float, cfg: TrainConfig) -> str:
-    """Why ``rec`` is catastrophic overfitting (each rule that fired, joined by ``"; "``), or ``""``."""
+def overfit_reason(rec: EpochRecord, best_pgd: float, cfg: TrainConfig, prev: EpochRecord | None = None) -> str:
+    """Why ``rec`` is catastrophic overfitting (each rule that fired, joined by ``"; "``), or ``""``.
+
+    ``prev`` is the epoch before (the persistence rule needs two epochs in a row)."""
+
+    def lopsided(r: EpochRecord) -> bool:
+        return r.check_fgsm >= cfg.overfit_min_fgsm and r.check_pgd < cfg.overfit_ratio * r.check_fgsm
+
     why = []
     if rec.check_pgd < best_pgd - cfg.overfit_drop:
         why.append(
@@ -357,6 +370,12 @@ def overfit_reason(rec: EpochRecord, best_pgd: float, cfg: TrainConfig) -> str:
         why.append(
             f"FGSM accuracy {rec.check_fgsm:.1%} but PGD accuracy {rec.check_pgd:.1%} on the check batch "
             "(the model learned to defeat FGSM only)"
+        )
+    elif prev is not None and lopsided(prev) and lopsided(rec):
+        why.append(
+            f"PGD accuracy under {cfg.overfit_ratio:.0%} of FGSM accuracy two epochs in a row on the check batch "
+            f"(FGSM {prev.check_fgsm:.1%} -> {rec.check_fgsm:.1%}, PGD {prev.check_pgd:.1%} -> {rec.check_pgd:.1%}: "
+            "the model is learning to defeat FGSM only)"
         )
     return "; ".join(why)
 
@@ -470,7 +489,7 @@ def adversarial_finetune(
         lr = float(opt.param_groups[0]["lr"])
         c, fa, pa = evaluate_check()
         rec = EpochRecord(epoch, tot_loss / n, tot_ok / n, c, fa, pa, lr, time.perf_counter() - t0)
-        reason = overfit_reason(rec, best_pgd, cfg)
+        reason = overfit_reason(rec, best_pgd, cfg, history[-1] if history else None)
         if reason:
             rec = EpochRecord(**{**rec.to_dict(), "overfit": reason})
         history.append(rec)
