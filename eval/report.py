@@ -191,6 +191,7 @@ def _patch_section(run_dir: Path, run: dict[str, Any]) -> tuple[Section, dict[st
         ("steps", str(cfg.get("steps", "not recorded"))),
         ("patch", patch_desc),
         ("placement", str(cfg.get("placement", "not recorded"))),
+        ("defence", _defense_text(run.get("defense") or cfg.get("defense"))),
         (
             "source models",
             ", ".join(str(s.get("name", s.get("ref", "?"))) for s in run.get("sources") or []) or "not recorded",
@@ -291,7 +292,8 @@ def _transfer_section(run_dir: Path, transfer: dict[str, Any] | None) -> Section
         TableBlock(
             ["model", "tSuc [95% CI]", "clean accuracy", "untargeted error", "n"],
             rows,
-            caption=f"placement {transfer.get('placement', '?')}; source: {run_dir / TRANSFER_JSON}",
+            caption=f"placement {transfer.get('placement', '?')}{_judged_defense(transfer)}; "
+            f"source: {run_dir / TRANSFER_JSON}",
         )
     ]
     plot = P.rate_bars(
@@ -349,7 +351,7 @@ def _matrix_section(matrix_path: Path | None) -> Section:
             TableBlock(
                 ["run", "loss", "mean transfer", "min", "max"],
                 rows,
-                caption="transfer = tSuc on models the patch was not optimised on",
+                caption="transfer = tSuc on models the patch was not optimised on" + _judged_defense(m),
             ),
         ],
     )
@@ -377,9 +379,20 @@ def check_matrix_record(m: dict[str, Any], path: str | Path) -> None:
 
 
 def _defense_text(d: Any) -> str:
+    """A recorded input defence (a ``Defense.to_dict()``, an older capture's name + repr, or a spec)."""
     if isinstance(d, dict):
-        return "none" if d.get("name") == "none" else str(d.get("repr") or d.get("name"))
+        if d.get("name") in (None, "none"):
+            return "none"
+        return str(d.get("spec") or d.get("repr") or d.get("name")) + (
+            " (attacked through it with BPDA)" if d.get("bpda") else ""
+        )
     return str(d or "none")
+
+
+def _judged_defense(rec: dict[str, Any] | None) -> str:
+    """`` behind the defence X`` for a transfer/matrix record judged with ``--defense``, else ``""``."""
+    d = ((rec or {}).get("eot") or {}).get("defense")
+    return f"; judged behind the defence {d}" if d else ""
 
 
 def _samples(capture_dir: Path, frames_by_index: dict[int, dict[str, Any]], names: Sequence[str]) -> Gallery | None:
@@ -641,7 +654,13 @@ def _headline(run: dict[str, Any], transfer: dict | None, captures: list[tuple[P
     out = [
         f"Adversarial patch for target class '{run.get('target_class', '?')}' "
         f"(run {run.get('run_id', '?')}, loss {(run.get('config') or {}).get('loss', '?')}, "
-        f"status {run.get('status', '?')})."
+        f"status {run.get('status', '?')}"
+        + (
+            ""
+            if _defense_text(run.get("defense")) == "none"
+            else f", optimised through the defence {_defense_text(run.get('defense'))}"
+        )
+        + ")."
     ]
     if transfer and transfer.get("models"):
         ms = transfer["models"]
@@ -798,6 +817,7 @@ def build_attack_report(run_dir: str | Path, *, argv: Sequence[str] | None = Non
             [
                 ("attack", name),
                 ("source models", src),
+                ("defence", _defense_text(doc.get("defense"))),
                 ("target", str(doc.get("target", "none"))),
                 ("hyperparameters", ", ".join(f"{k}={v}" for k, v in cfg.items())),
                 ("success", _rate_ci(s.get("success_rate"), ci)),

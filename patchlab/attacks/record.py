@@ -9,7 +9,8 @@
 
 ``attack.json`` keys: ``kind`` (``"attack"``), ``attack`` (name), ``config`` (every
 resolved hyperparameter of the attack), ``target`` (as given), ``seed``, ``command``,
-``sources`` and ``transfer_models`` (model provenance), ``data`` (root, classes, the
+``sources`` and ``transfer_models`` (model provenance), ``defense`` (the input defence in
+front of all of them, as the attack differentiated it; ``none`` by default), ``data`` (root, classes, the
 seeded selection: scanned, correctly classified, attacked), ``summary``
 (:func:`summarize`), ``transfer`` (:class:`TransferRow` dicts), ``images`` (one dict per
 image: path, label, target, prediction, success, success after 8-bit quantisation,

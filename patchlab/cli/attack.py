@@ -176,6 +176,16 @@ def attack_cmd(
         int,
         typer.Option("--n", help="Images to attack: a seeded selection of the ones the source classifies correctly."),
     ] = 100,
+    defense: Annotated[
+        str,
+        typer.Option(
+            "--defense",
+            help="Input defence in front of the source and the transfer models alike, on clean and "
+            "adversarial images (blur[:SIGMA], median[:K], jpeg[:Q], bitdepth[:BITS], lgs[:...]; "
+            "`patchlab defend list`): the attack is adaptive, through the defence, BPDA where it "
+            "has no gradient.",
+        ),
+    ] = "none",
     seed: Annotated[int, typer.Option(help="Seed of the selection, random starts, random targets and masks.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per attack batch.")] = 128,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
@@ -215,11 +225,16 @@ def attack_cmd(
         from ..attacks.regional import parse_mask_spec
 
         parse_mask_spec(mask)  # a bad spec fails before any model loads
+    from ..defenses import adaptive, adaptive_model, defend, get_defense
+
+    defense_d = get_defense(defense)  # a bad spec fails before any model loads
     group, dev = join(device)
     main = group.is_main
-    sources = [load_model(r, device=dev) for r in model]
+    # the same defence in front of every model (as eval transfer): the sources are attacked
+    # through it (adaptive, BPDA where it has no gradient), the transfer models judged behind it
+    sources = [adaptive_model(load_model(r, device=dev), defense_d) for r in model]
     targets_ref = _split(transfer)
-    judged = [load_model(r, device=dev) for r in targets_ref]
+    judged = [defend(load_model(r, device=dev), defense_d) for r in targets_ref]
     check_target(target, sources + judged, [*model, *targets_ref])
     params = hyperparameters(fn)
     wants_stop = "stop_models" in inspect.signature(fn).parameters and bool(kw.get("released"))
@@ -284,6 +299,7 @@ def attack_cmd(
         "command": command_line(ctx),
         "sources": [m.info.to_dict() for m in sources],
         "transfer_models": [m.info.to_dict() for m in judged],
+        "defense": adaptive(defense_d).to_dict(),
         "data": {
             "root": str(data),
             "classes": images.classes,
@@ -308,6 +324,7 @@ def attack_cmd(
             {
                 "attack": key,
                 "config": res.config,
+                "defense": adaptive(defense_d).to_dict(),
                 "summary": summary,
                 "success_png_rate": float(sp.float().mean()),
                 "transfer": [r.to_dict() for r in rows],

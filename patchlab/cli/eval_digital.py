@@ -56,7 +56,9 @@ def _defended(models: list, spec: str) -> list:
     return [defend(m, spec) for m in models]
 
 
-def _name_defense(res, judged: list, spec: str):
+def _name_defense(res, judged: list, spec: str, source_names=None):
+    """The result with the defence in its ``eot`` record and the defended copies of the run's
+    sources (``source_names``) flagged as sources: white-box under the defence."""
     from dataclasses import replace
 
     from ..defenses import get_defense
@@ -65,7 +67,7 @@ def _name_defense(res, judged: list, spec: str):
     d = get_defense(spec)
     if d.spec == "none":
         return res
-    return replace(mark_defended_sources(res, judged), eot={**res.eot, "defense": d.full_spec})
+    return replace(mark_defended_sources(res, judged, source_names), eot={**res.eot, "defense": d.full_spec})
 
 
 def _name_defense_matrix(res, judged: list, spec: str):
@@ -166,7 +168,8 @@ def transfer_cmd(
         run = Path(runs[0])
         from ..runs import read_run
 
-        n = len(read_run(run).get("split", {}).get("holdout", []))
+        rec = read_run(run)
+        n = len(rec.get("split", {}).get("holdout", []))
         with rank_progress_bar(main, "patched images", n) as adv:
             res = evaluate_run(
                 run,
@@ -180,7 +183,7 @@ def transfer_cmd(
                 progress=adv,
                 dist=group,
             )
-        res = _name_defense(res, judged, defense)
+        res = _name_defense(res, judged, defense, [str(s.get("name")) for s in rec.get("sources") or []])
         if main:
             atomic_write_json(run / TRANSFER_JSON, res.to_dict())
             console.print(_table(f"{res.run_id}: patch -> {res.target_class!r}", res))

@@ -77,6 +77,9 @@ class OptimizeConfig:
             that support it).
         channels_last: feed the models channels-last batches (``None``: on CUDA).
         compile: run the source models through ``torch.compile``.
+        defense: an input defence in front of every source model (:func:`patchlab.defenses.get_defense`
+            spec): the attack is adaptive, through the defence, with BPDA where the defence has
+            no gradient (jpeg, median, bitdepth); stored as that canonical spec (``jpeg:bpda``).
     """
 
     target: str | None = None
@@ -111,8 +114,14 @@ class OptimizeConfig:
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
+    defense: str = "none"
 
     def __post_init__(self) -> None:
+        from ..defenses import adaptive
+
+        # canonical and adaptive: "jpeg", "jpeg:75" and "jpeg:bpda" are one setting (a bad spec
+        # raises ConfigError with one line)
+        object.__setattr__(self, "defense", adaptive(self.defense).spec)
         if self.loss not in L.LOSS_NAMES:
             raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(L.LOSS_NAMES)}")
         if self.optimizer not in OPTIMIZERS:
