@@ -6,7 +6,9 @@ scores every frame and writes ``frames.jsonl`` + ``summary.json`` (see
 recorded video with per-frame ground truth, for tests and demos without a camera.
 """
 
-from .defenses import Defense, get_defense, list_defenses, register_defense
+# the input defences are patchlab's core registry (patchlab.defenses); re-exported for old imports
+from patchlab.defenses import Defense, get_defense, list_defenses, register_defense
+
 from .errors import CaptureError
 from .loop import CaptureConfig, CaptureSummary, load_capture, run_capture
 from .track import PatchTracker, TrackerConfig

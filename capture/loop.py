@@ -63,7 +63,7 @@ from patchlab.layout import DEFAULT_ARUCO_DICT
 from patchlab.stats import Rate
 from patchlab.utils import atomic_write_json, versions
 
-from .defenses import Defense, get_defense
+from patchlab.defenses import Defense, get_defense
 from .errors import CaptureError
 from .hud import Window, draw_hud, has_display
 from .pose import MarkerDetector, MarkerPose, PatchTarget, PoseEstimator
@@ -104,6 +104,7 @@ class CaptureConfig:
     track: bool = True
 
     def __post_init__(self) -> None:
+        get_defense(self.defense)  # a bad --defense fails here, before the source opens
         if self.crop not in CROPS:
             raise ConfigError(f"--crop must be one of {', '.join(CROPS)}, got {self.crop!r}")
         if self.on_lost not in ON_LOST:
@@ -213,7 +214,10 @@ class FrameScorer:
     Args:
         models: wrapped models (``(B, 3, H, W)`` in [0, 1] in, logits out).
         target: target class, matched to each model's labels by name.
-        defense: applied to the uint8 crops first.
+        defense: an input defence (:func:`patchlab.defenses.get_defense` spec or module),
+            applied once to each batch of crops (as ``[0, 1]`` floats on the models' device)
+            before every model sees it; each model's name then carries it
+            (``resnet20+blur:sigma=1.5``), as in ``eval transfer --defense``.
         device: where the models run; the crops follow it.
     """
 
@@ -222,28 +226,31 @@ class FrameScorer:
         models: Sequence[Any],
         target: str,
         *,
-        defense: Defense | None = None,
+        defense: Defense | str | None = None,
         device: torch.device | str | None = None,
     ) -> None:
         if not models:
             raise ConfigError("capture needs at least one model (--models)")
         self.models = list(models)
-        self.names = _unique_names([m.name for m in self.models])
+        d = get_defense(defense)
+        suffix = "" if d.is_identity else f"+{d.plain_spec}"
+        self.names = _unique_names([m.name + suffix for m in self.models])
         self.target = target
         self.target_idx = [class_index(target, m.labels) for m in self.models]
-        self.defense = defense or Defense()
         self.device = (
             torch.device(device)
             if device is not None
             else next((p.device for p in self.models[0].parameters()), torch.device("cpu"))
         )
+        self.defense = d.to(self.device)
 
     def score(self, crops: np.ndarray) -> list[dict[str, dict[str, Any]]]:
         """``crops`` ``(N, S, S, 3)`` uint8 RGB -> one ``{model: {top5, p_target, hit}}`` per crop."""
-        crops = self.defense.apply(crops)
         x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
         out: list[dict[str, dict[str, Any]]] = [{} for _ in range(len(crops))]
         with torch.inference_mode():
+            if not self.defense.is_identity:
+                x = self.defense(x)
             for name, m, ti in zip(self.names, self.models, self.target_idx):
                 p = torch.softmax(m(x).float(), 1)
                 k = min(TOP_K, p.shape[1])

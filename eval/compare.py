@@ -202,6 +202,10 @@ def compare_runs(
         strata.append(np.full(int(keep.sum()), j))
         sources |= set(rec_a.source_names) | set(rec_b.source_names)
         placements.add(pl_a)
+    # a source judged behind a defence (eval compare --defense) is still the patches' white box
+    from patchlab.defenses.model import defended_names
+
+    sources |= {n for n, base in defended_names(models).items() if base in sources}
     A, B, S = np.concatenate(hits_a, 1), np.concatenate(hits_b, 1), np.concatenate(strata)
     names = [m.name for m in models]
     mean, (lo, hi) = paired_bootstrap(A.astype(float) - B, S, n_boot=n_boot, seed=seed)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from patchlab.data import ImageSet
+from patchlab.distributed import DistContext
 from patchlab.eot import PRESETS, EOTConfig
 from patchlab.models.wrapper import WrappedModel
 from patchlab.optimize.config import OptimizeConfig
@@ -89,6 +90,12 @@ class MatrixResult:
             eot=dict(d.get("eot", {})),
             seed=int(d.get("seed", 0)),
         )
+
+    @property
+    def defense(self) -> str | None:
+        """The input defence the models were judged behind (``eval matrix --defense``), or None."""
+        d = self.eot.get("defense")
+        return None if d is None else str(d)
 
     @classmethod
     def read(cls, path: str | Path) -> "MatrixResult":
@@ -232,8 +239,13 @@ def transfer_matrix(
     device: torch.device | str = "cpu",
     on_run: Callable[[int, str], None] | None = None,
     progress: Callable[[int], None] | None = None,
+    dist: DistContext | None = None,
 ) -> MatrixResult:
-    """Judge every run's patch on every model (held-out images of each run, shared clean predictions)."""
+    """Judge every run's patch on every model (held-out images of each run, shared clean predictions).
+
+    ``dist`` shards each run's images over a torchrun group (every rank must call); every
+    rank returns the single-process matrix.
+    """
     clean: CleanCache = {}
     data: dict[str, ImageSet] = {}
     rows = []
@@ -253,6 +265,7 @@ def transfer_matrix(
             clean_cache=clean,
             data_cache=data,
             progress=progress,
+            dist=dist,
         )
         rows.append(matrix_row(rd, res, rec))
     return MatrixResult(

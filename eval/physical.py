@@ -24,6 +24,10 @@ Reads a capture folder written by ``patchlab capture run`` (``frames.jsonl`` +
   control with Newcombe's hybrid score interval (R. G. Newcombe, "Interval
   estimation for the difference between independent proportions", Statistics in
   Medicine 17, 1998, method 10).
+* The input defence the capture was scored behind (``capture run --defense``), in
+  the result and its titles. The frames themselves are not stored, so a defence is
+  chosen at capture time: ``defense=`` here checks that the capture (and its
+  control, which must always match the patched capture) was scored with it.
 """
 
 from __future__ import annotations
@@ -309,6 +313,7 @@ class PhysicalResult:
     frames_scored: int | None = None
     on_lost: str | None = None  # the capture's --on-lost policy (with --crop roi)
     pose_rates: dict[str, PoseRateTable] = field(default_factory=dict)  # by distance / size
+    defense: str = "none"  # the input defence the frames were scored behind (capture run --defense)
 
     @property
     def model_names(self) -> list[str]:
@@ -351,6 +356,7 @@ class PhysicalResult:
             "frames_scored": self.frames_scored,
             "on_lost": self.on_lost,
             "pose_rates": {k: v.to_dict() for k, v in self.pose_rates.items()},
+            "defense": self.defense,
         }
 
     @classmethod
@@ -375,9 +381,30 @@ class PhysicalResult:
                 frames_scored=d.get("frames_scored"),
                 on_lost=d.get("on_lost"),
                 pose_rates={k: PoseRateTable.from_dict(v) for k, v in (d.get("pose_rates") or {}).items()},
+                defense=str(d.get("defense") or "none"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"not a patchlab physical result: {exc!r}") from exc
+
+
+def capture_defense(summary: dict[str, Any]) -> str:
+    """The input defence a capture's frames were scored behind, as a canonical spec
+    (``none``, ``blur:sigma=1.5``), from ``summary.json``'s ``config.defense`` (also as
+    written before the defences moved to :mod:`patchlab.defenses`: a name and a repr)."""
+    import re
+
+    from patchlab.defenses import get_defense
+
+    d = (summary.get("config") or {}).get("defense")
+    if not d:
+        return "none"
+    if isinstance(d, str):
+        return get_defense(d).plain_spec
+    if d.get("spec"):
+        return get_defense(str(d["spec"])).plain_spec
+    params = re.findall(r"(\w+)=([-+.\deE]+)", str(d.get("repr") or ""))  # BlurDefense(name='blur', sigma=1.5)
+    name = str(d.get("name") or "none")
+    return get_defense(name + (":" + ",".join(f"{k}={v}" for k, v in params) if params else "")).plain_spec
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -514,22 +541,46 @@ def evaluate_capture(
     control: str | Path | None = None,
     bins: Sequence[str] = DEFAULT_BINS,
     n_bins: int = DEFAULT_N_BINS,
+    defense: str | None = None,
 ) -> PhysicalResult:
     """Measure a capture folder (and compare with a control capture).
 
+    Args:
+        defense: the input defence the capture must have been scored behind (a
+            :func:`patchlab.defenses.get_defense` spec; ``None``: whatever it was). The frames
+            are not stored, so a defence is applied at capture time (``capture run --defense``).
+
     Raises:
-        ConfigError: not a capture folder, an unknown bin, or a control scored with
-            other models or another target.
+        ConfigError: not a capture folder, an unknown bin, a control scored with
+            other models, another target or another defence, or a capture not scored
+            behind ``defense``.
     """
     for q in bins:
         if q not in BIN_QUANTITIES:
             raise ConfigError(f"unknown --bins {q!r}; choose from {', '.join(BIN_QUANTITIES)}")
+    want = None
+    if defense is not None:
+        from patchlab.defenses import get_defense
+
+        want = get_defense(defense).plain_spec  # a bad spec fails before any file is read
     summ, frames, counted, names, target, truth, models, tables = _evaluate(capture_dir, bins, n_bins)
+    used = capture_defense(summ)
+    if want is not None and used != want:
+        raise ConfigError(
+            f"{capture_dir} was scored behind the defence {used!r}, not {want!r}: the frames are not "
+            f"stored, so film it again with `patchlab capture run ... --defense {want}`"
+        )
     ctrl_rows = ctrl_tables = None
     if control is not None:
         csumm, _, ccounted, cnames, ctarget, _, cmodels, ctables = _evaluate(control, bins, n_bins)
         if not _same(ctarget, target):
             raise ConfigError(f"the control capture's target is {ctarget!r}, the patched one's {target!r}")
+        cused = capture_defense(csumm)
+        if cused != used:
+            raise ConfigError(
+                f"the control capture was scored behind the defence {cused!r}, the patched one behind "
+                f"{used!r}: film both with the same --defense, so the comparison stays matched"
+            )
         missing = [n for n in names if n not in cnames]
         if missing:
             raise ConfigError(
@@ -578,6 +629,7 @@ def evaluate_capture(
         frames_scored=sum(is_scored(f) for f in frames),
         on_lost=cfg.get("on_lost") if cfg.get("crop") == "roi" else None,
         pose_rates={q: pose_rate_by(frames, q) for q in ("distance", "size")},
+        defense=used,
     )
 
 

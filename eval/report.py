@@ -224,6 +224,7 @@ def _patch_section(run_dir: Path, run: RunRecord) -> tuple[Section, dict[str, An
         ("steps", _said(run.steps)),
         ("patch", patch_desc),
         ("placement", _said(run.placement)),
+        ("defence", _defense_text(run.defense or run.config.get("defense"))),
         ("source models", ", ".join(run.source_names) or "not recorded"),
     ]
     blocks.insert(0, KeyValues(items))
@@ -321,7 +322,7 @@ def _transfer_section(run_dir: Path, transfer: TransferResult | None) -> Section
         TableBlock(
             ["model", "tSuc [95% CI]", "clean accuracy", "untargeted error", "n"],
             rows,
-            caption=f"placement {transfer.placement}; source: {run_dir / TRANSFER_JSON}",
+            caption=f"placement {transfer.placement}{_judged_defense(transfer)}; source: {run_dir / TRANSFER_JSON}",
         )
     ]
     plot = P.rate_bars(
@@ -369,7 +370,7 @@ def _matrix_section(matrix_path: Path | None, m: MatrixResult | None) -> Section
             TableBlock(
                 ["run", "loss", "mean transfer", "min", "max"],
                 rows,
-                caption="transfer = tSuc on models the patch was not optimised on",
+                caption="transfer = tSuc on models the patch was not optimised on" + _judged_defense(m),
             ),
         ],
     )
@@ -397,9 +398,20 @@ def check_matrix_record(m: dict[str, Any], path: str | Path) -> None:
 
 
 def _defense_text(d: Any) -> str:
+    """A recorded input defence (a ``Defense.to_dict()``, an older capture's name + repr, or a spec)."""
     if isinstance(d, dict):
-        return "none" if d.get("name") == "none" else str(d.get("repr") or d.get("name"))
+        if d.get("name") in (None, "none"):
+            return "none"
+        return str(d.get("spec") or d.get("repr") or d.get("name")) + (
+            " (attacked through it with BPDA)" if d.get("bpda") else ""
+        )
     return str(d or "none")
+
+
+def _judged_defense(rec: TransferResult | MatrixResult | None) -> str:
+    """`` behind the defence X`` for a transfer/matrix record judged with ``--defense``, else ``""``."""
+    d = None if rec is None else rec.defense
+    return f"; judged behind the defence {d}" if d else ""
 
 
 def _samples(capture_dir: Path, frames_by_index: dict[int, dict[str, Any]], names: Sequence[str]) -> Gallery | None:
@@ -671,7 +683,13 @@ def _simulation_of(summary: CaptureSummary) -> dict[str, Any] | None:
 def _headline(run: RunRecord, transfer: TransferResult | None, captures: list[Filmed]) -> list[str]:
     out = [
         f"Adversarial patch for target class '{run.target_class or '?'}' "
-        f"(run {run.run_id or '?'}, loss {run.loss or '?'}, status {run.status or '?'})."
+        f"(run {run.run_id or '?'}, loss {run.loss or '?'}, status {run.status or '?'}"
+        + (
+            ""
+            if _defense_text(run.defense) == "none"
+            else f", optimised through the defence {_defense_text(run.defense)}"
+        )
+        + ")."
     ]
     if transfer is not None and transfer.models:
         src, oth = transfer.sources, transfer.others
@@ -832,6 +850,7 @@ def build_attack_report(run_dir: str | Path, *, argv: Sequence[str] | None = Non
             [
                 ("attack", name),
                 ("source models", src),
+                ("defence", _defense_text(doc.get("defense"))),
                 ("target", str(doc.get("target", "none"))),
                 ("hyperparameters", ", ".join(f"{k}={v}" for k, v in cfg.items())),
                 ("success", _rate_ci(s.get("success_rate"), ci)),

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from patchlab.data import ImageSet, load_folder, paths_digest
+from patchlab.distributed import DistContext
 from patchlab.eot import PRESETS, EOTConfig
 from patchlab.errors import ConfigError, DataError
 from patchlab.models.wrapper import WrappedModel
@@ -74,8 +75,12 @@ def judge_run(
     clean_cache: CleanCache | None = None,
     data_cache: dict[str, ImageSet] | None = None,
     progress: Callable[[int], None] | None = None,
+    dist: DistContext | None = None,
 ) -> tuple[RunRecord, ImageSet, str, PatchOutcomes]:
     """A run's patch on its held-out images, per image (placement from the run unless given).
+
+    ``dist``: shard the images over a torchrun group (:func:`patchlab.transfer.judge_patch`);
+    every rank gets the same outcomes as one process.
 
     Returns the record, the images, the placement used and the outcomes.
     """
@@ -105,6 +110,7 @@ def judge_run(
         device=device,
         clean_cache=clean_cache,
         progress=progress,
+        dist=dist,
     )
     return rec, images, pl, out
 
@@ -122,8 +128,12 @@ def evaluate_run(
     clean_cache: CleanCache | None = None,
     data_cache: dict[str, ImageSet] | None = None,
     progress: Callable[[int], None] | None = None,
+    dist: DistContext | None = None,
 ) -> TransferResult:
-    """Judge a run's patch on its held-out images (placement from the run unless given)."""
+    """Judge a run's patch on its held-out images (placement from the run unless given).
+
+    ``dist`` shards the images over a torchrun group; every rank returns the single-process result.
+    """
     rec, images, pl, out = judge_run(
         run_dir,
         models,
@@ -135,6 +145,7 @@ def evaluate_run(
         clean_cache=clean_cache,
         data_cache=data_cache,
         progress=progress,
+        dist=dist,
     )
     if not bool(out.non_target.any()):
         raise DataError(f"{run_dir}: no held-out image is of another class than the target {rec.target_class!r}")

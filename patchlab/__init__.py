@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 from .errors import ConfigError, DataError, ModelLoadError, PatchlabError  # noqa: E402
 from .api import apply_patch, evaluate, wrap  # noqa: E402
 from .data import ImageSet, load_folder  # noqa: E402
+from .defenses import defend  # noqa: E402
 from .models import load_model  # noqa: E402
 from .optimize import PatchAttack, PatchResult  # noqa: E402
 from .transfer import ModelTransfer, TransferResult  # noqa: E402
@@ -32,6 +33,7 @@ __all__ = [
     "PatchResult",
     "TransferResult",
     "apply_patch",
+    "defend",
     "evaluate",
     "load_folder",
     "load_model",

@@ -84,6 +84,7 @@ OPTION_RANGES: dict[str, Range] = {
     "--n-per-class": Range(2, integer=True),
     "--patch-px": COUNT,
     "--projections": COUNT,
+    "--projection-bank": Range(0, integer=True),
     "--scene-frames": COUNT,
     "--scenes-per-class": Range(0, integer=True),
     "--frames": COUNT,

@@ -17,6 +17,15 @@ batch and seed:
   loss, identical on all ranks, so identical optimiser steps keep the patch identical
   (checked with a checksum when ``PATCHLAB_DIST_CHECK=1``).
 
+Judging (``eval transfer``, ``eval matrix``, ``attack``) shards whole batches instead:
+batch ``b`` of the single-process run goes to rank ``b % world``
+(:meth:`DistContext.owns`), every rank still draws every batch's random placements (or
+seeds) in order, and :meth:`DistContext.gather_batches` puts the per-batch results back
+in batch order. Each model then sees exactly the batches one process would feed it, so
+the gathered per-image outcomes, counts and intervals are those of one process, bit for
+bit (a row split would change the batch composition, which can move a logit's last bit
+and, with it, a near-tied prediction).
+
 Without an initialised process group :func:`current` is rank 0 of 1 and every method
 is the identity, so library code calls them unconditionally.
 """
@@ -25,10 +34,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import torch
 
 from .errors import ConfigError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -80,6 +92,44 @@ class DistContext:
 
             dist.barrier()
 
+    def owns(self, batch: int) -> bool:
+        """Whether batch number ``batch`` of a sharded loop is this rank's (batch ``b`` -> rank ``b % world``)."""
+        return batch % self.world == self.rank
+
+    def round_rows(self, batch: int, n: int, batch_size: int) -> int:
+        """Rows of ``n`` in the round of ``world`` consecutive batches that holds ``batch``.
+
+        Rank 0 owns the first batch of every round, so advancing a progress bar by this
+        after each of its batches counts all ``n`` rows once by the end.
+        """
+        first = (batch // self.world) * self.world * batch_size
+        return max(0, min(n, first + self.world * batch_size) - first)
+
+    def gather_batches(self, mine: dict[int, T], n_batches: int) -> list[T]:
+        """All ranks' per-batch results ``{batch: value}`` as one list in batch order, on every rank.
+
+        Values are pickled (``all_gather_object``), so keep them CPU tensors or plain
+        data. One process returns its own batches in order.
+        """
+        if not self.active:
+            return [mine[b] for b in range(n_batches)]
+        import torch.distributed as dist
+
+        parts: list[Any] = [None] * self.world
+        dist.all_gather_object(parts, mine)
+        merged: dict[int, T] = {}
+        for p in parts:
+            merged.update(p)
+        missing = [b for b in range(n_batches) if b not in merged]
+        if missing:
+            raise RuntimeError(f"batches {missing[:5]} were run by no rank (world {self.world})")
+        return [merged[b] for b in range(n_batches)]
+
+    def round_batches(self, batch: int, n_batches: int) -> int:
+        """How many of ``n_batches`` batches are in the round of ``world`` consecutive batches holding ``batch``."""
+        first = (batch // self.world) * self.world
+        return max(0, min(n_batches, first + self.world) - first)
+
     def check_identical(self, t: torch.Tensor, what: str = "patch") -> None:
         """Raise if ``t`` differs between ranks (a checksum all-gather: a debug check, it syncs)."""
         if not self.active:
@@ -108,6 +158,11 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def secondary_rank() -> bool:
+    """Whether this process is a torchrun rank other than 0 (it writes nothing; read before the group exists)."""
+    return launched() and int(os.environ.get("RANK", "0")) != 0
+
+
 def init_from_env(device: str = "auto") -> tuple[DistContext, torch.device]:
     """Join the process group torchrun describes in the environment; pick this rank's device.
 
@@ -130,9 +185,28 @@ def init_from_env(device: str = "auto") -> tuple[DistContext, torch.device]:
     return current(), dev
 
 
+def join(device: str = "auto") -> tuple[DistContext, torch.device]:
+    """The group and device of a command: torchrun's group (:func:`init_from_env`) when launched by it,
+    else rank 0 of 1 on :func:`patchlab.utils.resolve_device` ``(device)``."""
+    if launched():
+        return init_from_env(device)
+    from .utils import resolve_device
+
+    return current(), resolve_device(device)
+
+
 def debug_checks() -> bool:
     """``PATCHLAB_DIST_CHECK=1``: compare the patch's checksum across ranks after every step."""
     return os.environ.get("PATCHLAB_DIST_CHECK", "") not in ("", "0")
 
 
-__all__ = ["DistContext", "current", "debug_checks", "init_from_env", "launched"]
+def leave(ctx: DistContext) -> None:
+    """Leave torchrun's process group once every rank is done (nothing in one process)."""
+    if ctx.active:
+        import torch.distributed as dist
+
+        ctx.barrier()
+        dist.destroy_process_group()
+
+
+__all__ = ["DistContext", "current", "debug_checks", "init_from_env", "join", "launched", "leave", "secondary_rank"]

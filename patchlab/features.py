@@ -221,11 +221,19 @@ class FeatureExtractor(nn.Module):
 # ---------------------------------------------------------------- target features
 def model_fingerprint(model: WrappedModel) -> str:
     """What a model's features depend on: its architecture, its preprocessing (size, resize,
-    mean, std) and a digest of its weights' values — not a file's name, size or date, so an
-    edited weights file or an in-memory network with other weights never shares a key."""
+    mean, std), a digest of its weights' values and the input defences in front of it
+    (:class:`patchlab.defenses.DefendedModel`, each by its every parameter but ``bpda``, which
+    changes gradients only) — not a file's name, size or date, so an edited weights file, an
+    in-memory network with other weights or the same network behind another defence never
+    shares a key."""
+    from .defenses.model import model_defenses
+
     h = hashlib.sha256()
     h.update(type(model.net).__name__.encode())
     h.update(repr(model.preprocess.to_dict()).encode())
+    defenses = [d.forward_spec for d in model_defenses(model)]
+    if defenses:  # an undefended model keeps the key it always had
+        h.update(("defenses:" + "+".join(defenses)).encode())
     for k, v in model.net.state_dict().items():
         t = v.detach().cpu().contiguous()
         h.update(f"{k}:{tuple(t.shape)}:{t.dtype}".encode())

@@ -85,15 +85,20 @@ def wasserstein_1d(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         evaluated on the merged grid of cumulative weights ``{i/n} U {j/m}``
         (quantile interpolation), which is exact for uniform weights.
     """
-    n, m = u.shape[0], v.shape[0]
     us, _ = torch.sort(u, dim=0)
     vs, _ = torch.sort(v, dim=0)
+    return wasserstein_1d_sorted(us, vs)
+
+
+def wasserstein_1d_sorted(us: torch.Tensor, vs: torch.Tensor) -> torch.Tensor:
+    """:func:`wasserstein_1d` of samples already sorted along dim 0 (``(n, k)`` and ``(m, k)``)."""
+    n, m = us.shape[0], vs.shape[0]
     if n == m:
         return ((us - vs) ** 2).mean(0)
     levels = torch.cat(
         [
-            torch.arange(1, n + 1, device=u.device, dtype=torch.float64) / n,
-            torch.arange(1, m + 1, device=u.device, dtype=torch.float64) / m,
+            torch.arange(1, n + 1, device=us.device, dtype=torch.float64) / n,
+            torch.arange(1, m + 1, device=us.device, dtype=torch.float64) / m,
         ]
     )
     levels, _ = torch.sort(levels)
@@ -101,7 +106,7 @@ def wasserstein_1d(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     mid = levels - width / 2
     iu = torch.clamp((mid * n).floor().long(), max=n - 1)
     iv = torch.clamp((mid * m).floor().long(), max=m - 1)
-    w = width.to(u.dtype)[:, None]
+    w = width.to(us.dtype)[:, None]
     return (w * (us[iu] - vs[iv]) ** 2).sum(0)
 
 
@@ -133,6 +138,61 @@ def sliced_wasserstein(
         raise ValueError(f"expected projections of shape ({x.shape[1]}, k), got {tuple(projections.shape)}")
     p = projections.to(device=x.device, dtype=x.dtype)
     return wasserstein_1d(x @ p, y @ p).mean()
+
+
+class ProjectionBank:
+    """Sliced Wasserstein against one fixed target cloud, with the target's side precomputed.
+
+    ``size`` directions are drawn once, uniformly on the sphere (from ``seed``), and the
+    target cloud is projected on all of them and sorted once. Each :meth:`distance` call
+    picks ``n_proj`` of the bank's directions without replacement (from ``generator``) and
+    projects and sorts only ``x``. Every direction used is uniform on the sphere, so the
+    estimate of ``SW_2^2`` has the same expectation as :func:`sliced_wasserstein` with fresh
+    directions; what changes is that steps close together share some directions (an
+    optimiser redraws the bank every few dozen steps). Per step this saves drawing the
+    directions, projecting the target and sorting it: the part of the sliced distance that
+    costs most beside a small model on a CPU.
+
+    Args:
+        y: ``(m, d)`` target cloud (no gradient flows into it).
+        size: directions in the bank (at least the ``n_proj`` of each call).
+        seed: the bank's seed: the same seed gives the same bank (a resumed run rebuilds it).
+    """
+
+    def __init__(self, y: torch.Tensor, size: int, *, seed: int):
+        if y.ndim != 2 or not y.is_floating_point() or y.shape[0] < 1:
+            raise ValueError(f"expected the target as a float point cloud of shape (m, d), got {tuple(y.shape)}")
+        if size < 1:
+            raise ValueError(f"expected a bank of at least one direction, got {size}")
+        gen = torch.Generator().manual_seed(int(seed) % 2**63)
+        y = y.detach()
+        #: ``(size, d)``: one direction per row (rows gather contiguously).
+        self.directions = random_projections(
+            y.shape[1], size, generator=gen, device=y.device, dtype=y.dtype
+        ).T.contiguous()
+        #: ``(size, m)``: the target's projections on each direction, sorted.
+        self.sorted_target = torch.sort(self.directions @ y.T, dim=1).values
+        self.seed = int(seed)
+
+    @property
+    def size(self) -> int:
+        return int(self.directions.shape[0])
+
+    def draw(self, n_proj: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``n_proj`` distinct row indices of the bank, on the bank's device."""
+        if not 1 <= n_proj <= self.size:
+            raise ValueError(f"expected 1 <= n_proj <= {self.size} (the bank's size), got {n_proj}")
+        idx = torch.randperm(self.size, generator=generator)[:n_proj]
+        return idx.to(self.directions.device, non_blocking=True)
+
+    def distance(self, x: torch.Tensor, n_proj: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``SW_2^2`` between ``x (n, d)`` and the target on ``n_proj`` of the bank's directions."""
+        if x.ndim != 2 or x.shape[1] != self.directions.shape[1]:
+            raise ValueError(f"expected x of shape (n, {self.directions.shape[1]}), got {tuple(x.shape)}")
+        idx = self.draw(n_proj, generator)
+        p = self.directions[idx].to(x.dtype)
+        us = torch.sort(x @ p.T, dim=0).values
+        return wasserstein_1d_sorted(us, self.sorted_target[idx].T.to(x.dtype)).mean()
 
 
 def wasserstein2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -308,6 +368,7 @@ __all__ = [
     "LOSS_NAMES",
     "FeatureL2",
     "NonPrintability",
+    "ProjectionBank",
     "QuantileMatching",
     "SlicedWasserstein",
     "TargetedCrossEntropy",
@@ -323,4 +384,5 @@ __all__ = [
     "total_variation",
     "wasserstein2",
     "wasserstein_1d",
+    "wasserstein_1d_sorted",
 ]

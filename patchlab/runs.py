@@ -109,6 +109,7 @@ class RunRecord:
     command: list[str] = field(default_factory=list)
     attack: str = ""
     limit_per_class: int | None = None
+    defense: dict[str, Any] | None = None  # the input defence optimised through (Defense.to_dict())
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -166,8 +167,9 @@ class RunRecord:
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        if d["limit_per_class"] is None:  # written only by runs that limited their data
-            del d["limit_per_class"]
+        for k in ("limit_per_class", "defense"):  # written only by runs that limited their data / newer runs
+            if d[k] is None:
+                del d[k]
         return {**d, **self.extra}
 
     @classmethod

@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .data import ImageSet, class_index, match_labels, paths_digest
+from .distributed import DistContext
 from .eot import PRESETS, EOTConfig, PatchRenderer
 from .errors import DataError
 from .inputs import to_float
@@ -101,6 +102,12 @@ class TransferResult:
 
     def by_name(self) -> dict[str, ModelTransfer]:
         return {m.name: m for m in self.models}
+
+    @property
+    def defense(self) -> str | None:
+        """The input defence the models were judged behind (``eval transfer --defense``), or None."""
+        d = self.eot.get("defense")
+        return None if d is None else str(d)
 
     @property
     def sources(self) -> list[ModelTransfer]:
@@ -198,6 +205,7 @@ def judge_patch(
     device: torch.device | str = "cpu",
     clean_cache: CleanCache | None = None,
     progress: Callable[[int], None] | None = None,
+    dist: DistContext | None = None,
 ) -> PatchOutcomes:
     """Paste ``patch`` into every image and record each model's per-image outcome.
 
@@ -211,7 +219,10 @@ def judge_patch(
             with the same seed on the same images: outcomes pair up image for image).
         frame: paste the printed marker frame with the patch.
         clean_cache: reuse clean predictions across calls on the same images.
-        progress: called with the number of images done.
+        progress: called with the number of images done (under torchrun: on rank 0, for all ranks).
+        dist: shard the batches over a torchrun group (:meth:`~patchlab.distributed.DistContext.owns`)
+            and gather the outcomes on every rank: the same outcomes, bit for bit, as one process.
+            ``None`` (default): this process judges every image. Every rank of the group must call.
     """
     if not images.classes:
         raise DataError(f"{images.root} has no class sub-folders: tSuc needs labelled images")
@@ -233,35 +244,45 @@ def judge_patch(
     ).to(device)
     patch = patch.to(device).float()
     g = torch.Generator().manual_seed(seed)
+    ctx = dist or DistContext()
     ident = f"{images.root}:{len(images)}:{paths_digest(images.paths, images.root) if images.paths else ''}"
     cached = [clean_cache.get((m.name, ident)) if clean_cache is not None else None for m in models]
-    hit: list[list[torch.Tensor]] = [[] for _ in models]
-    wrong: list[list[torch.Tensor]] = [[] for _ in models]
-    clean_preds: list[list[torch.Tensor]] = [[] for _ in models]
-    for s in range(0, len(images), batch_size):
+    n_all = len(images)
+    starts = range(0, n_all, batch_size)
+    mine: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+    for b, s in enumerate(starts):
+        # every rank draws every batch's placements, in order: the draws of one process
+        params = renderer.sample(min(batch_size, n_all - s), g)
+        if not ctx.owns(b):
+            continue
         x = to_float(images.images[s : s + batch_size], device)
         y = images.labels[s : s + batch_size].to(device)
-        params = renderer.sample(x.shape[0], g)
         xp = renderer(x, patch, params)
+        hit, wrong, clean = [], [], []
         for i, m in enumerate(models):
             truth = maps[i].to(device)[y]
             c = cached[i]
             pc = c[s : s + batch_size].to(device) if c is not None else m(x).argmax(1)
-            clean_preds[i].append(pc.cpu())
+            clean.append(pc.cpu())
             pp = m(xp).argmax(1)
-            hit[i].append((pp == t_model[i]).cpu())
-            wrong[i].append((pp != truth).cpu())
-        if progress is not None:
-            progress(int(x.shape[0]))
+            hit.append((pp == t_model[i]).cpu())
+            wrong.append((pp != truth).cpu())
+        mine[b] = (torch.stack(hit), torch.stack(wrong), torch.stack(clean))
+        if progress is not None and ctx.is_main:
+            progress(ctx.round_rows(b, n_all, batch_size))  # rank 0 counts the round of every rank
+    parts = ctx.gather_batches(mine, len(starts))
+    hit_all = torch.cat([p[0] for p in parts], 1)
+    wrong_all = torch.cat([p[1] for p in parts], 1)
+    clean_preds = torch.cat([p[2] for p in parts], 1)
     if clean_cache is not None:
         for i, m in enumerate(models):
-            clean_cache.setdefault((m.name, ident), torch.cat(clean_preds[i]))
+            clean_cache.setdefault((m.name, ident), clean_preds[i])
     truth_all = [maps[i][images.labels] for i in range(len(models))]
-    clean_ok = torch.stack([torch.cat(clean_preds[i]) == truth_all[i] for i in range(len(models))])
+    clean_ok = torch.stack([clean_preds[i] == truth_all[i] for i in range(len(models))])
     return PatchOutcomes(
         models=[m.name for m in models],
-        hit=torch.stack([torch.cat(h) for h in hit]),
-        wrong=torch.stack([torch.cat(w) for w in wrong]),
+        hit=hit_all,
+        wrong=wrong_all,
         clean_ok=clean_ok,
         non_target=images.labels != t_data,
     )
@@ -311,6 +332,7 @@ def evaluate_patch(
     source_names: Sequence[str] = (),
     clean_cache: CleanCache | None = None,
     progress: Callable[[int], None] | None = None,
+    dist: DistContext | None = None,
 ) -> list[ModelTransfer]:
     """:func:`judge_patch`, summarised per model (``source_names`` are flagged ``is_source``)."""
     o = judge_patch(
@@ -329,6 +351,7 @@ def evaluate_patch(
         device=device,
         clean_cache=clean_cache,
         progress=progress,
+        dist=dist,
     )
     if not bool(o.non_target.any()):
         raise DataError(f"no image in {images.root} is of another class than the target {target_class!r}")

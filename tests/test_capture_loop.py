@@ -17,7 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import REPO, card
-from patchlab.capture.defenses import BlurDefense, JpegDefense, get_defense
+from patchlab.defenses import GaussianBlur, Jpeg, get_defense
 from patchlab.capture.loop import (
     FRAMES_JSONL,
     SUMMARY_JSON,
@@ -235,24 +235,47 @@ def test_crop_boxes():
 
 
 def test_defenses_change_the_input_and_unknown_is_an_error():
+    """The capture loop's specs (none, blur[:SIGMA], jpeg[:QUALITY]) through the core registry:
+    the same filters the loop's own registry had (OpenCV on the uint8 crop), errors in one line."""
     crops = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
-    assert get_defense("none").apply(crops) is crops
+    x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255
+    u8 = lambda t: (t * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # noqa: E731
+    assert torch.equal(get_defense("none")(x), x)
     blur, jpeg = get_defense("blur:1.5"), get_defense("jpeg:30")
-    assert isinstance(blur, BlurDefense) and blur.sigma == 1.5 and isinstance(jpeg, JpegDefense) and jpeg.quality == 30
-    b, j = blur.apply(crops), jpeg.apply(crops)
-    assert b.shape == j.shape == crops.shape and b.dtype == j.dtype == np.uint8
+    assert isinstance(blur, GaussianBlur) and blur.sigma == 1.5 and isinstance(jpeg, Jpeg) and jpeg.quality == 30
+    b, j = u8(blur(x)), u8(jpeg(x))
+    assert b.shape == j.shape == crops.shape
     assert b.astype(float).std() < 0.6 * crops.astype(float).std()  # noise is smoothed away
     ref = cv2.GaussianBlur(crops[0], (0, 0), 1.5)
-    assert np.array_equal(b[0], ref)
+    assert np.abs(b[0].astype(int) - ref.astype(int)).max() <= 1  # float blur vs OpenCV's uint8 rounding
+    codec = cv2.imdecode(
+        cv2.imencode(".jpg", cv2.cvtColor(crops[0], cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 30])[1],
+        cv2.IMREAD_COLOR,
+    )
+    assert np.array_equal(j[0], cv2.cvtColor(codec, cv2.COLOR_BGR2RGB))
     assert 5 < np.abs(j.astype(int) - crops.astype(int)).mean() < 60
-    with pytest.raises(ConfigError, match="unknown defence 'lgs'"):
-        get_defense("lgs")
-    with pytest.raises(ConfigError, match="bad parameter"):
+    with pytest.raises(ConfigError, match="unknown defence 'sharpen'"):
+        get_defense("sharpen")
+    with pytest.raises(ConfigError, match="bad value for jpeg quality"):
         get_defense("jpeg:high")
     with pytest.raises(ConfigError, match="quality"):
         get_defense("jpeg:0")
-    with pytest.raises(ValueError, match=r"\(N, H, W, 3\) uint8"):
-        blur.apply(crops[0])
+    with pytest.raises(ConfigError, match="unknown defence"):
+        CaptureConfig(target="cat", defense="sharpen")
+
+
+def test_scorer_applies_the_defense_once_and_names_it(model):
+    crops = np.random.default_rng(2).integers(0, 256, (4, 32, 32, 3), dtype=np.uint8)
+    sc = FrameScorer([model], TARGET, defense="median:5")
+    assert sc.names == [model.name + "+median:k=5"]
+    x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255
+    from patchlab.defenses import defend
+
+    ref = torch.softmax(defend(model, "median:5")(x), 1)[:, model.labels.index(TARGET)]
+    got = [r[sc.names[0]]["p_target"] for r in sc.score(crops)]
+    assert got == pytest.approx(ref.tolist(), abs=1e-4)
+    plain = [r[model.name]["p_target"] for r in FrameScorer([model], TARGET).score(crops)]
+    assert got != pytest.approx(plain, abs=1e-4)  # the defence changed what the model saw
 
 
 def test_scorer_batches_match_single_frames(model):
@@ -301,6 +324,9 @@ def test_cli_capture_run(tmp_path):
     assert r.exit_code == 0, r.output
     summ, frames = _check_log(out, 10)
     assert summ["truth"] and summ["config"]["defense"]["name"] == "jpeg"
+    assert summ["config"]["defense"]["spec"] == "jpeg:quality=75" and list(summ["tsuc"]) == [
+        "cifar10-resnet20+jpeg"
+    ]  # the defence is named in the summary and in every model label
     assert {f["crop"] for f in frames} <= {"roi", "skipped (lost)"} and "roi" in {f["crop"] for f in frames}
     assert summ["config"]["on_lost"] == "skip" and all(f["scored"] == (f["pose"] is not None) for f in frames)
     bad = CliRunner().invoke(
@@ -333,10 +359,10 @@ def test_cli_capture_run(tmp_path):
             "--models",
             card("resnet20"),
             "--defense",
-            "lgs",
+            "sharpen",
         ],
     )
-    assert bad.exit_code == 1 and "unknown defence" in bad.output
+    assert bad.exit_code == 1 and "error: unknown defence 'sharpen'" in bad.output
     assert not (tmp_path / "y" / FRAMES_JSONL).exists()
 
 

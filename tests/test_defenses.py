@@ -143,18 +143,34 @@ def test_bitdepth_levels():
     assert torch.allclose(y * 7, (y * 7).round(), atol=1e-6) and (y - x).abs().max() <= 1 / 14 + 1e-6
 
 
-def test_core_registry_is_a_superset_of_the_capture_loop():
-    """Every spec of capture/defenses.py means the same here (same codec, same blur up to uint8 rounding)."""
-    from patchlab.capture.defenses import get_defense as capture_get, list_defenses as capture_list
+def test_the_capture_loop_uses_the_core_registry():
+    """capture/defenses.py is gone: the capture loop's specs (none, blur[:SIGMA], jpeg[:QUALITY])
+    parse in the one core registry, which `patchlab.capture` re-exports, and mean what they meant
+    there (OpenCV's blur of the uint8 crop up to rounding, the same JPEG codec exactly)."""
+    import cv2
 
-    assert set(capture_list()) <= set(list_defenses())
+    import patchlab.capture as capture
+    from patchlab.capture import loop
+
+    assert capture.get_defense is get_defense and loop.get_defense is get_defense
+    with pytest.raises(ImportError):
+        import patchlab.capture.defenses  # noqa: F401
     x = _fixed_image(32)
     u8 = (x * 255).round().to(torch.uint8)
-    crops = u8.permute(0, 2, 3, 1).numpy().copy()
+    crop = u8[0].permute(1, 2, 0).numpy().copy()
     xf = u8.float() / 255
-    for spec in ("none", "jpeg", "jpeg:50", "blur", "blur:1.5"):
-        ref = capture_get(spec).apply(crops)
-        out = (get_defense(spec)(xf) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    for spec, ref in (
+        ("none", crop),
+        ("blur", cv2.GaussianBlur(crop, (0, 0), 1.0)),
+        ("blur:1.5", cv2.GaussianBlur(crop, (0, 0), 1.5)),
+        ("jpeg", None),
+        ("jpeg:50", None),
+    ):
+        if ref is None:
+            q = int(spec.partition(":")[2] or 75)
+            buf = cv2.imencode(".jpg", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, q])[1]
+            ref = cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        out = (get_defense(spec)(xf) * 255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
         tol = 0 if spec.startswith(("jpeg", "none")) else 1
         assert np.abs(out.astype(int) - ref.astype(int)).max() <= tol, spec
 

@@ -34,6 +34,28 @@ def test_sliced_wasserstein_float32_matches_pot_to_1e_5():
     assert abs(ours - ref) < 1e-5
 
 
+@pytest.mark.parametrize("n,m", [(40, 40), (37, 23)])
+def test_projection_bank_is_pots_sliced_distance_on_the_drawn_directions(n, m):
+    """The bank's distance equals POT's sliced W2 on the directions it drew; its gradient reaches x;
+    the same seed rebuilds the same bank (a resumed run); draws are distinct and from the generator."""
+    x, y = clouds(n, m)
+    bank = L.ProjectionBank(y, 2000, seed=7)
+    assert bank.size == 2000 and torch.equal(bank.directions, L.ProjectionBank(y, 2000, seed=7).directions)
+    assert not torch.equal(bank.directions, L.ProjectionBank(y, 2000, seed=8).directions)
+    xg = x.clone().requires_grad_(True)
+    ours = bank.distance(xg, 500, generator=torch.Generator().manual_seed(4))
+    idx = bank.draw(500, torch.Generator().manual_seed(4))
+    assert idx.unique().numel() == 500
+    proj = bank.directions[idx].T
+    ref = ot.sliced_wasserstein_distance(x.numpy(), y.numpy(), projections=proj.numpy(), p=2) ** 2
+    assert float(ours) == pytest.approx(ref, abs=1e-6) and float(ours) > 0.05
+    (g,) = torch.autograd.grad(ours, xg)
+    (g_ref,) = torch.autograd.grad(L.sliced_wasserstein(xg, y, projections=proj), xg)
+    assert torch.allclose(g, g_ref, atol=1e-10) and float(g.abs().sum()) > 0
+    with pytest.raises(ValueError, match="bank"):
+        bank.distance(x, 2001)
+
+
 def test_wasserstein2_matches_pot_emd2():
     x, y = clouds(12, 9, 5)
     ref = ot.emd2(ot.unif(12), ot.unif(9), ot.dist(x.numpy(), y.numpy()))

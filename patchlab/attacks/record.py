@@ -9,7 +9,8 @@
 
 ``attack.json`` keys: ``kind`` (``"attack"``), ``attack`` (name), ``config`` (every
 resolved hyperparameter of the attack), ``target`` (as given), ``seed``, ``command``,
-``sources`` and ``transfer_models`` (model provenance), ``data`` (root, classes, the
+``sources`` and ``transfer_models`` (model provenance), ``defense`` (the input defence in
+front of all of them, as the attack differentiated it; ``none`` by default), ``data`` (root, classes, the
 seeded selection: scanned, correctly classified, attacked), ``summary``
 (:func:`summarize`), ``transfer`` (:class:`TransferRow` dicts), ``images`` (one dict per
 image: path, label, target, prediction, success, success after 8-bit quantisation,
@@ -30,11 +31,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..distributed import DistContext
 from ..errors import ConfigError
 from ..stats import wilson_interval
 from ..utils import atomic_write_bytes, atomic_write_json, read_json_object
 from .base import AttackResult
-from .gradient import model_device, predict
+from .gradient import ensemble_logits, model_device, predict
 
 ATTACK_JSON = "attack.json"
 GRID_PNG = "grid.png"
@@ -122,6 +124,107 @@ def select_correct(
     return Selection(keep, labels[keep].clone(), scanned, correct, int(seed), exclude_class)
 
 
+# -- the attack, batch by batch ----------------------------------------------------
+
+
+def batch_seed(seed: int, batch: int) -> int:
+    """The seed of attack batch ``batch``: ``seed`` itself for the first batch, a SHA-256 mix of both after.
+
+    One generator per batch, instead of one carried from batch to batch, makes each
+    batch's draws (random starts, random targets, random masks) independent of how many
+    draws the batches before it took, so any process can run any batch and get the
+    single-process draws (the first batch, hence any run of one batch, draws as before).
+    """
+    if batch == 0:
+        return int(seed)
+    import hashlib
+
+    return int.from_bytes(hashlib.sha256(f"patchlab-attack:{int(seed)}:{batch}".encode()).digest()[:8], "little") >> 1
+
+
+def _to_cpu(r: AttackResult) -> AttackResult:
+    from dataclasses import replace
+
+    return replace(
+        r,
+        adversarial=r.adversarial.cpu(),
+        labels=r.labels.cpu(),
+        target=None if r.target is None else r.target.cpu(),
+        predictions=r.predictions.cpu(),
+        success=r.success.cpu(),
+        l0=r.l0.cpu(),
+        l2=r.l2.cpu(),
+        linf=r.linf.cpu(),
+        extras={k: v.cpu() for k, v in r.extras.items()},
+    )
+
+
+def attack_in_batches(
+    fn: Callable[..., AttackResult],
+    models: Sequence[nn.Module],
+    images: torch.Tensor,
+    target: Any,
+    *,
+    labels: torch.Tensor,
+    batch_size: int,
+    seed: int = 0,
+    hyperparameters: dict[str, Any] | None = None,
+    stop_models: Sequence[nn.Module] | None = None,
+    progress: Callable[[int], None] | None = None,
+    dist: DistContext | None = None,
+) -> AttackResult:
+    """Run attack ``fn`` on ``images`` in batches and join the results (:func:`concat_results`).
+
+    Args:
+        fn: an attack of :data:`patchlab.attacks.ATTACKS` (``fn(models, images, target, *,
+            labels, generator, **hyperparameters)``).
+        models: the source model(s); one is passed alone, several as an ensemble.
+        images: ``(N, 3, H, W)`` float in [0, 1] (moved to the models' device batch by batch).
+        target: the attack's target (class, ``"random"`` or ``None``).
+        labels: ``(N,)`` true classes as the models' output indices.
+        batch_size: images per attack call.
+        seed: batch ``b`` draws from ``torch.Generator().manual_seed(batch_seed(seed, b))``.
+        hyperparameters: the attack's keyword hyperparameters.
+        stop_models: passed to attacks that take them (stAdv's ``released`` mode).
+        progress: passed to attacks that report their steps (under torchrun: rank 0 counts
+            the steps of every rank's batch of the round).
+        dist: a torchrun group: batch ``b`` runs on rank ``b % world`` and the results are
+            gathered on every rank, equal to one process's. Every rank of the group must call.
+
+    Returns the joined result.
+    """
+    import inspect
+
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    ctx = dist or DistContext()
+    params = inspect.signature(fn).parameters
+    dev = model_device(models[0])
+    starts = range(0, images.shape[0], batch_size)
+    mine: dict[int, AttackResult] = {}
+    for b, s in enumerate(starts):
+        if not ctx.owns(b):
+            continue
+        extra: dict[str, Any] = {}
+        if "progress" in params and progress is not None and ctx.is_main:
+            k = ctx.round_batches(b, len(starts))
+            extra["progress"] = progress if k == 1 else (lambda n=1, k=k: progress(n * k))
+        if stop_models is not None and "stop_models" in params:
+            extra["stop_models"] = stop_models
+        r = fn(
+            models if len(models) > 1 else models[0],
+            images[s : s + batch_size].to(dev),
+            target,
+            labels=labels[s : s + batch_size].to(dev),
+            generator=torch.Generator().manual_seed(batch_seed(seed, b)),
+            **(hyperparameters or {}),
+            **extra,
+        )
+        mine[b] = _to_cpu(r) if ctx.active else r
+    parts = ctx.gather_batches(mine, len(starts))
+    return concat_results(parts)
+
+
 # -- transfer ----------------------------------------------------------------------
 
 
@@ -183,6 +286,26 @@ class TransferRow:
         )
 
 
+@torch.no_grad()
+def predict_sharded(
+    models: Sequence[nn.Module], x: torch.Tensor, *, batch_size: int = 256, dist: DistContext | None = None
+) -> torch.Tensor:
+    """:func:`~patchlab.attacks.gradient.predict` on the CPU, chunk ``c`` of ``batch_size`` rows on rank
+    ``c % world`` of ``dist``, gathered on every rank: the same chunks, hence the same classes, as one process."""
+    ctx = dist or DistContext()
+    if not ctx.active:
+        return predict(models, x.to(model_device(models[0])), batch_size=batch_size).cpu()
+    dev = model_device(models[0])
+    starts = range(0, x.shape[0], batch_size)
+    mine = {
+        c: ensemble_logits(models, x[s : s + batch_size].to(dev)).argmax(1).cpu()
+        for c, s in enumerate(starts)
+        if ctx.owns(c)
+    }
+    parts = ctx.gather_batches(mine, len(starts))
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
+
+
 def _rate(hits: torch.Tensor, where: torch.Tensor) -> tuple[float, int]:
     k = int(where.sum())
     return (float(hits[where].float().mean()) if k else float("nan")), k
@@ -195,6 +318,7 @@ def transfer_table(
     *,
     names: Sequence[str] | None = None,
     batch_size: int = 256,
+    dist: DistContext | None = None,
 ) -> list[TransferRow]:
     """How the adversarial images of ``result`` fare on other models (:class:`TransferRow` each).
 
@@ -204,6 +328,8 @@ def transfer_table(
         models: the target models; their labels must match the source's.
         names: row names (default: each model's ``name``).
         batch_size: images per forward pass.
+        dist: a torchrun group: the forward passes are shared out (:func:`predict_sharded`);
+            every rank gets the single-process table. Every rank must call.
     """
     rows = []
     for k, m in enumerate(models):
@@ -213,9 +339,8 @@ def transfer_table(
                 f"transfer model {getattr(m, 'name', k)!r} has other classes than the source "
                 f"({len(ml)} vs {len(result.class_names)} labels)"
             )
-        dev = model_device(m)
-        clean = predict([m], originals.to(dev), batch_size=batch_size).cpu()
-        adv = predict([m], result.adversarial.to(dev), batch_size=batch_size).cpu()
+        clean = predict_sharded([m], originals, batch_size=batch_size, dist=dist)
+        adv = predict_sharded([m], result.adversarial, batch_size=batch_size, dist=dist)
         wrong = adv != result.labels
         unt, unt_n = _rate(wrong, result.success & (clean == result.labels))
         tgt, tgt_n = (None, 0)
@@ -237,11 +362,13 @@ def transfer_table(
     return rows
 
 
-def quantized_success(result: AttackResult, models: Sequence[nn.Module], *, batch_size: int = 256) -> torch.Tensor:
-    """Success per image after rounding the adversarial images to 8 bits, as the PNGs store them."""
+def quantized_success(
+    result: AttackResult, models: Sequence[nn.Module], *, batch_size: int = 256, dist: DistContext | None = None
+) -> torch.Tensor:
+    """Success per image after rounding the adversarial images to 8 bits, as the PNGs store them
+    (``dist``: the forward passes shared out over a torchrun group, as in :func:`transfer_table`)."""
     q = (result.adversarial * 255.0).round() / 255.0
-    dev = model_device(models[0])
-    pred = predict(models, q.to(dev), batch_size=batch_size).cpu()
+    pred = predict_sharded(models, q, batch_size=batch_size, dist=dist)
     return pred == result.target if result.target is not None else pred != result.labels
 
 
@@ -509,9 +636,12 @@ __all__ = [
     "Selection",
     "TransferRow",
     "amplify",
+    "attack_in_batches",
+    "batch_seed",
     "concat_results",
     "flow_to_rgb",
     "is_attack_run",
+    "predict_sharded",
     "quantized_success",
     "read_attack_run",
     "render_grid",

@@ -245,7 +245,7 @@ def _checked_callback(param, inner):
             check_input_path(value, name)
             if not is_output:
                 _warn_if_unfinished(value)
-            if watch and _FRAMES:
+            if watch and _FRAMES and not _secondary_rank():  # under torchrun rank 0 alone writes --out
                 frame = _FRAMES[-1]
                 what = FOLDER_WRITERS.get(_command_key(ctx))
                 if what is not None:
@@ -259,6 +259,12 @@ def _checked_callback(param, inner):
         return inner(ctx, p, value) if inner is not None else value
 
     return callback
+
+
+def _secondary_rank() -> bool:
+    from ..distributed import secondary_rank
+
+    return secondary_rank()
 
 
 def _warn_if_unfinished(value) -> None:

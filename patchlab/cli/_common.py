@@ -42,6 +42,15 @@ def progress_bar(description: str, total: int | None) -> Iterator[Callable[[int]
         yield start(description, total)
 
 
+def rank_progress_bar(is_main: bool, description: str, total: int | None):
+    """:func:`progress_bar` on torchrun's rank 0 (or in one process); a silent ``advance`` on the other ranks."""
+    if is_main:
+        return progress_bar(description, total)
+    from contextlib import nullcontext
+
+    return nullcontext(lambda n=1: None)
+
+
 def command_line(ctx) -> list[str]:
     """The command as typed, rebuilt from what click parsed (for run records).
 

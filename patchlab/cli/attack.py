@@ -16,7 +16,7 @@ from typing import Annotated, Any, Callable, Optional
 import typer
 from rich.table import Table
 
-from ._common import DEVICE_HELP, command_line, console, err_console, progress_bar
+from ._common import DEVICE_HELP, command_line, console, err_console, rank_progress_bar
 
 #: Parameters of an attack function the command fills itself (never from --set).
 RESERVED = ("models", "images", "target", "labels", "generator", "progress", "stop_models")
@@ -176,6 +176,16 @@ def attack_cmd(
         int,
         typer.Option("--n", help="Images to attack: a seeded selection of the ones the source classifies correctly."),
     ] = 100,
+    defense: Annotated[
+        str,
+        typer.Option(
+            "--defense",
+            help="Input defence in front of the source and the transfer models alike, on clean and "
+            "adversarial images (blur[:SIGMA], median[:K], jpeg[:Q], bitdepth[:BITS], lgs[:...]; "
+            "`patchlab defend list`): the attack is adaptive, through the defence, BPDA where it "
+            "has no gradient.",
+        ),
+    ] = "none",
     seed: Annotated[int, typer.Option(help="Seed of the selection, random starts, random targets and masks.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images per attack batch.")] = 128,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
@@ -189,7 +199,7 @@ def attack_cmd(
 
     from ..attacks import ATTACKS
     from ..attacks.record import (
-        concat_results,
+        attack_in_batches,
         quantized_success,
         select_correct,
         summarize,
@@ -197,9 +207,10 @@ def attack_cmd(
         write_attack_run,
     )
     from ..data import class_index, load_folder, match_labels
+    from ..distributed import join, leave
     from ..errors import ConfigError
     from ..models import load_model
-    from ..utils import atomic_write_json, resolve_device, versions
+    from ..utils import atomic_write_json, versions
 
     key = name.strip().lower()
     if key not in ATTACKS:
@@ -214,10 +225,16 @@ def attack_cmd(
         from ..attacks.regional import parse_mask_spec
 
         parse_mask_spec(mask)  # a bad spec fails before any model loads
-    dev = resolve_device(device)
-    sources = [load_model(r, device=dev) for r in model]
+    from ..defenses import adaptive, adaptive_model, defend, get_defense
+
+    defense_d = get_defense(defense)  # a bad spec fails before any model loads
+    group, dev = join(device)
+    main = group.is_main
+    # the same defence in front of every model (as eval transfer): the sources are attacked
+    # through it (adaptive, BPDA where it has no gradient), the transfer models judged behind it
+    sources = [adaptive_model(load_model(r, device=dev), defense_d) for r in model]
     targets_ref = _split(transfer)
-    judged = [load_model(r, device=dev) for r in targets_ref]
+    judged = [defend(load_model(r, device=dev), defense_d) for r in targets_ref]
     check_target(target, sources + judged, [*model, *targets_ref])
     params = hyperparameters(fn)
     wants_stop = "stop_models" in inspect.signature(fn).parameters and bool(kw.get("released"))
@@ -230,55 +247,59 @@ def attack_cmd(
     labels = match_labels(images.classes, sources[0].labels, model_name=sources[0].name)[images.labels]
     t = target.strip()
     fixed = None if t.lower() in ("none", "random") else (int(t) if t.isdigit() else class_index(t, sources[0].labels))
-    with progress_bar("selecting correctly classified images", len(images)) as adv:
+    with rank_progress_bar(main, "selecting correctly classified images", len(images)) as adv:
         sel = select_correct(images.images, labels, sources, n=n, seed=seed, exclude_class=fixed, progress=adv)
     if not sel.indices:
         raise ConfigError(f"the source model classifies none of the {sel.scanned} images of {data} correctly")
-    err_console.print(
-        f"attacking {len(sel.indices)} images that the source classifies correctly "
-        f"({sel.correct} correct of {sel.scanned} scanned in a seeded order, seed {seed})"
-        + ("" if fixed is None else f", leaving out the target class {sources[0].labels[fixed]!r}")
-        + ("" if len(sel.indices) == n else f"; fewer than --n {n}"),
-        highlight=False,
-    )
+    if main:
+        err_console.print(
+            f"attacking {len(sel.indices)} images that the source classifies correctly "
+            f"({sel.correct} correct of {sel.scanned} scanned in a seeded order, seed {seed})"
+            + ("" if fixed is None else f", leaving out the target class {sources[0].labels[fixed]!r}")
+            + ("" if len(sel.indices) == n else f"; fewer than --n {n}"),
+            highlight=False,
+        )
 
     x_all = images.float(torch.tensor(sel.indices))
-    gen = torch.Generator().manual_seed(seed)
     target_arg: Any = (
         None if target.strip().lower() == "none" else (int(target) if target.strip().isdigit() else target.strip())
     )
     n_steps = int(kw.get("steps", params["steps"].default if "steps" in params else 1) or 1)
-    batches = range(0, x_all.shape[0], batch_size)
-    parts = []
+    n_batches = len(range(0, x_all.shape[0], batch_size))
+    if group.active and main and n_batches < group.world:
+        err_console.print(
+            f"{n_batches} batch(es) of --batch-size {batch_size} for {group.world} processes: "
+            f"lower --batch-size to keep every process busy",
+            highlight=False,
+        )
     t0 = time.perf_counter()
-    with progress_bar(f"{key} on {x_all.shape[0]} images", n_steps * len(batches)) as step:
-        for s in batches:
-            extra: dict[str, Any] = {}
-            if "progress" in inspect.signature(fn).parameters:
-                extra["progress"] = step
-            if wants_stop:
-                extra["stop_models"] = judged
-            parts.append(
-                fn(
-                    sources if len(sources) > 1 else sources[0],
-                    x_all[s : s + batch_size].to(dev),
-                    target_arg,
-                    labels=sel.labels[s : s + batch_size].to(dev),
-                    generator=gen,
-                    **kw,
-                    **extra,
-                )
-            )
+    with rank_progress_bar(main, f"{key} on {x_all.shape[0]} images", n_steps * n_batches) as step:
+        res = attack_in_batches(
+            fn,
+            sources,
+            x_all,
+            target_arg,
+            labels=sel.labels,
+            batch_size=batch_size,
+            seed=seed,
+            hyperparameters=kw,
+            stop_models=judged if wants_stop else None,
+            progress=step,
+            dist=group,
+        )
     seconds = time.perf_counter() - t0
-    res = concat_results(parts)
-    rows = transfer_table(res, x_all, judged) if judged else []
-    sp = quantized_success(res, sources)
+    rows = transfer_table(res, x_all, judged, dist=group) if judged else []
+    sp = quantized_success(res, sources, dist=group)
+    if not main:  # another rank of a torchrun group: rank 0 writes
+        leave(group)
+        return
     record = {
         "target": target,
         "seed": seed,
         "command": command_line(ctx),
         "sources": [m.info.to_dict() for m in sources],
         "transfer_models": [m.info.to_dict() for m in judged],
+        "defense": adaptive(defense_d).to_dict(),
         "data": {
             "root": str(data),
             "classes": images.classes,
@@ -287,6 +308,7 @@ def attack_cmd(
             "selection": sel.to_dict(),
         },
         "given": kw,
+        "batch_size": batch_size,
         "device": str(dev),
         "versions": versions(),
         "seconds": seconds,
@@ -302,6 +324,7 @@ def attack_cmd(
             {
                 "attack": key,
                 "config": res.config,
+                "defense": adaptive(defense_d).to_dict(),
                 "summary": summary,
                 "success_png_rate": float(sp.float().mean()),
                 "transfer": [r.to_dict() for r in rows],
@@ -310,6 +333,7 @@ def attack_cmd(
         )
         console.print(f"wrote {json_path}")
     console.print(f"wrote {paths['json']}, {paths['grid']} and {res.n} PNGs in {paths['images']}")
+    leave(group)
 
 
 def _pm(d: dict[str, float], digits: int = 3) -> str:

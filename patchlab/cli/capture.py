@@ -19,8 +19,16 @@ MODELS_HELP = "Models to score every frame with (cards, timm:NAME, ...): --model
 
 
 def summary_table(summary) -> Table:
+    d = (summary.config or {}).get("defense") or {}
+    defense = "" if d.get("name", "none") == "none" else f", defence {d.get('spec', d.get('name'))}"
     t = Table(
-        "model", "tSuc", "95% CI", "frames", "tSuc with pose", "mean p(target)", title=f"target {summary.target_class}"
+        "model",
+        "tSuc",
+        "95% CI",
+        "frames",
+        "tSuc with pose",
+        "mean p(target)",
+        title=f"target {summary.target_class}{defense}",
     )
     for name, r in summary.tsuc.items():
         lo, hi = r["ci95"]
@@ -63,7 +71,12 @@ def run_cmd(
     ] = "center",
     roi_frac: Annotated[float, typer.Option(help="With --crop roi: patch area over crop area.")] = 0.1,
     defense: Annotated[
-        str, typer.Option(help="Input defence on the crop: none, blur[:SIGMA], jpeg[:QUALITY].")
+        str,
+        typer.Option(
+            help="Input defence on the crop before every model: none, blur[:SIGMA], median[:K], jpeg[:Q], "
+            "bitdepth[:BITS], lgs[:...] (`patchlab defend list`); the model names carry it. Film the "
+            "control with the same defence."
+        ),
     ] = "none",
     record: Annotated[Optional[Path], typer.Option(help="Write the annotated video here (.mp4 or .avi).")] = None,
     hud: Annotated[

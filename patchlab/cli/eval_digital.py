@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ._common import DEVICE_HELP, command_line, console, err_console, progress_bar
+from ._common import DEVICE_HELP, command_line, console, err_console, progress_bar, rank_progress_bar
 
 MODELS_HELP = (
     "Judged models (cards, timm:NAME, ...): --models A B C, or --models repeated; shell globs of card paths work."
@@ -57,7 +57,9 @@ def _defended(models: list, spec: str) -> list:
     return [defend(m, spec) for m in models]
 
 
-def _name_defense(res, judged: list, spec: str):
+def _name_defense(res, judged: list, spec: str, source_names=None):
+    """The result with the defence in its ``eot`` record and the defended copies of the run's
+    sources (``source_names``) flagged as sources: white-box under the defence."""
     from dataclasses import replace
 
     from ..defenses import get_defense
@@ -66,7 +68,7 @@ def _name_defense(res, judged: list, spec: str):
     d = get_defense(spec)
     if d.spec == "none":
         return res
-    return replace(mark_defended_sources(res, judged), eot={**res.eot, "defense": d.full_spec})
+    return replace(mark_defended_sources(res, judged, source_names), eot={**res.eot, "defense": d.full_spec})
 
 
 def _name_defense_matrix(res, judged: list, spec: str):
@@ -142,18 +144,21 @@ def transfer_cmd(
 ) -> None:
     """Per-model tSuc (Wilson 95% CI), clean accuracy and untargeted error of a patch on held-out images.
 
-    With a run folder the result is also written to RUN_DIR/transfer.json.
+    With a run folder the result is also written to RUN_DIR/transfer.json. Under torchrun the
+    images are shared out between the processes; rank 0 writes the single-process result.
     """
     from ..data import load_folder
+    from ..distributed import join, leave
     from ..eot import load_eot
     from ..errors import ConfigError
     from ..eval.transfer import TransferResult, evaluate_patch, evaluate_run
     from ..models import load_model
     from ..runs import TRANSFER_JSON
-    from ..utils import atomic_write_json, resolve_device
+    from ..utils import atomic_write_json
 
     runs, refs = split_runs_and_models(list(args or []), models, want_runs=patch is None)
-    dev = resolve_device(device)
+    group, dev = join(device)
+    main = group.is_main
     eot_cfg = load_eot(eot)
     if patch is None:
         if len(runs) != 1:
@@ -165,8 +170,8 @@ def transfer_cmd(
         run = Path(runs[0])
         from ..runs import load_run
 
-        n = len(load_run(run).holdout)
-        with progress_bar("patched images", n) as adv:
+        rec = load_run(run)
+        with rank_progress_bar(main, "patched images", len(rec.holdout)) as adv:
             res = evaluate_run(
                 run,
                 judged,
@@ -177,17 +182,19 @@ def transfer_cmd(
                 batch_size=batch_size,
                 device=dev,
                 progress=adv,
+                dist=group,
             )
-        res = replace(_name_defense(res, judged, defense), command=command_line(ctx))
-        atomic_write_json(run / TRANSFER_JSON, res.to_dict())
-        console.print(_table(f"{res.run_id}: patch -> {res.target_class!r}", res))
-        console.print(f"wrote {run / TRANSFER_JSON}")
+        res = replace(_name_defense(res, judged, defense, rec.source_names), command=command_line(ctx))
+        if main:
+            atomic_write_json(run / TRANSFER_JSON, res.to_dict())
+            console.print(_table(f"{res.run_id}: patch -> {res.target_class!r}", res))
+            console.print(f"wrote {run / TRANSFER_JSON}")
     else:
         from ..data import read_image
 
         p = read_image(patch)
         images = load_folder(data, limit_per_class=limit_per_class)
-        with progress_bar("patched images", len(images)) as adv:
+        with rank_progress_bar(main, "patched images", len(images)) as adv:
             ms = evaluate_patch(
                 p,
                 images,
@@ -202,6 +209,7 @@ def transfer_cmd(
                 batch_size=batch_size,
                 device=dev,
                 progress=adv,
+                dist=group,
             )
         res = TransferResult(
             run_id=Path(patch).stem,
@@ -213,10 +221,12 @@ def transfer_cmd(
             models=ms,
         )
         res = replace(_name_defense(res, judged, defense), command=command_line(ctx))
-        console.print(_table(f"{patch}: patch -> {target!r}", res))
-    if json_path is not None:
+        if main:
+            console.print(_table(f"{patch}: patch -> {target!r}", res))
+    if json_path is not None and main:
         atomic_write_json(json_path, res.to_dict())
         console.print(f"wrote {json_path}")
+    leave(group)
 
 
 def matrix_cmd(
@@ -230,21 +240,24 @@ def matrix_cmd(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
     device: Annotated[str, typer.Option(help=DEVICE_HELP)] = "auto",
 ) -> None:
-    """The patches x models tSuc matrix (JSON, markdown table, heatmap) with mean/min/max transfer per patch."""
+    """The patches x models tSuc matrix (JSON, markdown table, heatmap) with mean/min/max transfer per patch.
+
+    Under torchrun each run's images are shared out between the processes; rank 0 writes the
+    single-process matrix."""
+    from ..distributed import join, leave
     from ..eot import load_eot
     from ..errors import ConfigError
     from ..eval.matrix import transfer_matrix
     from ..models import load_model
     from ..runs import load_run
-    from ..utils import resolve_device
 
     runs, refs = split_runs_and_models(list(args), models, want_runs=True)
     if not runs:
         raise ConfigError("give at least one RUN_DIR (a folder with run.json)")
-    dev = resolve_device(device)
+    group, dev = join(device)
     judged = _defended([load_model(r, device=dev) for r in refs], defense)
     total = sum(len(load_run(r).holdout) for r in runs)
-    with progress_bar(f"{len(runs)} patches x {len(judged)} models", total) as adv:
+    with rank_progress_bar(group.is_main, f"{len(runs)} patches x {len(judged)} models", total) as adv:
         res = transfer_matrix(
             runs,
             judged,
@@ -255,13 +268,18 @@ def matrix_cmd(
             batch_size=batch_size,
             device=dev,
             progress=adv,
+            dist=group,
         )
     res = _name_defense_matrix(res, judged, defense)
+    if not group.is_main:
+        leave(group)
+        return
     paths = res.write(out)
     console.print(res.to_markdown(), markup=False, highlight=False)
     for p in paths.values():
         console.print(f"wrote {p}")
     err_console.print(f"{len(res.rows)} patches judged on {len(res.models)} models")
+    leave(group)
 
 
 def compare_cmd(

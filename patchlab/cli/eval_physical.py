@@ -22,6 +22,7 @@ def physical_tables(res) -> list[Table]:
     out = []
     ps = res.pose_sources or {}
     policy = f"; lost frames with --crop roi: {res.on_lost}" if res.on_lost else ""
+    policy += "" if res.defense == "none" else f"; defence {res.defense}"
     t = Table(
         "model",
         "tSuc [95% CI]",
@@ -111,13 +112,24 @@ def physical_cmd(
     n_bins: Annotated[int, typer.Option(help="Equal-count bins per condition.")] = 5,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the result here.")] = None,
     plots: Annotated[Optional[Path], typer.Option(help="Folder for the plots (default: CAPTURE_DIR/plots).")] = None,
+    defense: Annotated[
+        Optional[str],
+        typer.Option(
+            "--defense",
+            help="The input defence the capture (and --control) must have been scored behind, e.g. "
+            "blur:1.5 (frames are not stored: apply one with `patchlab capture run --defense`). "
+            "Default: whatever it was, shown in the tables; a control must always match.",
+        ),
+    ] = None,
 ) -> None:
     """Physical tSuc per model (Wilson 95% CI), binned by distance, angle, size and lighting, vs a control."""
     from ..eval.physical import DEFAULT_BINS, evaluate_capture
     from ..eval.plots import bin_curve
     from ..utils import atomic_write_bytes, atomic_write_json
 
-    res = evaluate_capture(capture_dir, control=control, bins=tuple(bins or DEFAULT_BINS), n_bins=n_bins)
+    res = evaluate_capture(
+        capture_dir, control=control, bins=tuple(bins or DEFAULT_BINS), n_bins=n_bins, defense=defense
+    )
     for t in physical_tables(res):
         console.print(t)
     folder = plots or (Path(capture_dir) / "plots")

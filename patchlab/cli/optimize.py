@@ -54,6 +54,13 @@ def optimize_cmd(
         ),
     ] = PAPER_LAYERS,
     projections: Annotated[int, typer.Option(help="Random projections per step for --loss sw.")] = 500,
+    projection_bank: Annotated[
+        int,
+        typer.Option(
+            help="--loss sw draws each step's directions from a bank of N x --projections uniform directions "
+            "whose target projections are sorted once (redrawn every 10 x N steps); 0: fresh directions every step."
+        ),
+    ] = 8,
     tv: Annotated[
         float,
         typer.Option(
@@ -103,6 +110,15 @@ def optimize_cmd(
     compile_models: Annotated[
         bool, typer.Option("--compile", help="Run the source models through torch.compile.")
     ] = False,
+    defense: Annotated[
+        str,
+        typer.Option(
+            "--defense",
+            help="Input defence in front of every source model (blur[:SIGMA], median[:K], jpeg[:Q], "
+            "bitdepth[:BITS], lgs[:...]; `patchlab defend list`): an adaptive attack through the "
+            "defence, BPDA where it has no gradient (jpeg, median, bitdepth).",
+        ),
+    ] = "none",
     workers: Annotated[
         Optional[int],
         typer.Option(
@@ -145,6 +161,7 @@ def optimize_cmd(
         eot_name=eot,
         layers=layers,
         projections=projections,
+        projection_bank=projection_bank,
         tv=tv,
         nps=nps_weight if nps else 0.0,
         palette=str(nps.resolve()) if nps else None,
@@ -160,6 +177,7 @@ def optimize_cmd(
         precision=precision,
         channels_last=channels_last,
         compile=compile_models,
+        defense=defense,
     )
     cli_to_cfg = {
         "patch_frac": "frac",
@@ -171,7 +189,10 @@ def optimize_cmd(
     sources, data_root, limit = list(source or []), data, limit_per_class
     if resume:
         rec = load_run(out)
-        for k, v in rec.config.items():
+        from ..optimize.run import with_missing_fields
+
+        old = with_missing_fields(dict(rec.config))  # fields newer than the run: as they were then
+        for k, v in old.items():
             if k != "eot" and not any(cli_to_cfg.get(g, g) == k for g in given):
                 opts[k] = tuple(v) if k == "position" and v is not None else v
         if not sources:
@@ -240,9 +261,10 @@ def optimize_cmd(
             f"data-parallel over {dist.world} processes: {config.batch_size // dist.world} of the "
             f"{config.batch_size} images of each step per process"
         )
+    through = "" if config.defense == "none" else f" through the defence {config.defense}"
     err_console.print(
         f"optimising a {config.loss} patch ({prepared.record['patch']['pixels'][0]} px, "
-        f"{config.frac:.0%} of the image) towards {prepared.record['target_class']!r} on {names}; "
+        f"{config.frac:.0%} of the image) towards {prepared.record['target_class']!r} on {names}{through}; "
         f"{prepared.record['data']['n_attack']} attack images, "
         f"{prepared.record['data']['n_target_images']} target images"
     )
@@ -250,7 +272,11 @@ def optimize_cmd(
         res = run_optimization(prepared, out, resume=resume, on_step=step_bar.update, command=command_line(ctx))
     console.print(f"finished {res.steps} steps in {res.seconds:.0f} s; running white-box tSuc {res.final_tsuc:.1%}")
     console.print(f"wrote {Path(out) / 'patch.png'} and {Path(out) / 'run.json'}")
-    console.print(f"next: patchlab eval transfer {out} --models MODEL...")
+    from ..defenses import get_defense
+
+    plain = get_defense(config.defense).plain_spec
+    judged_with = "" if plain == "none" else f" --defense {plain}"
+    console.print(f"next: patchlab eval transfer {out} --models MODEL...{judged_with}")
     _leave_group(dist)
 
 

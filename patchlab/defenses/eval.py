@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 
 from ..models.wrapper import WrappedModel
-from .filters import Defense, get_defense
+from .filters import Defense, adaptive, get_defense
 from .model import defend
 from .train import RobustAccuracy, robust_accuracy
 
@@ -71,16 +71,11 @@ class DefenseTable:
         )
 
 
-def adaptive(defense: Defense) -> Defense:
-    """The defence as an adaptive attacker differentiates it: with BPDA when it has no gradient."""
-    return replace_bpda(defense, True) if defense.needs_bpda else defense
-
-
 def replace_bpda(defense: Defense, bpda: bool) -> Defense:
-    d = get_defense(defense.full_spec.replace(",bpda", ""))
-    if bpda:
-        d = get_defense(d.full_spec + ",bpda" if ":" in d.full_spec else d.full_spec + ":bpda")
-    return d
+    """``defense`` with the BPDA flag set to ``bpda`` (the same forward pass)."""
+    if defense.bpda == bpda or defense.is_identity:
+        return defense
+    return adaptive(defense) if bpda else type(defense)(**defense.params())
 
 
 def defense_table(

@@ -57,6 +57,25 @@ class Defense(nn.Module):
         return self.name + (":" + ",".join(args) if args else "")
 
     @property
+    def plain_spec(self) -> str:
+        """:attr:`spec` without ``bpda``: how to name the defence to a judge (``eval transfer --defense``)."""
+        defaults = {k: p.default for k, p in inspect.signature(type(self).__init__).parameters.items()}
+        args = [f"{k}={_fmt(v)}" for k, v in self.params().items() if defaults.get(k) != v]
+        return self.name + (":" + ",".join(args) if args else "")
+
+    @property
+    def forward_spec(self) -> str:
+        """Every parameter spelled out, without ``bpda``: what the forward pass computes (BPDA
+        changes the gradient only), so two defences with the same ``forward_spec`` give the same output."""
+        args = [f"{k}={_fmt(v)}" for k, v in self.params().items()]
+        return self.name + (":" + ",".join(args) if args else "")
+
+    @property
+    def is_identity(self) -> bool:
+        """``none``: the input passes unchanged."""
+        return type(self) is Defense
+
+    @property
     def full_spec(self) -> str:
         """Every parameter spelled out (for records)."""
         args = [f"{k}={_fmt(v)}" for k, v in self.params().items()] + (["bpda"] if self.bpda else [])
@@ -387,6 +406,16 @@ def get_defense(spec: "str | Defense | None") -> Defense:
     return DEFENSES[key](**kwargs)
 
 
+def adaptive(spec: "str | Defense | None") -> Defense:
+    """The defence as an adaptive attacker differentiates it (Athalye et al. 2018): the same forward
+    pass, with the BPDA straight-through gradient where the defence has no useful one
+    (``needs_bpda``: jpeg, median, bitdepth); a differentiable defence is returned as it is."""
+    d = get_defense(spec)
+    if not d.needs_bpda or d.bpda:
+        return d
+    return type(d)(**d.params(), bpda=True)
+
+
 def lgs_window_note(h: int, w: int, d: Defense) -> str:
     """A human line on the effective LGS window at ``h x w`` (for reports)."""
     if isinstance(d, LocalGradientsSmoothing):
@@ -404,6 +433,7 @@ __all__ = [
     "LocalGradientsSmoothing",
     "DEFENSES",
     "GRAY_WEIGHTS",
+    "adaptive",
     "get_defense",
     "list_defenses",
     "register_defense",

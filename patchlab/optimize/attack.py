@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..data import ImageSet, class_index, match_labels
+from ..defenses import adaptive_model
 from ..eot import EOTConfig, PatchRenderer, footprint, load_eot
 from ..errors import ConfigError, DataError
 from ..features import FeatureExtractor, target_features
@@ -175,7 +176,12 @@ class PatchAttack:
             (``patchlab.calib.ColorTransform``) applied when rendering (and to NPS).
         device: where to compute (default: the first model's device).
         cache: cache the target-class features on disk (keyed by weights, preprocessing,
-            layers and image bytes).
+            defences, layers and image bytes).
+        defense: an input defence spec (``blur:1``, ``jpeg:50``, ``lgs``; see
+            :func:`patchlab.defenses.get_defense`) in front of every source model. The
+            attack is adaptive: it optimises through the defence, with BPDA where the defence
+            has no gradient. A source that is already a defended model
+            (:func:`patchlab.defend`) is attacked through its own defences the same way.
 
     Call it as ``attack(models, images, target, *, target_images=None, generator=None)``
     (see :meth:`__call__`).
@@ -246,10 +252,12 @@ class PatchAttack:
             ConfigError: unknown target, bad settings, a patch larger than the images.
             DataError: no usable images, no target-class images for a feature loss.
         """
-        ms = _as_models(models)
+        config = self.config
+        # a defended source means an adaptive attack through its defence: BPDA where it has no gradient
+        ms = [adaptive_model(m, config.defense) for m in _as_models(models)]
         labels0 = ms[0].labels
         target_name, t0 = resolve_patch_target(target, labels0)
-        config = replace(self.config, target=target_name)
+        config = replace(config, target=target_name)
         device = torch.device(self.device) if self.device is not None else models_device(ms)
         target_idx = None if target_name is None else [class_index(target_name, m.labels) for m in ms]
         label_maps = [match_labels(labels0, m.labels, model_name=m.name) for m in ms]

@@ -31,6 +31,10 @@ PAPER_LAYERS = "depth:0.5,depth:0.75,auto"
 #: weight ``w`` adds ``w * REGULARIZER_UNIT`` of a unit step, whatever the patch size.
 REGULARIZER_UNIT = 0.1
 
+#: A projection bank is redrawn when each of its directions has been used this many times
+#: on average (every ``BANK_REUSE * projection_bank`` steps).
+BANK_REUSE = 10
+
 
 @dataclass(frozen=True)
 class OptimizeConfig:
@@ -48,6 +52,10 @@ class OptimizeConfig:
         layers: feature layer spec (``auto``, ``depth:F``, names; see :mod:`patchlab.features`);
             the default is the paper's several depths plus the pre-logit features.
         projections: random directions per step for ``sw``.
+        projection_bank: ``sw`` draws each step's directions from a bank of
+            ``projection_bank * projections`` uniform directions whose target projections
+            are sorted once (:class:`patchlab.losses.ProjectionBank`), redrawn every
+            ``BANK_REUSE * projection_bank`` steps; ``0``: fresh directions every step.
         tv, nps: weights of total variation and non-printability. With ``grad_norm`` each
             regulariser's gradient is normalised like a model's and a weight ``w`` adds
             ``w * REGULARIZER_UNIT`` of a unit step (the same meaning at every patch size);
@@ -69,6 +77,9 @@ class OptimizeConfig:
             that support it).
         channels_last: feed the models channels-last batches (``None``: on CUDA).
         compile: run the source models through ``torch.compile``.
+        defense: an input defence in front of every source model (:func:`patchlab.defenses.get_defense`
+            spec): the attack is adaptive, through the defence, with BPDA where the defence has
+            no gradient (jpeg, median, bitdepth); stored as that canonical spec (``jpeg:bpda``).
     """
 
     target: str | None = None
@@ -87,6 +98,7 @@ class OptimizeConfig:
     eot_name: str = "none"
     layers: str = PAPER_LAYERS
     projections: int = L.DEFAULT_PROJECTIONS
+    projection_bank: int = 8
     tv: float = 1.0
     nps: float = 0.0
     palette: str | None = None
@@ -102,8 +114,14 @@ class OptimizeConfig:
     precision: str = "auto"
     channels_last: bool | None = None
     compile: bool = False
+    defense: str = "none"
 
     def __post_init__(self) -> None:
+        from ..defenses import adaptive
+
+        # canonical and adaptive: "jpeg", "jpeg:75" and "jpeg:bpda" are one setting (a bad spec
+        # raises ConfigError with one line)
+        object.__setattr__(self, "defense", adaptive(self.defense).spec)
         if self.loss not in L.LOSS_NAMES:
             raise ConfigError(f"unknown loss {self.loss!r}; choose one of {', '.join(L.LOSS_NAMES)}")
         if self.optimizer not in OPTIMIZERS:
@@ -129,6 +147,10 @@ class OptimizeConfig:
             raise ConfigError(f"holdout-frac must be in [0, 1), got {self.holdout_frac}")
         if self.patch_px is not None and self.patch_px < 1:
             raise ConfigError(f"patch-px must be >= 1, got {self.patch_px}")
+        if self.projection_bank < 0:
+            raise ConfigError(
+                f"projection-bank must be >= 0 (0: fresh directions every step), got {self.projection_bank}"
+            )
         if self.target_images is not None and self.target_images < 1:
             raise ConfigError(f"target-images must be >= 1, got {self.target_images}")
         if self.target is None and self.loss != "ce":
@@ -146,6 +168,7 @@ class OptimizeConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "OptimizeConfig":
         kw = {f.name: d[f.name] for f in fields(cls) if f.name in d}
+        kw.setdefault("projection_bank", 0)  # records from before the bank drew fresh directions
         kw["eot"] = EOTConfig.from_dict(dict(d.get("eot", {})), source="run config")
         if kw.get("position") is not None:
             kw["position"] = tuple(kw["position"])
@@ -153,6 +176,7 @@ class OptimizeConfig:
 
 
 __all__ = [
+    "BANK_REUSE",
     "COSINE_FLOOR",
     "INITS",
     "LR_SCHEDULES",

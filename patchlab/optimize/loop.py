@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import zlib
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Sequence
 
@@ -49,7 +50,7 @@ from ..errors import PatchlabError
 from ..features import FeatureExtractor
 from ..inputs import ImageSource
 from ..models.wrapper import WrappedModel
-from .config import COSINE_FLOOR, REGULARIZER_UNIT, OptimizeConfig
+from .config import BANK_REUSE, COSINE_FLOOR, REGULARIZER_UNIT, OptimizeConfig
 
 CHECKPOINT_VERSION = 1
 
@@ -174,6 +175,8 @@ class PatchOptimizer:
             raise ValueError("feature losses need target features and an extractor per source model")
         self.label_maps = [m.to(self.device) for m in label_maps] if label_maps is not None else None
         self.scales = [{k: self._scale(v) for k, v in tf.items()} for tf in self.target_feats]
+        self._banks: dict[tuple[int, str], tuple[int, L.ProjectionBank]] = {}
+        self._step = 0
         self.tv = L.TotalVariation()
         self.nps = L.NonPrintability(palette).to(self.device) if palette is not None else None
         self.dist = dist if dist is not None else current()
@@ -274,7 +277,9 @@ class PatchOptimizer:
         for key, x in feats.items():
             x = self.dist.gather_rows(x.float())  # the global batch's cloud (the local rows keep their graph)
             y = self.target_feats[i][key]
-            if cfg.loss == "sw":
+            if cfg.loss == "sw" and cfg.projection_bank > 0:
+                d = self._bank(i, key, y).distance(x, cfg.projections, generator=generator)
+            elif cfg.loss == "sw":
                 d = L.sliced_wasserstein(x, y, cfg.projections, generator=generator)
             else:
                 d = L.DISTRIBUTION_LOSSES[cfg.loss](x, y)
@@ -285,6 +290,18 @@ class PatchOptimizer:
             )
         # eq. 3: the sum over layers; each rank's backward gives its own rows' share of the gradient
         return torch.stack(parts).sum(), terms, logits
+
+    def _bank(self, i: int, key: str, y: torch.Tensor) -> L.ProjectionBank:
+        """Model ``i``'s projection bank for layer ``key`` at the current step: a pure function of
+        the run's seed, the model, the layer and the bank's period (so resuming rebuilds it)."""
+        cfg = self.config
+        period = self._step // (BANK_REUSE * cfg.projection_bank)
+        bank = self._banks.get((i, key))
+        if bank is None or bank[0] != period:
+            seed = zlib.crc32(f"{cfg.seed}:{i}:{key}:{period}".encode())
+            bank = (period, L.ProjectionBank(y, cfg.projection_bank * cfg.projections, seed=seed))
+            self._banks[(i, key)] = bank
+        return bank[1]
 
     def regularizers(self, patch: torch.Tensor) -> dict[str, tuple[float, torch.Tensor]]:
         """The weighted regularisers of the patch: ``{name: (weight, value)}`` for the non-zero weights.
@@ -370,6 +387,7 @@ class PatchOptimizer:
         :class:`OptimizationDiverged`. :meth:`run` checks every ``log_every`` steps.
         """
         g = state.generator
+        self._step = state.step
         self._watch_start(state)
         images, labels = self.batch(g)
         patched = self.render(state.patch, images, g)

@@ -10,6 +10,8 @@ patch, a diverging loss stopped with the last good patch kept, Ctrl-C saved.
 
 from __future__ import annotations
 
+import contextlib
+
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -20,7 +22,7 @@ import torch
 from torch import nn
 
 from ..data import ImageSet, class_index, paths_digest, split_indices
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, PatchlabError
 from ..models.wrapper import WrappedModel
 from ..locks import folder_is_empty
 from ..runs import CHECKPOINT, RUN_JSON, write_patch, writing_folder
@@ -118,6 +120,7 @@ def prepare_run(
         "attack": repr(attack),
         "config": prepared.config.to_dict(),
         "sources": [m.info.to_dict() for m in sources],
+        "defense": _defense_record(prepared.config),
         "layers": prepared.layers,
         "patch": prepared.patch_info,
         "data": {
@@ -214,6 +217,7 @@ def prepare_stream_run(
         "attack": repr(attack),
         "config": prepared.config.to_dict(),
         "sources": [m.info.to_dict() for m in sources],
+        "defense": _defense_record(prepared.config),
         "layers": prepared.layers,
         "patch": prepared.patch_info,
         "data": {
@@ -238,8 +242,25 @@ def prepare_stream_run(
     )
 
 
+def _defense_record(config: OptimizeConfig) -> dict[str, Any]:
+    """The run record's ``defense``: the defence in front of the sources (every parameter) and
+    how the attack differentiated it (``bpda``: straight-through)."""
+    from ..defenses import get_defense
+
+    return get_defense(config.defense).to_dict()
+
+
+def with_missing_fields(old: dict[str, Any]) -> dict[str, Any]:
+    """A stored config with the fields its patchlab version did not have yet, as they were then
+    (:meth:`OptimizeConfig.from_dict`: ``defense`` none, ``projection_bank`` 0); the stored values stay."""
+    try:
+        return {**OptimizeConfig.from_dict(old).to_dict(), **old}
+    except (PatchlabError, TypeError, ValueError):  # not a config we can read: compared as stored
+        return old
+
+
 def _check_resume(ckpt: dict[str, Any], config: OptimizeConfig, path: Path) -> None:
-    old = dict(ckpt.get("config", {}))
+    old = with_missing_fields(dict(ckpt.get("config", {})))
     new = config.to_dict()
     free = set(RESUMABLE_FIELDS) - ({"steps"} if config.lr_schedule != "constant" else set())
     diff = sorted(k for k in set(old) | set(new) if k not in free and old.get(k) != new.get(k))
@@ -275,8 +296,10 @@ def run_optimization(
     """
     try:
         # one writer per run folder (FolderInUse names the other's process), and a run that
-        # fails for any reason (a full disk) is recorded as failed, never left 'running'
-        with writing_folder(out, record=RUN_JSON, what="run folder"):
+        # fails for any reason (a full disk) is recorded as failed, never left 'running';
+        # under torchrun that writer is rank 0 (the other ranks would meet its lock)
+        main = prepared.attack.optimizer.dist.is_main
+        with writing_folder(out, record=RUN_JSON, what="run folder") if main else contextlib.nullcontext():
             return _run(prepared, Path(out), resume=resume, on_step=on_step, command=command)
     finally:
         prepared.attack.close()  # the source models leave without hooks, whatever happened
