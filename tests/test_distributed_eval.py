@@ -190,8 +190,11 @@ def test_eval_transfer_under_torchrun_equals_one_process(run2, tmp_path):
     assert res.exit_code == 0, res.output
     log = _finish(proc)
     one, two = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("one", "two"))
+    assert two.pop("command") != one.pop("command")  # each records its own argv (--json differs)
     assert two == one, log[-2000:]
-    assert json.loads((run2 / "transfer.json").read_text()) == one  # rank 0 wrote the run's transfer.json
+    written = json.loads((run2 / "transfer.json").read_text())
+    assert written.pop("command")[:3] == ["patchlab", "eval", "transfer"]
+    assert written == one  # rank 0 wrote the run's transfer.json
     assert one["n_images"] == 40 and 0 < one["models"][0]["successes"] < one["models"][0]["n"]
     assert log.count("wrote ") == 2  # rank 0 alone printed (transfer.json and --json)
 
