@@ -44,7 +44,13 @@ from patchlab.errors import ConfigError
 from patchlab.stats import Rate, wilson_interval
 
 
+#: ``(summary.json dict, frames)`` of a capture folder, as :func:`patchlab.captures.load_capture` returns them
+Loaded = tuple[dict[str, Any], list[dict[str, Any]]]
+
+
 #: The conditions a capture can be binned by: quantity -> (label, unit, how to read it, what it needs).
+
+
 def _pose_value(key: str) -> Callable[[dict[str, Any]], float | None]:
     def get(frame: dict[str, Any]) -> float | None:
         p = frame.get("pose")
@@ -490,8 +496,8 @@ def bin_frames(
     return BinTable(quantity=quantity, label=label, unit=unit, measured=True, note="", rows=rows, unbinned=unbinned)
 
 
-def _evaluate(capture_dir: str | Path, bins: Sequence[str], n_bins: int):
-    summ, frames = load_capture(capture_dir)
+def _evaluate(capture_dir: str | Path, bins: Sequence[str], n_bins: int, loaded: Loaded | None = None):
+    summ, frames = load_capture(capture_dir) if loaded is None else loaded
     scored = [f for f in frames if is_scored(f)]
     if not scored:
         raise ConfigError(f"{capture_dir} holds no scored frames")
@@ -542,6 +548,8 @@ def evaluate_capture(
     bins: Sequence[str] = DEFAULT_BINS,
     n_bins: int = DEFAULT_N_BINS,
     defense: str | None = None,
+    loaded: Loaded | None = None,
+    control_loaded: Loaded | None = None,
 ) -> PhysicalResult:
     """Measure a capture folder (and compare with a control capture).
 
@@ -549,6 +557,9 @@ def evaluate_capture(
         defense: the input defence the capture must have been scored behind (a
             :func:`patchlab.defenses.get_defense` spec; ``None``: whatever it was). The frames
             are not stored, so a defence is applied at capture time (``capture run --defense``).
+        loaded, control_loaded: what :func:`patchlab.captures.load_capture` already read from
+            ``capture_dir`` / ``control`` (``(summary, frames)``), for a caller that needs the
+            frames too (the report); read here when None.
 
     Raises:
         ConfigError: not a capture folder, an unknown bin, a control scored with
@@ -563,7 +574,7 @@ def evaluate_capture(
         from patchlab.defenses import get_defense
 
         want = get_defense(defense).plain_spec  # a bad spec fails before any file is read
-    summ, frames, counted, names, target, truth, models, tables = _evaluate(capture_dir, bins, n_bins)
+    summ, frames, counted, names, target, truth, models, tables = _evaluate(capture_dir, bins, n_bins, loaded)
     used = capture_defense(summ)
     if want is not None and used != want:
         raise ConfigError(
@@ -572,7 +583,7 @@ def evaluate_capture(
         )
     ctrl_rows = ctrl_tables = None
     if control is not None:
-        csumm, _, ccounted, cnames, ctarget, _, cmodels, ctables = _evaluate(control, bins, n_bins)
+        csumm, _, ccounted, cnames, ctarget, _, cmodels, ctables = _evaluate(control, bins, n_bins, control_loaded)
         if not _same(ctarget, target):
             raise ConfigError(f"the control capture's target is {ctarget!r}, the patched one's {target!r}")
         cused = capture_defense(csumm)

@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from patchlab.captures import CaptureError, CaptureSummary, read_summary
+from patchlab.captures import CaptureError, CaptureSummary
 from patchlab.errors import ConfigError
 from patchlab.runs import PATCH_PNG, RUN_JSON, TRANSFER_JSON, RunRecord, load_run, read_patch, warn_if_unfinished
 from patchlab.transfer import TransferResult
@@ -440,11 +440,20 @@ def _capture_section(k: int, capture_dir: Path, control: Path | None, n_bins: in
 
     from .physical import BIN_QUANTITIES, DEFAULT_BINS, evaluate_capture
 
-    res = evaluate_capture(capture_dir, control=control, bins=DEFAULT_BINS + ("roll",), n_bins=n_bins)
-    summ = _summary_of(res.capture, capture_dir)
+    loaded = load_capture(capture_dir)  # each capture folder read once: the summary, the frames
+    ctrl = None if control is None else load_capture(control)
+    res = evaluate_capture(
+        capture_dir,
+        control=control,
+        bins=DEFAULT_BINS + ("roll",),
+        n_bins=n_bins,
+        loaded=loaded,
+        control_loaded=ctrl,
+    )
+    summ = _summary_of(loaded[0], capture_dir)
     partial = _partial_notes(
         ([] if summ is None else [(summ, capture_dir, "capture")])
-        + ([] if control is None else [(read_summary(control), control, "control capture")])
+        + ([] if control is None or ctrl is None else [(_summary_of(ctrl[0], control), control, "control capture")])
     )
     names = res.model_names
     cfg = {} if summ is None else summ.config
@@ -550,8 +559,7 @@ def _capture_section(k: int, capture_dir: Path, control: Path | None, n_bins: in
         ]
         blocks.append(TableBlock([f"{label} ({unit})", "n", *[_short(n, names) for n in names]], trows))
     blocks += _pose_blocks(res, names)
-    _, frames = load_capture(capture_dir)
-    g = _samples(capture_dir, {f["index"]: f for f in frames}, names)
+    g = _samples(capture_dir, {f["index"]: f for f in loaded[1]}, names)
     blocks.append(g if g is not None else Text("Sample frames: none kept (samples/ is empty).", "missing"))
     return Section(f"capture-{k}", f"Physical: {capture_dir.name}", blocks), Filmed(capture_dir, res, summ)
 

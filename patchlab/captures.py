@@ -139,20 +139,6 @@ def load_capture(capture_dir: str | Path) -> tuple[dict[str, Any], list[dict[str
     return summ, read_jsonl(fj, what="a capture frame", tolerate_last=True)
 
 
-def read_summary(capture_dir: str | Path) -> CaptureSummary | None:
-    """A capture folder's ``summary.json`` as a :class:`CaptureSummary`; None when it has none."""
-    sj = Path(capture_dir) / SUMMARY_JSON
-    if not sj.is_file():
-        return None
-    try:
-        d = json.loads(sj.read_text())
-    except json.JSONDecodeError as exc:
-        raise CaptureError(f"{sj} is not valid JSON: {exc}") from exc
-    if not isinstance(d, dict):
-        raise CaptureError(f"{sj} is not a capture summary (a JSON {type(d).__name__}, not an object)")
-    return CaptureSummary.from_dict(d, source=str(sj))
-
-
 def pose_source(frame: dict[str, Any]) -> str:
     """``detected`` / ``tracked`` / ``lost`` for a frame line (older logs: a pose is a detection)."""
     s = frame.get("pose_source")
@@ -215,7 +201,6 @@ __all__ = [
     "load_capture",
     "pose_source",
     "read_jsonl",
-    "read_summary",
     "read_truth",
     "sim_path_for",
     "truth_path_for",
