@@ -759,7 +759,7 @@ def build_report(
 
     if is_attack_run(run_dir) and not (run_dir / "run.json").is_file():
         return build_attack_report(run_dir, argv=argv)
-    run = load_run(run_dir, warn=False)
+    run = load_run(run_dir, warn=False, strict=False)  # a damaged record still renders, "not recorded"
     run_partial = _partial_notes([(run, run_dir, "run")])
     if len(controls) > len(captures):
         raise ConfigError(
@@ -768,7 +768,7 @@ def build_report(
     transfer = load_transfer(run_dir)
     matrix_path = None if matrix is None else Path(matrix)
     matrix_res = None if matrix_path is None else load_matrix(matrix_path)
-    others = [(Path(rd), load_run(rd), load_transfer(Path(rd))) for rd in compare]  # warns if unfinished
+    others = [(Path(rd), load_run(rd, strict=False), load_transfer(Path(rd))) for rd in compare]  # warns if unfinished
     sections = []
     patch_sec, _ = _patch_section(run_dir, run)
     patch_sec.blocks[:0] = [Text(f"Partial result: {n}", "warning") for n in run_partial]

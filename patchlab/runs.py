@@ -173,24 +173,29 @@ class RunRecord:
         return {**d, **self.extra}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "RunRecord":
+    def from_dict(cls, d: dict[str, Any], *, strict: bool = True) -> "RunRecord":
+        """Read a ``run.json`` dict. ``strict`` refuses one without ``target_class`` and
+        ``config`` (not a patchlab run record); without it they read as None and ``{}``
+        (a reader that shows whatever a damaged or hand-made record holds: the report)."""
         known = {f.name for f in fields(cls)} - {"extra"}
         missing = [k for k in ("target_class", "config") if k not in d]
-        if missing:
+        if missing and strict:
             raise ConfigError(f"run record lacks {', '.join(missing)}: not a patchlab run.json")
+        d = {"target_class": None, "config": {}, **d} if missing else d
         kw: dict[str, Any] = {k: d[k] for k in known if k in d and d[k] is not None or k in ("target_class",)}
         kw.setdefault("run_id", str(d.get("run_id", "")))
         kw.setdefault("status", str(d.get("status", "unknown")))
-        kw.setdefault("seed", int(d.get("config", {}).get("seed", 0)))
+        kw.setdefault("seed", int((d.get("config") or {}).get("seed", 0)))
+        kw.setdefault("config", {})
         for k in ("sources", "data", "split", "patch"):
             kw.setdefault(k, [] if k == "sources" else {})
         return cls(**kw, extra={k: v for k, v in d.items() if k not in known})
 
 
-def load_run(run_dir: str | Path, *, warn: bool = True) -> RunRecord:
+def load_run(run_dir: str | Path, *, warn: bool = True, strict: bool = True) -> RunRecord:
     """The run record of a run folder as a :class:`RunRecord` (clear errors and the
-    unfinished-run warning as :func:`read_run`)."""
-    return RunRecord.from_dict(read_run(run_dir, warn=warn))
+    unfinished-run warning as :func:`read_run`; ``strict`` as :meth:`RunRecord.from_dict`)."""
+    return RunRecord.from_dict(read_run(run_dir, warn=warn), strict=strict)
 
 
 def read_patch(run_dir: str | Path) -> np.ndarray:

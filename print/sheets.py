@@ -249,7 +249,7 @@ def load_patch_source(src: str | Path) -> PatchSource:
         if not png.is_file():
             raise ConfigError(f"{p} is a folder without patch.png: pass an optimiser run folder or a patch image")
         if (p / RUN_JSON).is_file():
-            run = load_run(p)
+            run = load_run(p, strict=False)  # the caption shows what the record holds
         else:
             warnings.warn(f"{p} has no run.json: the caption will not name the target class", stacklevel=2)
         run_id = (run and run.run_id) or p.resolve().name

@@ -193,3 +193,17 @@ def test_compare_shows_patches_side_by_side(tmp_path):
     r = CliRunner().invoke(app, ["report", str(run_dir()), "--compare", str(other), "--out", str(tmp_path / "r.html")])
     assert r.exit_code == 0, r.output
     assert "Patches side by side" in (tmp_path / "r.html").read_text()
+
+
+def test_a_damaged_run_record_still_renders(tmp_path):
+    """A run.json cut down to its status (hand-edited, or from a tool that wrote little) renders,
+    each missing value "not recorded", the unfinished status as a partial result."""
+    run = copy_short_run(tmp_path / "cut")
+    (run / "run.json").write_text(json.dumps({"status": "error", "message": "boom"}))
+    with pytest.warns(UserWarning, match="failed"):
+        rep = build_report(run)
+    kv = dict(next(b for b in rep.sections[1].blocks if type(b).__name__ == "KeyValues").items)
+    assert kv["target class"] == "not recorded" and kv["loss"] == "not recorded" and kv["status"] == "error"
+    assert "Partial result" in render_html(rep) and "boom" in render_html(rep)
+    with pytest.raises(ConfigError, match="not a patchlab run.json"):
+        load_run(run, warn=False)  # readers that need the record's contents still refuse it
