@@ -33,7 +33,7 @@ NAMES = ["resnet20", "resnet32", "resnet56", "mobilenetv2_100", "efficientnet_b0
 
 
 def judge(args: argparse.Namespace) -> None:
-    import eval.transfer as ET
+    import patchlab.eval.transfer as ET
     from patchlab.defenses import defend
     from patchlab.models import load_model
     from patchlab.runs import load_run
