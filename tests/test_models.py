@@ -82,6 +82,15 @@ def test_legacy_checkpoint_reads_with_module_prefix_removed():
 def test_missing_card_is_a_clear_error(tmp_path):
     with pytest.raises(ModelLoadError, match="model not found"):
         load_model(str(tmp_path / "nope.json"))
+    with pytest.raises(ModelLoadError, match="model not found"):
+        load_model(tmp_path / "nope.json")  # a pathlib.Path, as a notebook passes it
+
+
+def test_a_card_given_as_a_path_loads():
+    m = load_model(Path(card("resnet20")))
+    assert m.name == load_model(card("resnet20")).name and m.info.arch == "cifar_resnet20"
+    with pytest.raises(TypeError, match="card path"):
+        load_model(20)  # type: ignore[arg-type]
 
 
 def test_weights_that_do_not_fit_name_the_keys(tmp_path):

@@ -386,7 +386,7 @@ def _classifier_classes(sd: Mapping[str, torch.Tensor]) -> int | None:
 
 # ---------------------------------------------------------------------------- API
 def load_model(
-    ref: str,
+    ref: str | os.PathLike,
     *,
     weights: str | os.PathLike | None = None,
     labels: list[str] | None = None,
@@ -396,11 +396,14 @@ def load_model(
     ``patchlab:NAME``) as a frozen :class:`WrappedModel` on ``device``.
 
     Args:
-        ref: the reference.
+        ref: the reference (a card may be a ``pathlib.Path``).
         weights: local weights replacing the card's or the hub's.
         labels: class names, overriding those of the card or hub.
         device: where the model lives.
     """
+    if not isinstance(ref, (str, os.PathLike)):
+        raise TypeError(f"load_model takes a card path or a 'framework:NAME' string, got {type(ref).__name__}")
+    ref = os.fspath(ref)
     scheme, _, name = ref.partition(":")
     if scheme in _FRAMEWORKS and name and not Path(ref).exists():
         wrapped = _load_scheme(scheme, name, ref, weights, labels)
