@@ -217,11 +217,12 @@ class TrainConfig:
             this (absolute) below its best (Wong et al. use 0.2) ...
         overfit_gap: ... or FGSM accuracy exceeds PGD accuracy by more than this while PGD
             accuracy is under ``overfit_floor`` ...
-        overfit_ratio, overfit_min_fgsm: ... or, on two epochs in a row, PGD accuracy is under
-            ``overfit_ratio`` of an FGSM accuracy of at least ``overfit_min_fgsm`` (the model
-            learns to beat the one-step attack while the multi-step one still wins: FGSM
-            climbing with PGD at zero, before the gap grows large; a healthy run's PGD
-            accuracy is about half its FGSM accuracy or more).
+        overfit_ratio, overfit_min_fgsm, overfit_fgsm_rise: ... or, on two epochs in a row, PGD
+            accuracy is under ``overfit_ratio`` of an FGSM accuracy of at least
+            ``overfit_min_fgsm``, and between them FGSM accuracy rose by ``overfit_fgsm_rise`` or
+            more while PGD accuracy did not rise (the model learns to beat the one-step attack
+            only: FGSM climbing with PGD flat at zero, before the gap grows large). Early
+            ``fgsm-rs`` epochs are lopsided too, but there PGD accuracy rises while FGSM does not.
         augment: random crop (pad H/8) and horizontal flip.
         seed: seeds the split's shuffling, augmentation and attack starts.
     """
@@ -244,6 +245,7 @@ class TrainConfig:
     overfit_floor: float = 0.1
     overfit_ratio: float = 0.25
     overfit_min_fgsm: float = 0.2
+    overfit_fgsm_rise: float = 0.02
     augment: bool = True
     seed: int = 0
 
@@ -371,9 +373,16 @@ def overfit_reason(rec: EpochRecord, best_pgd: float, cfg: TrainConfig, prev: Ep
             f"FGSM accuracy {rec.check_fgsm:.1%} but PGD accuracy {rec.check_pgd:.1%} on the check batch "
             "(the model learned to defeat FGSM only)"
         )
-    elif prev is not None and lopsided(prev) and lopsided(rec):
+    elif (
+        prev is not None
+        and lopsided(prev)
+        and lopsided(rec)
+        and rec.check_fgsm - prev.check_fgsm >= cfg.overfit_fgsm_rise
+        and rec.check_pgd <= prev.check_pgd
+    ):
         why.append(
-            f"PGD accuracy under {cfg.overfit_ratio:.0%} of FGSM accuracy two epochs in a row on the check batch "
+            f"PGD accuracy under {cfg.overfit_ratio:.0%} of FGSM accuracy two epochs in a row on the check batch, "
+            "FGSM rising and PGD not "
             f"(FGSM {prev.check_fgsm:.1%} -> {rec.check_fgsm:.1%}, PGD {prev.check_pgd:.1%} -> {rec.check_pgd:.1%}: "
             "the model is learning to defeat FGSM only)"
         )
