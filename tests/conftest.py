@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,11 @@ from patchlab.utils import default_threads
 # The library calls below bypass the CLI, which sets this for every command: on a
 # small shared CPU torch's default thread count makes each op many times slower.
 torch.set_num_threads(default_threads())
+
+# A test run started in the background (nohup, some CI runners) inherits SIGINT ignored, and the
+# Ctrl-C tests (in process, and a child that inherits the disposition) then see no signal at all.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PATCHLAB_SHARED", REPO.parent / "shared"))
