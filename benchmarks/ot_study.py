@@ -131,6 +131,31 @@ def summary_table(runs: dict) -> None:
         )
 
 
+def common_cells_table(runs: dict) -> None:
+    """Every loss on the (target, seed) cells where all of a source's losses were run: a like-for-like mean."""
+    for src in sorted({k[0] for k in runs}):
+        losses = sorted({k[2] for k in runs if k[0] == src and k[4] == "none"})
+        cells = None
+        for lo in losses:
+            have = {(k[1], k[3]) for k in runs if k[0] == src and k[2] == lo and k[4] == "none"}
+            cells = have if cells is None else cells & have
+        if not cells or len(losses) < 3:
+            continue
+        cells_txt = ", ".join(f"{t}:{s}" for t, s in sorted(cells))
+        print(f"\n## {src}: every loss on the same {len(cells)} cells ({cells_txt})\n")
+        print("| loss | white-box tSuc | mean transfer tSuc |")
+        print("|---|---|---|")
+        for lo in losses:
+            wb, tr = [], []
+            for t, s in sorted(cells):
+                r = runs[(src, t, lo, s, "none")]
+                si = [i for i, n in enumerate(r["models"]) if n in r["sources"]]
+                oi = [i for i, n in enumerate(r["models"]) if n not in r["sources"]]
+                wb.append(r["hit"][si].mean())
+                tr.append(r["hit"][oi].mean())
+            print(f"| {lo} | {pct(float(np.mean(wb)))} | {pct(float(np.mean(tr)))} |")
+
+
 def compare(runs: dict, src: str, a: str, b: str) -> None:
     from scipy import stats
 
@@ -209,6 +234,7 @@ def defended(runs: dict, src: str, defence: str, a: str = "sw", b: str = "ce") -
 def report(args: argparse.Namespace) -> None:
     runs = load_cache(args.cache)
     summary_table(runs)
+    common_cells_table(runs)
     defences = sorted({k[4] for k in runs} - {"none"})
     for src in sorted({k[0] for k in runs}):
         compare(runs, src, "sw", "ce")
