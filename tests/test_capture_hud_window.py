@@ -44,6 +44,7 @@ def xvfb():
 
 SCRIPT = textwrap.dedent("""
     import sys, time
+    import numpy as np
     sys.path.insert(0, {tests!r})
     import torch
     torch.set_num_threads(1)
@@ -60,8 +61,12 @@ SCRIPT = textwrap.dedent("""
 
     def on_batch(records):
         if not shots and records[-1]["index"] >= 10 and records[-1]["pose"]:
-            time.sleep(0.3)  # let the window paint
-            shots.append((records[-1]["pose_source"], ImageGrab.grab(xdisplay={display!r})))
+            for _ in range(20):  # let the window paint (a busy machine takes longer): up to ~6 s
+                time.sleep(0.3)
+                img = ImageGrab.grab(xdisplay={display!r})
+                if (np.asarray(img.convert("L")) > 0).mean() > 0.1:
+                    break
+            shots.append((records[-1]["pose_source"], img))
 
     run_capture(open_source(str(video().video), realtime=True), [model], {out!r},
                 CaptureConfig(target=TARGET, hud=True, batch_size=1, max_frames=24), layout=layout,
