@@ -64,7 +64,7 @@ def run_specs(model, data, ctx=None):
 
 
 def main() -> None:
-    from patchlab.distributed import init_from_env
+    from patchlab.distributed import init_from_env, leave
 
     torch.set_num_threads(1)
     out = Path(sys.argv[1])
@@ -74,6 +74,9 @@ def main() -> None:
     if ctx.is_main:
         np.savez(out / "patches.npz", world=ctx.world, **patches)
         torch.save(ckpts, out / "checkpoints.pt")
+    # every rank waits for the others, then leaves the group: a rank that simply exits while gloo's
+    # threads still serve the group can abort ("terminate called without an active exception")
+    leave(ctx)
 
 
 if __name__ == "__main__":
