@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..data import class_index
@@ -96,6 +97,15 @@ def resolve_target(
         except Exception as exc:  # DataError -> a config error of the attack
             raise ConfigError(str(exc)) from None
     return torch.full((n,), idx, dtype=torch.long)
+
+
+def logit_margin(logits: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+    """Per row of ``logits (N, K)``, the best logit other than ``classes`` minus the logit of
+    ``classes`` (> 0: the top-1 is not that class). The C&W margin of PGD's ``loss="margin"``
+    and of stAdv's eq. 3."""
+    own = logits.gather(1, classes.view(-1, 1)).squeeze(1)
+    others = logits.masked_fill(F.one_hot(classes, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
+    return others - own
 
 
 def lp_norms(x: torch.Tensor, adv: torch.Tensor, *, tol: float = 0.0) -> dict[str, torch.Tensor]:
@@ -198,4 +208,4 @@ class AttackResult:
         )
 
 
-__all__ = ["AttackResult", "as_model_list", "as_float_images", "resolve_target", "lp_norms"]
+__all__ = ["AttackResult", "as_model_list", "as_float_images", "resolve_target", "logit_margin", "lp_norms"]

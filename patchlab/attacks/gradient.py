@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .base import AttackResult, as_float_images, as_model_list, lp_norms, resolve_target
+from .base import AttackResult, as_float_images, as_model_list, logit_margin, lp_norms, resolve_target
 
 #: torchattacks' defaults, per norm: (eps, alpha).
 DEFAULTS = {"linf": (8 / 255, 2 / 255), "l2": (1.0, 0.2)}
@@ -138,13 +138,6 @@ def cross_entropy_objective(problem: Problem) -> Loss:
 #: The losses the gradient attacks can ascend: torchattacks' cross-entropy (the default) and the
 #: Carlini-Wagner margin on logits, which keeps a useful gradient where the softmax is flat.
 LOSSES = ("ce", "margin")
-
-
-def logit_margin(z: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
-    """Per row, the best other logit minus the logit of ``goal`` (> 0: the top-1 is not ``goal``)."""
-    z_goal = z.gather(1, goal[:, None])[:, 0]
-    others = z.masked_fill(F.one_hot(goal, z.shape[1]).bool(), float("-inf"))
-    return others.max(1).values - z_goal
 
 
 def margin_objective(problem: Problem) -> Loss:
@@ -561,6 +554,7 @@ def pgd(
         random_start: start at a uniform point of the eps-ball (torchattacks' default: on).
         mask: a mask spec (``center:m``, ...: :func:`patchlab.attacks.regional.parse_mask_spec`) or an
             ``(N or 1, 1, H, W)`` tensor in {0, 1}: only these pixels change (regional attack).
+        loss: ``ce`` (torchattacks' batch-mean cross-entropy) or ``margin`` (the C&W logit margin).
         progress: called once per step.
 
     Returns:

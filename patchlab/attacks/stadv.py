@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from .base import AttackResult, as_float_images, as_model_list, lp_norms, resolve_target
+from .base import AttackResult, as_float_images, as_model_list, logit_margin, lp_norms, resolve_target
 
 #: eq. 4's stabiliser inside the square root; the value of the reference TF code
 #: (rakutentech/stAdv ``flow_loss(..., epsilon=1e-8)``).
@@ -157,10 +157,8 @@ def adversarial_margin(
     It reaches its floor ``-kappa`` once the target leads every other class by
     ``kappa`` (or the true class trails one by ``kappa``); ``kappa >= 0``.
     """
-    own = logits.gather(1, classes.view(-1, 1)).squeeze(1)
-    others = logits.masked_fill(F.one_hot(classes, logits.shape[1]).bool(), float("-inf")).amax(dim=1)
-    margin = others - own if targeted else own - others
-    return margin.clamp(min=-kappa)
+    margin = logit_margin(logits, classes)
+    return (margin if targeted else -margin).clamp(min=-kappa)
 
 
 def smooth_margin(logits: torch.Tensor, classes: torch.Tensor, *, targeted: bool, kappa: float = 0.0) -> torch.Tensor:
