@@ -105,10 +105,9 @@ def patchlab_step(
 ):
     from patchlab.optimize import PatchAttack
 
-    fresh = loss == "sw-fresh"  # sw with fresh directions every step (no projection bank)
+    fresh = {"loss": "sw", "projection_bank": 0} if loss == "sw-fresh" else {"loss": loss}  # no bank: fresh directions
     attack = PatchAttack(
-        loss="sw" if fresh else loss,
-        projection_bank=0 if fresh else PatchAttack().config.projection_bank,
+        **fresh,
         steps=10**6,
         batch_size=batch,
         eot=eot,
