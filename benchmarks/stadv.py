@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from patchlab.attacks import ATTACKS
+from patchlab.attacks.base import logit_margin
 from patchlab.data import load_folder
 from patchlab.models import load_model
 from patchlab.utils import atomic_write_json, default_threads
@@ -86,7 +87,26 @@ def run_advertorch(model, x, y, target, *, tau: float, batch: int, max_iteration
     gc = sys.modules["torch.autograd.gradcheck"]
     if not hasattr(gc, "zero_gradients"):  # advertorch 0.2.3 imports a helper torch removed in 1.9
         gc.zero_gradients = lambda t: None
+    import scipy.optimize
+
     from advertorch.attacks import SpatialTransformAttack
+
+    from patchlab.attacks.stadv import flow_loss
+
+    # advertorch keeps only the images; its perturb calls scipy's fmin_l_bfgs_b once per
+    # batch (search_steps=1) on the sampling grid, so the grid it found is read there
+    grids: list = []
+    calls = [0]
+    lbfgsb = scipy.optimize.fmin_l_bfgs_b
+
+    def recording_lbfgsb(func, x0, *a, **kw):
+        def counted(*fa):
+            calls[0] += 1
+            return func(*fa)
+
+        out = lbfgsb(counted, x0, *a, **kw)
+        grids.append(torch.from_numpy(out[0]).float())
+        return out
 
     atk = SpatialTransformAttack(
         model,
@@ -96,13 +116,31 @@ def run_advertorch(model, x, y, target, *, tau: float, batch: int, max_iteration
         max_iterations=max_iterations,
         targeted=True,
     )
-    t0 = time.perf_counter()
-    advs = torch.cat([atk.perturb(x[s : s + batch], target[s : s + batch]) for s in range(0, len(x), batch)])
-    dt = time.perf_counter() - t0
+    scipy.optimize.fmin_l_bfgs_b = recording_lbfgsb
+    try:
+        t0 = time.perf_counter()
+        advs = torch.cat([atk.perturb(x[s : s + batch], target[s : s + batch]) for s in range(0, len(x), batch)])
+        dt = time.perf_counter() - t0
+    finally:
+        scipy.optimize.fmin_l_bfgs_b = lbfgsb
     with torch.no_grad():
         pred = model(advs).argmax(1)
     zero = advs.flatten(1).abs().amax(1) == 0
+    ok = (pred == target) & ~zero
+    # the flow in pixels: advertorch's grid minus the identity grid (align_corners=False)
+    h, w = x.shape[-2:]
+    grid = torch.cat([g.view(-1, h, w, 2) for g in grids])
+    ident = F.affine_grid(torch.eye(2, 3).expand(len(x), 2, 3), list(x.shape), align_corners=False)
+    d = (grid - ident).permute(0, 3, 1, 2)
+    flow = torch.stack((d[:, 0] * w / 2, d[:, 1] * h / 2), dim=1)
+    fl = flow_loss(flow)
+    disp = flow.square().sum(1).sqrt().flatten(1).mean(1)
     return {
+        "success_mask": ok.tolist(),
+        "flow_losses": fl.tolist(),
+        "flow_loss_mean_successful": float(fl[ok].mean()) if ok.any() else None,
+        "displacement_mean_successful": float(disp[ok].mean()) if ok.any() else None,
+        "evaluations_per_batch": calls[0] / len(grids),
         "n": len(x),
         "batch": batch,
         "max_iterations": max_iterations,
@@ -138,6 +176,17 @@ def measure(model, x, y, args, name: str) -> dict:
         "seconds_per_image": dt / r.n,
         "threads": torch.get_num_threads(),
     }
+    with torch.no_grad():
+        z = model(r.adversarial)
+    lead = -logit_margin(z, r.target)  # target logit minus the largest other, as judged here
+    out["per_image"] = {
+        "target": r.target.tolist(),
+        "success": r.success.tolist(),
+        "lead": lead.tolist(),
+        "evaluations": e["evaluations"].tolist(),
+        "evaluations_to_adversarial": e["evaluations_to_adversarial"].tolist(),
+        "flow_loss": e["flow_loss"].tolist(),
+    }
     if args.blur:
         with torch.no_grad():
             out["blur_clean_accuracy"] = float((model(blur(x)).argmax(1) == y).float().mean())
@@ -159,7 +208,17 @@ def measure(model, x, y, args, name: str) -> dict:
             batch=args.advertorch_batch,
             max_iterations=args.advertorch_iterations,
         )
-        out["patchlab_on_advertorch_images"] = {"n": k, "success": float(r.success[:k].float().mean())}
+        both = torch.tensor(out["advertorch"]["success_mask"]) & r.success[:k]
+        out["patchlab_on_advertorch_images"] = {
+            "n": k,
+            "success": float(r.success[:k].float().mean()),
+            "seconds_per_image": dt / r.n,
+            "flow_loss_mean_successful": float(e["flow_loss"][:k][r.success[:k]].mean()),
+            "flow_loss_mean_both_successful": float(e["flow_loss"][:k][both].mean()) if both.any() else None,
+            "advertorch_flow_loss_mean_both_successful": (
+                float(torch.tensor(out["advertorch"]["flow_losses"])[both].mean()) if both.any() else None
+            ),
+        }
     return out
 
 

@@ -361,3 +361,43 @@ def test_cli_attack_stadv_reports_flow_and_draws_it(tmp_path, shared):
     rec = json.loads((out / "attack.json").read_text())
     assert json.dumps(rec).count("flow_loss") >= 1
     assert (out / "grid.png").is_file()
+
+
+# four CIFAR-10 test photographs mobilenetv2_100 classifies correctly, with the targets the
+# benchmark drew for them (benchmarks/stadv.py, seed 0), on which L-BFGS on the smooth margin
+# found no adversarial point in 300 evaluations: the images the rescue exists for
+HARD_MOBILENET = (
+    ("truck/0047.jpg", 9, 6),
+    ("horse/0019.jpg", 7, 8),
+    ("automobile/0070.jpg", 1, 5),
+    ("truck/0075.jpg", 9, 4),
+)
+
+
+def test_rescue_makes_the_images_lbfgs_gives_up_on_adversarial():
+    from conftest import CIFAR_TEST, card
+    from PIL import Image
+
+    from patchlab.models import load_model
+
+    model = load_model(card("mobilenetv2_100"))
+    x = (
+        torch.stack(
+            [
+                torch.from_numpy(np.array(Image.open(CIFAR_TEST / f).convert("RGB"))).permute(2, 0, 1)
+                for f, _, _ in HARD_MOBILENET
+            ]
+        ).float()
+        / 255
+    )
+    y = torch.tensor([c for _, c, _ in HARD_MOBILENET])
+    t = torch.tensor([c for _, _, c in HARD_MOBILENET])
+    with torch.no_grad():
+        assert torch.equal(model(x).argmax(1), y)
+    r = stadv(model, x, t, labels=y)
+    assert r.success.all(), r.extras["evaluations_to_adversarial"].tolist()
+    # found after L-BFGS's share (rescue_after=50), i.e. by the rescue, within the budget
+    assert (r.extras["evaluations_to_adversarial"] > 50).all() and (r.extras["evaluations"] <= 300).all()
+    # L-BFGS alone, given twice the rescue's share, still finds none of them
+    r0 = stadv(model, x, t, labels=y, steps=100, rescue_after=None)
+    assert not r0.success.any(), r0.extras["evaluations_to_adversarial"].tolist()

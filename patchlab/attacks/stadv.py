@@ -57,6 +57,11 @@ INITS = ("adversarial", "zero")
 #: a kept point must lower the flow loss by this fraction to reset ``patience``
 PATIENCE_REL = 1e-3
 
+#: the rescue of ``init="adversarial"``: the Adam step sizes (pixels) of its runs from
+#: zero flow, one run each, and the evaluations per run (see :func:`stadv`, ``rescue_after``)
+RESCUE_LRS = (1.0, 0.3, 3.0)
+RESCUE_RUN = 40
+
 
 # ---------------------------------------------------------------------------
 # eq. 1: bilinear resampling at the displaced points
@@ -448,6 +453,45 @@ def _device_of(models: Sequence[nn.Module]) -> torch.device:
     return torch.device("cpu")
 
 
+def _rescue(
+    evaluate: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    start: torch.Tensor,
+    best_loss: torch.Tensor,
+    evals: torch.Tensor,
+    *,
+    steps: int,
+) -> torch.Tensor:
+    """Adam runs from zero flow for the images of ``start`` ``(k, D)`` that L-BFGS did not
+    make adversarial (``best_loss`` still inf; ``evaluate`` records successes into it).
+
+    Run ``j`` starts from zero flow with fresh Adam moments and takes steps of
+    ``RESCUE_LRS[j]`` pixels for ``RESCUE_RUN`` evaluations; an image leaves once it has
+    a successful point or has spent ``steps`` evaluations (``evals``, the caller's
+    per-image counters, which ``evaluate`` advances). Returns the starting points of
+    what follows: a rescued image's successful point, the others' ``start`` unchanged.
+    """
+    start = start.clone()
+    trial = torch.zeros_like(start)
+    m, v = torch.zeros_like(start), torch.zeros_like(start)
+    for lr in RESCUE_LRS:
+        idx = (torch.isinf(best_loss) & (evals < steps).to(best_loss.device)).nonzero().flatten()
+        trial.zero_()
+        m.zero_()
+        v.zero_()
+        for k in range(1, RESCUE_RUN + 1):
+            if not len(idx):
+                break
+            _, g = evaluate(idx, trial[idx])
+            done = torch.isfinite(best_loss[idx])
+            start[idx[done]] = trial[idx[done]]
+            go = ~done & (evals[idx.cpu()] < steps).to(idx.device)
+            idx, g = idx[go], g[go]
+            m[idx] = 0.9 * m[idx] + 0.1 * g
+            v[idx] = 0.999 * v[idx] + 0.001 * g.square()
+            trial[idx] -= lr * (m[idx] / (1 - 0.9**k)) / ((v[idx] / (1 - 0.999**k)).sqrt() + 1e-8)
+    return start
+
+
 def stadv(
     models: nn.Module | Sequence[nn.Module],
     images: torch.Tensor,
@@ -464,8 +508,9 @@ def stadv(
     init: str = "adversarial",
     history_size: int = 20,
     restarts: bool = True,
-    patience: int | None = 20,
+    patience: int | None = 3,
     decision_tol: float = 1e-3,
+    rescue_after: int | None = 50,
     lr: float = 0.01,
     batch_size: int = 256,
 ) -> AttackResult:
@@ -572,8 +617,15 @@ def stadv(
             f"stadv needs tau, kappa, decision_tol >= 0 and eps > 0, got tau={tau}, "
             f"kappa={kappa}, decision_tol={decision_tol}, eps={eps}"
         )
-    if steps < 1 or history_size < 1 or batch_size < 1 or lr <= 0 or (patience is not None and patience < 1):
-        raise ConfigError("stadv needs steps, history_size, batch_size, patience >= 1 and lr > 0")
+    if (
+        steps < 1
+        or history_size < 1
+        or batch_size < 1
+        or lr <= 0
+        or (patience is not None and patience < 1)
+        or (rescue_after is not None and rescue_after < 1)
+    ):
+        raise ConfigError("stadv needs steps, history_size, batch_size, patience, rescue_after >= 1 and lr > 0")
     config = {
         "tau": tau,
         "kappa": kappa,
@@ -586,6 +638,7 @@ def stadv(
         "restarts": restarts,
         "patience": patience,
         "decision_tol": decision_tol,
+        "rescue_after": rescue_after,
         "lr": lr,
         "batch_size": batch_size,
     }
@@ -619,6 +672,7 @@ def stadv(
     best_loss = torch.full((n,), float("inf"), dtype=x_all.dtype, device=device)
     evals = torch.zeros(n, dtype=torch.long)
     improved_at = torch.zeros(n, dtype=torch.long)  # evaluation count at the last real improvement
+    first_ok = torch.full((n,), -1, dtype=torch.long)  # evaluation count at the first successful point
 
     def make_evaluate(
         off: int,
@@ -647,6 +701,8 @@ def stadv(
                 if bool(better.any()):
                     b = gi[better]
                     real = b[~(best_loss[b] * (1 - PATIENCE_REL) <= l_flow[better])]  # first success or > 0.1 %
+                    fresh = b[torch.isinf(best_loss[b])].cpu()
+                    first_ok[fresh] = evals[fresh] + 1
                     improved_at[real.cpu()] = evals[real.cpu()] + 1
                     best_loss[b] = l_flow.detach()[better]
                     best_flow[b] = flow.detach()[better]
@@ -666,15 +722,28 @@ def stadv(
         k = x.shape[0]
         start = x.new_zeros(k, 2 * h * w)
         if init == "adversarial":  # L_adv alone (tau = 0) from zero flow, until the image is adversarial
+            find = make_evaluate(s, x, cls, 0.0, smooth_margin)
             start, _ = run_lbfgs_batched(
                 start,
-                make_evaluate(s, x, cls, 0.0, smooth_margin),
-                budget=steps,
+                find,
+                budget=steps if rescue_after is None else min(steps, rescue_after),
                 max_iter=steps,
                 history_size=history_size,
                 restart=lambda i, s=s: restarts and bool(torch.isinf(best_loss[s + i])),
                 stop=lambda i, s=s: bool(torch.isfinite(best_loss[s + i])),
             )
+            if rescue_after is not None:
+                start = _rescue(find, start, best_loss[s : s + k], evals[s : s + k], steps=steps)
+                left = torch.where(torch.isinf(best_loss[s : s + k]).cpu(), steps - evals[s : s + k], 0)
+                start, _ = run_lbfgs_batched(  # the images still not adversarial resume L-BFGS
+                    start,
+                    find,
+                    budget=left.tolist(),
+                    max_iter=steps,
+                    history_size=history_size,
+                    restart=lambda i, s=s: restarts and bool(torch.isinf(best_loss[s + i])),
+                    stop=lambda i, s=s: bool(torch.isfinite(best_loss[s + i])),
+                )
             improved_at[s : s + k] = evals[s : s + k]
         evaluate = make_evaluate(s, x, cls, tau)
         if optimizer == "lbfgs":
@@ -719,6 +788,7 @@ def stadv(
         "displacement_mean": disp.mean(1).cpu(),
         "displacement_max": disp.amax(1).cpu(),
         "evaluations": evals.to(torch.float32),
+        "evaluations_to_adversarial": first_ok.to(torch.float32),
     }
     if targeted:
         extras["untargeted_success"] = (pred != y_all).cpu()
