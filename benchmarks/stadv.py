@@ -235,7 +235,8 @@ def summarise(folder: Path) -> str:
     """A markdown table of every ``*.json`` the driver wrote into ``folder``."""
     rows = [
         "| model | n | targeted success (95% CI) | untargeted | mean flow loss | mean / max displacement (px) "
-        "| evaluations | s / image | blur: clean acc / stAdv kept / PGD kept | advertorch success, s / image |",
+        "| evaluations | s / image | blur: clean acc / stAdv kept / PGD kept "
+        "| advertorch: success, s / image, flow loss [patchlab on the same images] |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for f in sorted(folder.glob("*.json")):
@@ -251,15 +252,23 @@ def summarise(folder: Path) -> str:
             if "blur_pgd_success" in r
             else "-"
         )
-        adv = r.get("advertorch")
-        advs = (
-            (
-                f"{adv['success']:.1%} (n={adv['n']}, zeros {adv['zeros_returned']}), {adv['seconds_per_image']:.2f} "
-                f"[patchlab on the same: {r['patchlab_on_advertorch_images']['success']:.1%}]"
+        adv, pl = r.get("advertorch"), r.get("patchlab_on_advertorch_images")
+        if adv and "flow_loss_mean_successful" in adv:
+            advs = (
+                f"n={adv['n']}: {adv['success']:.1%} (zeros {adv['zeros_returned']}), "
+                f"{adv['seconds_per_image']:.2f} s, flow loss {adv['flow_loss_mean_successful']:.0f} "
+                f"[patchlab {pl['success']:.1%}, {pl['seconds_per_image']:.3f} s "
+                f"({adv['seconds_per_image'] / pl['seconds_per_image']:.0f}x faster), "
+                f"flow loss {pl['flow_loss_mean_both_successful']:.0f} "
+                f"vs {pl['advertorch_flow_loss_mean_both_successful']:.0f} on both's successes]"
             )
-            if adv
-            else "-"
-        )
+        elif adv:
+            advs = (
+                f"{adv['success']:.1%} (n={adv['n']}, zeros {adv['zeros_returned']}), {adv['seconds_per_image']:.2f} "
+                f"[patchlab on the same: {pl['success']:.1%}]"
+            )
+        else:
+            advs = "-"
         fl = r["flow_loss_mean_successful"]
         rows.append(
             f"| {r['model']} | {r['n']} | {r['success']:.1%} ({lo:.1%}-{hi:.1%}) | {r['untargeted_success']:.1%} "
