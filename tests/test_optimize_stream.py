@@ -149,3 +149,25 @@ def test_streamed_resume_reaches_the_uninterrupted_patch(resnet20, tmp_path, wor
     resumed = run("split", 6, resume=True)
     assert np.array_equal(whole, resumed)
     assert not np.array_equal(part, whole)  # the resume did continue
+
+
+def test_a_seeded_user_stream_is_replayed_to_the_asked_step():
+    """Any other stream (a user's DataLoader with a seeded sampler, batches of 5 cut into draws of 4,
+    several passes) is replayed: a fresh source asked for step 7 gives what the first gave there."""
+    from torch.utils.data import DataLoader, RandomSampler, TensorDataset
+
+    from patchlab.inputs import StreamSource
+
+    x = torch.arange(13 * 3 * 2 * 2, dtype=torch.float32).reshape(13, 3, 2, 2) / 156
+    ds = TensorDataset(x, torch.arange(13) % 3)
+
+    def source():
+        sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(0))
+        return StreamSource(DataLoader(ds, batch_size=5, sampler=sampler))
+
+    g = torch.Generator()
+    a = source()
+    seq = [a.draw(4, g, "cpu", step=s)[0] for s in range(9)]
+    b = source()
+    assert torch.equal(b.draw(4, g, "cpu", step=7)[0], seq[7]) and torch.equal(b.draw(4, g, "cpu", step=8)[0], seq[8])
+    assert not torch.equal(seq[7], seq[8])
