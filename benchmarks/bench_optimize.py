@@ -59,10 +59,16 @@ def clock(dev: torch.device) -> Callable[[], float]:
 
 
 def interleaved(
-    fns: dict[str, Callable[[], None]], dev: torch.device, *, warmup: int, repeats: int
-) -> dict[str, float]:
-    """Median seconds per call of each function, the functions taking turns in every round
-    (so a change of load or clock speed hits all of them alike)."""
+    fns: dict[str, Callable[[], None]], dev: torch.device, *, warmup: int, repeats: int, ref: str, block: int = 3
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Steady-state seconds per call of each function, and its ratio to ``ref``, both as medians over rounds.
+
+    A patch optimiser repeats one step hundreds of times, so what counts is a step's cost
+    in a run of steps: in every round each function runs ``block`` times in a row and the
+    calls after the first are timed (the first pays for the caches and page mappings the
+    previous function left cold). A function's ratio is taken to ``ref``'s time of the same
+    round, so a change of load or clock speed between rounds hits both sides alike.
+    """
     now = clock(dev)
     for fn in fns.values():
         for _ in range(warmup):
@@ -70,10 +76,13 @@ def interleaved(
     times: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for k, fn in fns.items():
-            t0 = now()
             fn()
-            times[k].append(now() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+            t0 = now()
+            for _ in range(block - 1):
+                fn()
+            times[k].append((now() - t0) / (block - 1))
+    ratios = {k: statistics.median(a / b for a, b in zip(v, times[ref])) for k, v in times.items() if k != ref}
+    return {k: statistics.median(v) for k, v in times.items()}, ratios
 
 
 def make_model(name: str, size: int, dev: torch.device):
@@ -228,35 +237,43 @@ def main() -> None:
                     fns["art"] = art
                 except Exception as exc:  # an optional extra: say why it is missing
                     row["art_error"] = f"{type(exc).__name__}: {exc}"
-            row.update(interleaved(fns, dev, warmup=args.warmup, repeats=args.repeats))
+            ref_name = "bare_bf16" if cuda else "bare_fp32"
+            med, ratio = interleaved(fns, dev, warmup=args.warmup, repeats=args.repeats, ref=ref_name)
+            row.update(med)
+            row["ratio_to_bare"] = ratio
+            ratio = row["ratio_to_bare"]
+            ref = row[ref_name]
             for loss, prep in zip(args.losses.split(","), preps):
                 if loss == "sw" and prep.optimizer.config.projection_bank > 0:
                     # the bank is redrawn every BANK_REUSE * projection_bank steps: add its amortised cost
                     row["sw_bank_redraw"] = bank_redraw_seconds(prep, dev)
                     row["patchlab_sw"] += row["sw_bank_redraw"]
+                    ratio["patchlab_sw"] += row["sw_bank_redraw"] / ref
             for prep in preps:
                 prep.close()
             if "art" in row:
                 row["art"] /= args.art_iters
-            ref = row.get("bare_bf16", row["bare_fp32"])
+                ratio["art"] /= args.art_iters
             print(
                 f"\n{name} {args.size}px batch {batch}: bare fwd+bwd fp32 {row['bare_fp32'] * 1e3:.1f} ms"
                 + (f", bf16 {row['bare_bf16'] * 1e3:.1f} ms" if cuda else "")
+                + f" (ratios: median over {args.repeats} rounds of steady-state calls, to bare {'bf16' if cuda else 'fp32'})"
             )
             for loss in args.losses.split(","):
                 t = row[f"patchlab_{loss}"]
-                print(f"  patchlab {loss:>3}: {t * 1e3:8.1f} ms  {t / ref:5.2f}x bare  {t / batch * 1e3:.2f} ms/image")
+                r = ratio[f"patchlab_{loss}"]
+                print(f"  patchlab {loss:>3}: {t * 1e3:8.1f} ms  {r:5.2f}x bare  {t / batch * 1e3:.2f} ms/image")
                 if loss == "sw" and "sw_bank_redraw" in row:
                     print(
                         f"    (sw includes {row['sw_bank_redraw'] * 1e3:.2f} ms/step of amortised projection-bank redraws)"
                     )
             if "art" in row:
                 print(
-                    f"  ART AdversarialPatchPyTorch: {row['art'] * 1e3:8.1f} ms  {row['art'] / ref:5.2f}x bare  "
+                    f"  ART AdversarialPatchPyTorch: {row['art'] * 1e3:8.1f} ms  {ratio['art']:5.2f}x bare  "
                     f"{row['art'] / batch * 1e3:.2f} ms/image"
                 )
                 for loss in args.losses.split(","):
-                    print(f"    ART / patchlab {loss}: {row['art'] / row[f'patchlab_{loss}']:.2f}x")
+                    print(f"    ART / patchlab {loss}: {ratio['art'] / ratio[f'patchlab_{loss}']:.2f}x")
             elif "art_error" in row:
                 print(f"  ART: not run ({row['art_error']})")
             rows.append(row)

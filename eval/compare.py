@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from patchlab.data import ImageSet
+from patchlab.distributed import DistContext
 from patchlab.eot import PRESETS, EOTConfig
 from patchlab.errors import ConfigError
 from patchlab.models.wrapper import WrappedModel
@@ -139,8 +140,12 @@ def compare_runs(
     device: torch.device | str = "cpu",
     n_boot: int = N_BOOT,
     progress: Callable[[int], None] | None = None,
+    dist: DistContext | None = None,
 ) -> Comparison:
     """Compare patches A and B (``runs_a[i]`` paired with ``runs_b[i]``) on the same images.
+
+    ``dist``: share each run's images out over a torchrun group (:func:`judge_run`); every
+    rank gets one process's outcomes, so the comparison is one process's, bit for bit.
 
     Raises:
         ConfigError: the lists differ in length, or a pair does not share its held-out images.
@@ -164,6 +169,7 @@ def compare_runs(
             clean_cache=clean,
             data_cache=data,
             progress=progress,
+            dist=dist,
         )
         rec_b, imgs_b, pl_b, ob = judge_run(
             rb,
@@ -176,6 +182,7 @@ def compare_runs(
             clean_cache=clean,
             data_cache=data,
             progress=progress,
+            dist=dist,
         )
         if imgs_a.paths != imgs_b.paths:
             raise ConfigError(

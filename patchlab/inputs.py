@@ -46,12 +46,20 @@ class ImageSource(Protocol):
     image_hw: tuple[int, int]
 
     def draw(
-        self, n: int, generator: torch.Generator, device: torch.device | str, *, rows: slice | None = None
+        self,
+        n: int,
+        generator: torch.Generator,
+        device: torch.device | str,
+        *,
+        rows: slice | None = None,
+        step: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``n`` images as float ``(n, 3, H, W)`` on ``device`` and their labels (or ``None``).
 
         ``rows``: only those rows of the ``n`` drawn (a data-parallel rank's share); the
         generator advances as for all ``n``, so every rank stays in step.
+        ``step``: the optimiser step this batch is for; a stream that is not at that
+        step yet (a resumed run) moves there first, so a resume sees the same images.
         """
         ...
 
@@ -81,8 +89,15 @@ class TensorSource:
         return TensorSource(self.images[keep], None if self.labels is None else self.labels[keep])
 
     def draw(
-        self, n: int, generator: torch.Generator, device: torch.device | str, *, rows: slice | None = None
+        self,
+        n: int,
+        generator: torch.Generator,
+        device: torch.device | str,
+        *,
+        rows: slice | None = None,
+        step: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        del step  # the run's generator state is the position: a resume restores it
         if len(self) == 0:
             raise DataError("no images to draw from")
         idx = torch.randint(0, len(self), (n,), generator=generator)
@@ -118,6 +133,7 @@ class StreamSource:
         self.keep = keep
         self._it: Iterator[Any] | None = None
         self._buf: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        self._drawn = 0  # draws made: the step the stream stands at
         first = self._next_raw(first=True)
         self._buf.append(first)
         self.image_hw = (int(first[0].shape[-2]), int(first[0].shape[-1]))
@@ -150,11 +166,61 @@ class StreamSource:
         raise DataError("the data stream yields no usable images" + (" (is it empty?)" if first else ""))
 
     def draw(
-        self, n: int, generator: torch.Generator, device: torch.device | str, *, rows: slice | None = None
+        self,
+        n: int,
+        generator: torch.Generator,
+        device: torch.device | str,
+        *,
+        rows: slice | None = None,
+        step: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         del generator  # the stream's own order (a DataLoader's shuffle) is the randomness
         if rows is not None:  # the stream is this rank's shard (a DistributedSampler): take its share
             n = len(range(*rows.indices(n)))
+        if step is not None and step != self._drawn:
+            self.seek(step, n)
+        self._drawn += 1
+        xs, ys = self._take(n)
+        dev = torch.device(device)
+        x = xs[:n]
+        nb = dev.type == "cuda"
+        if nb and not x.is_pinned():
+            x = x.pin_memory()  # an asynchronous copy: the step does not wait for it
+        return to_float(x.to(dev, non_blocking=nb), dev), None if ys is None else ys[:n].to(dev)
+
+    def seek(self, step: int, n: int) -> None:
+        """Move the stream to where it stood before draw number ``step`` (of ``n`` images each).
+
+        A :class:`StepBatchSampler` stream jumps there (its batch for ``step`` is a function
+        of the step), on any number of processes. Any other stream is replayed from here:
+        exact when the iterable repeats itself from a fresh start (a seeded sampler),
+        and it decodes the skipped batches once. A stream never goes back: asked for an
+        earlier step, it carries on from where it is.
+        """
+        bs = getattr(self.batches, "batch_sampler", None)
+        if isinstance(bs, StepBatchSampler) and self._keeps_all():
+            bs.start_step = step
+            self._it, self._buf, self._drawn = None, [], step
+            return
+        if step < self._drawn:  # a stream cannot go back: it carries on (a new run on the same stream)
+            self._drawn = step
+        while self._drawn < step:
+            self._take(n)
+            self._drawn += 1
+
+    def _keeps_all(self) -> bool:
+        """Whether ``keep`` passes every item of the loader's dataset: then each draw is exactly
+        one batch of the loader and a jump lands where the uninterrupted stream stands."""
+        if self.keep is None:
+            return True
+        items = getattr(getattr(self.batches, "dataset", None), "items", None)
+        if not items:
+            return False
+        y = torch.tensor([int(c) for _p, c in items], dtype=torch.long)
+        return bool(self.keep(y if self.label_map is None else self.label_map[y]).all())
+
+    def _take(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The next ``n`` images (and labels) of the stream, on the CPU; the rest stays buffered."""
         have = sum(int(b[0].shape[0]) for b in self._buf)
         while have < n:
             self._buf.append(self._next_raw())
@@ -164,12 +230,7 @@ class StreamSource:
         xs = torch.cat(raw) if all(r.dtype == torch.uint8 for r in raw) else torch.cat([to_float(r) for r in raw])
         ys = None if any(b[1] is None for b in self._buf) else torch.cat([b[1] for b in self._buf])  # type: ignore[misc]
         self._buf = [(xs[n:], None if ys is None else ys[n:])] if xs.shape[0] > n else []
-        dev = torch.device(device)
-        x = xs[:n]
-        nb = dev.type == "cuda"
-        if nb and not x.is_pinned():
-            x = x.pin_memory()  # an asynchronous copy: the step does not wait for it
-        return to_float(x.to(dev, non_blocking=nb), dev), None if ys is None else ys[:n].to(dev)
+        return xs[:n], None if ys is None else ys[:n]
 
 
 class FolderDataset(torch.utils.data.Dataset):
@@ -189,6 +250,51 @@ class FolderDataset(torch.utils.data.Dataset):
         return (read_image(path) * 255.0).round_().to(torch.uint8), label
 
 
+class StepBatchSampler(torch.utils.data.Sampler[list[int]]):
+    """An endless seeded shuffle cut into global batches; each process yields its rows of each.
+
+    The stream is the concatenation of permutations of the ``n`` items, epoch ``e``
+    shuffled by ``torch.randperm(n)`` seeded ``seed + e``; global batch ``s`` is positions
+    ``[s * batch_size, (s + 1) * batch_size)`` of it, and this process yields the
+    ``rows`` of that batch (all of them in one process). So the images of step ``s`` are
+    a function of ``s`` alone, the same on one process or many: a resume sets
+    ``start_step`` and the stream carries on exactly, on any number of processes.
+
+    Args:
+        n: number of items.
+        batch_size: the global batch.
+        seed: the shuffle's seed.
+        rows: this process's rows of each global batch (``None``: all).
+        start_step: the first global batch to yield.
+    """
+
+    def __init__(
+        self, n: int, batch_size: int, *, seed: int = 0, rows: slice | None = None, start_step: int = 0
+    ) -> None:
+        if n < 1 or batch_size < 1:
+            raise DataError(f"a batch sampler needs items and a batch size >= 1, got {n} items, batch {batch_size}")
+        self.n, self.batch_size, self.seed = int(n), int(batch_size), int(seed)
+        self.rows = range(*(rows or slice(None)).indices(self.batch_size))
+        self.start_step = int(start_step)
+
+    def permutation(self, epoch: int) -> torch.Tensor:
+        return torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + epoch))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        perms: dict[int, torch.Tensor] = {}
+        step = self.start_step
+        while True:
+            batch = []
+            for r in self.rows:
+                epoch, i = divmod(step * self.batch_size + r, self.n)
+                if epoch not in perms:
+                    perms = {e: p for e, p in perms.items() if e >= epoch - 1}
+                    perms[epoch] = self.permutation(epoch)
+                batch.append(int(perms[epoch][i]))
+            yield batch
+            step += 1
+
+
 def folder_loader(
     items: Sequence[tuple[Any, int]],
     *,
@@ -197,34 +303,30 @@ def folder_loader(
     workers: int = 0,
     seed: int = 0,
     device: torch.device | str = "cpu",
-    rank: int = 0,
-    world: int = 1,
+    rows: slice | None = None,
+    start_step: int = 0,
     prefetch: int = 4,
 ) -> torch.utils.data.DataLoader:
-    """A shuffled, seeded DataLoader over image files, decoded in ``workers`` processes.
+    """An endless, seeded, resumable DataLoader over image files, decoded in ``workers`` processes.
 
-    Pinned memory on CUDA (asynchronous copies), ``prefetch`` batches per worker ready
-    ahead of the step, and a ``DistributedSampler`` shard per rank under torchrun. Only
-    the batches in flight are ever in memory.
+    ``batch_size`` is the global batch; under torchrun each process passes its ``rows``
+    of it and decodes only those (:class:`StepBatchSampler`: the images of every step
+    are the same on any number of processes, and a resume picks up at its step).
+    Pinned memory on CUDA (asynchronous copies) and ``prefetch`` batches per worker
+    ready ahead of the step. Only the batches in flight are ever in memory.
     """
-    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+    from torch.utils.data import DataLoader
 
     ds = FolderDataset(items, classes)
-    sampler: torch.utils.data.Sampler[Any]
-    if world > 1:
-        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
-    else:
-        sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(seed))
+    sampler = StepBatchSampler(len(ds), batch_size, seed=seed, rows=rows, start_step=start_step)
     kw: dict[str, Any] = {}
     if workers > 0:
         kw = dict(prefetch_factor=prefetch, persistent_workers=True)
     return DataLoader(
         ds,
-        batch_size=batch_size,
-        sampler=sampler,
+        batch_sampler=sampler,
         num_workers=workers,
         pin_memory=torch.device(device).type == "cuda",
-        drop_last=False,
         **kw,
     )
 
@@ -315,6 +417,7 @@ __all__ = [
     "FolderDataset",
     "ImageSource",
     "folder_loader",
+    "StepBatchSampler",
     "StreamSource",
     "TensorSource",
     "as_source",

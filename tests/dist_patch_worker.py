@@ -27,13 +27,24 @@ from patchlab.optimize import PatchAttack  # noqa: E402
 SPECS = [
     ("ce", 20, dict(loss="ce"), 10),
     ("sw", 5, dict(loss="sw", projections=64, layers="auto,depth:0.5"), None),
+    ("stream", 8, dict(loss="ce"), 4),  # images streamed from disk (folder_loader), each rank its rows
 ]
 BASE = dict(batch_size=16, eot="physical", seed=3, placement="random", log_every=5)
 
 
+def stream(data):
+    """The non-frog images of ``data``'s files as a resumable stream: this rank decodes its rows of each batch."""
+    from patchlab.distributed import current
+    from patchlab.inputs import folder_loader
+
+    items = [(p, c) for p, c in zip(data.paths, data.labels.tolist()) if data.classes[c] != "frog"]
+    return folder_loader(items, classes=data.classes, batch_size=BASE["batch_size"], seed=5, rows=current().rows(16))
+
+
 def prepare(spec, model, data):
-    _name, steps, kw, _ck = spec
-    return PatchAttack(steps=steps, cache=False, **{**BASE, **kw}).prepare(model, data, "frog")
+    name, steps, kw, _ck = spec
+    src = stream(data) if name == "stream" else data
+    return PatchAttack(steps=steps, cache=False, **{**BASE, **kw}).prepare(model, src, "frog")
 
 
 def load_inputs():

@@ -252,3 +252,23 @@ def test_attack_under_torchrun_equals_one_process(tmp_path):
     assert sorted(p.name for p in (tmp_path / "two" / "adversarial").iterdir()) == sorted(
         Path(r["adversarial"]).name for r in one["images"]
     )
+
+
+def test_eval_compare_under_torchrun_equals_one_process(run2, tmp_path):
+    """Two patches on the same 40 held-out images (the same seed): the paired comparison of 2 ranks is one
+    process's, bit for bit (intervals, McNemar counts, per-pair tSuc)."""
+    other = tmp_path / "ce"
+    res = CliRunner().invoke(app, [*OPTIMIZE, "--loss", "ce", "--out", str(other)])
+    assert res.exit_code == 0, res.output
+    common = [str(run2), str(other), "--models", R20, R32, "--device", "cpu", "--batch-size", "8"]
+    proc = _torchrun("eval", "compare", *common, "--eot", "physical", "--json", str(tmp_path / "two.json"))
+    res = CliRunner().invoke(
+        app, ["eval", "compare", *common, "--eot", "physical", "--json", str(tmp_path / "one.json")]
+    )
+    assert res.exit_code == 0, res.output
+    log = _finish(proc)
+    one, two = (json.loads((tmp_path / f"{k}.json").read_text()) for k in ("one", "two"))
+    assert two == one, log[-2000:]
+    assert one["pairs"][0]["n"] > 0
+    assert sum(m["a_only"] + m["b_only"] for m in one["models"]) > 0  # the patches differ on some images
+    assert log.count("wrote ") == 1  # rank 0 alone printed

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from ._common import DEVICE_HELP, command_line, console, err_console, progress_bar, rank_progress_bar
+from ._common import DEVICE_HELP, command_line, console, err_console, rank_progress_bar
 
 MODELS_HELP = (
     "Judged models (cards, timm:NAME, ...): --models A B C, or --models repeated; shell globs of card paths work."
@@ -303,13 +303,17 @@ def compare_cmd(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the comparison here.")] = None,
 ) -> None:
     """Does patch A beat patch B? tSuc of A minus B on the same held-out images, per model and on mean
-    transfer, with a paired bootstrap 95% interval and McNemar's exact test."""
+    transfer, with a paired bootstrap 95% interval and McNemar's exact test.
+
+    Under torchrun each run's images are shared out between the processes; rank 0 prints and
+    writes the single-process comparison."""
+    from ..distributed import join, leave
     from ..eot import load_eot
     from ..errors import ConfigError
     from ..eval.compare import compare_runs
     from ..models import load_model
     from ..runs import load_run
-    from ..utils import atomic_write_json, resolve_device
+    from ..utils import atomic_write_json
 
     runs, refs = split_runs_and_models(list(args), models, want_runs=True)
     if len(runs) != 2:
@@ -320,10 +324,10 @@ def compare_cmd(
         if not sep or not a or not b:
             raise ConfigError(f"--also takes RUN_A:RUN_B, got {item!r}")
         pairs.append((a, b))
-    dev = resolve_device(device)
+    group, dev = join(device)
     judged = _defended([load_model(r, device=dev) for r in refs], defense)
     total = sum(2 * len(load_run(a).holdout) for a, _ in pairs)
-    with progress_bar(f"{len(pairs)} pair(s) x {len(judged)} models", total) as adv:
+    with rank_progress_bar(group.is_main, f"{len(pairs)} pair(s) x {len(judged)} models", total) as adv:
         res = compare_runs(
             [a for a, _ in pairs],
             [b for _, b in pairs],
@@ -334,7 +338,11 @@ def compare_cmd(
             batch_size=batch_size,
             device=dev,
             progress=adv,
+            dist=group,
         )
+    if not group.is_main:
+        leave(group)
+        return
     t = Table(
         "model",
         "A tSuc",
@@ -376,6 +384,7 @@ def compare_cmd(
     if json_path is not None:
         atomic_write_json(json_path, res.to_dict())
         console.print(f"wrote {json_path}")
+    leave(group)
 
 
 def register(app: typer.Typer) -> None:

@@ -226,9 +226,7 @@ class PatchOptimizer:
 
     def batch(self, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
         """This step's images, float ``(B, 3, H, W)`` on the device, and their labels if known."""
-        if self.rows is None:
-            return self.source.draw(self.config.batch_size, generator, self.device)
-        return self.source.draw(self.config.batch_size, generator, self.device, rows=self.rows)
+        return self.source.draw(self.config.batch_size, generator, self.device, rows=self.rows, step=self._step)
 
     def render(self, patch: torch.Tensor, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Paste the patch into the batch with freshly drawn EOT parameters (the global batch's, this rank's rows)."""

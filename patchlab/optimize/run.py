@@ -200,12 +200,11 @@ def prepare_stream_run(
     loader = folder_loader(
         attack_items,
         classes=classes,
-        batch_size=max(1, config.batch_size // dist.world),
+        batch_size=config.batch_size,
         workers=workers,
         seed=config.seed,
         device=device,
-        rank=dist.rank,
-        world=dist.world,
+        rows=dist.rows(config.batch_size),
     )
     attack = PatchAttack.from_config(config, palette=palette, color=color, device=device, cache=cache)
     prepared = attack.prepare(list(sources), loader, classes[t], target_images=timgs)
