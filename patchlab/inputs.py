@@ -175,7 +175,7 @@ class StreamSource:
         step: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         del generator  # the stream's own order (a DataLoader's shuffle) is the randomness
-        if rows is not None:  # the stream is this rank's shard (a DistributedSampler): take its share
+        if rows is not None:  # the stream yields this rank's rows only (a StepBatchSampler or a DistributedSampler)
             n = len(range(*rows.indices(n)))
         if step is not None and step != self._drawn:
             self.seek(step, n)
