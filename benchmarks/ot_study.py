@@ -38,14 +38,6 @@ def judge(args: argparse.Namespace) -> None:
     from patchlab.models import load_model
     from patchlab.runs import load_run
 
-    holdout = ET.holdout_images
-
-    def subset(rec, **kw):
-        imgs = holdout(rec, **kw)
-        g = torch.Generator().manual_seed(12345)
-        return imgs.subset(torch.randperm(len(imgs), generator=g)[: args.n_judge].sort().values)
-
-    ET.holdout_images = subset  # judge_run's held-out set, cut to the first n of one seeded shuffle
     torch.set_num_threads(1)
     base = [load_model(MODELS / f"{n}.json") for n in NAMES]
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -60,7 +52,9 @@ def judge(args: argparse.Namespace) -> None:
             if out.exists() or load_run(run).status != "finished":
                 continue
             t = time.time()
-            r, _imgs, _pl, o = ET.judge_run(run, zoo, device="cpu", clean_cache=clean, data_cache=data)
+            r, _imgs, _pl, o = ET.judge_run(
+                run, zoo, device="cpu", clean_cache=clean, data_cache=data, max_images=args.n_judge, subset_seed=12345
+            )
             np.savez(
                 out,
                 hit=o.hit.numpy(),

@@ -76,11 +76,16 @@ def judge_run(
     data_cache: dict[str, ImageSet] | None = None,
     progress: Callable[[int], None] | None = None,
     dist: DistContext | None = None,
+    max_images: int | None = None,
+    subset_seed: int = 12345,
 ) -> tuple[RunRecord, ImageSet, str, PatchOutcomes]:
     """A run's patch on its held-out images, per image (placement from the run unless given).
 
     ``dist``: shard the images over a torchrun group (:func:`patchlab.transfer.judge_patch`);
     every rank gets the same outcomes as one process.
+    ``max_images``: judge at most this many of the held-out images, the first of one shuffle
+    seeded by ``subset_seed`` (kept in folder order): runs made on the same data with the
+    same split seed are judged on the same images.
 
     Returns the record, the images, the placement used and the outcomes.
     """
@@ -90,6 +95,11 @@ def judge_run(
         raise ConfigError(f"{run_dir}: an untargeted patch has no tSuc; judge its untargeted error instead")
     patch = torch.from_numpy(read_patch(run_dir))
     images = holdout_images(rec, run_dir=run_dir, cache=data_cache)
+    if max_images is not None:
+        if max_images < 1:
+            raise ConfigError(f"max_images must be >= 1, got {max_images}")
+        g = torch.Generator().manual_seed(subset_seed)
+        images = images.subset(torch.randperm(len(images), generator=g)[:max_images].sort().values)
     pl = placement or cfg.get("placement", "side")
     pos = cfg.get("position")
     if pl == "fixed" and pos is None:

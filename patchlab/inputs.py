@@ -175,7 +175,7 @@ class StreamSource:
         step: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         del generator  # the stream's own order (a DataLoader's shuffle) is the randomness
-        if rows is not None:  # the stream is this rank's shard (a DistributedSampler): take its share
+        if rows is not None:  # the stream yields this rank's rows only (a StepBatchSampler or a DistributedSampler)
             n = len(range(*rows.indices(n)))
         if step is not None and step != self._drawn:
             self.seek(step, n)
@@ -389,10 +389,16 @@ def collect(
     label_map: torch.Tensor | None = None,
     limit: int | None = None,
 ) -> torch.Tensor:
-    """One pass over a stream, keeping the images whose labels pass ``keep`` (at most ``limit``)."""
+    """One pass over a stream, keeping the images whose labels pass ``keep`` (at most ``limit``).
+
+    An endless :class:`StepBatchSampler` stream is read for one epoch's worth of batches."""
     out: list[torch.Tensor] = []
     n = 0
-    for item in data:
+    bs = getattr(data, "batch_sampler", None)
+    batches = -(-bs.n // len(bs.rows)) if isinstance(bs, StepBatchSampler) and len(bs.rows) else None
+    for b, item in enumerate(data):
+        if batches is not None and b >= batches:
+            break
         if isinstance(item, (tuple, list)) and len(item) >= 2:
             x, y = _check_batch(item[0]), torch.as_tensor(item[1], dtype=torch.long).reshape(-1)
             if label_map is not None:

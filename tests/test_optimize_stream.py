@@ -171,3 +171,21 @@ def test_a_seeded_user_stream_is_replayed_to_the_asked_step():
     b = source()
     assert torch.equal(b.draw(4, g, "cpu", step=7)[0], seq[7]) and torch.equal(b.draw(4, g, "cpu", step=8)[0], seq[8])
     assert not torch.equal(seq[7], seq[8])
+
+
+def test_target_images_from_an_endless_folder_stream_take_one_pass(resnet20):
+    """A feature loss without target_images= reads the target class from the stream itself: one epoch of
+    an endless folder_loader, not forever."""
+    from patchlab.data import limit_items, scan_folder
+    from patchlab.inputs import collect, folder_loader
+    from patchlab.optimize import PatchAttack
+
+    items, classes = scan_folder(CIFAR_TEST)
+    items = limit_items(items, 3)  # 30 files, 3 frogs
+    loader = folder_loader(items, classes=classes, batch_size=8, seed=0)
+    assert collect(loader).shape[0] == 32  # ceil(30 / 8) batches: one pass, the last one wrapping round
+    prep = PatchAttack(loss="sw", steps=1, batch_size=8, projections=8, cache=False).prepare(resnet20, loader, "frog")
+    try:
+        assert prep.n_target_images == 3
+    finally:
+        prep.close()

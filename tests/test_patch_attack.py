@@ -233,3 +233,18 @@ def test_eval_compare_pairs_runs_on_the_same_images(resnet20, tmp_path):
         ],
     )
     assert bad.exit_code == 1 and "same held-out images" in bad.output
+
+
+def test_judge_run_can_take_a_seeded_subset_of_the_held_out_images(short_run_dir, resnet20):
+    """``max_images``: the first n of one seeded shuffle, in folder order, the same for every run of the data."""
+    from patchlab.eval.transfer import judge_run
+
+    _r, whole, _p, o_all = judge_run(short_run_dir, [resnet20])
+    _r, part, _p, o = judge_run(short_run_dir, [resnet20], max_images=7)
+    _r, again, _p, _o = judge_run(short_run_dir, [resnet20], max_images=7)
+    assert len(part) == 7 < len(whole) and part.paths == again.paths
+    pos = [whole.paths.index(p) for p in part.paths]
+    assert pos == sorted(pos)  # folder order
+    assert torch.equal(o.clean_ok[0], o_all.clean_ok[0][pos])  # the same images, judged the same
+    _r, other, _p, _o = judge_run(short_run_dir, [resnet20], max_images=7, subset_seed=1)
+    assert other.paths != part.paths
