@@ -739,45 +739,39 @@ def stadv(
             patience is not None and bool(torch.isfinite(best_loss[i])) and int(evals[i] - improved_at[i]) >= patience
         )
 
+    def lbfgs(s: int, start: torch.Tensor, evaluate, budget, stop: Callable[[int], bool]):
+        """:func:`run_lbfgs_batched` on the images from ``s`` on; a stopped run of an image
+        not yet adversarial restarts (``restarts``)."""
+        return run_lbfgs_batched(
+            start,
+            evaluate,
+            budget=budget,
+            max_iter=steps,
+            history_size=history_size,
+            restart=lambda i: restarts and bool(torch.isinf(best_loss[s + i])),
+            stop=stop,
+        )
+
     for s in range(0, n, batch_size):
         x, cls = x_all[s : s + batch_size], cls_all[s : s + batch_size]
         k = x.shape[0]
         start = x.new_zeros(k, 2 * h * w)
         if init == "adversarial":  # L_adv alone (tau = 0) from zero flow, until the image is adversarial
             find = make_evaluate(s, x, cls, 0.0, smooth_margin)
-            start, _ = run_lbfgs_batched(
-                start,
-                find,
-                budget=steps if rescue_after is None else min(steps, rescue_after),
-                max_iter=steps,
-                history_size=history_size,
-                restart=lambda i, s=s: restarts and bool(torch.isinf(best_loss[s + i])),
-                stop=lambda i, s=s: bool(torch.isfinite(best_loss[s + i])),
-            )
+
+            def adversarial(i: int, s: int = s) -> bool:
+                return bool(torch.isfinite(best_loss[s + i]))
+
+            budget = steps if rescue_after is None else min(steps, rescue_after)
+            start, _ = lbfgs(s, start, find, budget, adversarial)
             if rescue_after is not None:
                 start = _rescue(find, start, best_loss[s : s + k], evals[s : s + k], steps=steps)
                 left = torch.where(torch.isinf(best_loss[s : s + k]).cpu(), steps - evals[s : s + k], 0)
-                start, _ = run_lbfgs_batched(  # the images still not adversarial resume L-BFGS
-                    start,
-                    find,
-                    budget=left.tolist(),
-                    max_iter=steps,
-                    history_size=history_size,
-                    restart=lambda i, s=s: restarts and bool(torch.isinf(best_loss[s + i])),
-                    stop=lambda i, s=s: bool(torch.isfinite(best_loss[s + i])),
-                )
+                start, _ = lbfgs(s, start, find, left.tolist(), adversarial)  # the images still not adversarial
             improved_at[s : s + k] = evals[s : s + k]
         evaluate = make_evaluate(s, x, cls, tau)
         if optimizer == "lbfgs":
-            run_lbfgs_batched(
-                start,
-                evaluate,
-                budget=(steps - evals[s : s + k]).tolist(),
-                max_iter=steps,
-                history_size=history_size,
-                restart=lambda i, s=s: restarts and bool(torch.isinf(best_loss[s + i])),
-                stop=lambda i, s=s: patient(s + i),
-            )
+            lbfgs(s, start, evaluate, (steps - evals[s : s + k]).tolist(), lambda i, s=s: patient(s + i))
         else:
             flow = start.clone().requires_grad_(True)
             opt = torch.optim.Adam([flow], lr=lr)
