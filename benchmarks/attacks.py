@@ -31,21 +31,19 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Callable
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_optimize import clock  # noqa: E402  (process CPU time on a CPU, synchronised wall time on a GPU)
 
 SHARED = Path(os.environ.get("PATCHLAB_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 MODELS = SHARED / "models" / "cifar10"
 CIFAR_TEST = SHARED / "data" / "cifar10" / "test"
 ALL_MODELS = ("resnet20", "resnet32", "resnet56", "mobilenetv2_100", "efficientnet_b0", "convnext_atto", "vit_tiny_p4")
 MASKS = ("center:s", "center:m", "center:l", "frame:s", "frame:m", "frame:l", "random:s", "random:m", "random:l")
-
-
-def _sync(dev: torch.device) -> None:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 def speed(args: argparse.Namespace) -> None:
@@ -60,7 +58,7 @@ def speed(args: argparse.Namespace) -> None:
     from patchlab.utils import resolve_device
 
     dev = resolve_device(args.device)
-    clock = time.perf_counter if dev.type == "cuda" else time.process_time
+    now = clock(dev)
     torch.set_num_threads(args.threads)
     model = load_model(str(MODELS / f"{args.model}.json"), device=dev)
     data = load_folder(CIFAR_TEST, limit_per_class=(args.batch + 9) // 10)
@@ -68,30 +66,23 @@ def speed(args: argparse.Namespace) -> None:
     with torch.no_grad():
         y = model(x).argmax(1)
     ta = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=args.steps, random_start=True)
-
-    def ours() -> float:
-        _sync(dev)
-        t = clock()
-        pgd(model, x, labels=y, steps=args.steps, generator=torch.Generator().manual_seed(0))
-        _sync(dev)
-        return clock() - t
-
-    def theirs() -> float:
-        _sync(dev)
-        t = clock()
-        ta(x, y)
-        _sync(dev)
-        return clock() - t
-
     adv = ta(x, y)
 
-    def judge() -> float:  # what a torchattacks user adds to learn which images were fooled
-        _sync(dev)
-        t = clock()
+    def timed(fn) -> Callable[[], float]:
+        def run() -> float:
+            t = now()
+            fn()
+            return now() - t
+
+        return run
+
+    ours = timed(lambda: pgd(model, x, labels=y, steps=args.steps, generator=torch.Generator().manual_seed(0)))
+    theirs = timed(lambda: ta(x, y))
+
+    @timed
+    def judge() -> None:  # what a torchattacks user adds to learn which images were fooled
         with torch.no_grad():
             (model(adv).argmax(1) != y).float().mean()
-        _sync(dev)
-        return clock() - t
 
     ours(), theirs(), judge()  # warm-up
     ratios, judged, t_ours, t_theirs, t_judge = [], [], [], [], []
