@@ -80,7 +80,8 @@ def decode_rate(items, batch: int, workers: int, batches: int) -> float:
     return batches * batch / dt
 
 
-def step_fn(model, data, target_images, batch: int, dev, precision: str):
+def step_time(model, data, target_images, batch: int, dev, precision: str, *, warmup: int, repeats: int) -> float:
+    """Median wall seconds of one :meth:`PatchOptimizer.one_step` drawing from ``data``."""
     from patchlab.optimize import PatchAttack
 
     attack = PatchAttack(
@@ -101,18 +102,17 @@ def step_fn(model, data, target_images, batch: int, dev, precision: str):
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
 
-    return fn, prep
-
-
-def timed(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
+    try:
+        for _ in range(warmup):
+            fn()
+        ts = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        return statistics.median(ts)
+    finally:
+        prep.close()
 
 
 def main() -> None:
@@ -144,10 +144,8 @@ def main() -> None:
         _net, model = make_model(args.model, args.model_size, dev)
         g = torch.Generator().manual_seed(0)
         target_images = torch.rand(args.batch, 3, args.model_size, args.model_size, generator=g)
-        mem = load_folder(root)
-        mem_fn, mem_prep = step_fn(model, mem, target_images, args.batch, dev, args.precision)
-        t_mem = timed(mem_fn, args.warmup, args.repeats)
-        mem_prep.close()
+        step = dict(warmup=args.warmup, repeats=args.repeats)
+        t_mem = step_time(model, load_folder(root), target_images, args.batch, dev, args.precision, **step)
         print(
             f"\n{args.model} at {args.model_size} px, batch {args.batch}, ce, EOT physical, {args.precision}:\n"
             f"  step in memory: {t_mem * 1e3:8.1f} ms  ({args.batch / t_mem:7.1f} images/s consumed)"
@@ -157,9 +155,7 @@ def main() -> None:
             loader = folder_loader(
                 items, classes=CLASSES, batch_size=args.batch, workers=w, seed=0, device=dev, prefetch=4
             )
-            fn, prep = step_fn(model, loader, target_images, args.batch, dev, args.precision)
-            t = timed(fn, args.warmup, args.repeats)
-            prep.close()
+            t = step_time(model, loader, target_images, args.batch, dev, args.precision, **step)
             print(
                 f"  workers {w}: decode {rate:7.1f} images/s ({rate / (args.batch / t_mem):4.2f}x what the step "
                 f"consumes); step streamed {t * 1e3:8.1f} ms = {t / t_mem:4.2f}x in memory"

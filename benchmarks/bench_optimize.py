@@ -241,7 +241,6 @@ def main() -> None:
             med, ratio = interleaved(fns, dev, warmup=args.warmup, repeats=args.repeats, ref=ref_name)
             row.update(med)
             row["ratio_to_bare"] = ratio
-            ratio = row["ratio_to_bare"]
             ref = row[ref_name]
             for loss, prep in zip(args.losses.split(","), preps):
                 if loss == "sw" and prep.optimizer.config.projection_bank > 0:
