@@ -15,7 +15,11 @@ batch and seed:
   the local rows in the graph, so each rank's backward gives its own images' share;
 * :meth:`DistContext.all_reduce` sums those shares: the patch gradient of the global
   loss, identical on all ranks, so identical optimiser steps keep the patch identical
-  (checked with a checksum when ``PATCHLAB_DIST_CHECK=1``).
+  (checked with a checksum when ``PATCHLAB_DIST_CHECK=1``). The loop takes that gradient
+  to a float64 copy of the patch, so the sums over images and ranks run in float64 and
+  round to float32 once: N ranks give one process's patch update bit for bit where the
+  model's per-image gradients do not depend on the batch size (with float32 partial
+  sums, added in another order, EOT and Adam grow the last bit to 1e-3 in a few steps).
 
 Judging (``eval transfer``, ``eval matrix``, ``attack``) shards whole batches instead:
 batch ``b`` of the single-process run goes to rank ``b % world``

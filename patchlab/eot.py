@@ -13,9 +13,10 @@ scale, perspective, brightness, contrast, sensor noise and blur (Athalye et al.
 Everything random is drawn by :meth:`PatchRenderer.sample` from the generator it is
 given, into an :class:`EOTParams` that can be logged (``to_dict``) and replayed
 (``from_dict``): rendering itself is deterministic. The geometric part is one
-homography per image (kornia's ``warp_perspective``), so there is no per-sample
-Python loop; with no rotation, scale or perspective the patch is pasted pixel for
-pixel at an integer position.
+homography per image (kornia's ``warp_perspective``, into a window around the
+sticker rather than the whole image), so there is no per-sample Python loop; with
+no rotation, scale or perspective the patch is pasted pixel for pixel at an
+integer position.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ PLACEMENTS = ("side", "random", "center", "fixed")
 SHAPES = ("square", "circle")
 #: ``side`` placement: how far from its side (fraction of the free range) the patch may move inwards.
 SIDE_JITTER_FRAC = 0.125
+#: Render into a window around the sticker only while the window is at most this fraction of the image.
+WINDOW_MAX_FRAC = 0.6
 
 
 @dataclass(frozen=True)
@@ -370,13 +373,18 @@ class PatchRenderer(nn.Module):
 
     # ----------------------------------------------------------------- rendering
     def stickers(
-        self, patch: torch.Tensor, params: EOTParams, *, rows: slice | None = None
+        self, patch: torch.Tensor, params: EOTParams, *, rows: slice | None = None, dtype: torch.dtype | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The transformed stickers before placement: colour ``(B, 3, sh, sw)`` and alpha ``(B, 1, sh, sw)``.
 
         ``rows`` renders only those rows of the draw ``params`` (a data-parallel rank's
         share of the global batch), bit for bit as the whole draw would render them: the
         blur kernel's size and the noise field are those of the whole draw.
+
+        ``dtype`` (default: the patch's): the stickers' precision. The sticker is composed
+        in the patch's precision and cast once it is repeated for the batch, so the
+        gradient's sum over the batch runs in the patch's precision (the optimiser passes a
+        float64 patch: see :meth:`patchlab.optimize.loop.PatchOptimizer.one_step`).
         """
         check_patch(patch)
         if tuple(patch.shape[1:]) != self.patch_hw:
@@ -390,16 +398,19 @@ class PatchRenderer(nn.Module):
         if rows is not None:
             params = params_rows(params, rows)
         B = len(params)
-        dev, dt = patch.device, patch.dtype
+        dev, pdt = patch.device, patch.dtype
+        dt = pdt if dtype is None else dtype
         x0, y0, x1, y1 = self.inner
-        sticker = self.sticker.to(dev, dt)
-        pa = self.patch_alpha.to(dev, dt)
+        sticker = self.sticker.to(dev, pdt)
+        pa = self.patch_alpha.to(dev, pdt)
         up = patch.repeat_interleave(self.up, 1).repeat_interleave(self.up, 2) if self.up > 1 else patch
         inner = sticker[:, y0:y1, x0:x1] * (1 - pa) + up * pa
         s = torch.cat(
             [sticker[:, :y0], torch.cat([sticker[:, y0:y1, :x0], inner, sticker[:, y0:y1, x1:]], 2), sticker[:, y1:]], 1
         )
         s = s.unsqueeze(0).expand(B, -1, -1, -1)
+        if dt != pdt:
+            s = s.to(dt)
         if self.color is not None:
             s = self.color(s)
         if blur_k:
@@ -428,6 +439,10 @@ class PatchRenderer(nn.Module):
         self, params: EOTParams, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
         """``(B, 3, 3)`` maps from sticker pixel centres to image pixel centres."""
+        return self._homographies64(params).to(device=device, dtype=dtype)
+
+    def _homographies64(self, params: EOTParams) -> torch.Tensor:
+        """:meth:`homographies` in float64 on the CPU, where the params live (no device work)."""
         from kornia.geometry.transform import get_perspective_transform
 
         B = len(params)
@@ -443,8 +458,36 @@ class PatchRenderer(nn.Module):
         rel = (src - c_src)[None] * k[:, None, None]  # (B, 4, 2)
         dst = torch.einsum("bij,bkj->bki", rot, rel) + c_dst[:, None, :]
         dst = dst + params.corners.double() * (k * max(sw, sh))[:, None, None]
-        Hm = get_perspective_transform(src[None].expand(B, 4, 2).contiguous(), dst)
-        return Hm.to(device=device, dtype=dtype)
+        return get_perspective_transform(src[None].expand(B, 4, 2).contiguous(), dst)
+
+    def windows(self, H64: torch.Tensor) -> tuple[torch.Tensor, int, int] | None:
+        """The image window each warped sticker lies in: ``(top_left (B, 2) [x, y], height, width)``.
+
+        Bilinear sampling with zero padding reads nothing beyond one sticker pixel past
+        the sticker's edge, so every image pixel outside the map of the rectangle
+        ``[-1, sw] x [-1, sh]`` gets exactly zero colour and zero alpha. The window is that
+        map's bounding box with a pixel of margin, one size for the whole draw (the
+        largest), moved inside the image. ``None`` when it would cover most of the image:
+        then warping the whole image costs no more.
+        """
+        sh, sw = self.sticker.shape[1:]
+        H, W = self.image_hw
+        corners = torch.tensor([[-1, -1, 1], [sw, -1, 1], [sw, sh, 1], [-1, sh, 1]], dtype=torch.float64)
+        q = torch.einsum("bij,kj->bki", H64, corners)
+        if not bool((q[..., 2] > 0).all()):  # a corner behind the camera: no finite box
+            return None
+        xy = q[..., :2] / q[..., 2:]
+        lo = torch.floor(xy.amin(1)) - 1
+        hi = torch.ceil(xy.amax(1)) + 1
+        if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+            return None
+        ww = min(W, int((hi[:, 0] - lo[:, 0]).max()) + 1)
+        wh = min(H, int((hi[:, 1] - lo[:, 1]).max()) + 1)
+        if wh * ww > WINDOW_MAX_FRAC * H * W:
+            return None
+        x0 = lo[:, 0].clamp(0, W - ww)
+        y0 = lo[:, 1].clamp(0, H - wh)
+        return torch.stack([x0, y0], 1).long(), wh, ww
 
     def forward(
         self, images: torch.Tensor, patch: torch.Tensor, params: EOTParams, *, rows: slice | None = None
@@ -453,6 +496,10 @@ class PatchRenderer(nn.Module):
 
         ``rows``: ``images`` are only those rows of the batch ``params`` was drawn for
         (a data-parallel rank's share); they render exactly as in the whole batch.
+
+        The sticker is warped into a window around it, not into the whole image (the
+        warp and the compositing, forward and backward, are most of a render's cost);
+        outside the window the image is only clamped to [0, 1], as everywhere.
         """
         from kornia.geometry.transform import warp_perspective
 
@@ -462,14 +509,39 @@ class PatchRenderer(nn.Module):
         n = len(params) if rows is None else len(range(*rows.indices(len(params))))
         if images.shape[0] != n:
             raise ValueError(f"expected {n} images for these params, got {images.shape[0]}")
-        s, alpha = self.stickers(patch.to(images.dtype), params, rows=rows)
-        Hm = self.homographies(
-            params if rows is None else params_rows(params, rows), device=images.device, dtype=images.dtype
-        )
+        s, alpha = self.stickers(patch, params, rows=rows, dtype=images.dtype)
         both = torch.cat([s * alpha, alpha], 1)
-        warped = warp_perspective(both, Hm, self.image_hw, mode="bilinear", padding_mode="zeros", align_corners=True)
+        dev, dt = images.device, images.dtype
+        H64 = self._homographies64(params)  # the whole draw's: its window is the same on every rank
+        win = self.windows(H64)
+        if rows is not None:
+            H64 = H64[rows]
+        if win is None:
+            warped = warp_perspective(
+                both, H64.to(dev, dt), self.image_hw, mode="bilinear", padding_mode="zeros", align_corners=True
+            )
+            color, m = warped[:, :3], warped[:, 3:].clamp(0.0, 1.0)
+            return (images * (1 - m) + color).clamp(0.0, 1.0)
+        tl, wh, ww = win
+        if rows is not None:
+            tl = tl[rows]
+        B, W = images.shape[0], self.image_hw[1]
+        shift = torch.eye(3, dtype=torch.float64).repeat(B, 1, 1)
+        shift[:, :2, 2] = -tl.double()
+        warped = warp_perspective(
+            both, (shift @ H64).to(dev, dt), (wh, ww), mode="bilinear", padding_mode="zeros", align_corners=True
+        )
         color, m = warped[:, :3], warped[:, 3:].clamp(0.0, 1.0)
-        return (images * (1 - m) + color).clamp(0.0, 1.0)
+        # flat indices of each window's pixels, built on the device from the (B, 2) corners
+        tl = tl.to(dev, non_blocking=True)
+        ys = tl[:, 1, None, None] + torch.arange(wh, device=dev)[:, None]
+        xs = tl[:, 0, None, None] + torch.arange(ww, device=dev)
+        idx = (ys * W + xs).reshape(B, 1, wh * ww).expand(B, 3, wh * ww)
+        flat = images.flatten(2)
+        crop = flat.gather(2, idx).view(B, 3, wh, ww)
+        inside = (crop * (1 - m) + color).clamp(0.0, 1.0)
+        out = flat.clamp(0.0, 1.0)  # a new tensor: the scatter may write into it
+        return out.scatter_(2, idx, inside.flatten(2)).view_as(images)
 
     def paste(
         self, images: torch.Tensor, patch: torch.Tensor, generator: torch.Generator | None = None

@@ -21,12 +21,14 @@ from conftest import CIFAR_TEST, card  # noqa: E402
 
 from patchlab.optimize import PatchAttack  # noqa: E402
 
-#: (name, steps, settings, checkpoint at): ce is smooth, so 20 steps stay at rounding level; sw's sort
-#: makes its gradient jump where two projected features swap order, which rounding can trigger, so it is
-#: compared over the first steps (the all-gather path).
+#: (name, steps, settings, checkpoint at). EOT's resampling and clamps, ReLUs and Adam's normalisation
+#: make a run's path sensitive to rounding: a 1e-7 change of the patch grows to 1e-4..1e-2 within 2-20
+#: steps. One process and two ranks agree this long because the loop sums the patch gradient over
+#: images and ranks in float64 and rounds it to float32 once (bit-identical patches here); with float32
+#: sums, in another order on two ranks, this test failed at seeds 4, 5 and 6 (and passed at 3 by luck).
 SPECS = [
     ("ce", 20, dict(loss="ce"), 10),
-    ("sw", 5, dict(loss="sw", projections=64, layers="auto,depth:0.5"), None),
+    ("sw", 10, dict(loss="sw", projections=64, layers="auto,depth:0.5"), None),
     ("stream", 8, dict(loss="ce"), 4),  # images streamed from disk (folder_loader), each rank its rows
 ]
 BASE = dict(batch_size=16, eot="physical", seed=3, placement="random", log_every=5)

@@ -73,6 +73,48 @@ def test_renderer_gradcheck_physical():
     assert torch.autograd.gradcheck(lambda p: r(imgs, p, params), (patch,))
 
 
+@pytest.mark.parametrize(
+    "hw, frac, eot, placement, frame",
+    [
+        ((64, 64), 0.1, "physical", "random", False),
+        ((96, 128), 0.05, "physical", "side", True),
+        ((224, 224), 0.1, "physical", "center", False),
+        ((64, 64), 0.1, "none", "side", False),
+    ],
+)
+def test_window_render_equals_the_whole_image_render(monkeypatch, hw, frac, eot, placement, frame):
+    """The sticker is warped into a window around it; the image and the gradient equal the
+    whole-image warp's (which a window fraction of 0 forces), and a rank's rows match."""
+    import patchlab.eot as E
+
+    r = PatchRenderer(hw, (20, 20), frac=frac, placement=placement, eot=load_eot(eot), frame=frame)
+    params = r.sample(12, gen(3))
+    win = r.windows(r._homographies64(params))
+    assert win is not None and win[1] * win[2] < 0.5 * hw[0] * hw[1]  # the window path is the one tested
+    imgs = torch.rand(12, 3, *hw, generator=gen(4))
+    patch = torch.rand(3, 20, 20, generator=gen(5)).requires_grad_(True)
+    weight = torch.rand(12, 3, *hw, generator=gen(6))
+    out = r(imgs, patch, params)
+    (g_win,) = torch.autograd.grad((out * weight).sum(), patch)
+    monkeypatch.setattr(E, "WINDOW_MAX_FRAC", 0.0)
+    assert r.windows(r._homographies64(params)) is None
+    full = r(imgs, patch, params)
+    (g_full,) = torch.autograd.grad((full * weight).sum(), patch)
+    assert (out - full).abs().max() < 1e-4  # a translated homography: the sample points move by ~1e-6 px
+    assert torch.allclose(g_win, g_full, rtol=1e-4, atol=1e-3)
+    monkeypatch.setattr(E, "WINDOW_MAX_FRAC", 0.6)
+    assert torch.equal(r(imgs[3:7], patch, params, rows=slice(3, 7)), out[3:7])
+
+
+def test_window_render_gradcheck():
+    r = PatchRenderer((32, 32), (6, 6), frac=0.05, placement="random", eot=PRESETS["physical"]).double()
+    params = r.sample(2, gen(1))
+    assert r.windows(r._homographies64(params)) is not None
+    imgs = torch.rand(2, 3, 32, 32, dtype=torch.float64, generator=gen(2))
+    patch = (torch.rand(3, 6, 6, dtype=torch.float64, generator=gen(3)) * 0.6 + 0.2).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda p: r(imgs, p, params), (patch,))
+
+
 def test_dtype_follows_the_images():
     r = PatchRenderer((16, 16), (5, 5), frac=0.1, eot=PRESETS["digital"])
     out, _ = r.paste(torch.rand(2, 3, 16, 16, dtype=torch.float64), torch.rand(3, 5, 5, dtype=torch.float64), gen())

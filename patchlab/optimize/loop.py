@@ -388,7 +388,14 @@ class PatchOptimizer:
         self._step = state.step
         self._watch_start(state)
         images, labels = self.batch(g)
-        patched = self.render(state.patch, images, g)
+        # The gradient is taken to a float64 copy of the patch: the renderer keeps that precision
+        # until the batch is expanded, so the sum over the images (and over the ranks, in the
+        # all-reduce) runs in float64 and rounds to float32 once. One process and N ranks then
+        # round the same sums to the same patch update (to float32 rounding) instead of summing
+        # float32 partial sums in another order, which a resampling EOT and Adam amplify from 1e-8
+        # to 1e-3 within a few steps.
+        leaf = state.patch.detach().to(torch.float64).requires_grad_(True)
+        patched = self.render(leaf, images, g)
         untargeted = self.target_idx is None
         share = 1.0 / self.dist.world
         n = len(self.sources)
@@ -404,7 +411,7 @@ class PatchOptimizer:
             value, t, logits = self.loss(i, patched, g, truth)
             t = {k: torch.as_tensor(v, device=self.device) for k, v in t.items()}
             if self.config.grad_norm:
-                (gi,) = torch.autograd.grad(value, state.patch, retain_graph=i < n - 1)
+                (gi,) = torch.autograd.grad(value, leaf, retain_graph=i < n - 1)
                 gi = self.dist.all_reduce(gi)  # the global batch's gradient of model i
                 grad_ok = grad_ok & torch.isfinite(gi).all()
                 grads.append(self._unit(gi))
@@ -417,21 +424,22 @@ class PatchOptimizer:
             hit = (pred != truth) if untargeted else (pred == self.target_idx[i])  # type: ignore[index]
             # this rank's share of the global batch's rate (summed over ranks when logged)
             hits.append(hit.float().sum() / self.config.batch_size if self.dist.active else hit.float().mean())
-        regs = self.regularizers(state.patch)
+        regs = self.regularizers(leaf.to(state.patch.dtype))
         if self.config.grad_norm:
             grad = torch.stack(grads).mean(0)
             for _name, (w, r) in regs.items():
-                (rg,) = torch.autograd.grad(r, state.patch)
+                (rg,) = torch.autograd.grad(r, leaf)
                 grad = grad + (w * REGULARIZER_UNIT) * self._unit(rg)
         elif not self.dist.active:  # one gradient of the weighted sum of the terms
             total = torch.stack(losses).mean() + sum((w * r for w, r in regs.values()), torch.zeros(()))
-            (grad,) = torch.autograd.grad(total, state.patch)
+            (grad,) = torch.autograd.grad(total, leaf)
         else:  # the models' gradient summed over ranks, the regularisers' (the same on every rank) once
-            (grad,) = torch.autograd.grad(torch.stack(losses).mean(), state.patch, retain_graph=bool(regs))
+            (grad,) = torch.autograd.grad(torch.stack(losses).mean(), leaf, retain_graph=bool(regs))
             grad = self.dist.all_reduce(grad)
             if regs:
-                (rg,) = torch.autograd.grad(sum(w * r for w, r in regs.values()), state.patch)
+                (rg,) = torch.autograd.grad(sum(w * r for w, r in regs.values()), leaf)
                 grad = grad + rg
+        grad = grad.to(state.patch.dtype)
         grad_ok = grad_ok & torch.isfinite(grad).all()
         vals = torch.stack(values)
         loss_ok = torch.isfinite(vals).all()
