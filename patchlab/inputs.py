@@ -34,6 +34,14 @@ def _check_batch(x: Any, what: str = "images") -> torch.Tensor:
     return x
 
 
+def _split_batch(item: Any, label_map: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A stream's item as ``(images, labels or None)``, the labels through ``label_map``."""
+    if isinstance(item, (tuple, list)) and len(item) >= 2:
+        x, y = _check_batch(item[0]), torch.as_tensor(item[1], dtype=torch.long).reshape(-1)
+        return x, (label_map[y] if label_map is not None else y)
+    return _check_batch(item), None
+
+
 def to_float(x: torch.Tensor, device: torch.device | str | None = None) -> torch.Tensor:
     """uint8 or float images -> float32 in [0, 1] on ``device``."""
     x = x.to(device) if device is not None else x
@@ -138,21 +146,12 @@ class StreamSource:
         self._buf.append(first)
         self.image_hw = (int(first[0].shape[-2]), int(first[0].shape[-1]))
 
-    def _split(self, item: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if isinstance(item, (tuple, list)) and len(item) >= 2:
-            x, y = _check_batch(item[0]), torch.as_tensor(item[1], dtype=torch.long).reshape(-1)
-        else:
-            x, y = _check_batch(item), None
-        if y is not None and self.label_map is not None:
-            y = self.label_map[y]
-        return x, y
-
     def _next_raw(self, first: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         for _attempt in range(2):
             if self._it is None:
                 self._it = iter(self.batches)
             for item in self._it:
-                x, y = self._split(item)
+                x, y = _split_batch(item, self.label_map)
                 if self.keep is not None and y is not None:
                     m = self.keep(y)
                     x, y = x[m], y[m]
@@ -399,14 +398,9 @@ def collect(
     for b, item in enumerate(data):
         if batches is not None and b >= batches:
             break
-        if isinstance(item, (tuple, list)) and len(item) >= 2:
-            x, y = _check_batch(item[0]), torch.as_tensor(item[1], dtype=torch.long).reshape(-1)
-            if label_map is not None:
-                y = label_map[y]
-            if keep is not None:
-                x = x[keep(y)]
-        else:
-            x = _check_batch(item)
+        x, y = _split_batch(item, label_map)
+        if keep is not None and y is not None:
+            x = x[keep(y)]
         if x.shape[0]:
             out.append(x if x.dtype == torch.uint8 else x.float())
             n += int(x.shape[0])
