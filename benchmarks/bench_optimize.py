@@ -20,6 +20,10 @@ CPU (this machine; one thread)::
     PATCHLAB_THREADS=1 python benchmarks/bench_optimize.py --models mobilenetv2_100 --size 64 --batch 64 \
         --losses sw,ce,w2 --eot physical
 
+``--processes N`` repeats the whole measurement in N fresh processes and prints the
+median of their ratios beside each one (on this shared 2-core machine one process's ratios
+can sit 0.1 above or below the next one's for its whole life).
+
 GPU::
 
     python benchmarks/bench_optimize.py --models resnet50,vit_base_patch16_224 --size 224 --batch 64,128 \
@@ -196,7 +200,16 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--art-iters", type=int, default=3, help="ART steps per timed generate() call (0: skip ART)")
     ap.add_argument("--json", default=None, help="also write the rows here")
+    ap.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="run the whole measurement in this many fresh processes, one after the other, and print each "
+        "one's ratios and their median (a process's memory layout can shift its ratios for its whole life)",
+    )
     args = ap.parse_args()
+    if args.processes > 1:
+        return across_processes(args)
     torch.set_num_threads(int(os.environ.get("PATCHLAB_THREADS", "1")))
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
@@ -280,6 +293,40 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
+
+
+def across_processes(args: argparse.Namespace) -> None:
+    """Run this script ``args.processes`` times in fresh processes and summarise their ratios."""
+    import subprocess
+    import sys
+    import tempfile
+
+    argv = [a for a in sys.argv[1:]]
+    i = argv.index("--processes") if "--processes" in argv else None
+    if i is not None:
+        del argv[i : i + 2]
+    argv = [a for a in argv if not a.startswith("--processes=")]
+    if "--json" in argv:
+        j = argv.index("--json")
+        del argv[j : j + 2]
+    runs: list[list[dict]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for k in range(args.processes):
+            out = os.path.join(tmp, f"run{k}.json")
+            print(f"\n=== process {k + 1} of {args.processes} ===", flush=True)
+            subprocess.run([sys.executable, __file__, *argv, "--json", out], check=True)
+            with open(out) as f:
+                runs.append(json.load(f))
+    print(f"\n=== {args.processes} processes: ratio to the bare step, each process's median over its rounds ===")
+    for r, row in enumerate(runs[0]):
+        print(f"{row['model']} {row['size']}px batch {row['batch']} ({row['device']}, {row['clock']}):")
+        for name in row["ratio_to_bare"]:
+            vals = [run[r]["ratio_to_bare"][name] for run in runs]
+            shown = ", ".join(f"{v:.2f}" for v in vals)
+            print(f"  {name:>14}: median {statistics.median(vals):.2f}x  (runs: {shown})")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(runs, f, indent=1)
 
 
 if __name__ == "__main__":
