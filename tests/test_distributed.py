@@ -40,7 +40,9 @@ def test_renderer_rows_render_exactly_as_the_whole_batch():
 
 def test_two_gloo_processes_equal_one_process(tmp_path):
     """torchrun (torch.distributed.run, elastic launcher), 2 CPU ranks, gloo; patch checksum checked every step."""
-    env = dict(os.environ, PATCHLAB_DIST_CHECK="1", PATCHLAB_THREADS="1", OMP_NUM_THREADS="1")
+    # PYTHONFAULTHANDLER: a rank that aborts (gloo's rare "terminate called without an active exception"
+    # at exit, seen in about 1 of 30 runs under load) prints every thread's stack into the log shown below
+    env = dict(os.environ, PATCHLAB_DIST_CHECK="1", PATCHLAB_THREADS="1", OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")
     cmd = [
         sys.executable,
         "-m",

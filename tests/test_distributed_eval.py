@@ -136,7 +136,7 @@ def _torchrun(*args: str) -> subprocess.Popen:
 
     The ``--`` keeps torchrun's parser from reading ``--n`` as an abbreviation of its own options.
     """
-    env = dict(os.environ, PATCHLAB_THREADS="1", OMP_NUM_THREADS="1")
+    env = dict(os.environ, PATCHLAB_THREADS="1", OMP_NUM_THREADS="1", PYTHONFAULTHANDLER="1")  # stacks if a rank aborts
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
     cmd += ["-m", "--", "patchlab", *args]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
