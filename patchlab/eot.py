@@ -438,11 +438,8 @@ class PatchRenderer(nn.Module):
     def homographies(
         self, params: EOTParams, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
     ) -> torch.Tensor:
-        """``(B, 3, 3)`` maps from sticker pixel centres to image pixel centres."""
-        return self._homographies64(params).to(device=device, dtype=dtype)
-
-    def _homographies64(self, params: EOTParams) -> torch.Tensor:
-        """:meth:`homographies` in float64 on the CPU, where the params live (no device work)."""
+        """``(B, 3, 3)`` maps from sticker pixel centres to image pixel centres (computed in
+        float64 on the CPU, where the params live, then moved)."""
         from kornia.geometry.transform import get_perspective_transform
 
         B = len(params)
@@ -458,10 +455,12 @@ class PatchRenderer(nn.Module):
         rel = (src - c_src)[None] * k[:, None, None]  # (B, 4, 2)
         dst = torch.einsum("bij,bkj->bki", rot, rel) + c_dst[:, None, :]
         dst = dst + params.corners.double() * (k * max(sw, sh))[:, None, None]
-        return get_perspective_transform(src[None].expand(B, 4, 2).contiguous(), dst)
+        Hm = get_perspective_transform(src[None].expand(B, 4, 2).contiguous(), dst)
+        return Hm.to(device=device, dtype=dtype)
 
     def windows(self, H64: torch.Tensor) -> tuple[torch.Tensor, int, int] | None:
-        """The image window each warped sticker lies in: ``(top_left (B, 2) [x, y], height, width)``.
+        """The image window each warped sticker lies in: ``(top_left (B, 2) [x, y], height, width)``,
+        from the float64 CPU maps ``H64`` of :meth:`homographies`.
 
         Bilinear sampling with zero padding reads nothing beyond one sticker pixel past
         the sticker's edge, so every image pixel outside the map of the rectangle
@@ -512,26 +511,25 @@ class PatchRenderer(nn.Module):
         s, alpha = self.stickers(patch, params, rows=rows, dtype=images.dtype)
         both = torch.cat([s * alpha, alpha], 1)
         dev, dt = images.device, images.dtype
-        H64 = self._homographies64(params)  # the whole draw's: its window is the same on every rank
+        H64 = self.homographies(params, dtype=torch.float64)  # the whole draw's: its window is the same on every rank
         win = self.windows(H64)
         if rows is not None:
             H64 = H64[rows]
-        if win is None:
-            warped = warp_perspective(
-                both, H64.to(dev, dt), self.image_hw, mode="bilinear", padding_mode="zeros", align_corners=True
-            )
-            color, m = warped[:, :3], warped[:, 3:].clamp(0.0, 1.0)
-            return (images * (1 - m) + color).clamp(0.0, 1.0)
-        tl, wh, ww = win
-        if rows is not None:
-            tl = tl[rows]
-        B, W = images.shape[0], self.image_hw[1]
-        shift = torch.eye(3, dtype=torch.float64).repeat(B, 1, 1)
-        shift[:, :2, 2] = -tl.double()
+        B, (H, W) = images.shape[0], self.image_hw
+        if win is not None:  # move each map so the window's top-left corner is the origin
+            tl, wh, ww = win
+            tl = tl if rows is None else tl[rows]
+            shift = torch.eye(3, dtype=torch.float64).repeat(B, 1, 1)
+            shift[:, :2, 2] = -tl.double()
+            H64 = shift @ H64
+        else:
+            wh, ww = H, W
         warped = warp_perspective(
-            both, (shift @ H64).to(dev, dt), (wh, ww), mode="bilinear", padding_mode="zeros", align_corners=True
+            both, H64.to(dev, dt), (wh, ww), mode="bilinear", padding_mode="zeros", align_corners=True
         )
         color, m = warped[:, :3], warped[:, 3:].clamp(0.0, 1.0)
+        if win is None:
+            return (images * (1 - m) + color).clamp(0.0, 1.0)
         # flat indices of each window's pixels, built on the device from the (B, 2) corners
         tl = tl.to(dev, non_blocking=True)
         ys = tl[:, 1, None, None] + torch.arange(wh, device=dev)[:, None]

@@ -89,7 +89,7 @@ def test_window_render_equals_the_whole_image_render(monkeypatch, hw, frac, eot,
 
     r = PatchRenderer(hw, (20, 20), frac=frac, placement=placement, eot=load_eot(eot), frame=frame)
     params = r.sample(12, gen(3))
-    win = r.windows(r._homographies64(params))
+    win = r.windows(r.homographies(params, dtype=torch.float64))
     assert win is not None and win[1] * win[2] < 0.5 * hw[0] * hw[1]  # the window path is the one tested
     imgs = torch.rand(12, 3, *hw, generator=gen(4))
     patch = torch.rand(3, 20, 20, generator=gen(5)).requires_grad_(True)
@@ -97,7 +97,7 @@ def test_window_render_equals_the_whole_image_render(monkeypatch, hw, frac, eot,
     out = r(imgs, patch, params)
     (g_win,) = torch.autograd.grad((out * weight).sum(), patch)
     monkeypatch.setattr(E, "WINDOW_MAX_FRAC", 0.0)
-    assert r.windows(r._homographies64(params)) is None
+    assert r.windows(r.homographies(params, dtype=torch.float64)) is None
     full = r(imgs, patch, params)
     (g_full,) = torch.autograd.grad((full * weight).sum(), patch)
     assert (out - full).abs().max() < 1e-4  # a translated homography: the sample points move by ~1e-6 px
@@ -109,7 +109,7 @@ def test_window_render_equals_the_whole_image_render(monkeypatch, hw, frac, eot,
 def test_window_render_gradcheck():
     r = PatchRenderer((32, 32), (6, 6), frac=0.05, placement="random", eot=PRESETS["physical"]).double()
     params = r.sample(2, gen(1))
-    assert r.windows(r._homographies64(params)) is not None
+    assert r.windows(r.homographies(params, dtype=torch.float64)) is not None
     imgs = torch.rand(2, 3, 32, 32, dtype=torch.float64, generator=gen(2))
     patch = (torch.rand(3, 6, 6, dtype=torch.float64, generator=gen(3)) * 0.6 + 0.2).requires_grad_(True)
     assert torch.autograd.gradcheck(lambda p: r(imgs, p, params), (patch,))
