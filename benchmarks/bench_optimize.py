@@ -301,20 +301,14 @@ def across_processes(args: argparse.Namespace) -> None:
     import sys
     import tempfile
 
-    argv = [a for a in sys.argv[1:]]
-    i = argv.index("--processes") if "--processes" in argv else None
-    if i is not None:
-        del argv[i : i + 2]
-    argv = [a for a in argv if not a.startswith("--processes=")]
-    if "--json" in argv:
-        j = argv.index("--json")
-        del argv[j : j + 2]
     runs: list[list[dict]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for k in range(args.processes):
             out = os.path.join(tmp, f"run{k}.json")
             print(f"\n=== process {k + 1} of {args.processes} ===", flush=True)
-            subprocess.run([sys.executable, __file__, *argv, "--json", out], check=True)
+            # the same arguments; argparse keeps the last of a repeated option, so these two override
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--processes", "1", "--json", out]
+            subprocess.run(cmd, check=True)
             with open(out) as f:
                 runs.append(json.load(f))
     print(f"\n=== {args.processes} processes: ratio to the bare step, each process's median over its rounds ===")
